@@ -27,3 +27,11 @@ export interface LayerBlob {
   uncompressedSize: number;
   compression: Compression;
 }
+
+/** Receives a layer's entries in the order they are to appear in the tar. `add` consumes a file's body fully. */
+export interface TarSink {
+  add(entry: TarEntry): Promise<void>;
+}
+
+/** Produces a layer's entries into a sink; called once per build of the layer. */
+export type LayerSource = (sink: TarSink) => Promise<void>;
