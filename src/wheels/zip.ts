@@ -1,0 +1,222 @@
+/**
+ * Reading a wheel's zip: the central directory (names, sizes, modes) and one entry's bytes at a time,
+ * by seeking. yauzl does the format work (zip64 included); this module adds the checks a wheel
+ * needs before anything is installed from it, each failing with a UserError naming the file and entry:
+ * the archive is whole (central directory present and readable, every entry's data inside the file
+ * and before the central directory, no two entries sharing bytes), names are safe relative paths,
+ * no name appears twice, only stored or deflated entries, no encryption.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { createInflateRaw } from 'node:zlib';
+import yauzl from 'yauzl';
+import { UserError } from '../util/errors.js';
+
+export interface ZipEntry {
+  /** Decoded name, without the trailing `/` a directory entry has. */
+  name: string;
+  isDir: boolean;
+  /** Uncompressed size in bytes. */
+  size: number;
+  compressedSize: number;
+  /** Unix permission bits (`0o755`) when the zip was made on Unix, otherwise null. */
+  unixMode: number | null;
+  /** Byte offset of the entry's local header in the file (for messages). */
+  offset: number;
+  raw: yauzl.Entry;
+}
+
+/** Zip "version made by" host 3 = Unix: only then do the high 16 bits of the external attributes hold st_mode. */
+const HOST_UNIX = 3;
+const LOCAL_HEADER_FIXED_SIZE = 30;
+const READ_CHUNK = 1 << 20;
+
+export class ZipReader {
+  private constructor(
+    readonly file: string,
+    private readonly zip: yauzl.ZipFile,
+    /** Entry bodies are read through this handle in large chunks (yauzl's own reader reads 16 KiB at a time). */
+    private readonly data: FileHandle,
+    /** In central directory order. */
+    readonly entries: ZipEntry[],
+  ) {}
+
+  static async open(file: string): Promise<ZipReader> {
+    let zip: yauzl.ZipFile;
+    try {
+      zip = await yauzl.openPromise(file, { autoClose: false, lazyEntries: true, decodeStrings: false, validateEntrySizes: true });
+    } catch (err) {
+      throw zipOpenError(file, err);
+    }
+    let data: FileHandle | undefined;
+    try {
+      // Before the first entry is read, yauzl's cursor is the central directory's offset.
+      const centralDirectoryOffset = zip.readEntryCursor as unknown as number;
+      const entries: ZipEntry[] = [];
+      for await (const raw of zip.eachEntry()) entries.push(toZipEntry(file, raw));
+      checkNames(file, entries);
+      checkDataRanges(file, entries, centralDirectoryOffset);
+      data = await open(file, 'r');
+      return new ZipReader(file, zip, data, entries);
+    } catch (err) {
+      zip.close();
+      await data?.close();
+      if (err instanceof UserError) throw err;
+      throw new UserError(`${file}: not a whole zip file: bad central directory: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /**
+   * The entry's uncompressed bytes, in chunks. The caller checks the content (size and hash against
+   * RECORD); zip-level failures (bad local header, inflate error) are thrown as UserErrors.
+   */
+  async *read(entry: ZipEntry): AsyncGenerator<Buffer> {
+    let dataStart: number;
+    try {
+      ({ fileDataStart: dataStart } = await this.zip.readLocalFileHeaderPromise(entry.raw, { minimal: true }));
+    } catch (err) {
+      throw new UserError(`${this.file}: entry ${entry.name} (local header at byte ${entry.offset}): ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    const compressed = readRange(this.data, dataStart, entry.compressedSize);
+    const where = `${this.file}: entry ${entry.name} (data at byte ${dataStart})`;
+    try {
+      if (entry.raw.compressionMethod === 0) {
+        yield* compressed;
+        return;
+      }
+      const inflate = Readable.from(compressed).pipe(createInflateRaw({ chunkSize: 256 << 10 }));
+      try {
+        for await (const chunk of inflate) yield chunk as Buffer;
+      } finally {
+        inflate.destroy();
+      }
+    } catch (err) {
+      if (err instanceof UserError) throw err;
+      throw new UserError(`${where}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** The whole (small) entry as text; refuses entries over `limit` bytes. */
+  async readText(entry: ZipEntry, limit: number): Promise<string> {
+    if (entry.size > limit) throw new UserError(`${this.file}: ${entry.name} is ${entry.size} bytes, more than the ${limit} allowed`);
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for await (const chunk of this.read(entry)) {
+      total += chunk.length;
+      if (total > entry.size) break;
+      chunks.push(chunk);
+    }
+    if (total !== entry.size) throw sizeMismatch(this.file, entry, total);
+    return Buffer.concat(chunks).toString('utf8');
+  }
+
+  async close(): Promise<void> {
+    this.zip.close();
+    await this.data.close();
+  }
+}
+
+export function sizeMismatch(file: string, entry: ZipEntry, actual: number): UserError {
+  return new UserError(`${file}: entry ${entry.name} holds ${actual} bytes, the zip directory says ${entry.size}`);
+}
+
+function zipOpenError(file: string, err: unknown): UserError {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return new UserError(`${file}: no such file`, { cause: err });
+  if (code === 'EISDIR') return new UserError(`${file}: is a directory, not a wheel`, { cause: err });
+  if (code === 'EACCES') return new UserError(`${file}: permission denied`, { cause: err });
+  const message = (err as Error).message;
+  if (/End of central directory record signature not found/.test(message)) {
+    return new UserError(`${file}: not a whole zip file: no end-of-central-directory record (truncated, or not a zip)`, { cause: err });
+  }
+  return new UserError(`${file}: not a whole zip file: ${message}`, { cause: err });
+}
+
+function toZipEntry(file: string, raw: yauzl.Entry): ZipEntry {
+  // strictFileNames keeps backslashes, so checkNames can refuse them instead of guessing.
+  const decoded = yauzl.getFileNameLowLevel(raw.generalPurposeBitFlag, raw.fileNameRaw, raw.extraFields, true);
+  const isDir = decoded.endsWith('/');
+  const name = isDir ? decoded.replace(/\/+$/, '') : decoded;
+  const where = `${file}: entry ${JSON.stringify(decoded)} (at byte ${raw.relativeOffsetOfLocalHeader})`;
+  if (raw.isEncrypted()) throw new UserError(`${where} is encrypted`);
+  if (raw.compressionMethod !== 0 && raw.compressionMethod !== 8) {
+    throw new UserError(`${where} uses compression method ${raw.compressionMethod}; wheels use stored (0) or deflate (8)`);
+  }
+  const unixMode = raw.versionMadeBy >> 8 === HOST_UNIX ? (raw.externalFileAttributes >>> 16) & 0o7777 : null;
+  return {
+    name,
+    isDir,
+    size: raw.uncompressedSize,
+    compressedSize: raw.compressedSize,
+    unixMode,
+    offset: raw.relativeOffsetOfLocalHeader,
+    raw,
+  };
+}
+
+/** Safe relative names only: what a wheel holds is installed under a prefix and must stay there. */
+function checkNames(file: string, entries: ZipEntry[]): void {
+  const kinds = new Map<string, 'file' | 'dir'>();
+  for (const entry of entries) {
+    const name = entry.name;
+    const quoted = JSON.stringify(name + (entry.isDir ? '/' : ''));
+    const where = `${file}: entry ${quoted} (at byte ${entry.offset})`;
+    if (name === '') throw new UserError(`${where} has an empty name`);
+    if (name.startsWith('/') || /^[A-Za-z]:/.test(name)) throw new UserError(`${where} is an absolute path`);
+    if (name.includes('\\')) throw new UserError(`${where} contains a backslash`);
+    if (name.includes('\0')) throw new UserError(`${where} contains a NUL byte`);
+    const parts = name.split('/');
+    if (parts.includes('..')) throw new UserError(`${where} contains "..": it would escape the install directory`);
+    if (parts.some((p) => p === '' || p === '.')) throw new UserError(`${where} has an empty or "." path component`);
+    const previous = kinds.get(name);
+    if (previous !== undefined) {
+      if (previous === 'dir' && entry.isDir) continue; // a directory listed twice changes nothing installed
+      throw new UserError(`${where} appears twice in the zip (duplicate entry)`);
+    }
+    kinds.set(name, entry.isDir ? 'dir' : 'file');
+  }
+  // A file may not also be a directory (`a` and `a/b`).
+  for (const entry of entries) {
+    const parts = entry.name.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const parent = parts.slice(0, i).join('/');
+      if (kinds.get(parent) === 'file') {
+        throw new UserError(`${file}: entry ${JSON.stringify(entry.name)} lies under ${JSON.stringify(parent)}, which is a file`);
+      }
+    }
+  }
+}
+
+/**
+ * Every entry's header and data lie inside the file, before the central directory, without overlap.
+ * Overlapping entries are how "zip bombs" reuse bytes; a cut file puts data past the end.
+ * The local header's variable part is checked when the entry is opened; here its fixed lower bound is used.
+ */
+function checkDataRanges(file: string, entries: ZipEntry[], centralDirectoryOffset: number): void {
+  const byOffset = [...entries].sort((a, b) => a.offset - b.offset);
+  for (let i = 0; i < byOffset.length; i++) {
+    const entry = byOffset[i]!;
+    const end = entry.offset + LOCAL_HEADER_FIXED_SIZE + entry.raw.fileNameLength + entry.compressedSize;
+    const next = byOffset[i + 1];
+    const limit = next ? next.offset : centralDirectoryOffset;
+    if (end > limit) {
+      const what = next ? `the next entry ${next.name} at byte ${next.offset}` : `the central directory at byte ${centralDirectoryOffset}`;
+      throw new UserError(`${file}: entry ${entry.name} (at byte ${entry.offset}, ${entry.compressedSize} bytes) runs into ${what}`);
+    }
+  }
+}
+
+/** Reads [start, start + length) of the file in chunks; a short file is an error, not a short read. */
+async function* readRange(handle: FileHandle, start: number, length: number): AsyncGenerator<Buffer> {
+  let position = start;
+  const end = start + length;
+  while (position < end) {
+    const buffer = Buffer.allocUnsafe(Math.min(READ_CHUNK, end - position));
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+    if (bytesRead === 0) throw new Error(`unexpected end of file at byte ${position}`);
+    position += bytesRead;
+    yield bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead);
+  }
+}
