@@ -1,0 +1,315 @@
+import { Readable } from 'node:stream';
+import type { Blob } from '../oci/image.js';
+import { UserError } from '../util/errors.js';
+import { describeFailure, type RegistryClient } from './client.js';
+import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
+import { describeNetworkError, firstHeader, type HttpResponse } from './transport.js';
+
+/**
+ * Gets one blob into a repository with as little traffic as possible: nothing when the registry
+ * has it (HEAD), a cross-repository mount when another repository has it, otherwise an upload
+ * streamed from disk: one PUT for a blob up to the chunk size, PATCH chunks for larger ones.
+ * After a failure the upload continues from the offset the registry reports for the session
+ * (GET on the upload URL); when the session is gone, a new one starts from byte 0.
+ */
+export type BlobOutcome = { kind: 'skipped' } | { kind: 'mounted'; from: string } | { kind: 'uploaded' };
+
+export interface BlobProgress {
+  /** Bytes of the blob the registry holds or that are on their way; goes back after a failed chunk. */
+  transferred(bytes: number): void;
+  retrying(reason: string, delayMs: number): void;
+}
+
+export interface BlobPushOptions {
+  repository: string;
+  /** Repositories on the same registry to try mounting from, in order. */
+  mountFrom: string[];
+  chunkSize: number;
+  retry: RetryPolicy;
+  progress: BlobProgress;
+  /** Mount sources that refused us once (no pull access): not asked again for later blobs. */
+  refusedMountSources?: Set<string>;
+  signal?: AbortSignal;
+}
+
+/** A failure a later attempt can get past, with the registry's Retry-After when it sent one. */
+class TransientFailure extends Error {
+  constructor(
+    message: string,
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+  }
+}
+
+export async function pushBlob(client: RegistryClient, blob: Blob, options: BlobPushOptions): Promise<BlobOutcome> {
+  return new BlobUpload(client, blob, options).run();
+}
+
+class BlobUpload {
+  private readonly digest: string;
+  private readonly size: number;
+  private readonly blobsPath: string;
+  /** The current upload session's URL (it changes with every chunk: it carries the session state). */
+  private location: URL | undefined;
+  /** Bytes the registry has confirmed for the current session. */
+  private offset = 0;
+
+  constructor(
+    private readonly client: RegistryClient,
+    private readonly blob: Blob,
+    private readonly options: BlobPushOptions,
+  ) {
+    this.digest = blob.descriptor.digest;
+    this.size = blob.descriptor.size;
+    this.blobsPath = `/v2/${options.repository}/blobs`;
+  }
+
+  async run(): Promise<BlobOutcome> {
+    const { retry, progress, signal } = this.options;
+    try {
+      if (await this.exists()) return { kind: 'skipped' };
+      const mounted = await this.tryMounts();
+      if (mounted) return mounted;
+    } catch (err) {
+      throw this.fatal(err);
+    }
+
+    let failures = 0;
+    let recovering = false;
+    for (;;) {
+      const offsetBefore = this.offset;
+      try {
+        if (recovering) {
+          if (await this.exists()) break; // the last request went through after all
+          await this.recoverSession();
+          recovering = false;
+        }
+        await this.upload();
+        break;
+      } catch (err) {
+        if (signal?.aborted) throw err;
+        const transient = this.classify(err);
+        if (this.offset > offsetBefore) failures = 0; // progress was made before this failure
+        if (++failures > retry.attempts) {
+          throw new UserError(
+            `pushing blob ${this.digest} to ${this.where()} failed after ${failures} attempts: ${transient.message}`,
+          );
+        }
+        const delay = retryDelay(retry, failures, transient.retryAfterMs);
+        progress.transferred(this.offset);
+        progress.retrying(transient.message, delay);
+        await sleep(delay, signal);
+        recovering = true;
+      }
+    }
+    progress.transferred(this.size);
+    return { kind: 'uploaded' };
+  }
+
+  private async exists(): Promise<boolean> {
+    const res = await this.client.request({ method: 'HEAD', url: `${this.blobsPath}/${this.digest}`, retry: true });
+    await res.body.dump();
+    if (res.status === 200) return true;
+    if (res.status === 404) return false;
+    throw await this.refusal(res, 'checking for the blob');
+  }
+
+  private async tryMounts(): Promise<BlobOutcome | undefined> {
+    const refused = this.options.refusedMountSources ?? new Set<string>();
+    const sources = this.options.mountFrom.filter((s) => s !== this.options.repository && !refused.has(s));
+    for (const [index, from] of sources.entries()) {
+      const query = `mount=${encodeURIComponent(this.digest)}&from=${encodeURIComponent(from)}`;
+      const res = await this.client.request({ method: 'POST', url: `${this.blobsPath}/uploads/?${query}`, retry: true });
+      await res.body.dump();
+      if (res.status === 201) return { kind: 'mounted', from };
+      if (res.status === 401 || res.status === 403) {
+        refused.add(from);
+        continue;
+      }
+      if (res.status !== 202) continue;
+      // Not mountable from there, but the registry opened an upload session: use the last one, close the others.
+      const location = this.locationOf(res);
+      if (index === sources.length - 1 && location) {
+        this.location = location;
+        this.offset = 0;
+      } else if (location) {
+        await this.client
+          .request({ method: 'DELETE', url: location })
+          .then((r) => r.body.dump())
+          .catch(() => {});
+      }
+    }
+    return undefined;
+  }
+
+  /** Uploads from the current session and offset (a new session when there is none) to the end. */
+  private async upload(): Promise<void> {
+    if (!this.location) await this.startSession();
+    if (this.offset === 0 && this.size <= this.options.chunkSize) {
+      await this.finish(this.size); // one PUT with the whole blob
+      return;
+    }
+    while (this.offset < this.size) {
+      await this.patchChunk(Math.min(this.options.chunkSize, this.size - this.offset));
+    }
+    await this.finish(0);
+  }
+
+  private async startSession(): Promise<void> {
+    const res = await this.client.request({ method: 'POST', url: `${this.blobsPath}/uploads/` });
+    await res.body.dump();
+    if (res.status !== 202) throw await this.failure(res, 'starting an upload');
+    const location = this.locationOf(res);
+    if (!location) throw new UserError(`${this.where()} started an upload for blob ${this.digest} but sent no Location`);
+    this.location = location;
+    this.offset = 0;
+  }
+
+  private async patchChunk(length: number): Promise<void> {
+    const start = this.offset;
+    const end = start + length - 1;
+    const res = await this.client.request({
+      method: 'PATCH',
+      url: this.location!,
+      headers: {
+        'content-type': 'application/octet-stream',
+        'content-length': String(length),
+        'content-range': `${start}-${end}`,
+      },
+      body: () => Readable.from(this.read(start, length), { objectMode: false }),
+    });
+    await res.body.dump();
+    if (res.status !== 202 && res.status !== 204) throw await this.failure(res, `uploading bytes ${start}-${end}`);
+    this.location = this.locationOf(res) ?? this.location;
+    const confirmed = parseRange(firstHeader(res.headers, 'range'), start + length);
+    if (confirmed === undefined || confirmed > start + length) {
+      throw new TransientFailure(`the registry reported an unexpected upload range after bytes ${start}-${end}`);
+    }
+    this.offset = confirmed;
+  }
+
+  /** The closing PUT with `?digest=`, carrying the last `length` bytes (all of a small blob, or none). */
+  private async finish(length: number): Promise<void> {
+    const url = new URL(this.location!);
+    url.search += `${url.search ? '&' : '?'}digest=${encodeURIComponent(this.digest)}`;
+    const start = this.offset;
+    const res = await this.client.request({
+      method: 'PUT',
+      url,
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(length) },
+      ...(length > 0 && { body: () => Readable.from(this.read(start, length), { objectMode: false }) }),
+    });
+    await res.body.dump();
+    if (res.status !== 201 && res.status !== 204) throw await this.failure(res, 'completing the upload');
+    const stored = firstHeader(res.headers, 'docker-content-digest');
+    if (stored && stored !== this.digest) {
+      throw new UserError(`${this.where()} stored blob ${this.digest} as ${stored}: the blob file does not match its digest`);
+    }
+    this.offset = this.size;
+  }
+
+  /**
+   * Asks the registry how much of the session it holds (and gets a fresh session URL); a session the
+   * registry no longer knows (expired, or invalidated by a partly written chunk) means a new one.
+   */
+  private async recoverSession(): Promise<void> {
+    if (this.location) {
+      const res = await this.client.request({ method: 'GET', url: this.location, retry: true });
+      await res.body.dump();
+      if (res.status === 204 || res.status === 200) {
+        const held = parseRange(firstHeader(res.headers, 'range'), undefined);
+        if (held !== undefined && held <= this.size) {
+          this.location = this.locationOf(res) ?? this.location;
+          this.offset = held;
+          this.options.progress.transferred(this.offset);
+          return;
+        }
+      } else if (res.status !== 404 && res.status !== 400 && res.status !== 416) {
+        throw await this.failure(res, 'asking for the upload status');
+      }
+    }
+    this.location = undefined;
+    this.offset = 0;
+    this.options.progress.transferred(0);
+  }
+
+  /** The blob's bytes from `start`, `length` of them, streamed from disk and counted for progress. */
+  private async *read(start: number, length: number): AsyncGenerator<Buffer> {
+    const stream = this.blob.open(start);
+    let remaining = length;
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        const piece = chunk.length > remaining ? chunk.subarray(0, remaining) : chunk;
+        remaining -= piece.length;
+        yield piece;
+        this.options.progress.transferred(start + length - remaining);
+        if (remaining === 0) return;
+      }
+      throw new UserError(
+        `blob ${this.digest} ends at byte offset ${start + length - remaining}, before its size ${this.size}`,
+      );
+    } finally {
+      stream.destroy();
+    }
+  }
+
+  private locationOf(res: HttpResponse): URL | undefined {
+    const location = firstHeader(res.headers, 'location');
+    return location ? new URL(location, res.url) : undefined;
+  }
+
+  /** A non-success status: transient (retry, resume) or a refusal that no retry will fix. */
+  private async failure(res: HttpResponse, doing: string): Promise<Error> {
+    const status = res.status;
+    // 400/404/416 on an upload mean the session went bad (e.g. a partly written chunk): start over.
+    if (isRetriableStatus(status) || status === 400 || status === 404 || status === 416) {
+      const retryAfter = parseRetryAfter(firstHeader(res.headers, 'retry-after'));
+      return new TransientFailure(`${doing}: ${await describeFailure(res)}`, retryAfter);
+    }
+    return this.refusal(res, doing);
+  }
+
+  private async refusal(res: HttpResponse, doing: string): Promise<UserError> {
+    const detail = await describeFailure(res);
+    const hint =
+      res.status === 401 || res.status === 403
+        ? ` (${this.client.auth.describeIdentity()} has no push access)`
+        : res.status === 413
+          ? ' (try a smaller --chunk-size)'
+          : '';
+    return new UserError(`pushing blob ${this.digest} to ${this.where()} failed ${doing}: ${detail}${hint}`);
+  }
+
+  private classify(err: unknown): TransientFailure {
+    if (err instanceof TransientFailure) return err;
+    if (!(err instanceof UserError) && isRetriableError(err, { refusedIsRetriable: true })) {
+      return new TransientFailure(describeNetworkError(err, this.client.baseUrl.host));
+    }
+    throw this.fatal(err);
+  }
+
+  private fatal(err: unknown): Error {
+    if (err instanceof UserError || this.options.signal?.aborted) return err as Error;
+    return new UserError(`pushing blob ${this.digest} to ${this.where()} failed: ${describeNetworkError(err, this.client.baseUrl.host)}`, {
+      cause: err,
+    });
+  }
+
+  private where(): string {
+    return `${this.client.registry}/${this.options.repository}`;
+  }
+}
+
+/**
+ * Bytes held according to a `Range: 0-<last>` header. distribution answers `0-0` both for an empty
+ * session and for one byte; `expected` (what a successful chunk should have made it) settles that.
+ */
+export function parseRange(header: string | undefined, expected: number | undefined): number | undefined {
+  if (header === undefined) return expected;
+  const match = /^(?:bytes=)?0-(-?\d+)$/.exec(header.trim());
+  if (!match) return undefined;
+  const last = Number(match[1]);
+  if (last <= 0) return expected === 1 && last === 0 ? 1 : 0;
+  return last + 1;
+}

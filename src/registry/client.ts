@@ -1,0 +1,171 @@
+import type { Agent } from 'undici';
+import { UserError } from '../util/errors.js';
+import { RegistryAuth } from './auth.js';
+import type { Credentials } from './credentials.js';
+import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
+import {
+  describeNetworkError,
+  firstHeader,
+  isTlsProtocolError,
+  readText,
+  send,
+  type HttpRequest,
+  type HttpResponse,
+} from './transport.js';
+
+/**
+ * A connection to one registry: its base URL (https, or http when allowed and the registry does
+ * not speak TLS), its auth, and requests that carry the Authorization header, renew it once on a
+ * 401, and (when `retry` is set) retry 5xx, 429 and network failures with backoff.
+ */
+export interface RegistryRequest extends Omit<HttpRequest, 'url' | 'authorization' | 'authorizationOrigin' | 'signal'> {
+  /** A path (`/v2/…`) on the registry, or an absolute URL the registry handed out (an upload location). */
+  url: string | URL;
+  /** Retry on 5xx/429/resets. Leave false for requests whose repetition needs the caller's care (uploads). */
+  retry?: boolean;
+}
+
+export interface ConnectOptions {
+  registry: string;
+  /** host:port to connect to (differs from `registry` for Docker Hub). */
+  endpoint: string;
+  agent: Agent;
+  credentials?: Credentials;
+  scopes: string[];
+  tlsVerify: boolean;
+  retry: RetryPolicy;
+  onSecret: (secret: string) => void;
+  signal?: AbortSignal;
+}
+
+export class RegistryClient {
+  /** Set once a request has reached the registry: later refusals are worth retrying (a restart). */
+  private reachable = false;
+
+  private constructor(
+    readonly registry: string,
+    readonly baseUrl: URL,
+    private readonly agent: Agent,
+    readonly auth: RegistryAuth,
+    private readonly retryPolicy: RetryPolicy,
+    private readonly signal: AbortSignal | undefined,
+  ) {}
+
+  /**
+   * Pings `/v2/` (https first; plain http only with tlsVerify off and when the port does not speak
+   * TLS), learns the auth scheme from the 401 challenge, and checks the credentials right away so a
+   * wrong password fails before any upload.
+   */
+  static async connect(options: ConnectOptions): Promise<RegistryClient> {
+    const { registry, endpoint, agent, tlsVerify, signal } = options;
+    const auth = new RegistryAuth({
+      registry,
+      credentials: options.credentials,
+      scopes: options.scopes,
+      agent,
+      retry: options.retry,
+      onSecret: options.onSecret,
+      allowHttp: !tlsVerify,
+      signal,
+    });
+    let client = new RegistryClient(registry, new URL(`https://${endpoint}/`), agent, auth, options.retry, signal);
+    let ping: HttpResponse;
+    try {
+      ping = await client.ping();
+    } catch (err) {
+      if (tlsVerify || signal?.aborted || !isTlsProtocolError(err)) throw client.networkError(err);
+      client = new RegistryClient(registry, new URL(`http://${endpoint}/`), agent, auth, options.retry, signal);
+      try {
+        ping = await client.ping();
+      } catch (plainErr) {
+        throw client.networkError(plainErr);
+      }
+    }
+    client.reachable = true;
+
+    if (ping.status === 401) {
+      if (!auth.useChallenge(firstHeader(ping.headers, 'www-authenticate'))) {
+        throw new UserError(`${registry} asks for an authentication scheme nix2oci does not support (only Basic and Bearer)`);
+      }
+      // Basic: try the password now; Bearer: fetch the token now. Either fails here with a clear message.
+      const check = await client.request({ method: 'GET', url: '/v2/', retry: true });
+      await check.body.dump();
+      if (check.status === 401 || check.status === 403) {
+        throw new UserError(`login to ${registry} failed: the registry refused ${auth.describeIdentity()} (${check.status})`);
+      }
+      if (check.status !== 200) throw new UserError(`${registry}/v2/ answered ${check.status} after login`);
+    } else if (ping.status !== 200) {
+      throw new UserError(`${client.baseUrl.origin}/v2/ answered ${ping.status}: is this an OCI registry?`);
+    }
+    return client;
+  }
+
+  /** GET /v2/ without credentials, retrying server errors (not refusals: a registry that is down fails at once). */
+  private async ping(): Promise<HttpResponse> {
+    const res = await this.request({ method: 'GET', url: '/v2/', retry: true }, { authenticate: false });
+    await res.body.dump();
+    return res;
+  }
+
+  /** Sends a request to the registry; the response body must be consumed or dumped by the caller. */
+  async request(request: RegistryRequest, { authenticate = true } = {}): Promise<HttpResponse> {
+    const url = typeof request.url === 'string' ? new URL(request.url, this.baseUrl) : request.url;
+    for (let failures = 0; ; ) {
+      let res: HttpResponse;
+      try {
+        res = await this.sendAuthenticated({ ...request, url }, authenticate);
+      } catch (err) {
+        if (err instanceof UserError || this.signal?.aborted) throw err;
+        if (request.retry && ++failures <= this.retryPolicy.attempts && isRetriableError(err, { refusedIsRetriable: this.reachable })) {
+          await sleep(retryDelay(this.retryPolicy, failures), this.signal);
+          continue;
+        }
+        throw err;
+      }
+      if (request.retry && isRetriableStatus(res.status) && ++failures <= this.retryPolicy.attempts) {
+        await res.body.dump();
+        await sleep(retryDelay(this.retryPolicy, failures, parseRetryAfter(firstHeader(res.headers, 'retry-after'))), this.signal);
+        continue;
+      }
+      return res;
+    }
+  }
+
+  private async sendAuthenticated(request: RegistryRequest & { url: URL }, authenticate: boolean): Promise<HttpResponse> {
+    const origin = this.baseUrl.origin;
+    const attempt = async () => {
+      const authorization = authenticate ? await this.auth.authorization() : undefined;
+      const res = await send(this.agent, { ...request, authorization, authorizationOrigin: origin, signal: this.signal });
+      return { res, sent: res.authorized ? authorization : undefined };
+    };
+    const { res, sent } = await attempt();
+    if (res.status !== 401 || !authenticate || res.url.origin !== origin) return res;
+    // Renew once (an expired token, a scope the registry wants added); a second 401 goes to the caller.
+    if (!(await this.auth.renew(firstHeader(res.headers, 'www-authenticate'), sent))) return res;
+    await res.body.dump();
+    return (await attempt()).res;
+  }
+
+  /** Turns a network failure into a one-line UserError naming the registry. */
+  networkError(err: unknown): Error {
+    if (err instanceof UserError) return err;
+    if (this.signal?.aborted) return err instanceof Error ? err : new Error(String(err));
+    return new UserError(describeNetworkError(err, this.baseUrl.host), { cause: err });
+  }
+}
+
+/** `404 BLOB_UNKNOWN: blob unknown to registry` from a registry's error document, or just the status. */
+export async function describeFailure(res: HttpResponse): Promise<string> {
+  const text = await readText(res.body).catch(() => '');
+  try {
+    const doc = JSON.parse(text) as { errors?: Array<{ code?: unknown; message?: unknown }> };
+    const first = doc.errors?.[0];
+    if (first && typeof first.code === 'string') {
+      const message = typeof first.message === 'string' && first.message ? `: ${first.message}` : '';
+      return `${res.status} ${first.code}${message}`.slice(0, 300);
+    }
+  } catch {
+    // Not a registry error document.
+  }
+  return `${res.status}`;
+}

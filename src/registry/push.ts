@@ -1,0 +1,251 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { rename, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Readable } from 'node:stream';
+import pLimit from 'p-limit';
+import type { Blob, Image } from '../oci/image.js';
+import { UserError } from '../util/errors.js';
+import { pushBlob, type BlobOutcome } from './blob-upload.js';
+import { RegistryClient } from './client.js';
+import { credentialSecrets, findCredentials } from './credentials.js';
+import { pushManifest } from './manifest-push.js';
+import { allSources, mountSources, sourcesFor } from './mount-sources.js';
+import { chooseProgressMode, createProgress, formatBytes, type ProgressMode } from './progress.js';
+import { formatReference, parseReference, parseRepository, parseTag, registryEndpoint, type ImageReference } from './reference.js';
+import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
+import { loadTlsOptions } from './tls.js';
+import { createAgent } from './transport.js';
+
+export interface PushOptions {
+  /** More tags besides the reference's own (`--tag`, repeatable). */
+  tags?: string[];
+  /** `--creds USER:PASSWORD`. */
+  creds?: string;
+  /** `--authfile`. */
+  authfile?: string;
+  /** `--cert-dir`. */
+  certDir?: string;
+  /** `--tls-verify` (default true). false allows plain HTTP and unverified TLS. */
+  tlsVerify?: boolean;
+  /** Blobs in flight at once (default 4). */
+  jobs?: number;
+  /** Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size (default 64 MiB). */
+  chunkSize?: number;
+  /** Repositories on the same registry to mount blobs from (`--mount-from`, repeatable). */
+  mountFrom?: string[];
+  /** Failures in a row tolerated per request or blob (default 5). */
+  retries?: number;
+  /** First backoff delay (default 500 ms); doubles per failure. */
+  retryDelayMs?: number;
+  /** A request with no progress for this long is abandoned and retried (default 60 s). */
+  stallTimeoutMs?: number;
+  /** `--digestfile`: written (atomically) with the manifest digest. */
+  digestFile?: string;
+  quiet?: boolean;
+  /** Overrides the progress style chosen from stderr being a terminal. */
+  progress?: ProgressMode;
+  /** Progress goes here (default process.stderr). */
+  stderr?: NodeJS.WritableStream;
+  /** The last line, `<reference>@<digest>`, goes here (default process.stdout); null prints nothing. */
+  stdout?: NodeJS.WritableStream | null;
+  /** Environment for credential lookup (default process.env). */
+  env?: NodeJS.ProcessEnv;
+  signal?: AbortSignal;
+}
+
+export interface PushResult {
+  /** The manifest digest. */
+  digest: string;
+  /** `registry/repository:tag@digest` (the first tag). */
+  reference: string;
+  /** Digests of blobs sent, found already present, and mounted from another repository. */
+  uploaded: string[];
+  skipped: string[];
+  mounted: string[];
+}
+
+export const DEFAULT_JOBS = 4;
+export const DEFAULT_CHUNK_SIZE = 64 << 20;
+const DEFAULT_STALL_TIMEOUT_MS = 60_000;
+
+/**
+ * Pushes an image: every blob the registry lacks (layers, then the config; `jobs` at a time),
+ * then the manifest under each tag, only after every blob is confirmed. Safe to run again after
+ * a failure: what the registry holds is skipped. Credentials and tokens never reach the output.
+ */
+export async function pushImage(image: Image, reference: string | ImageReference, options: PushOptions = {}): Promise<PushResult> {
+  const ref = typeof reference === 'string' ? parseReference(reference) : reference;
+  const tags = tagsFor(ref, options.tags ?? []);
+  const jobs = checkedInteger(options.jobs ?? DEFAULT_JOBS, '--jobs', 1, 64);
+  const chunkSize = checkedInteger(options.chunkSize ?? DEFAULT_CHUNK_SIZE, '--chunk-size', 1024, 2 ** 40);
+  const retry: RetryPolicy = {
+    ...DEFAULT_RETRY_POLICY,
+    attempts: checkedInteger(options.retries ?? DEFAULT_RETRY_POLICY.attempts, '--retries', 0, 100),
+    baseDelayMs: options.retryDelayMs ?? DEFAULT_RETRY_POLICY.baseDelayMs,
+  };
+  const env = options.env ?? process.env;
+  const stderr = options.stderr ?? process.stderr;
+  const stdout = options.stdout === undefined ? process.stdout : options.stdout;
+  const sources = mountSources(image, ref.registry, (options.mountFrom ?? []).map(parseRepository));
+  const blobs = blobsOf(image);
+  const manifestDigest = `sha256:${createHash('sha256').update(image.manifestBytes).digest('hex')}`;
+  if (ref.digest && ref.digest !== manifestDigest) {
+    throw new UserError(`the image's manifest digest is ${manifestDigest}, not ${ref.digest} as the reference says`);
+  }
+
+  const secrets = new Secrets();
+  // Stops the other uploads when one fails, and follows the caller's signal.
+  const stop = new AbortController();
+  const onAbort = () => stop.abort(options.signal!.reason);
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  let agent: ReturnType<typeof createAgent> | undefined;
+  const progress = createProgress(
+    options.progress ?? chooseProgressMode(stderr, options.quiet ?? false),
+    stderr,
+    totalSize(blobs),
+  );
+  try {
+    const credentials = await findCredentials(ref.registry, ref.repository, { creds: options.creds, authfile: options.authfile, env });
+    secrets.add(...credentialSecrets(credentials));
+    const tls = await loadTlsOptions(ref.registry, { tlsVerify: options.tlsVerify ?? true, certDir: options.certDir }, env);
+    agent = createAgent({ tls, connections: jobs + 2, stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS });
+    const mountScopes = allSources(sources)
+      .filter((r) => r !== ref.repository)
+      .map((r) => `repository:${r}:pull`);
+    const client = await RegistryClient.connect({
+      registry: ref.registry,
+      endpoint: registryEndpoint(ref.registry),
+      agent,
+      credentials,
+      scopes: [`repository:${ref.repository}:pull,push`, ...mountScopes],
+      tlsVerify: options.tlsVerify ?? true,
+      retry,
+      onSecret: (s) => secrets.add(s),
+      signal: stop.signal,
+    });
+
+    progress.note(`pushing ${blobs.length} blobs (${formatBytes(totalSize(blobs))}) to ${formatReference(ref)}`);
+    const limit = pLimit(jobs);
+    const refusedMountSources = new Set<string>();
+    const settled = await Promise.allSettled(
+      blobs.map(({ blob, label }) =>
+        limit(async (): Promise<[string, BlobOutcome]> => {
+          stop.signal.throwIfAborted();
+          const reporter = progress.blob(blob.descriptor.digest, blob.descriptor.size, label);
+          const outcome = await pushBlob(client, blob, {
+            repository: ref.repository,
+            mountFrom: sourcesFor(sources, blob.descriptor.digest),
+            chunkSize,
+            retry,
+            progress: reporter,
+            refusedMountSources,
+            signal: stop.signal,
+          }).catch((err: unknown) => {
+            if (!stop.signal.aborted) stop.abort(err);
+            throw err;
+          });
+          reporter.finished(outcome);
+          return [blob.descriptor.digest, outcome];
+        }),
+      ),
+    );
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) throw options.signal?.aborted ? options.signal.reason : (stop.signal.reason ?? failed.reason);
+
+    const result: PushResult = { digest: '', reference: '', uploaded: [], skipped: [], mounted: [] };
+    for (const s of settled) {
+      const [digest, outcome] = (s as PromiseFulfilledResult<[string, BlobOutcome]>).value;
+      result[outcome.kind === 'uploaded' ? 'uploaded' : outcome.kind === 'skipped' ? 'skipped' : 'mounted'].push(digest);
+    }
+
+    result.digest = await pushManifest(client, ref.repository, image, tags);
+    result.reference = formatReference(ref, tags[0], result.digest);
+    for (const tag of tags.slice(1)) progress.note(`tagged ${formatReference(ref, tag)}`);
+    if (options.digestFile) await writeFileAtomic(options.digestFile, result.digest);
+    progress.stop();
+    stdout?.write(`${result.reference}\n`);
+    return result;
+  } catch (err) {
+    throw secrets.scrub(err);
+  } finally {
+    progress.stop();
+    options.signal?.removeEventListener('abort', onAbort);
+    await agent?.close().catch(() => {});
+  }
+}
+
+/** The reference's tag and the extra tags; `latest` when neither names one (and no digest is given). */
+function tagsFor(ref: ImageReference, extra: string[]): string[] {
+  const tags = [...(ref.tag ? [ref.tag] : []), ...extra.map(parseTag)];
+  if (tags.length === 0 && !ref.digest) tags.push('latest');
+  return [...new Set(tags)];
+}
+
+function checkedInteger(value: number, name: string, min: number, max: number): number {
+  if (!Number.isInteger(value) || value < min || value > max) throw new UserError(`${name} must be a whole number from ${min} to ${max}`);
+  return value;
+}
+
+interface LabelledBlob {
+  blob: Blob;
+  label?: string;
+}
+
+/** Layers in order, then the config; a layer that appears twice is pushed once. */
+function blobsOf(image: Image): LabelledBlob[] {
+  const seen = new Set<string>();
+  const blobs: LabelledBlob[] = [];
+  for (const layer of image.layers) {
+    if (seen.has(layer.descriptor.digest)) continue;
+    seen.add(layer.descriptor.digest);
+    blobs.push({ blob: layer, label: layerLabel(layer.contents) });
+  }
+  const config: Blob = {
+    descriptor: image.configDescriptor,
+    open: (start = 0) => Readable.from([image.configBytes.subarray(start)]),
+  };
+  if (!seen.has(config.descriptor.digest)) blobs.push({ blob: config, label: 'config' });
+  return blobs;
+}
+
+function totalSize(blobs: LabelledBlob[]): number {
+  return blobs.reduce((sum, b) => sum + b.blob.descriptor.size, 0);
+}
+
+/** `python3-3.11.9` for `/nix/store/<hash>-python3-3.11.9`; `+N` when the layer holds more. */
+function layerLabel(contents: string[] | undefined): string | undefined {
+  if (!contents?.length) return undefined;
+  const first = basename(contents[0]!).replace(/^[0-9a-z]{32}-/, '');
+  return contents.length > 1 ? `${first} +${contents.length - 1}` : first;
+}
+
+/** Secrets seen during a push (passwords, tokens), and their removal from error messages. */
+class Secrets {
+  private readonly values = new Set<string>();
+
+  add(...secrets: string[]): void {
+    for (const s of secrets) if (s.length >= 4) this.values.add(s);
+  }
+
+  scrub(err: unknown): unknown {
+    if (!(err instanceof Error)) return err;
+    for (const secret of this.values) {
+      if (err.message.includes(secret)) err.message = err.message.split(secret).join('***');
+      const b64 = Buffer.from(secret).toString('base64');
+      if (err.message.includes(b64)) err.message = err.message.split(b64).join('***');
+    }
+    return err;
+  }
+}
+
+/** Writes a small file by way of a temporary file in the same directory, so readers never see half of it. */
+export async function writeFileAtomic(file: string, data: string): Promise<void> {
+  const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    await writeFile(temp, data);
+    await rename(temp, file);
+  } catch (err) {
+    await unlink(temp).catch(() => {});
+    throw new UserError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}

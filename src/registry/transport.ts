@@ -1,0 +1,165 @@
+import type { Readable } from 'node:stream';
+import { Agent, type Dispatcher } from 'undici';
+import type { TlsConnectOptions } from './tls.js';
+import { errorCode } from './retry.js';
+
+/**
+ * HTTP for a push: one undici Agent with keep-alive connections to every origin (registry, token
+ * server, blob storage), and redirects followed by hand so that the Authorization header only ever
+ * goes to the origin it was issued for (registries redirect blob reads to storage hosts).
+ */
+export interface TransportOptions {
+  tls: TlsConnectOptions;
+  /** Connections per origin: the number of blobs in flight, plus room for HEADs and the token server. */
+  connections: number;
+  /** No progress for this long (no response headers, no body bytes, an upload that does not drain) aborts a request. */
+  stallTimeoutMs: number;
+}
+
+export function createAgent(options: TransportOptions): Agent {
+  return new Agent({
+    connections: options.connections,
+    keepAliveTimeout: 30_000,
+    keepAliveMaxTimeout: 120_000,
+    // undici fires the headers timeout when a request body stops draining, so it also catches stalled uploads.
+    headersTimeout: options.stallTimeoutMs,
+    bodyTimeout: options.stallTimeoutMs,
+    connect: { ...options.tls, timeout: Math.min(options.stallTimeoutMs, 30_000) },
+  });
+}
+
+export type HttpMethod = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+export interface HttpRequest {
+  method: HttpMethod;
+  url: URL;
+  headers?: Record<string, string>;
+  /** Makes a fresh body for each attempt and each redirect hop. */
+  body?: () => Buffer | Readable;
+  /** Sent only while the request stays on `authorizationOrigin`. */
+  authorization?: string;
+  /** Defaults to the request URL's origin. */
+  authorizationOrigin?: string;
+  signal?: AbortSignal;
+}
+
+export interface HttpResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+  /** Where the response came from, after redirects. */
+  url: URL;
+  /** Whether the request that got this response carried the Authorization header. */
+  authorized: boolean;
+}
+
+const MAX_REDIRECTS = 5;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+export async function send(agent: Dispatcher, request: HttpRequest): Promise<HttpResponse> {
+  const authorizationOrigin = request.authorizationOrigin ?? request.url.origin;
+  let { method, url } = request;
+  let body = request.body;
+  for (let hop = 0; ; hop++) {
+    const headers: Record<string, string> = { ...request.headers };
+    const authorized = request.authorization !== undefined && url.origin === authorizationOrigin;
+    if (authorized) headers.authorization = request.authorization!;
+    if (!body) delete headers['content-length'];
+    const payload = body?.() ?? null;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await agent.request({
+        origin: url.origin,
+        path: url.pathname + url.search,
+        method,
+        headers,
+        body: payload,
+        signal: request.signal,
+      });
+    } finally {
+      // A body the server did not read to the end (an error, an early answer) must still close its file.
+      discard(payload);
+    }
+    const location = firstHeader(res.headers, 'location');
+    if (!REDIRECTS.has(res.statusCode) || !location) {
+      return { status: res.statusCode, headers: res.headers, body: res.body, url, authorized };
+    }
+    await res.body.dump();
+    if (hop >= MAX_REDIRECTS) throw new Error(`too many redirects from ${request.url.origin}`);
+    url = new URL(location, url);
+    // 303 (and, as browsers do, 301/302 after a POST) turn the request into a GET without a body.
+    if (res.statusCode === 303 || ((res.statusCode === 301 || res.statusCode === 302) && method === 'POST')) {
+      method = 'GET';
+      body = undefined;
+    }
+  }
+}
+
+function discard(payload: Buffer | Readable | null): void {
+  if (payload && !Buffer.isBuffer(payload) && !payload.readableEnded) payload.destroy();
+}
+
+export function firstHeader(headers: HttpResponse['headers'], name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** Reads at most `limit` bytes of a response body (error documents, tokens) and discards the rest. */
+export async function readText(body: HttpResponse['body'], limit = 64 << 10): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    if (size < limit) chunks.push(chunk as Buffer);
+    size += (chunk as Buffer).length;
+  }
+  return Buffer.concat(chunks).subarray(0, limit).toString('utf8');
+}
+
+const UNKNOWN_CA = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+]);
+
+/** True for failures that mean "this port does not speak TLS", so plain HTTP is worth a try. */
+export function isTlsProtocolError(err: unknown): boolean {
+  const code = errorCode(err);
+  const message = err instanceof Error ? `${err.message} ${(err.cause as Error | undefined)?.message ?? ''}` : '';
+  return code === 'EPROTO' || code === 'ERR_SSL_WRONG_VERSION_NUMBER' || /wrong version number|packet length too long/i.test(message);
+}
+
+/** One line saying what went wrong with a connection to `host`, and what to do about it. */
+export function describeNetworkError(err: unknown, host: string): string {
+  const code = errorCode(err);
+  if (code && UNKNOWN_CA.has(code)) {
+    return `TLS: the certificate of ${host} is signed by an unknown authority (${code}); put the CA in --cert-dir DIR as ca.crt, or use --tls-verify=false`;
+  }
+  if (code === 'CERT_HAS_EXPIRED') return `TLS: the certificate of ${host} has expired`;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `TLS: the certificate of ${host} is not valid for that name`;
+  if (isTlsProtocolError(err)) return `TLS handshake with ${host} failed: it does not speak TLS (use --tls-verify=false to allow plain HTTP)`;
+  switch (code) {
+    case 'ECONNREFUSED':
+      return `cannot connect to ${host}: connection refused (is the registry running?)`;
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return `cannot resolve ${host}`;
+    case 'ECONNRESET':
+    case 'EPIPE':
+    case 'UND_ERR_SOCKET':
+    case 'UND_ERR_CLOSED':
+      return `the connection to ${host} was closed unexpectedly`;
+    case 'UND_ERR_CONNECT_TIMEOUT':
+    case 'ETIMEDOUT':
+      return `connecting to ${host} timed out`;
+    case 'UND_ERR_HEADERS_TIMEOUT':
+    case 'UND_ERR_BODY_TIMEOUT':
+      return `${host} stopped responding (stalled)`;
+    default: {
+      const message = err instanceof Error ? err.message.split('\n')[0] : String(err);
+      return `request to ${host} failed: ${code ?? message}`;
+    }
+  }
+}
