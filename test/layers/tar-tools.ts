@@ -70,7 +70,9 @@ export async function tarStreamList(tar: Buffer): Promise<(ListedEntry & { mtime
   const done = new Promise<void>((resolve, reject) => {
     extract.on('entry', (header, stream, next) => {
       const parts: Buffer[] = [];
-      stream.on('data', (d: Buffer) => parts.push(d));
+      stream.on('data', (d: unknown) => {
+        parts.push(d as Buffer);
+      });
       stream.on('end', () => {
         const type = header.type === 'link' ? 'hardlink' : (header.type as ListedEntry['type']);
         entries.push({
