@@ -1,0 +1,70 @@
+import { createWriteStream } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Writable } from 'node:stream';
+import { UserError } from '../util/errors.js';
+import { writeArchiveTar } from './archive-tar.js';
+import { writeDirectoryAtomically, writeFileAtomically } from './atomic.js';
+import type { OutputFormat } from './formats.js';
+import type { Image } from './image.js';
+import { dockerArchiveEntries, ociLayoutEntries, type ArchiveEntry } from './layout.js';
+import { copyInto } from './stream-util.js';
+
+export type { OutputFormat } from './formats.js';
+export { OUTPUT_FORMATS, parseOutputFormat } from './formats.js';
+
+export interface WriteImageOptions {
+  format: OutputFormat;
+  /** A file or directory path, or `-` for standard output (archives only). */
+  output: string;
+  /** Where `-` writes (default process.stdout). */
+  stdout?: Writable | NodeJS.WritableStream;
+}
+
+/**
+ * Writes an image in one of the output formats. Files and directories appear atomically: an error or
+ * an interrupted process leaves no output and no temporary file. Blobs are streamed from their source.
+ */
+export async function writeImage(image: Image, options: WriteImageOptions): Promise<void> {
+  const { format, output } = options;
+  if (format === 'oci-layout') {
+    if (output === '-') throw new UserError('--format oci-layout writes a directory and cannot go to standard output; use oci-archive');
+    await writeDirectoryAtomically(output, (dir) => writeEntriesToDirectory(ociLayoutEntries(image), dir));
+    return;
+  }
+  const entries = format === 'oci-archive' ? ociLayoutEntries(image) : dockerArchiveEntries(image);
+  if (output === '-') {
+    const stdout = options.stdout ?? process.stdout;
+    await writeArchiveTar(entries, stdout).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') throw new UserError('standard output was closed before the archive was written', { cause: err });
+      throw err;
+    });
+    return;
+  }
+  await writeFileAtomically(output, (out) => writeArchiveTar(entries, out));
+}
+
+async function writeEntriesToDirectory(entries: ArchiveEntry[], dir: string): Promise<void> {
+  for (const entry of entries) {
+    const path = join(dir, entry.name);
+    if (entry.kind === 'directory') {
+      await mkdir(path, { recursive: true });
+    } else if (entry.kind === 'bytes') {
+      await writeFile(path, entry.bytes, { mode: 0o644 });
+    } else {
+      const out = createWriteStream(path, { flags: 'wx', mode: 0o644 });
+      try {
+        const copied = await copyInto(entry.blob.open(), out);
+        const size = entry.blob.descriptor.size;
+        if (copied !== size) throw new Error(`blob ${entry.blob.descriptor.digest} gave ${copied} bytes, its descriptor says ${size}`);
+        await new Promise<void>((ok, fail) => {
+          out.once('error', fail);
+          out.end(() => ok());
+        });
+      } catch (err) {
+        out.destroy();
+        throw err;
+      }
+    }
+  }
+}
