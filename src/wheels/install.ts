@@ -1,0 +1,307 @@
+/**
+ * Installing a wheel into a layer, as the wheel spec (PEP 427) and pip lay it out, with no Python
+ * on the build machine. The layer holds the prefix's tree (`opt/python/lib/python3.11/site-packages/…`,
+ * `opt/python/bin/…`), built in one pass over the zip: each body is read by seeking, checked against
+ * RECORD while it streams into the tar, and never held whole.
+ *
+ * Deterministic: entries are sorted by their path in the layer (not the zip's order), every directory is
+ * emitted once with 0755, files 0644 or 0755, and the tar writer fixes mtimes and owners — the same wheel,
+ * prefix and interpreter give the same layer in every image.
+ */
+import { createHash } from 'node:crypto';
+import { posix } from 'node:path';
+import type { LayerSource, TarSink } from '../layers/types.js';
+import { UserError } from '../util/errors.js';
+import { recordHash, formatRecordLine } from './record.js';
+import { checkInterpreter, launcherScript, readScriptHead } from './scripts.js';
+import { changedSinceRead, verifiedChunks, type ChunkObserver } from './verify.js';
+import { compareNames, isRecordFile, type WheelEntry, type WheelInfo } from './wheel-info.js';
+import { ZipReader, type ZipEntry } from './zip.js';
+
+export interface WheelInstallOptions {
+  /** Absolute install prefix in the image, e.g. `/opt/python`. */
+  prefix: string;
+  /** The image's Python as `major.minor`, e.g. `3.11`: names `lib/python3.11/site-packages`. */
+  pythonVersion: string;
+  /** Absolute path of the image's interpreter, for launchers and `#!python` scripts. */
+  interpreter: string;
+  /**
+   * Called for each file taken from the wheel, before its bytes stream; a returned observer sees every
+   * chunk in the same pass (e.g. an ELF scanner) and `end` once the file is complete and verified.
+   */
+  inspect?: (file: { path: string; entry: WheelEntry }) => (ChunkObserver & { end(): void | Promise<void> }) | undefined;
+}
+
+export interface WheelLayer {
+  source: LayerSource;
+  /** Absolute paths in the image. */
+  sitePackages: string;
+  binDir: string;
+  /** Absolute paths of every file the layer installs, sorted (for `inspect` and conflict checks). */
+  files: string[];
+}
+
+const DIR_MODE = 0o755;
+const FILE_MODE = 0o644;
+const EXEC_MODE = 0o755;
+const INSTALLER_TEXT = 'nix2oci\n';
+
+/** One file of the layer, by where its bytes come from. */
+type PlannedFile =
+  | { kind: 'wheel'; name: string; entry: WheelEntry; mode: number; script: boolean }
+  | { kind: 'generated'; name: string; mode: number; content: Buffer }
+  | { kind: 'record'; name: string };
+
+/** Where each `.data/<key>` goes, as tar names (relative, no leading `/`). */
+interface Scheme {
+  purelib: string;
+  platlib: string;
+  scripts: string;
+  data: string;
+  headers: string;
+}
+
+/**
+ * Plans the install (every path is checked here, before any layer output starts) and returns the
+ * layer's source. The source opens the wheel each time it runs.
+ */
+export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions): WheelLayer {
+  const scheme = installScheme(info, options);
+  checkInterpreter(options.interpreter);
+  const plan = planInstall(info, options, scheme);
+  const sitePackages = '/' + scheme.purelib;
+  return {
+    sitePackages,
+    binDir: '/' + scheme.scripts,
+    files: plan.map((f) => '/' + f.name),
+    source: (sink) => writeInstall(info, options, scheme, plan, sink),
+  };
+}
+
+function installScheme(info: WheelInfo, options: WheelInstallOptions): Scheme {
+  const { prefix, pythonVersion } = options;
+  if (!prefix.startsWith('/') || prefix !== posix.normalize(prefix) || (prefix.endsWith('/') && prefix !== '/') || prefix.includes('\0')) {
+    throw new UserError(`wheel install prefix "${prefix}" must be a normalised absolute path such as /opt/python`);
+  }
+  if (!/^\d+\.\d+$/.test(pythonVersion)) throw new UserError(`Python version "${pythonVersion}" is not of the form 3.11`);
+  const root = prefix.slice(1);
+  const under = (...parts: string[]) => [root, ...parts].filter((p) => p !== '').join('/');
+  const sitePackages = under('lib', `python${pythonVersion}`, 'site-packages');
+  return {
+    purelib: sitePackages,
+    platlib: sitePackages,
+    scripts: under('bin'),
+    data: root,
+    headers: under('include', `python${pythonVersion}`, info.name),
+  };
+}
+
+function planInstall(info: WheelInfo, options: WheelInstallOptions, scheme: Scheme): PlannedFile[] {
+  const files = new Map<string, PlannedFile & { from: string }>();
+  const add = (file: PlannedFile, from: string) => {
+    const existing = files.get(file.name);
+    if (existing) throw new UserError(`${info.file}: ${existing.from} and ${from} both install /${file.name}`);
+    files.set(file.name, { ...file, from });
+  };
+  const rootScheme = info.rootIsPurelib ? scheme.purelib : scheme.platlib;
+  const dataPrefix = info.dataDir + '/';
+
+  for (const entry of info.entries) {
+    if (entry.isDir) continue;
+    // RECORD and its signatures are replaced by the installed RECORD; INSTALLER is ours to write.
+    if (isRecordFile(entry.name, info.distInfoDir) || entry.name === `${info.distInfoDir}/INSTALLER`) continue;
+    if (!entry.name.startsWith(dataPrefix)) {
+      add({ kind: 'wheel', name: `${rootScheme}/${entry.name}`, entry, mode: modeOf(entry), script: false }, `entry ${entry.name}`);
+      continue;
+    }
+    const rest = entry.name.slice(dataPrefix.length);
+    const slash = rest.indexOf('/');
+    if (slash < 0) {
+      throw new UserError(`${info.file}: entry ${entry.name} lies directly in ${info.dataDir}; its files belong under purelib, platlib, headers, scripts or data`);
+    }
+    const key = rest.slice(0, slash);
+    if (!isSchemeKey(key)) {
+      throw new UserError(`${info.file}: entry ${entry.name}: unknown ${info.dataDir} directory "${key}" (expected purelib, platlib, headers, scripts or data)`);
+    }
+    const target = joinName(scheme[key], rest.slice(slash + 1));
+    const script = key === 'scripts';
+    add({ kind: 'wheel', name: target, entry, mode: script ? EXEC_MODE : modeOf(entry), script }, `entry ${entry.name}`);
+  }
+
+  const where = `${info.file}: ${info.distInfoDir}/entry_points.txt`;
+  for (const point of [...info.entryPoints.console_scripts, ...info.entryPoints.gui_scripts]) {
+    const content = Buffer.from(launcherScript(point, options.interpreter, where));
+    add({ kind: 'generated', name: `${scheme.scripts}/${point.name}`, mode: EXEC_MODE, content }, `entry point ${point.name}`);
+  }
+  const distInfo = `${rootScheme}/${info.distInfoDir}`;
+  add({ kind: 'generated', name: `${distInfo}/INSTALLER`, mode: FILE_MODE, content: Buffer.from(INSTALLER_TEXT) }, 'INSTALLER');
+  add({ kind: 'record', name: `${distInfo}/RECORD` }, 'RECORD');
+
+  return [...files.values()].map(({ from: _, ...file }) => file).sort((a, b) => compareNames(a.name, b.name));
+}
+
+function isSchemeKey(key: string): key is keyof Scheme {
+  return key === 'purelib' || key === 'platlib' || key === 'headers' || key === 'scripts' || key === 'data';
+}
+
+function joinName(base: string, rest: string): string {
+  return base === '' ? rest : `${base}/${rest}`;
+}
+
+/** 0755 when the zip says some execute bit is set, as pip does; nothing else of the zip's mode is kept. */
+function modeOf(entry: WheelEntry): number {
+  return entry.executable ? EXEC_MODE : FILE_MODE;
+}
+
+/** Every ancestor directory of the planned files, each once. */
+function directoriesOf(plan: PlannedFile[]): string[] {
+  const dirs = new Set<string>();
+  for (const file of plan) {
+    let slash = file.name.lastIndexOf('/');
+    while (slash > 0) {
+      const dir = file.name.slice(0, slash);
+      if (dirs.has(dir)) break;
+      dirs.add(dir);
+      slash = dir.lastIndexOf('/');
+    }
+  }
+  return [...dirs];
+}
+
+/** What the installed RECORD says about one file, filled in as files are written. */
+interface InstalledRow {
+  hash: string;
+  size: number;
+}
+
+async function writeInstall(info: WheelInfo, options: WheelInstallOptions, scheme: Scheme, plan: PlannedFile[], sink: TarSink): Promise<void> {
+  const zip = await ZipReader.open(info.file);
+  try {
+    const zipEntries = new Map(zip.entries.map((e) => [e.name, e]));
+    const zipEntryFor = (entry: WheelEntry): ZipEntry => {
+      const zipEntry = zipEntries.get(entry.name);
+      if (!zipEntry || zipEntry.size !== entry.size || zipEntry.compressedSize !== entry.compressedSize || zipEntry.isDir) {
+        throw changedSinceRead(info, entry.name);
+      }
+      return zipEntry;
+    };
+    if (zip.entries.length !== info.entries.length) throw changedSinceRead(info, '(entry count)');
+
+    const rows = new Map<string, InstalledRow>();
+    for (const file of plan) {
+      if (file.kind === 'wheel' && !file.script && file.entry.recordHash) {
+        rows.set(file.name, { hash: recordHash(file.entry.recordHash.algorithm, Buffer.from(file.entry.recordHash.hex, 'hex')), size: file.entry.size });
+      } else if (file.kind === 'generated') {
+        rows.set(file.name, { hash: recordHash('sha256', createHash('sha256').update(file.content).digest()), size: file.content.length });
+      }
+    }
+
+    type Item = { name: string; dir: true } | ({ dir: false } & PlannedFile);
+    const items: Item[] = [
+      ...directoriesOf(plan).map((name) => ({ name, dir: true as const })),
+      ...plan.map((file) => ({ ...file, dir: false as const })),
+    ].sort((a, b) => compareNames(a.name, b.name));
+
+    for (const item of items) {
+      if (item.dir) {
+        await sink.add({ type: 'directory', name: item.name, mode: DIR_MODE });
+      } else if (item.kind === 'generated') {
+        await sink.add({ type: 'file', name: item.name, mode: item.mode, size: item.content.length, body: item.content });
+      } else if (item.kind === 'record') {
+        const content = await installedRecord(info, options, scheme, plan, rows, zip, zipEntryFor, item.name);
+        await sink.add({ type: 'file', name: item.name, mode: FILE_MODE, size: content.length, body: content });
+      } else {
+        const row = await writeWheelFile(info, options, zip, zipEntryFor(item.entry), item, sink);
+        if (row) rows.set(item.name, row);
+      }
+    }
+  } finally {
+    await zip.close();
+  }
+}
+
+/** Streams one file from the zip into the layer; returns its RECORD row when the installed bytes differ from the wheel's. */
+async function writeWheelFile(
+  info: WheelInfo,
+  options: WheelInstallOptions,
+  zip: ZipReader,
+  zipEntry: ZipEntry,
+  file: Extract<PlannedFile, { kind: 'wheel' }>,
+  sink: TarSink,
+): Promise<InstalledRow | null> {
+  const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry });
+  const observers = inspector ? [inspector] : [];
+  if (!file.script) {
+    await sink.add({ type: 'file', name: file.name, mode: file.mode, size: file.entry.size, body: verifiedChunks(zip, zipEntry, file.entry, observers) });
+    await inspector?.end();
+    return null;
+  }
+  const installed = createHash('sha256');
+  const chunks = verifiedChunks(zip, zipEntry, file.entry, observers);
+  try {
+    const { head, consumed } = await readScriptHead(chunks, options.interpreter, `${info.file}: entry ${file.entry.name}`);
+    const size = file.entry.size - consumed + head.length;
+    await sink.add({ type: 'file', name: file.name, mode: file.mode, size, body: hashedBody(head, chunks, installed) });
+    await inspector?.end();
+    return { hash: recordHash('sha256', installed.digest()), size };
+  } finally {
+    await chunks.return(undefined);
+  }
+}
+
+async function* hashedBody(head: Buffer, rest: AsyncIterator<Buffer>, hash: ReturnType<typeof createHash>): AsyncGenerator<Buffer> {
+  hash.update(head);
+  if (head.length > 0) yield head;
+  for (;;) {
+    const next = await rest.next();
+    if (next.done) return;
+    hash.update(next.value);
+    yield next.value;
+  }
+}
+
+/**
+ * The installed RECORD: every installed file relative to site-packages (as pip writes `../../../bin/x`),
+ * with the wheel's hash for files installed unchanged and a fresh sha256 for rewritten and generated
+ * ones; RECORD itself without a hash. Rows sorted by path.
+ */
+async function installedRecord(
+  info: WheelInfo,
+  options: WheelInstallOptions,
+  scheme: Scheme,
+  plan: PlannedFile[],
+  rows: Map<string, InstalledRow>,
+  zip: ZipReader,
+  zipEntryFor: (entry: WheelEntry) => ZipEntry,
+  recordName: string,
+): Promise<Buffer> {
+  const base = info.rootIsPurelib ? scheme.purelib : scheme.platlib;
+  const lines: [string, string][] = [];
+  for (const file of plan) {
+    const relative = posix.relative(base, file.name);
+    if (file.kind === 'record') {
+      lines.push([relative, formatRecordLine(relative, '', null)]);
+      continue;
+    }
+    let row = rows.get(file.name);
+    if (!row && file.kind === 'wheel') {
+      // A rewritten script sorted after RECORD (not with the usual bin/ < lib/ layout): hash its installed form now.
+      row = await hashRewrittenScript(info, options, zip, zipEntryFor(file.entry), file.entry);
+      rows.set(file.name, row);
+    }
+    if (!row) throw new Error(`no RECORD row for ${file.name} while writing ${recordName}`);
+    lines.push([relative, formatRecordLine(relative, row.hash, row.size)]);
+  }
+  lines.sort((a, b) => compareNames(a[0], b[0]));
+  return Buffer.from(lines.map(([, line]) => line).join(''));
+}
+
+async function hashRewrittenScript(info: WheelInfo, options: WheelInstallOptions, zip: ZipReader, zipEntry: ZipEntry, entry: WheelEntry): Promise<InstalledRow> {
+  const chunks = verifiedChunks(zip, zipEntry, entry);
+  const hash = createHash('sha256');
+  const { head, consumed } = await readScriptHead(chunks, options.interpreter, `${info.file}: entry ${entry.name}`);
+  for await (const _ of hashedBody(head, chunks, hash)) {
+    // hashing only
+  }
+  return { hash: recordHash('sha256', hash.digest()), size: entry.size - consumed + head.length };
+}
