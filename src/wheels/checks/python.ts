@@ -54,7 +54,7 @@ function inferPython(closure: Closure, index: ClosureIndex): PythonBinary {
     (p) => !index.pythons.some((other) => other.storePath !== p.storePath && refersTo(closure, other.storePath, p.storePath)),
   );
   if (candidates.length === 1) return candidates[0]!;
-  const list = candidates.map((p) => p.binary).join(', ');
+  const list = candidates.map((p) => p.binary).sort().join(', ');
   throw new UserError(`more than one Python in the closure: ${list} (choose one with --python PATH)`);
 }
 

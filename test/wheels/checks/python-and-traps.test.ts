@@ -1,0 +1,153 @@
+import { describe, it, expect, beforeAll } from 'vitest';
+import { nixBuild } from '../../helpers/nix.js';
+import { tools } from '../../helpers/tools.js';
+import { indexClosure } from '../../../src/wheels/checks/closure-index.js';
+import { findImagePython } from '../../../src/wheels/checks/python.js';
+import { checkTraps } from '../../../src/wheels/checks/traps.js';
+import { readClosureDistributions } from '../../../src/wheels/checks/requirements.js';
+import { UserError } from '../../../src/util/errors.js';
+import { localClosure, listFromDisk, readFromDisk } from './store-listing.js';
+
+/**
+ * Store paths shaped like nixpkgs' (made with real Nix, tiny): a base python, a withPackages-style
+ * env referring to it, a second unrelated python, a package with a dist-info and an amdsmi symlink,
+ * gcc's runtime libraries, a compiler and Python's headers.
+ */
+let p: Record<string, string> = {};
+
+beforeAll(() => {
+  if (!tools('nix-build')) return;
+  const [base, env, other, pkgs, cxx, cc, bare] = nixBuild(`
+let
+  base = mkDrv "python3-3.11.9" ''
+    mkdir -p $out/bin $out/lib/python3.11/site-packages $out/include/python3.11
+    printf '#!/bin/sh\\n' > $out/bin/python3.11; chmod +x $out/bin/python3.11
+    ln -s python3.11 $out/bin/python3
+    echo '/* header */' > $out/include/python3.11/Python.h
+  '';
+  pkgs = mkDrv "python3.11-packages" ''
+    sp=$out/lib/python3.11/site-packages
+    mkdir -p $sp/fastapi-0.115.4.dist-info $sp/fastapi $sp/legacy.egg-info $sp/broken-1.dist-info $out/share/amd_smi/amdsmi
+    printf 'Metadata-Version: 2.1\\nName: fastapi\\nVersion: 0.115.4\\nRequires-Dist: starlette<0.42,>=0.40\\nRequires-Dist: uvicorn; extra == "standard"\\n\\nbody\\n' > $sp/fastapi-0.115.4.dist-info/METADATA
+    printf 'Metadata-Version: 1.0\\nName: Legacy_Pkg\\nVersion: 2.0\\n' > $sp/legacy.egg-info/PKG-INFO
+    printf 'Metadata-Version: 2.1\\nName: broken\\n' > $sp/broken-1.dist-info/METADATA
+    printf 'Metadata-Version: 1.0\\nName: flat\\nVersion: 0.3\\n' > $sp/flat-0.3-py3.11.egg-info
+    echo > $sp/fastapi/__init__.py
+    echo > $out/share/amd_smi/amdsmi/__init__.py
+    ln -s ../../../share/amd_smi/amdsmi $sp/amdsmi
+    mkdir -p $out/lib/python3.13/site-packages/old-1.0.dist-info
+    printf 'Name: old\\nVersion: 1.0\\n' > $out/lib/python3.13/site-packages/old-1.0.dist-info/METADATA
+  '';
+  env = mkDrv "python3-3.11.9-env" ''
+    mkdir -p $out/bin $out/lib/python3.11/site-packages
+    ln -s \${base}/bin/python3.11 $out/bin/python3.11
+    ln -s \${pkgs}/lib/python3.11/site-packages/fastapi $out/lib/python3.11/site-packages/fastapi
+  '';
+  other = mkDrv "python3-3.12.4" ''
+    mkdir -p $out/bin $out/lib/python3.12/site-packages
+    printf '#!/bin/sh\\n' > $out/bin/python3.12; chmod +x $out/bin/python3.12
+  '';
+  cxx = mkDrv "gcc-13.3.0-lib" ''
+    mkdir -p $out/lib
+    echo > $out/lib/libstdc++.so.6.0.33; ln -s libstdc++.so.6.0.33 $out/lib/libstdc++.so.6
+    echo > $out/lib/libgcc_s.so.1
+  '';
+  cc = mkDrv "gcc-wrapper-13.3.0" ''
+    mkdir -p $out/bin
+    printf '#!/bin/sh\\n' > $out/bin/gcc; chmod +x $out/bin/gcc; ln -s gcc $out/bin/cc
+  '';
+  bare = mkDrv "python3-minimal-3.11.9" ''
+    mkdir -p $out/bin $out/lib/python3.11/site-packages
+    printf '#!/bin/sh\\n' > $out/bin/python3.11; chmod +x $out/bin/python3.11
+  '';
+in [ base env other pkgs cxx cc bare ]`);
+  p = { base: base!, env: env!, other: other!, pkgs: pkgs!, cxx: cxx!, cc: cc!, bare: bare! };
+});
+
+async function inspect(roots: string[], explicit?: string) {
+  const closure = localClosure(roots);
+  const index = await indexClosure(closure, listFromDisk);
+  return { closure, index, python: () => findImagePython(closure, index, explicit) };
+}
+
+describe.runIf(tools('nix-build', 'nix-store'))('the image Python', () => {
+  it('finds the one store path with bin/python3.X, its version and site-packages', async () => {
+    const { python } = await inspect([p.base!, p.pkgs!]);
+    expect(python()).toEqual({
+      storePath: p.base,
+      interpreter: `${p.base}/bin/python3.11`,
+      version: '3.11',
+      fullVersion: '3.11.9',
+      sitePackages: [`${p.base}/lib/python3.11/site-packages`, `${p.pkgs}/lib/python3.11/site-packages`],
+    });
+  });
+
+  it('prefers a python env over the base python it refers to', async () => {
+    const { python } = await inspect([p.env!]);
+    const found = python();
+    expect(found.storePath).toBe(p.env);
+    expect(found.interpreter).toBe(`${p.env}/bin/python3.11`);
+    // Its own site-packages first, then the rest by path.
+    expect(found.sitePackages[0]).toBe(`${p.env}/lib/python3.11/site-packages`);
+    expect(found.sitePackages).toHaveLength(3);
+  });
+
+  it('refuses to guess between unrelated pythons, listing them, unless --python names one', async () => {
+    const { python } = await inspect([p.env!, p.other!]);
+    expect(python).toThrowError(UserError);
+    const listed = [`${p.env}/bin/python3.11`, `${p.other}/bin/python3.12`].sort().join(', ');
+    expect(python).toThrowError(`more than one Python in the closure: ${listed} (choose one with --python PATH)`);
+    expect((await inspect([p.env!, p.other!], p.other)).python()).toMatchObject({ storePath: p.other, version: '3.12', fullVersion: '3.12.4' });
+    expect((await inspect([p.env!, p.other!], `${p.base}/bin/python3.11`)).python()).toMatchObject({ storePath: p.base });
+  });
+
+  it('says what is wrong with --python and with a closure without Python', async () => {
+    expect((await inspect([p.env!], '/nix/store/00000000000000000000000000000000-nope')).python).toThrowError(
+      '--python /nix/store/00000000000000000000000000000000-nope: not in the closure',
+    );
+    expect((await inspect([p.env!, p.cc!], p.cc)).python).toThrowError(`--python ${p.cc}: ${p.cc} has no bin/python3.X`);
+    expect((await inspect([p.cc!])).python).toThrowError('no Python in the closure: no store path has bin/python3.X (give --python PATH)');
+  });
+
+  it("reads the closure's distributions for the image's Python version only", async () => {
+    const { closure, index, python } = await inspect([p.env!, p.pkgs!]);
+    const { distributions, skipped } = await readClosureDistributions(closure, index, python(), readFromDisk);
+    expect(distributions.map((d) => `${d.name} ${d.version}`)).toEqual(['fastapi 0.115.4', 'flat 0.3', 'Legacy_Pkg 2.0']);
+    expect(distributions[0]!.requiresDist).toEqual(['starlette<0.42,>=0.40', 'uvicorn; extra == "standard"']);
+    expect(skipped).toEqual([`${p.pkgs}/lib/python3.11/site-packages/broken-1.dist-info/METADATA`]);
+  });
+});
+
+describe.runIf(tools('nix-build', 'nix-store'))('trap warnings', () => {
+  it('warns when the image lacks libstdc++/libgcc_s, amdsmi, a C compiler and Python headers', async () => {
+    const { index, python } = await inspect([p.bare!]);
+    const warnings = checkTraps({ index, python: python(), distributions: [] });
+    expect(warnings.map((w) => w.trap)).toEqual(['cxx-runtime', 'amdsmi', 'c-compiler', 'python-headers']);
+    expect(warnings[0]!.message).toMatch(/no libstdc\+\+\.so\.6 or libgcc_s\.so\.1 in a lib directory/);
+    expect(warnings[1]!.message).toMatch(/Python 3\.11 cannot import amdsmi/);
+    expect(warnings[3]!.message).toMatch(/no include\/python3\.11\/Python\.h/);
+  });
+
+  it('is quiet when the closure has them all (amdsmi as a site-packages symlink, as nixpkgs installs it)', async () => {
+    const { index, python } = await inspect([p.env!, p.pkgs!, p.cxx!, p.cc!]);
+    expect(checkTraps({ index, python: python(), distributions: [] })).toEqual([]);
+  });
+
+  it('counts amdsmi from a wheel, and honours skipped traps', async () => {
+    const { index, python } = await inspect([p.bare!, p.cxx!]);
+    const py = python();
+    const warnings = checkTraps({
+      index,
+      python: py,
+      distributions: [],
+      wheelFiles: [`${py.sitePackages[0]}/amdsmi/__init__.py`],
+      skip: ['c-compiler'],
+    });
+    expect(warnings.map((w) => w.trap)).toEqual(['python-headers']);
+  });
+
+  it('does not count amdsmi built for another Python version', async () => {
+    const { index, python } = await inspect([p.other!, p.pkgs!]);
+    expect(checkTraps({ index, python: python(), distributions: [] }).map((w) => w.trap)).toContain('amdsmi');
+  });
+});
