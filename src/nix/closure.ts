@@ -1,0 +1,117 @@
+/**
+ * Loading a closure: index every export file, merge them, and check that the result is a closure
+ * (every reference present) that agrees with `nix path-info` when a path-info file is given.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import type { Closure, StorePathInfo } from './types.js';
+import { UserError } from '../util/errors.js';
+import { indexExport, spoolToFile } from './export.js';
+import { checkAgainstPathInfo, readPathInfo, sriOf } from './path-info.js';
+
+export { storePathName, storePathProblem, isStorePath } from './store-path.js';
+
+export interface LoadClosureOptions {
+  /** JSON of `nix path-info --json --recursive`: each path's NAR hash, size and references are checked against it. */
+  pathInfoFile?: string;
+  /** Where stdin ('-') is spooled; the caller removes it. Without it, a temporary directory removed at exit is used. */
+  tmpDir?: string;
+  /** The stream '-' stands for; defaults to process.stdin. */
+  stdin?: Readable;
+  /** Progress of indexing, per file. */
+  onProgress?: (file: string, bytesRead: number, totalBytes: number) => void;
+}
+
+/** The name a file has in messages: `stdin` for '-', else the path as given. */
+function labelFor(file: string): string {
+  return file === '-' ? 'stdin' : file;
+}
+
+/**
+ * Indexes each export file ('-' = stdin, copied to a temporary file first), merges them and checks the closure.
+ * A path in several files must have the same NAR (hash) and references in each; the first file's copy is used.
+ */
+export async function loadClosure(files: string[], opts: LoadClosureOptions = {}): Promise<Closure> {
+  if (files.length === 0) throw new UserError('no closure files given: pass one or more nix-store --export files (or - for stdin)');
+  if (files.filter((f) => f === '-').length > 1) throw new UserError("stdin ('-') can be given only once");
+
+  const labels = new Map<string, string>(); // indexed file → label
+  const merged = new Map<string, StorePathInfo>();
+  for (const given of files) {
+    const label = labelFor(given);
+    const file = given === '-' ? await spoolStdin(opts) : given;
+    labels.set(file, label);
+    const infos = await indexExport(file, {
+      label,
+      onProgress: opts.onProgress && ((read, total) => opts.onProgress!(label, read, total)),
+    });
+    for (const info of infos) {
+      const seen = merged.get(info.path);
+      if (!seen) {
+        merged.set(info.path, info);
+        continue;
+      }
+      const where = (i: StorePathInfo): string => `${labels.get(i.source.file)} (byte ${i.source.offset})`;
+      if (seen.narHash !== info.narHash) {
+        throw new UserError(
+          `${info.path} has different contents in ${where(seen)} and ${where(info)}: NAR hash ${sriOf(seen.narHash)} vs ${sriOf(info.narHash)}`,
+        );
+      }
+      if (seen.references.join('\n') !== info.references.join('\n')) {
+        throw new UserError(`${info.path} has different references in ${where(seen)} and ${where(info)}`);
+      }
+    }
+  }
+
+  const sorted = [...merged.keys()].sort();
+  const labelOf = (info: StorePathInfo): string => labels.get(info.source.file) ?? info.source.file;
+  const referenced = new Set<string>();
+  for (const path of sorted) {
+    const info = merged.get(path)!;
+    for (const ref of info.references) {
+      if (ref === path) continue;
+      if (!merged.has(ref)) {
+        throw new UserError(
+          `closure is incomplete: ${path} (from ${labelOf(info)}) refers to ${ref}, which is in none of ${files.map(labelFor).join(', ')}`,
+        );
+      }
+      referenced.add(ref);
+    }
+  }
+
+  if (opts.pathInfoFile !== undefined) {
+    const entries = await readPathInfo(opts.pathInfoFile);
+    checkAgainstPathInfo(
+      sorted.map((p) => merged.get(p)!),
+      entries,
+      opts.pathInfoFile,
+      labelOf,
+    );
+  }
+
+  return {
+    paths: new Map(sorted.map((p) => [p, merged.get(p)!])),
+    roots: sorted.filter((p) => !referenced.has(p)),
+  };
+}
+
+let exitTmpDir: string | null = null;
+
+async function spoolStdin(opts: LoadClosureOptions): Promise<string> {
+  const stdin = opts.stdin ?? process.stdin;
+  if ((stdin as { isTTY?: boolean }).isTTY) {
+    throw new UserError("refusing to read an export from a terminal: pipe one into '-', e.g. nix-store --export $(nix-store -qR ./result) | nix2oci …");
+  }
+  let dir = opts.tmpDir;
+  if (dir === undefined) {
+    if (exitTmpDir === null) {
+      const made = mkdtempSync(join(tmpdir(), 'nix2oci-stdin-'));
+      exitTmpDir = made;
+      process.once('exit', () => rmSync(made, { recursive: true, force: true }));
+    }
+    dir = exitTmpDir;
+  }
+  return spoolToFile(stdin, dir);
+}
