@@ -158,8 +158,8 @@ class BlobUpload {
 
   private async startSession(): Promise<void> {
     const res = await this.client.request({ method: 'POST', url: `${this.blobsPath}/uploads/` });
-    await res.body.dump();
     if (res.status !== 202) throw await this.failure(res, 'starting an upload');
+    await res.body.dump();
     const location = this.locationOf(res);
     if (!location) throw new UserError(`${this.where()} started an upload for blob ${this.digest} but sent no Location`);
     this.location = location;
@@ -179,8 +179,8 @@ class BlobUpload {
       },
       body: () => Readable.from(this.read(start, length), { objectMode: false }),
     });
-    await res.body.dump();
     if (res.status !== 202 && res.status !== 204) throw await this.failure(res, `uploading bytes ${start}-${end}`);
+    await res.body.dump();
     this.location = this.locationOf(res) ?? this.location;
     const confirmed = parseRange(firstHeader(res.headers, 'range'), start + length);
     if (confirmed === undefined || confirmed > start + length) {
@@ -200,8 +200,8 @@ class BlobUpload {
       headers: { 'content-type': 'application/octet-stream', 'content-length': String(length) },
       ...(length > 0 && { body: () => Readable.from(this.read(start, length), { objectMode: false }) }),
     });
-    await res.body.dump();
     if (res.status !== 201 && res.status !== 204) throw await this.failure(res, 'completing the upload');
+    await res.body.dump();
     const stored = firstHeader(res.headers, 'docker-content-digest');
     if (stored && stored !== this.digest) {
       throw new UserError(`${this.where()} stored blob ${this.digest} as ${stored}: the blob file does not match its digest`);
@@ -216,7 +216,9 @@ class BlobUpload {
   private async recoverSession(): Promise<void> {
     if (this.location) {
       const res = await this.client.request({ method: 'GET', url: this.location, retry: true });
-      await res.body.dump();
+      if (res.status === 204 || res.status === 200 || res.status === 404 || res.status === 400 || res.status === 416) {
+        await res.body.dump();
+      }
       if (res.status === 204 || res.status === 200) {
         const held = parseRange(firstHeader(res.headers, 'range'), undefined);
         if (held !== undefined && held <= this.size) {

@@ -23,6 +23,8 @@ export interface RegistryRequest extends Omit<HttpRequest, 'url' | 'authorizatio
   url: string | URL;
   /** Retry on 5xx/429/resets. Leave false for requests whose repetition needs the caller's care (uploads). */
   retry?: boolean;
+  /** Fewer attempts than the policy's (the ping: a registry that resets every connection is not flaky, it is refusing). */
+  attempts?: number;
 }
 
 export interface ConnectOptions {
@@ -102,7 +104,7 @@ export class RegistryClient {
 
   /** GET /v2/ without credentials, retrying server errors (not refusals: a registry that is down fails at once). */
   private async ping(): Promise<HttpResponse> {
-    const res = await this.request({ method: 'GET', url: '/v2/', retry: true }, { authenticate: false });
+    const res = await this.request({ method: 'GET', url: '/v2/', retry: true, attempts: 2 }, { authenticate: false });
     await res.body.dump();
     return res;
   }
@@ -110,19 +112,20 @@ export class RegistryClient {
   /** Sends a request to the registry; the response body must be consumed or dumped by the caller. */
   async request(request: RegistryRequest, { authenticate = true } = {}): Promise<HttpResponse> {
     const url = typeof request.url === 'string' ? new URL(request.url, this.baseUrl) : request.url;
+    const attempts = Math.min(request.attempts ?? Infinity, this.retryPolicy.attempts);
     for (let failures = 0; ; ) {
       let res: HttpResponse;
       try {
         res = await this.sendAuthenticated({ ...request, url }, authenticate);
       } catch (err) {
         if (err instanceof UserError || this.signal?.aborted) throw err;
-        if (request.retry && ++failures <= this.retryPolicy.attempts && isRetriableError(err, { refusedIsRetriable: this.reachable })) {
+        if (request.retry && ++failures <= attempts && isRetriableError(err, { refusedIsRetriable: this.reachable })) {
           await sleep(retryDelay(this.retryPolicy, failures), this.signal);
           continue;
         }
         throw err;
       }
-      if (request.retry && isRetriableStatus(res.status) && ++failures <= this.retryPolicy.attempts) {
+      if (request.retry && isRetriableStatus(res.status) && ++failures <= attempts) {
         await res.body.dump();
         await sleep(retryDelay(this.retryPolicy, failures, parseRetryAfter(firstHeader(res.headers, 'retry-after'))), this.signal);
         continue;

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { rootCertificates } from 'node:tls';
+import { createSecureContext, rootCertificates, type SecureContext } from 'node:tls';
 import { UserError } from '../util/errors.js';
 
 /**
@@ -17,11 +17,12 @@ export interface TlsSettings {
   certDir?: string;
 }
 
-/** Options handed to tls.connect for every connection of a push. */
+/**
+ * Options handed to tls.connect for every connection of a push. The secure context is built once:
+ * parsing the system CA bundle takes over 100 ms, too much to repeat per connection.
+ */
 export interface TlsConnectOptions {
-  ca: string[];
-  cert?: string;
-  key?: string;
+  secureContext: SecureContext;
   rejectUnauthorized: boolean;
 }
 
@@ -38,7 +39,9 @@ export async function loadTlsOptions(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<TlsConnectOptions> {
   const ca = [...rootCertificates, ...(await systemCas(env))];
-  const options: TlsConnectOptions = { ca, rejectUnauthorized: settings.tlsVerify };
+  let cert: string | undefined;
+  let key: string | undefined;
+  let certFile: string | undefined;
 
   const dirs = settings.certDir ? [settings.certDir] : defaultCertDirs(registry, env);
   if (settings.certDir && !existsSync(settings.certDir)) {
@@ -53,15 +56,21 @@ export async function loadTlsOptions(
       const file = join(dir, name);
       if (name.endsWith('.crt')) {
         ca.push(await readPem(file, 'CERTIFICATE'));
-      } else if (name.endsWith('.cert') && !options.cert) {
+      } else if (name.endsWith('.cert') && !cert) {
         const keyFile = join(dir, `${name.slice(0, -'.cert'.length)}.key`);
         if (!existsSync(keyFile)) throw new UserError(`client certificate ${file} has no key: expected ${keyFile}`);
-        options.cert = await readPem(file, 'CERTIFICATE');
-        options.key = await readPem(keyFile, 'PRIVATE KEY');
+        cert = await readPem(file, 'CERTIFICATE');
+        key = await readPem(keyFile, 'PRIVATE KEY');
+        certFile = file;
       }
     }
   }
-  return options;
+  try {
+    return { secureContext: createSecureContext({ ca, cert, key }), rejectUnauthorized: settings.tlsVerify };
+  } catch (err) {
+    const what = certFile ? `${certFile} and its key` : `the certificates in ${dirs.join(', ')}`;
+    throw new UserError(`cannot use ${what}: ${(err as Error).message.split('\n')[0]}`);
+  }
 }
 
 /** `/etc/containers/certs.d/<registry>`, `/etc/docker/certs.d/<registry>`, `~/.config/containers/certs.d/<registry>`. */

@@ -124,6 +124,12 @@ const UNKNOWN_CA = new Set([
   'CERT_UNTRUSTED',
 ]);
 
+/** undici's socket errors say how much was read: nothing at all hints at a refused TLS handshake. */
+function closedBeforeAnswering(err: unknown): boolean {
+  const socket = (err as { socket?: { bytesRead?: unknown } }).socket;
+  return typeof socket?.bytesRead === 'number' && socket.bytesRead === 0;
+}
+
 /** True for failures that mean "this port does not speak TLS", so plain HTTP is worth a try. */
 export function isTlsProtocolError(err: unknown): boolean {
   const code = errorCode(err);
@@ -140,6 +146,9 @@ export function describeNetworkError(err: unknown, host: string): string {
   if (code === 'CERT_HAS_EXPIRED') return `TLS: the certificate of ${host} has expired`;
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `TLS: the certificate of ${host} is not valid for that name`;
   if (isTlsProtocolError(err)) return `TLS handshake with ${host} failed: it does not speak TLS (use --tls-verify=false to allow plain HTTP)`;
+  if (code?.startsWith('ERR_SSL_') && /ALERT_(BAD_CERTIFICATE|CERTIFICATE_REQUIRED|HANDSHAKE_FAILURE)/.test(code)) {
+    return `TLS handshake with ${host} failed (${code}): does it require a client certificate? Put client.cert and client.key in --cert-dir`;
+  }
   switch (code) {
     case 'ECONNREFUSED':
       return `cannot connect to ${host}: connection refused (is the registry running?)`;
@@ -150,6 +159,9 @@ export function describeNetworkError(err: unknown, host: string): string {
     case 'EPIPE':
     case 'UND_ERR_SOCKET':
     case 'UND_ERR_CLOSED':
+      if (closedBeforeAnswering(err)) {
+        return `${host} closed the connection before answering (if it requires a client certificate, put client.cert and client.key in --cert-dir)`;
+      }
       return `the connection to ${host} was closed unexpectedly`;
     case 'UND_ERR_CONNECT_TIMEOUT':
     case 'ETIMEDOUT':

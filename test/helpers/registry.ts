@@ -12,8 +12,8 @@ import { join } from 'node:path';
  * token auth. Waits until it answers; `stop()` ends it and removes its storage.
  */
 export interface RegistrySetup {
-  /** PEM server certificate and key: serve TLS. */
-  tls?: { cert: string; key: string; ca: string };
+  /** PEM server certificate and key: serve TLS. `clientCa`: require client certificates it signed. */
+  tls?: { cert: string; key: string; ca: string; clientCa?: string };
   /** Contents of an htpasswd file (bcrypt entries): Basic auth. */
   htpasswd?: string;
   /** Token auth: the token server's realm, the service and issuer names, and the PEM certificate that signs tokens. */
@@ -62,6 +62,10 @@ export async function startRegistry(setup: RegistrySetup = {}): Promise<RunningR
     writeFileSync(join(dir, 'server.crt'), setup.tls.cert);
     writeFileSync(join(dir, 'server.key'), setup.tls.key);
     lines.push('  tls:', `    certificate: ${join(dir, 'server.crt')}`, `    key: ${join(dir, 'server.key')}`);
+    if (setup.tls.clientCa) {
+      writeFileSync(join(dir, 'client-ca.crt'), setup.tls.clientCa);
+      lines.push('    clientcas:', `      - ${join(dir, 'client-ca.crt')}`);
+    }
   }
   if (setup.htpasswd) {
     writeFileSync(join(dir, 'htpasswd'), setup.htpasswd);
@@ -123,7 +127,7 @@ export async function startRegistry(setup: RegistrySetup = {}): Promise<RunningR
   };
 }
 
-/** True once GET /v2/ gets any HTTP answer. */
+/** True once GET /v2/ gets any HTTP answer (or a TLS refusal, from a registry that wants a client certificate). */
 function answers(url: string, ca: string | undefined): Promise<boolean> {
   return new Promise((resolve) => {
     const get = url.startsWith('https') ? httpsRequest : httpRequest;
@@ -131,7 +135,7 @@ function answers(url: string, ca: string | undefined): Promise<boolean> {
       res.resume();
       resolve(true);
     });
-    req.on('error', () => resolve(false));
+    req.on('error', (err: NodeJS.ErrnoException) => resolve(err.code !== 'ECONNREFUSED' && err.code !== 'ECONNRESET' && url.startsWith('https')));
     req.on('timeout', () => req.destroy());
     req.end();
   });

@@ -1,7 +1,6 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pushImage, type PushOptions } from '../../src/registry/push.js';
 import { MOUNT_FROM_ANNOTATION } from '../../src/registry/mount-sources.js';
@@ -11,18 +10,7 @@ import { tools } from '../helpers/tools.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
 import { assembleImage, busyboxLayer, randomLayer, sha256, writeTestImage, type TestImage } from './support/test-image.js';
 import { podmanPullAndRun, skopeoCopyBack, skopeoInspect } from './support/verify.js';
-
-/** Collects what a push prints, to check it (and for secrets). */
-export function capture(): { stream: Writable; text: () => string } {
-  const chunks: string[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      chunks.push(chunk.toString());
-      done();
-    },
-  });
-  return { stream, text: () => chunks.join('') };
-}
+import { capture } from './support/capture.js';
 
 const plain = { tlsVerify: false } as const;
 

@@ -4,7 +4,7 @@ import forge from 'node-forge';
 /**
  * Certificates for the TLS set-ups, made with node-forge: a CA, a server certificate it signs for
  * 127.0.0.1 and localhost, a self-signed certificate whose key signs the token server's JWTs, and
- * an unrelated CA (for "unknown authority" tests). RSA keys come from node:crypto (fast, native).
+ * an unrelated CA (for "unknown authority" tests), and a client certificate. RSA keys come from node:crypto (fast, native).
  */
 export interface TestPki {
   caCert: string;
@@ -13,6 +13,9 @@ export interface TestPki {
   tokenCert: string;
   tokenKey: forge.pki.rsa.PrivateKey;
   otherCaCert: string;
+  /** A client certificate the CA signs, for registries that require one. */
+  clientCert: string;
+  clientKey: string;
 }
 
 function rsaKeys(): { privateKey: forge.pki.rsa.PrivateKey; publicKey: forge.pki.rsa.PublicKey; pem: string } {
@@ -86,6 +89,18 @@ export function makePki(): TestPki {
     token.privateKey,
   );
   const other = makeCa('some other CA');
+  const client = rsaKeys();
+  const clientCert = certificate(
+    'nix2oci test client',
+    client,
+    { name: 'nix2oci test CA', key: ca.keys.privateKey },
+    [
+      { name: 'basicConstraints', cA: false },
+      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+      { name: 'extKeyUsage', clientAuth: true },
+    ],
+    ca.keys.privateKey,
+  );
   return {
     caCert: forge.pki.certificateToPem(ca.cert),
     serverCert: forge.pki.certificateToPem(serverCert),
@@ -93,6 +108,8 @@ export function makePki(): TestPki {
     tokenCert: forge.pki.certificateToPem(tokenCert),
     tokenKey: token.privateKey,
     otherCaCert: forge.pki.certificateToPem(other.cert),
+    clientCert: forge.pki.certificateToPem(clientCert),
+    clientKey: client.pem,
   };
 }
 

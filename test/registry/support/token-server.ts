@@ -8,6 +8,7 @@ import { certificateDerBase64, type TestPki } from './pki.js';
  * A Docker token server (https://distribution.github.io/distribution/spec/auth/token/) in the test
  * process: GET /token with Basic auth returns an RS256 JWT signed with node-forge, whose `x5c`
  * carries the signing certificate the registry trusts (its `auth.token.rootcertbundle`).
+ * POST /token takes an OAuth2 refresh token instead (docker's identity tokens).
  * Valid users get every action they ask for; anonymous callers get nothing.
  */
 export interface TokenServer {
@@ -21,17 +22,33 @@ export interface TokenServer {
   close(): Promise<void>;
 }
 
-export async function startTokenServer(pki: TestPki, users: Record<string, string>): Promise<TokenServer> {
-  const service = 'nix2oci-test-registry';
+export async function startTokenServer(
+  pki: TestPki,
+  users: Record<string, string>,
+  /** Identity (refresh) tokens and the user each stands for. */
+  refreshTokens: Record<string, string> = {},
+): Promise<TokenServer> {
+  const serviceName = 'nix2oci-test-registry';
   const issuer = 'nix2oci-test-token-issuer';
   const requests: TokenServer['requests'] = [];
   const issued: string[] = [];
   const x5c = [certificateDerBase64(pki.tokenCert)];
 
-  const server: Server = createServer({ cert: pki.serverCert, key: pki.serverKey }, (req, res) => {
+  const server: Server = createServer({ cert: pki.serverCert, key: pki.serverKey }, async (req, res) => {
     const url = new URL(req.url ?? '/', 'https://token.invalid');
-    const scopes = url.searchParams.getAll('scope');
-    const account = basicUser(req.headers.authorization, users);
+    let scopes = url.searchParams.getAll('scope');
+    let account = basicUser(req.headers.authorization, users);
+    let service = url.searchParams.get('service');
+    if (req.method === 'POST') {
+      // OAuth2 refresh-token grant (docker's identity tokens): the form carries token, service and scopes.
+      const chunks: Buffer[] = [];
+      for await (const chunk of req) chunks.push(chunk as Buffer);
+      const form = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+      const refresh = form.get('refresh_token') ?? '';
+      account = form.get('grant_type') === 'refresh_token' && Object.hasOwn(refreshTokens, refresh) ? refreshTokens[refresh] : undefined;
+      scopes = (form.get('scope') ?? '').split(' ').filter(Boolean);
+      service = form.get('service');
+    }
     const granted = account !== undefined;
     requests.push({ account: account ?? url.searchParams.get('account') ?? undefined, scopes, granted });
     if (url.pathname !== '/token' || !granted) {
@@ -43,7 +60,7 @@ export async function startTokenServer(pki: TestPki, users: Record<string, strin
     const claims = {
       iss: issuer,
       sub: account,
-      aud: url.searchParams.get('service') ?? service,
+      aud: service ?? serviceName,
       exp: now + 300,
       nbf: now - 5,
       iat: now,
@@ -59,7 +76,7 @@ export async function startTokenServer(pki: TestPki, users: Record<string, strin
   const { port } = server.address() as AddressInfo;
   return {
     realm: `https://127.0.0.1:${port}/token`,
-    service,
+    service: serviceName,
     issuer,
     requests,
     issued,
