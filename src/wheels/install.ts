@@ -26,8 +26,8 @@ export interface WheelInstallOptions {
   /** Absolute path of the image's interpreter, for launchers and `#!python` scripts. */
   interpreter: string;
   /**
-   * Called for each file taken from the wheel, before its bytes stream; a returned observer sees every
-   * chunk in the same pass (e.g. an ELF scanner) and `end` once the file is complete and verified.
+   * Called for each file taken from the wheel, before its bytes stream; a returned tap sees every chunk
+   * in the same pass (e.g. `ElfCollector.entry`) and `end` once the file is complete and verified.
    */
   inspect?: (file: { path: string; entry: WheelEntry }) => (ChunkObserver & { end(): void | Promise<void> }) | undefined;
 }

@@ -26,19 +26,37 @@ const LEGACY_MANYLINUX: Record<string, [number, number]> = {
   manylinux2014: [2, 17],
 };
 
+/** Why one tag does not fit: `what` names the build (`built for CPython 3.12`), `detail` the image's side. */
+interface Problem {
+  what: string;
+  detail: string;
+}
+
 /**
  * Returns the first of the wheel's tags the target supports, or throws a UserError saying why none does,
  * e.g. `torch-…-cp312-cp312-linux_x86_64.whl: built for CPython 3.12 (tag cp312-cp312-linux_x86_64), the image's Python is 3.11`.
+ * With several tags, the distinct reasons are listed once each.
  */
 export function checkWheelTags(info: Pick<WheelInfo, 'file' | 'tags'>, target: TagTarget): WheelTag {
   const [major, minor] = parseTargetVersion(target.pythonVersion);
-  const reasons: string[] = [];
+  const perTag: { tag: WheelTag; python: Problem | null; platform: string | null }[] = [];
   for (const tag of info.tags) {
-    const reason = pythonMismatch(tag, target, major, minor) ?? platformMismatch(tag, target);
-    if (reason === null) return tag;
-    if (!reasons.includes(reason)) reasons.push(reason);
+    const python = pythonMismatch(tag, target, major, minor);
+    const platform = platformMismatch(tag, target);
+    if (python === null && platform === null) return tag;
+    perTag.push({ tag, python, platform });
   }
-  if (reasons.length === 1) throw new UserError(`${info.file}: ${reasons[0]}`);
+  if (perTag.length === 1) {
+    const { tag, python, platform } = perTag[0]!;
+    const reasons = [...(python ? [`${python.what} (tag ${formatTag(tag)})${python.detail}`] : []), ...(platform ? [platform] : [])];
+    throw new UserError(`${info.file}: ${reasons.join('; ')}`);
+  }
+  const reasons: string[] = [];
+  const note = (reason: string) => {
+    if (!reasons.includes(reason)) reasons.push(reason);
+  };
+  for (const { python } of perTag) if (python) note(python.what);
+  for (const { platform } of perTag) if (platform) note(platform);
   throw new UserError(
     `${info.file}: no tag runs on the image's Python ${target.pythonVersion} on ${OCI_PLATFORM[target.platform]}: ${reasons.join('; ')}`,
   );
@@ -50,38 +68,37 @@ function parseTargetVersion(version: string): [number, number] {
   return [Number(match[1]), Number(match[2])];
 }
 
-/** The reason the python and ABI tags do not fit, or null when they do. */
-function pythonMismatch(tag: WheelTag, target: TagTarget, major: number, minor: number): string | null {
-  const where = `(tag ${formatTag(tag)})`;
+/** Why the python and ABI tags do not fit, or null when they do. */
+function pythonMismatch(tag: WheelTag, target: TagTarget, major: number, minor: number): Problem | null {
   const parsed = /^([a-z]+?)(\d)(\d*)$/.exec(tag.python);
-  if (!parsed) return `unknown Python tag ${tag.python} ${where}`;
+  if (!parsed) return { what: `unknown Python tag ${tag.python}`, detail: '' };
   const [, impl, tagMajorText, tagMinorText] = parsed as unknown as [string, string, string, string];
   const tagMajor = Number(tagMajorText);
   const tagMinor = tagMinorText === '' ? null : Number(tagMinorText);
   const implName = IMPLEMENTATIONS[impl] ?? impl;
-  const built = `${tagMajor}${tagMinor === null ? '' : `.${tagMinor}`}`;
-  const image = `the image's Python is ${target.pythonVersion}`;
+  const built = { what: `built for ${implName} ${tagMajor}${tagMinor === null ? '' : `.${tagMinor}`}`, detail: `, the image's Python is ${target.pythonVersion}` };
+  const abiProblem = (provides: string) => ({
+    what: `built for ABI ${tag.abi}`,
+    detail: `; the image's Python ${target.pythonVersion} takes ${provides}`,
+  });
 
-  if (impl !== 'py' && impl !== target.implementation) return `built for ${implName} ${built} ${where}, ${image} (CPython)`;
-  if (tagMajor !== major) return `built for ${implName} ${built} ${where}, ${image}`;
+  if (impl !== 'py' && impl !== target.implementation) return { ...built, detail: `${built.detail} (CPython)` };
+  if (tagMajor !== major) return built;
 
   if (impl === 'py') {
     // Generic Python tags carry no ABI.
-    if (tag.abi !== 'none') return `built for ABI ${tag.abi} ${where}; the image's Python ${target.pythonVersion} takes none with generic py tags`;
-    if (tagMinor !== null && tagMinor > minor) return `built for Python ${built} ${where}, ${image}`;
+    if (tag.abi !== 'none') return abiProblem('none with generic py tags');
+    if (tagMinor !== null && tagMinor > minor) return built;
     return null;
   }
 
   const cpTag = `cp${major}${minor}`;
   if (tag.abi === 'abi3') {
     // The stable ABI: built for 3.N, runs on every later 3.x.
-    if (tagMinor !== null && tagMinor > minor) return `built for CPython ${built} ${where}, ${image}`;
-    return null;
+    return tagMinor !== null && tagMinor > minor ? built : null;
   }
-  if (tagMinor !== minor) return `built for ${implName} ${built} ${where}, ${image}`;
-  if (tag.abi !== cpTag && tag.abi !== 'none') {
-    return `built for ABI ${tag.abi} ${where}; the image's Python ${target.pythonVersion} provides ${cpTag}, abi3 and none`;
-  }
+  if (tagMinor !== minor) return built;
+  if (tag.abi !== cpTag && tag.abi !== 'none') return abiProblem(`${cpTag}, abi3 and none`);
   return null;
 }
 

@@ -11,7 +11,7 @@ import { sizeMismatch, ZipReader, type ZipEntry } from './zip.js';
 
 /** Something that sees a file's bytes as they pass (a hash, an ELF scanner). */
 export interface ChunkObserver {
-  update(chunk: Buffer): void;
+  push(chunk: Buffer): void;
 }
 
 /**
@@ -32,7 +32,7 @@ export async function* verifiedChunks(
     seen += chunk.length;
     if (seen > entry.size) throw sizeMismatch(zip.file, zipEntry, seen);
     hash?.update(chunk);
-    for (const observer of observers) observer.update(chunk);
+    for (const observer of observers) observer.push(chunk);
     yield chunk;
   }
   if (seen !== entry.size) throw sizeMismatch(zip.file, zipEntry, seen);

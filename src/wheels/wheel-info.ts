@@ -198,7 +198,7 @@ function matchRecord(file: string, distInfoDir: string, zipEntries: ZipEntry[], 
   }
   const entries: WheelEntry[] = [];
   for (const zipEntry of zipEntries) {
-    const executable = zipEntry.unixMode !== null && (zipEntry.unixMode & 0o111) !== 0;
+    const executable = !zipEntry.isDir && zipEntry.unixMode !== null && (zipEntry.unixMode & 0o111) !== 0;
     const base = { name: zipEntry.name, size: zipEntry.size, compressedSize: zipEntry.compressedSize, isDir: zipEntry.isDir, executable };
     if (zipEntry.isDir) {
       entries.push({ ...base, sha256: null, recordHash: null });

@@ -38,7 +38,10 @@ export interface MakeWheelOptions {
   wheelVersion?: string;
   /** METADATA's Name when it should differ from `name`. */
   metadataName?: string;
-  /** Write the first file with zip64 extra fields (zipfile's force_zip64). */
+  /**
+   * Write every structure in zip64 form, as zipfile does past 4 GiB or 65535 entries: a zip64
+   * end-of-central-directory record and zip64 extra fields in every local and central header.
+   */
   zip64?: boolean;
   /** Zip directory entries (`demo/`) for every directory, as some wheel builders do. */
   dirEntries?: boolean;
@@ -138,6 +141,10 @@ spec = json.load(sys.stdin)
 corrupt = spec['corrupt']
 default = zipfile.ZIP_STORED if spec['compression'] == 'stored' else zipfile.ZIP_DEFLATED
 DATE = (1980, 1, 1, 0, 0, 0)
+if spec['zip64']:
+    # zipfile switches to zip64 past these limits; at 0 it writes zip64 records for a small file too.
+    zipfile.ZIP64_LIMIT = 0
+    zipfile.ZIP_FILECOUNT_LIMIT = 0
 
 def chunks(f):
     if 'base64' in f:
@@ -166,13 +173,12 @@ with zipfile.ZipFile(spec['path'], 'w') as zf:
         for d in dirs:
             zi = info(d + '/', 0o40755, zipfile.ZIP_STORED)
             zf.writestr(zi, b'')
-    first = True
     for f in spec['files']:
         zi = info(f['name'], f['mode'], zipfile.ZIP_STORED if f['stored'] else default)
         h = hashlib.sha256()
         size = 0
         tamper = corrupt.get('tamper') == f['name']
-        with zf.open(zi, 'w', force_zip64=spec['zip64'] and first) as out:
+        with zf.open(zi, 'w', force_zip64=spec['zip64']) as out:
             for chunk in chunks(f):
                 h.update(chunk)
                 size += len(chunk)
@@ -180,7 +186,6 @@ with zipfile.ZipFile(spec['path'], 'w') as zf:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                     tamper = False
                 out.write(chunk)
-        first = False
         if corrupt.get('unrecorded') == f['name']:
             continue
         rs = corrupt.get('recordSize')
