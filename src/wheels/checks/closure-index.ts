@@ -8,11 +8,11 @@ import type { Closure, NarNode, StorePathInfo } from '../../nix/types.js';
  * Python headers. Only these few kinds of file are kept, so the index stays small for any closure.
  */
 
-/** Lists a store path's nodes in NAR order (e.g. `listNar` from src/nix/nar.ts). */
-export type ListNodes = (info: StorePathInfo) => AsyncIterable<NarNode> | Iterable<NarNode>;
+/** Lists a store path's nodes in NAR order (`listNar` from src/nix/nar.ts, or a stream of them). */
+export type ListNodes = (info: StorePathInfo) => AsyncIterable<NarNode> | Iterable<NarNode> | Promise<Iterable<NarNode>>;
 
-/** Reads one small file of a store path (e.g. `readNarFile` from src/nix/nar.ts). */
-export type ReadFile = (info: StorePathInfo, path: string) => Promise<Buffer>;
+/** Reads one small regular file of a store path; null when there is none (as `readNarFile` does). */
+export type ReadFile = (info: StorePathInfo, path: string) => Promise<Buffer | null>;
 
 export interface PythonBinary {
   storePath: string;
@@ -74,7 +74,7 @@ export async function indexClosure(closure: Closure, list: ListNodes): Promise<C
     pythonHeaders: [],
   };
   for (const info of closure.paths.values()) {
-    for await (const node of list(info)) addNode(index, info.path, node);
+    for await (const node of await list(info)) addNode(index, info.path, node);
   }
   index.libraryDirs.sort();
   return index;

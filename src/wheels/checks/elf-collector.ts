@@ -1,4 +1,4 @@
-import { ElfScanner, type ElfFacts, type ElfRereadPlan } from './elf.js';
+import { ElfScanner, type ElfFacts, type ElfRereadPlan, type ElfScanResult } from './elf.js';
 import { ZipReader } from '../zip.js';
 import { isUserError } from '../../util/errors.js';
 
@@ -36,6 +36,8 @@ interface Pending {
 export class ElfCollector {
   private readonly objects: ElfObject[] = [];
   private readonly pending: Pending[] = [];
+  /** `wheel\0entry` of every entry judged, so a layer source run twice records each file once. */
+  private readonly judged = new Set<string>();
   /** Malformed ELF files, one line each (`wheel: entry: malformed ELF: … (byte N)`). */
   readonly problems: string[] = [];
 
@@ -44,11 +46,13 @@ export class ElfCollector {
   /** Starts scanning an entry. */
   entry(wheel: string, entry: string, imagePath: string): EntryTap {
     const scanner = new ElfScanner({ label: `${baseName(wheel)}: ${entry}`, prefixLimit: this.options.prefixLimit });
+    const key = `${wheel}\0${entry}`;
     let failed = false;
     const fail = (err: unknown) => {
       if (!isUserError(err)) throw err;
       failed = true;
-      this.problems.push(err.message);
+      if (!this.judged.has(key)) this.problems.push(err.message);
+      this.judged.add(key);
     };
     return {
       push: (chunk) => {
@@ -60,14 +64,16 @@ export class ElfCollector {
         }
       },
       end: () => {
-        if (failed) return;
+        if (failed || this.judged.has(key)) return;
+        let result: ElfScanResult;
         try {
-          const result = scanner.end();
-          if (result.kind === 'elf') this.objects.push({ wheel, entry, imagePath, facts: result.facts });
-          else if (result.kind === 'incomplete') this.pending.push({ wheel, entry, imagePath, plan: result.plan });
+          result = scanner.end();
         } catch (err) {
-          fail(err);
+          return fail(err);
         }
+        this.judged.add(key);
+        if (result.kind === 'elf') this.objects.push({ wheel, entry, imagePath, facts: result.facts });
+        else if (result.kind === 'incomplete') this.pending.push({ wheel, entry, imagePath, plan: result.plan });
       },
     };
   }

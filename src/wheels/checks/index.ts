@@ -1,4 +1,5 @@
 import type { Closure } from '../../nix/types.js';
+import { listNar, readNarFile } from '../../nix/nar.js';
 import type { WheelInfo } from '../wheel-info.js';
 import { indexClosure, type ClosureIndex, type ListNodes, type ReadFile } from './closure-index.js';
 import type { ElfObject } from './elf-collector.js';
@@ -17,11 +18,12 @@ import { checkTraps, type TrapName } from './traps.js';
  * The wheel checks, for the build: what the image's Python is, whether the wheels' requirements are
  * met, whether their shared libraries resolve, and the known traps. Used in three steps:
  *
- *   const { index, python } = await inspectClosure(closure, { list: listNar, python: opts.python });
- *   const elf = new ElfCollector();            // the installer taps each wheel entry through it
- *   … install the wheels into python.sitePackages[0] …
- *   const report = await checkWheels({ closure, index, python, wheels, elfObjects: await elf.finish(),
- *                                      elfProblems: elf.problems, readFile: readNarFile, … });
+ *   const { index, python } = await inspectClosure(closure, { python: opts.python });
+ *   const elf = new ElfCollector();
+ *   const layer = wheelLayerSource(info, { …, inspect: ({ path, entry }) => elf.entry(info.file, entry.name, path) });
+ *   … write the wheel layers (the collector sees every file in that same pass) …
+ *   const report = await checkWheels({ closure, index, python, wheels, wheelFiles: layers.flatMap((l) => l.files),
+ *                                      elfObjects: await elf.finish(), elfProblems: elf.problems, waive, … });
  *
  * `report.errors` fail the build (one line each); `report.warnings` are printed;
  * `report.env.LD_LIBRARY_PATH` is the recipe's list followed by the closure directories the wheels need.
@@ -32,12 +34,15 @@ export { indexClosure, type ClosureIndex, type ListNodes, type ReadFile } from '
 export { findImagePython, type ImagePython } from './python.js';
 export type { TrapName } from './traps.js';
 
-/** Indexes the closure (one listing pass per store path) and finds the image's Python. */
+/** Largest METADATA / PKG-INFO read from the closure. */
+const METADATA_LIMIT = 16 << 20;
+
+/** Indexes the closure (one listing pass per store path, contents skipped) and finds the image's Python. */
 export async function inspectClosure(
   closure: Closure,
-  options: { list: ListNodes; python?: string },
+  options: { python?: string; list?: ListNodes } = {},
 ): Promise<{ index: ClosureIndex; python: ImagePython }> {
-  const index = await indexClosure(closure, options.list);
+  const index = await indexClosure(closure, options.list ?? listNar);
   return { index, python: findImagePython(closure, index, options.python) };
 }
 
@@ -46,14 +51,14 @@ export interface CheckWheelsOptions {
   index: ClosureIndex;
   python: ImagePython;
   wheels: WheelInfo[];
+  /** Absolute image paths of every file the wheel layers install (`WheelLayer.files`). */
+  wheelFiles: Iterable<string>;
   /** From `ElfCollector.finish()`. */
   elfObjects: ElfObject[];
   /** From `ElfCollector.problems`: malformed ELF files, reported as errors. */
   elfProblems?: readonly string[];
-  /** Reads a small file of a store path (METADATA of the closure's distributions). */
-  readFile: ReadFile;
-  /** Where a wheel entry lands in the image; default {@link defaultImagePath} under `python.sitePackages[0]`. */
-  imagePathOf?: (wheel: WheelInfo, entry: string) => string | null;
+  /** Reads a small file of a store path; default `readNarFile` from the export. */
+  readFile?: ReadFile;
   /** Requirement names the recipe waives. */
   waive?: string[];
   /** false (`--no-deps-check`) skips the requirements check. Default true. */
@@ -76,15 +81,8 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
   const { closure, index, python } = options;
   const errors: string[] = [];
   const warnings: string[] = [];
-  const imagePathOf = options.imagePathOf ?? ((wheel: WheelInfo, entry: string) => defaultImagePath(python, wheel, entry));
-  const wheelFiles: string[] = [];
-  for (const wheel of options.wheels) {
-    for (const entry of wheel.entries) {
-      if (entry.isDir) continue;
-      const path = imagePathOf(wheel, entry.name);
-      if (path) wheelFiles.push(path);
-    }
-  }
+  const wheelFiles = [...options.wheelFiles];
+  const readFile = options.readFile ?? ((info, path) => readNarFile(info, path, METADATA_LIMIT));
 
   const wheelDistributions: Distribution[] = options.wheels.map((w) => ({
     name: w.name,
@@ -94,7 +92,7 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     source: w.file,
     wheel: true,
   }));
-  const { distributions: closureDistributions, skipped } = await readClosureDistributions(closure, index, python, options.readFile);
+  const { distributions: closureDistributions, skipped } = await readClosureDistributions(closure, index, python, readFile);
   for (const source of skipped) warnings.push(`${source}: no Name or Version; not counted as installed`);
 
   if (options.depsCheck !== false) {
@@ -114,7 +112,7 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     wheelFiles,
     index,
     ldLibraryPath: options.ldLibraryPath,
-    machine: options.machine === 'aarch64' ? 183 : 62,
+    machine: options.machine === 'aarch64' ? EM_AARCH64 : EM_X86_64,
   });
   for (const u of libraries.unresolved) errors.push(`${baseName(u.wheel)}: ${formatUnresolved(u)}`);
   warnings.push(...libraries.warnings);
@@ -131,32 +129,8 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
   return { errors, warnings, env: { LD_LIBRARY_PATH: libraries.ldLibraryPath } };
 }
 
-/**
- * Where pip puts a wheel's entry for a prefix whose site-packages is `python.sitePackages[0]`:
- * `.data/purelib|platlib` into site-packages, `scripts` into `<prefix>/bin`, `headers` into
- * `<prefix>/include/python3.X/<name>`, `data` into the prefix; everything else into site-packages.
- */
-export function defaultImagePath(python: ImagePython, wheel: WheelInfo, entry: string, sitePackages = python.sitePackages[0]): string | null {
-  if (!sitePackages) return null;
-  const prefix = sitePackages.replace(/\/lib\/python3\.\d+\/site-packages$/, '');
-  const data = `${wheel.dataDir}/`;
-  if (!entry.startsWith(data)) return `${sitePackages}/${entry}`;
-  const [scheme, ...rest] = entry.slice(data.length).split('/');
-  const tail = rest.join('/');
-  switch (scheme) {
-    case 'purelib':
-    case 'platlib':
-      return `${sitePackages}/${tail}`;
-    case 'scripts':
-      return `${prefix}/bin/${tail}`;
-    case 'headers':
-      return `${prefix}/include/python${python.version}/${wheel.name}/${tail}`;
-    case 'data':
-      return `${prefix}/${tail}`;
-    default:
-      return null;
-  }
-}
+const EM_X86_64 = 62;
+const EM_AARCH64 = 183;
 
 function baseName(file: string): string {
   return file.slice(file.lastIndexOf('/') + 1);

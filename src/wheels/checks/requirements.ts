@@ -164,7 +164,7 @@ function parse(line: string, dist: Distribution): Requirement {
 
 /**
  * Reads the distributions in the closure's site-packages for the image's Python version, in
- * `python.sitePackages` order. Metadata without a name or version is skipped and named in `skipped`.
+ * `python.sitePackages` order. Metadata without a name or version (or unreadable) is skipped and named in `skipped`.
  */
 export async function readClosureDistributions(
   closure: Closure,
@@ -181,7 +181,8 @@ export async function readClosureDistributions(
   for (const file of files) {
     const info = closure.paths.get(file.storePath)!;
     const source = `${file.storePath}/${file.path}`;
-    const meta = parseCoreMetadata((await readFile(info, file.path)).toString('utf8'));
+    const bytes = await readFile(info, file.path);
+    const meta = bytes ? parseCoreMetadata(bytes.toString('utf8')) : { name: null, version: null, requiresDist: [] };
     if (meta.name === null || meta.version === null) {
       skipped.push(source);
       continue;
