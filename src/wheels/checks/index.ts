@@ -23,7 +23,7 @@ import { checkTraps, type TrapName } from './traps.js';
  *   const layer = wheelLayerSource(info, { …, inspect: ({ path, entry }) => elf.entry(info.file, entry.name, path) });
  *   … write the wheel layers (the collector sees every file in that same pass) …
  *   const report = await checkWheels({ closure, index, python, wheels, wheelFiles: layers.flatMap((l) => l.files),
- *                                      elfObjects: await elf.finish(), elfProblems: elf.problems, waive, … });
+ *                                      elfObjects: await elf.finish(), elfProblems: elf.problems, … });
  *
  * `report.errors` fail the build (one line each); `report.warnings` are printed;
  * `report.env.LD_LIBRARY_PATH` is the recipe's list followed by the closure directories the wheels need.
@@ -59,8 +59,10 @@ export interface CheckWheelsOptions {
   elfProblems?: readonly string[];
   /** Reads a small file of a store path; default `readNarFile` from the export. */
   readFile?: ReadFile;
-  /** Requirement names the recipe waives. */
-  waive?: string[];
+  /** Distribution names whose unmet requirements only warn (recipe `checks.waiveRequirements`). */
+  waiveRequirements?: string[];
+  /** Sonames the library check does not fail on (recipe `checks.waiveLibraries`). */
+  waiveLibraries?: string[];
   /** false (`--no-deps-check`) skips the requirements check. Default true. */
   depsCheck?: boolean;
   /** The recipe's LD_LIBRARY_PATH entries. */
@@ -100,7 +102,7 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
       wheels: wheelDistributions,
       closureDistributions,
       environment: markerEnvironment(python, options.machine ?? 'x86_64'),
-      waive: options.waive,
+      waive: options.waiveRequirements,
     });
     for (const u of unmet) errors.push(`unmet requirement: ${formatUnmet(u)}`);
     for (const u of waived) warnings.push(`waived requirement: ${formatUnmet(u)}`);
@@ -113,8 +115,10 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     index,
     ldLibraryPath: options.ldLibraryPath,
     machine: options.machine === 'aarch64' ? EM_AARCH64 : EM_X86_64,
+    waive: options.waiveLibraries,
   });
   for (const u of libraries.unresolved) errors.push(`${baseName(u.wheel)}: ${formatUnresolved(u)}`);
+  for (const u of libraries.waived) warnings.push(`waived library: ${baseName(u.wheel)}: ${formatUnresolved(u)}`);
   warnings.push(...libraries.warnings);
 
   const traps = checkTraps({

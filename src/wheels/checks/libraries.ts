@@ -25,6 +25,8 @@ export interface UnresolvedLibrary {
 
 export interface LibraryCheckResult {
   unresolved: UnresolvedLibrary[];
+  /** Unresolved libraries whose soname the recipe waives (e.g. one the host mounts at run time). */
+  waived: UnresolvedLibrary[];
   /** The recipe's LD_LIBRARY_PATH followed by the closure directories the wheels need, in a stable order. */
   ldLibraryPath: string[];
   /** The closure directories added, in the order they appear in `ldLibraryPath`. */
@@ -50,6 +52,8 @@ export function checkLibraries(options: {
   ldLibraryPath?: string[];
   /** e_machine the image runs (default x86-64). */
   machine?: number;
+  /** Sonames not to report (exact names, e.g. `libamdhip64.so.7`). */
+  waive?: string[];
 }): LibraryCheckResult {
   const { index } = options;
   const machine = options.machine ?? EM_X86_64;
@@ -71,8 +75,10 @@ export function checkLibraries(options: {
   const glibcDirs = index.libraryDirs.filter((dir) => [...(index.libraries.get(dir) ?? [])].some((n) => LOADER.test(n)));
   const searchDirs = index.libraryDirs.filter((dir) => !glibcDirs.includes(dir));
 
-  const result: LibraryCheckResult = { unresolved: [], ldLibraryPath: [], added: [], warnings: [] };
+  const result: LibraryCheckResult = { unresolved: [], waived: [], ldLibraryPath: [], added: [], warnings: [] };
   const used = new Set<string>();
+  const waive = new Set(options.waive ?? []);
+  const unresolved = (u: UnresolvedLibrary) => (waive.has(u.library) ? result.waived : result.unresolved).push(u);
 
   for (const object of options.objects) {
     const { facts } = object;
@@ -93,7 +99,7 @@ export function checkLibraries(options: {
       if (library.includes('/')) {
         const path = posix.isAbsolute(library) ? library : null;
         if (path && holds(posix.dirname(path), posix.basename(path))) continue;
-        result.unresolved.push({ wheel: object.wheel, entry: object.entry, library });
+        unresolved({ wheel: object.wheel, entry: object.entry, library });
         continue;
       }
       if ([...rpath, ...recipeDirs, ...runpath].some((dir) => holds(dir, library))) continue;
@@ -104,7 +110,7 @@ export function checkLibraries(options: {
         used.add(dir);
         continue;
       }
-      result.unresolved.push({ wheel: object.wheel, entry: object.entry, library });
+      unresolved({ wheel: object.wheel, entry: object.entry, library });
     }
   }
 

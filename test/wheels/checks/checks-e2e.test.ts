@@ -102,8 +102,12 @@ describe.runIf(ready)('wheel checks on a real closure and real wheels', () => {
     const all = [wheels.vllm, wheels.zlibext, wheels.pip, wheels.setuptools];
     const { elf, files, elfObjects } = await install(all, python.interpreter);
     const report = await checkWheels({ closure, index, python, wheels: all, wheelFiles: files, elfObjects, elfProblems: elf.problems });
-    expect(report.errors).toEqual([`${wheels.zlibext.file.split('/').pop()}: ${ZLIB_EXTENSION_ENTRY} needs libz.so.1: not found`]);
+    const wheelName = wheels.zlibext.file.split('/').pop();
+    expect(report.errors).toEqual([`${wheelName}: ${ZLIB_EXTENSION_ENTRY} needs libz.so.1: not found`]);
     expect(report.env.LD_LIBRARY_PATH).toEqual([]);
+    const waived = await checkWheels({ closure, index, python, wheels: all, wheelFiles: files, elfObjects, waiveLibraries: ['libz.so.1'] });
+    expect(waived.errors).toEqual([]);
+    expect(waived.warnings).toContain(`waived library: ${wheelName}: ${ZLIB_EXTENSION_ENTRY} needs libz.so.1: not found`);
   });
 
   it('fails on unmet requirements, unless waived or the deps check is off', async () => {
@@ -114,7 +118,7 @@ describe.runIf(ready)('wheel checks on a real closure and real wheels', () => {
     const base = { closure, index, python, wheels: some, wheelFiles: files, elfObjects };
     const strict = await checkWheels(base);
     expect(strict.errors).toEqual([`unmet requirement: vllm 0.12.0+rocm711 requires setuptools>=60, not found`]);
-    const waived = await checkWheels({ ...base, waive: ['SetupTools'] });
+    const waived = await checkWheels({ ...base, waiveRequirements: ['SetupTools'] });
     expect(waived.errors).toEqual([]);
     expect(waived.warnings).toContain('waived requirement: vllm 0.12.0+rocm711 requires setuptools>=60, not found');
     expect((await checkWheels({ ...base, depsCheck: false })).errors).toEqual([]);
