@@ -24,6 +24,12 @@ export function parseChallenges(header: string): AuthChallenge[] {
     while (i < header.length && TOKEN_CHAR.test(header[i]!)) i++;
     return header.slice(start, i);
   };
+  // Leniently up to the next comma or space: some servers leave URLs unquoted, though ':' is no token character.
+  const bare = (): string => {
+    const start = i;
+    while (i < header.length && !/[\s,]/.test(header[i]!)) i++;
+    return header.slice(start, i);
+  };
   const quoted = (): string => {
     let value = '';
     i++; // opening quote
@@ -44,7 +50,7 @@ export function parseChallenges(header: string): AuthChallenge[] {
     if (current && header[i] === '=') {
       i++;
       skip(/[ \t]/);
-      const value = header[i] === '"' ? quoted() : token();
+      const value = header[i] === '"' ? quoted() : bare();
       current.params[name.toLowerCase()] = value;
       continue;
     }

@@ -12,6 +12,7 @@ import { makePki, type TestPki } from './support/pki.js';
 import { busyboxLayer, randomLayer, writeTestImage, type TestImage } from './support/test-image.js';
 import { podmanPullAndRun, skopeoCopyBack, skopeoInspect } from './support/verify.js';
 import { capture } from './support/capture.js';
+import { startFaultProxy } from './support/fault-proxy.js';
 
 const USER = 'pusher';
 const PASSWORD = 'S3cret-pa55word-for-tests';
@@ -120,6 +121,27 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
 
     const result = await pushImage(image, `${registry.host}/secure/app:unverified`, options({ creds: `${USER}:${PASSWORD}`, certDir: undefined, tlsVerify: false }));
     expect(result.skipped).toHaveLength(3);
+  });
+
+  it('drops the Authorization header when the registry redirects to another origin', async () => {
+    const basic = `Basic ${Buffer.from(`${USER}:${PASSWORD}`).toString('base64')}`;
+    const tls = { ca: pki.caCert, serverTls: { cert: pki.serverCert, key: pki.serverKey } };
+    // "storage" stands for a blob storage host: it authorizes by its own means (here: it adds the login itself).
+    const storage = await startFaultProxy({ host: '127.0.0.1', port: registry.port, ...tls, injectAuthorization: basic });
+    const front = await startFaultProxy({ host: '127.0.0.1', port: registry.port, ...tls });
+    try {
+      front.rule = ({ method, path }) => (method === 'HEAD' && path.includes('/blobs/sha256:') ? { kind: 'redirect', to: storage.url } : undefined);
+      const result = await pushImage(image, `${front.host}/secure/redirected`, options({ creds: `${USER}:${PASSWORD}` }));
+      expect(result.digest).toMatch(/^sha256:/);
+      const redirected = front.requests.filter((r) => r.fault === 'redirect');
+      expect(redirected.length).toBe(3);
+      expect(redirected.every((r) => r.authorization === basic)).toBe(true);
+      expect(storage.requests.map((r) => r.method)).toEqual(['HEAD', 'HEAD', 'HEAD']);
+      expect(storage.requests.every((r) => r.authorization === undefined)).toBe(true);
+    } finally {
+      await front.close();
+      await storage.close();
+    }
   });
 
   it('presents client.cert and client.key from --cert-dir to a registry that requires them', async () => {

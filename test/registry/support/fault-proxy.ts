@@ -15,7 +15,9 @@ export type Fault =
   /** Forwards `afterBytes` of the body to the registry, then cuts both connections. */
   | { kind: 'drop-mid-forward'; afterBytes: number }
   /** Stops reading and never answers. */
-  | { kind: 'stall' };
+  | { kind: 'stall' }
+  /** Answers 307 to the same path on another origin (as registries send blob requests to storage hosts). */
+  | { kind: 'redirect'; to: string };
 
 export interface ProxiedRequest {
   index: number;
@@ -46,6 +48,8 @@ export interface ProxyTarget {
   /** CA of a TLS registry; the proxy then also serves TLS with `serverTls`. */
   ca?: string;
   serverTls?: { cert: string; key: string };
+  /** Sent to the registry in place of the client's Authorization (a storage host authorizes by other means). */
+  injectAuthorization?: string;
 }
 
 export async function startFaultProxy(target: ProxyTarget): Promise<FaultProxy> {
@@ -88,6 +92,15 @@ export async function startFaultProxy(target: ProxyTarget): Promise<FaultProxy> 
       });
       return;
     }
+    if (fault?.kind === 'redirect') {
+      req.resume();
+      req.on('end', () => {
+        entry.status = 307;
+        res.writeHead(307, { location: `${fault.to}${entry.path}`, 'content-length': '0' });
+        res.end();
+      });
+      return;
+    }
     if (fault?.kind === 'stall') {
       req.pause();
       return;
@@ -109,7 +122,7 @@ export async function startFaultProxy(target: ProxyTarget): Promise<FaultProxy> 
         port: target.port,
         method: req.method,
         path: req.url,
-        headers: req.headers,
+        headers: target.injectAuthorization ? { ...req.headers, authorization: target.injectAuthorization } : req.headers,
         ...(target.ca && { ca: target.ca, servername: 'localhost' }),
       },
       (answer) => {

@@ -1,0 +1,28 @@
+import { InvalidArgumentError } from 'commander';
+
+/** Parsers for the push flags, as commander calls them (InvalidArgumentError shows as a usage error). */
+
+export function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+export function parseBoolean(value: string | boolean): boolean {
+  if (typeof value === 'boolean') return value;
+  if (/^(true|1|yes)$/i.test(value)) return true;
+  if (/^(false|0|no)$/i.test(value)) return false;
+  throw new InvalidArgumentError('expected true or false');
+}
+
+export function parseWholeNumber(value: string): number {
+  if (!/^\d+$/.test(value)) throw new InvalidArgumentError('expected a whole number');
+  return Number(value);
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, k: 1 << 10, m: 1 << 20, g: 1 << 30 };
+
+/** `65536`, `512K`, `16M`, `16MiB`, `1G` (binary units). */
+export function parseSize(value: string): number {
+  const match = /^(\d+)\s*([kmg]?)(?:i?b)?$/i.exec(value.trim());
+  if (!match) throw new InvalidArgumentError('expected a size such as 16M or 1G');
+  return Number(match[1]) * SIZE_UNITS[match[2]!.toLowerCase()]!;
+}
