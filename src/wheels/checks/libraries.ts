@@ -13,8 +13,9 @@ import type { ElfObject } from './elf-collector.js';
  *  4. the closure's library directories (each store path's `lib`, `lib64`): a library found only
  *     there needs its directory on LD_LIBRARY_PATH, which the check returns to add.
  *
- * glibc's own directory (the one holding the loader, `ld-linux*.so*`) is the loader's default path:
- * libc.so.6, libm.so.6, libpthread.so.0 … must be found there, and it is never added.
+ * glibc's own libraries (libc.so.6, libm.so.6, libpthread.so.0, …) are found in the loader's default
+ * path, the directory holding the loader (`ld-linux*.so*`): they must be there, and it is never added.
+ * The image has no glibc but the closure's.
  */
 
 export interface UnresolvedLibrary {
@@ -41,6 +42,9 @@ export function formatUnresolved(u: UnresolvedLibrary): string {
 }
 
 const LOADER = /^ld-linux.*\.so/;
+/** Sonames glibc itself provides. */
+const GLIBC_LIBRARY =
+  /^(ld-linux[^/]*|lib(c|m|mvec|pthread|dl|rt|util|resolv|nsl|anl|BrokenLocale|thread_db|c_malloc_debug|nss_[a-z]+))\.so(\.\d+)*$/;
 const EM_X86_64 = 62;
 
 export function checkLibraries(options: {
@@ -73,7 +77,6 @@ export function checkLibraries(options: {
   const holds = (dir: string, name: string) => Boolean(wheelDirs.get(dir)?.has(name) || index.libraries.get(dir)?.has(name));
 
   const glibcDirs = index.libraryDirs.filter((dir) => [...(index.libraries.get(dir) ?? [])].some((n) => LOADER.test(n)));
-  const searchDirs = index.libraryDirs.filter((dir) => !glibcDirs.includes(dir));
 
   const result: LibraryCheckResult = { unresolved: [], waived: [], ldLibraryPath: [], added: [], warnings: [] };
   const used = new Set<string>();
@@ -104,8 +107,8 @@ export function checkLibraries(options: {
       }
       if ([...rpath, ...recipeDirs, ...runpath].some((dir) => holds(dir, library))) continue;
       if (wheelNames.has(library)) continue;
-      if (glibcDirs.some((dir) => holds(dir, library))) continue;
-      const dir = searchDirs.find((d) => holds(d, library));
+      if (GLIBC_LIBRARY.test(library) && glibcDirs.some((dir) => holds(dir, library))) continue;
+      const dir = index.libraryDirs.find((d) => holds(d, library));
       if (dir) {
         used.add(dir);
         continue;

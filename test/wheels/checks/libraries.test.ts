@@ -76,6 +76,17 @@ describe('shared-library check', () => {
     ]);
   });
 
+  it('adds a buildEnv lib directory that links glibc too, for the other libraries it holds', () => {
+    const env = '/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-runtime-env/lib';
+    const result = checkLibraries({
+      objects: [elf('x/_x.so', { needed: ['libc.so.6', 'libstdc++.so.6'] })],
+      wheelFiles: [],
+      index: index({ [env]: ['ld-linux-x86-64.so.2', 'libc.so.6', 'libstdc++.so.6'], [glibc]: ['ld-linux-x86-64.so.2', 'libc.so.6'] }),
+    });
+    expect(result.unresolved).toEqual([]);
+    expect(result.added).toEqual([env]);
+  });
+
   it('finds glibc libraries only in the closure: the image has no other glibc', () => {
     const result = checkLibraries({ objects: [elf('x/_x.so', { needed: ['libc.so.6', 'librt.so.1'] })], wheelFiles: [], index: index({ [gcc]: ['libstdc++.so.6'] }) });
     expect(result.unresolved.map((u) => u.library)).toEqual(['libc.so.6', 'librt.so.1']);
