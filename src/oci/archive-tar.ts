@@ -16,6 +16,15 @@ const FIXED = { mtime: new Date(0), uid: 0, gid: 0, uname: '', gname: '' } as co
  */
 export async function writeArchiveTar(entries: ArchiveEntry[], dest: Writable | NodeJS.WritableStream): Promise<void> {
   const pack = tar.pack();
+  // Failures reach the caller through the promises below; an 'error' event without a listener would crash the process.
+  pack.on('error', () => {});
+  // The destination can fail between writes (a full disk, a closed pipe): stop packing then, and report it.
+  let destError: Error | undefined;
+  const onDestError = (err: Error) => {
+    destError ??= err;
+    pack.destroy(err);
+  };
+  dest.on('error', onDestError);
   const consume = (async () => {
     for await (const chunk of pack as AsyncIterable<Buffer>) {
       if (!dest.write(chunk)) await waitDrain(dest);
@@ -36,6 +45,8 @@ export async function writeArchiveTar(entries: ArchiveEntry[], dest: Writable | 
       throw err;
     }),
   ]);
+  dest.off('error', onDestError);
+  if (destError) throw destError;
   if (produced.status === 'rejected') throw produced.reason;
   if (consumed.status === 'rejected') throw consumed.reason;
 }
@@ -64,6 +75,7 @@ async function addEntry(pack: Pack, entry: ArchiveEntry): Promise<void> {
   });
   // A rejection that arrives while we are still copying is awaited below, not unhandled.
   finished.catch(() => {});
+  sink.on('error', () => {});
   try {
     const copied = await copyInto(entry.blob.open(), sink);
     if (copied !== size) throw new Error(`blob ${entry.blob.descriptor.digest} gave ${copied} bytes, its descriptor says ${size}`);

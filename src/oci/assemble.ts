@@ -49,15 +49,19 @@ export function assembleImage(options: AssembleOptions): { image: Image; warning
     checkBlobFile(blob);
     const sorted = [...new Set(contents)].sort();
     const listed = sorted.join('\n');
+    // Docker's schema 2 has no descriptor annotations; the contents then live only in `Layer.contents`.
+    const annotated = format === 'oci';
     const descriptor: Descriptor = {
       mediaType: layerMediaType(format, blob.compression),
       digest: blob.digest,
       size: blob.size,
-      annotations: {
-        ...annotations,
-        ...(listed !== '' && Buffer.byteLength(listed) <= MAX_CONTENTS_ANNOTATION && { [CONTENTS_ANNOTATION]: listed }),
-        [UNCOMPRESSED_SIZE_ANNOTATION]: String(blob.uncompressedSize),
-      },
+      ...(annotated && {
+        annotations: {
+          ...annotations,
+          ...(listed !== '' && Buffer.byteLength(listed) <= MAX_CONTENTS_ANNOTATION && { [CONTENTS_ANNOTATION]: listed }),
+          [UNCOMPRESSED_SIZE_ANNOTATION]: String(blob.uncompressedSize),
+        },
+      }),
     };
     return {
       descriptor,

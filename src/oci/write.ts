@@ -1,12 +1,11 @@
-import { createWriteStream } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, open, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { writeArchiveTar } from './archive-tar.js';
 import { writeDirectoryAtomically, writeFileAtomically } from './atomic.js';
 import type { OutputFormat } from './formats.js';
-import type { Image } from './image.js';
+import type { Blob, Image } from './image.js';
 import { dockerArchiveEntries, ociLayoutEntries, type ArchiveEntry } from './layout.js';
 import { copyInto } from './stream-util.js';
 
@@ -52,19 +51,28 @@ async function writeEntriesToDirectory(entries: ArchiveEntry[], dir: string): Pr
     } else if (entry.kind === 'bytes') {
       await writeFile(path, entry.bytes, { mode: 0o644 });
     } else {
-      const out = createWriteStream(path, { flags: 'wx', mode: 0o644 });
-      try {
-        const copied = await copyInto(entry.blob.open(), out);
-        const size = entry.blob.descriptor.size;
-        if (copied !== size) throw new Error(`blob ${entry.blob.descriptor.digest} gave ${copied} bytes, its descriptor says ${size}`);
-        await new Promise<void>((ok, fail) => {
-          out.once('error', fail);
-          out.end(() => ok());
-        });
-      } catch (err) {
-        out.destroy();
-        throw err;
-      }
+      await writeBlobFile(entry.blob, path);
     }
+  }
+}
+
+async function writeBlobFile(blob: Blob, path: string): Promise<void> {
+  const handle = await open(path, 'wx', 0o644);
+  const out = handle.createWriteStream();
+  // Kept for the end: a write error between our writes must not be an unhandled 'error' event.
+  let failure: Error | undefined;
+  out.on('error', (err) => (failure ??= err));
+  try {
+    const copied = await copyInto(blob.open(), out);
+    if (copied !== blob.descriptor.size) {
+      throw new Error(`blob ${blob.descriptor.digest} gave ${copied} bytes, its descriptor says ${blob.descriptor.size}`);
+    }
+    await new Promise<void>((resolve, reject) => {
+      out.end(() => (failure ? reject(failure) : resolve()));
+      out.once('close', () => (failure ? reject(failure) : resolve()));
+    });
+  } catch (err) {
+    out.destroy();
+    throw failure ?? err;
   }
 }
