@@ -1,0 +1,167 @@
+import type { LayerSource, TarEntry } from '../layers/types.js';
+import type { Closure, StorePathInfo } from '../nix/types.js';
+import { storePathName } from '../recipe/store-names.js';
+import { UserError } from '../util/errors.js';
+import { groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
+import { GENERATED, RootTree } from './root-tree.js';
+import { compareBytes, findEntries, listStoreTree, readNarForListing, type NarWalker, type StoreTree } from './store-tree.js';
+
+/** What the image-root layer holds, from the resolved recipe. */
+export interface RootSpec {
+  /** Store paths (full, in the closure) linked into `/`; on a collision the earlier one wins. */
+  copyToRoot: string[];
+  /** Users besides root, with defaults filled in. */
+  users: ImageUser[];
+  /** Directories to create, absolute, with their modes. */
+  directories: { path: string; mode: number }[];
+}
+
+export interface RootLayerOptions {
+  /** Reads a store path's NAR; defaults to readNar over the closure's export files. */
+  walk?: NarWalker;
+  /** Told about collisions between copyToRoot paths; they are also collected in `warnings`. */
+  warn?: (message: string) => void;
+}
+
+export interface RootLayer {
+  source: LayerSource;
+  /** What `inspect` shows for the layer. */
+  contents: string[];
+  /** Warnings of the last run of `source` (collisions), one line each. */
+  warnings: string[];
+}
+
+const FILE_MODE = 0o644;
+const TMP_MODE = 0o1777;
+const ROOT_HOME_MODE = 0o700;
+const HOME_MODE = 0o755;
+/** Collided paths named in one warning; the rest are counted. */
+const COLLISIONS_SHOWN = 3;
+
+/**
+ * The image-root layer, like dockerTools' customisation layer: copyToRoot store paths linked into `/`,
+ * `/tmp` (1777), `/etc/passwd`, `/etc/group`, `/etc/nsswitch.conf`, home directories, the recipe's
+ * directories, and `/bin/sh` and `/usr/bin/env` when the copyToRoot paths do not provide them but
+ * some store path does (see `shellLinkTargets`). Store paths are read for their names only.
+ */
+export function rootLayerSource(closure: Closure, spec: RootSpec, options: RootLayerOptions = {}): RootLayer {
+  const infos = spec.copyToRoot.map((path) => {
+    const info = closure.paths.get(path);
+    if (!info) throw new UserError(`copyToRoot: ${path} is not in the closure`);
+    return info;
+  });
+  const warnings: string[] = [];
+  const layer: RootLayer = {
+    contents: ['image-root'],
+    warnings,
+    source: async (sink) => {
+      warnings.length = 0;
+      const entries = await rootEntries(closure, spec, infos, {
+        walk: options.walk ?? readNarForListing,
+        warn: (message) => {
+          warnings.push(message);
+          options.warn?.(message);
+        },
+      });
+      for (const entry of entries) await sink.add(entry);
+    },
+  };
+  return layer;
+}
+
+async function rootEntries(
+  closure: Closure,
+  spec: RootSpec,
+  copyToRoot: StorePathInfo[],
+  options: Required<RootLayerOptions>,
+): Promise<TarEntry[]> {
+  const tree = new RootTree();
+  const users = [ROOT_USER, ...spec.users];
+  tree.addDirectory('etc', 0o755);
+  tree.addDirectory('tmp', TMP_MODE);
+  for (const user of users) tree.addDirectory(user.home, user.uid === 0 ? ROOT_HOME_MODE : HOME_MODE);
+  for (const directory of spec.directories) tree.addDirectory(directory.path, directory.mode);
+  tree.addFile('etc/passwd', Buffer.from(passwdFile(spec.users)), FILE_MODE);
+  tree.addFile('etc/group', Buffer.from(groupFile(spec.users)), FILE_MODE);
+  tree.addFile('etc/nsswitch.conf', Buffer.from(nsswitchFile()), FILE_MODE);
+
+  const collisions = new Map<string, { kept: string; dropped: string; paths: string[] }>();
+  const trees: StoreTree[] = [];
+  for (const info of copyToRoot) {
+    const storeTree = await listStoreTree(info, options.walk);
+    trees.push(storeTree);
+    tree.linkStorePath(info.path, storeTree, (path, kept, dropped) => {
+      const key = `${kept}\0${dropped}`;
+      const entry = collisions.get(key) ?? { kept, dropped, paths: [] };
+      entry.paths.push(path);
+      collisions.set(key, entry);
+    });
+  }
+  for (const { kept, dropped, paths } of collisions.values()) options.warn(collisionWarning(kept, dropped, paths));
+
+  const wantSh = tree.lookup('bin/sh') === 'absent';
+  const wantEnv = tree.lookup('usr/bin/env') === 'absent';
+  if (wantSh || wantEnv) {
+    const targets = await shellLinkTargets(closure, copyToRoot, trees, options.walk, { sh: wantSh, env: wantEnv });
+    if (targets.sh) tree.addSymlink('bin/sh', targets.sh);
+    if (targets.env) tree.addSymlink('usr/bin/env', targets.env);
+  }
+  return tree.entries();
+}
+
+/**
+ * Where `/bin/sh` and `/usr/bin/env` should point. Deterministic: the copyToRoot paths in recipe
+ * order are searched first, then the rest of the closure ordered by store path name (then full path).
+ * Within that order the first `bin/sh` wins; only when none has one, the first `bin/bash`. `env` is
+ * the first `bin/env` (coreutils, busybox). Closure paths are only read up to their `bin` entries.
+ */
+export async function shellLinkTargets(
+  closure: Closure,
+  copyToRoot: StorePathInfo[],
+  copyToRootTrees: StoreTree[],
+  walk: NarWalker,
+  want: { sh: boolean; env: boolean },
+): Promise<{ sh?: string; env?: string }> {
+  let sh: string | undefined;
+  let bash: string | undefined;
+  let env: string | undefined;
+  const note = (path: string, has: (entry: string) => boolean): void => {
+    if (want.sh && sh === undefined && has('bin/sh')) sh = `${path}/bin/sh`;
+    if (want.sh && bash === undefined && has('bin/bash')) bash = `${path}/bin/bash`;
+    if (want.env && env === undefined && has('bin/env')) env = `${path}/bin/env`;
+  };
+  const done = (): boolean => (!want.sh || sh !== undefined) && (!want.env || env !== undefined);
+
+  copyToRoot.forEach((info, i) => note(info.path, (entry) => hasLeaf(copyToRootTrees[i]!, entry)));
+  // A bash from copyToRoot beats an sh elsewhere: the recipe chose that store path for the root.
+  if (want.sh && sh === undefined && bash !== undefined) sh = bash;
+
+  if (!done()) {
+    const linked = new Set(copyToRoot.map((info) => info.path));
+    const rest = [...closure.paths.values()]
+      .filter((info) => !linked.has(info.path))
+      .sort((a, b) => compareBytes(storePathName(a.path), storePathName(b.path)) || compareBytes(a.path, b.path));
+    for (const info of rest) {
+      const found = await findEntries(info, ['bin/bash', 'bin/env', 'bin/sh'], walk);
+      note(info.path, (entry) => found.has(entry));
+      if (done()) break;
+    }
+  }
+  return {
+    ...(want.sh && (sh ?? bash) !== undefined && { sh: sh ?? bash }),
+    ...(want.env && env !== undefined && { env }),
+  };
+}
+
+function hasLeaf(tree: StoreTree, path: string): boolean {
+  let node: StoreTree | undefined = tree;
+  for (const part of path.split('/')) node = node?.kind === 'directory' ? node.children.get(part) : undefined;
+  return node?.kind === 'leaf';
+}
+
+function collisionWarning(kept: string, dropped: string, paths: string[]): string {
+  const shown = paths.slice(0, COLLISIONS_SHOWN).join(', ');
+  const named = paths.length > COLLISIONS_SHOWN ? `${shown} and ${paths.length - COLLISIONS_SHOWN} more` : shown;
+  if (kept === GENERATED) return `copyToRoot: ${named} of ${dropped} left out: nix2oci writes ${paths.length === 1 ? 'it' : 'them'} itself`;
+  return `copyToRoot: ${named} ${paths.length === 1 ? 'is' : 'are'} in both ${kept} and ${dropped}; using ${kept} (listed first)`;
+}

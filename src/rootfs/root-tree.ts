@@ -1,0 +1,190 @@
+import type { TarEntry } from '../layers/types.js';
+import { UserError } from '../util/errors.js';
+import { compareBytes, type StoreTree } from './store-tree.js';
+
+/**
+ * The image root as a tree: entries nix2oci writes itself (directories, /etc files, a few links) and
+ * store paths linked in like nixpkgs' buildEnv. A directory only one store path provides becomes one
+ * symlink to it; directories several provide (or that hold an entry of our own) become real directories
+ * whose entries are linked one by one.
+ */
+type Node = DirectoryNode | LinkNode | FileNode;
+
+interface DirectoryNode {
+  kind: 'directory';
+  children: Map<string, Node>;
+  /** Store paths that have this directory, in the order they were linked. */
+  sources: string[];
+  /** Set when the directory must be real: it is ours or holds an entry of ours. */
+  mode: number | null;
+}
+
+interface LinkNode {
+  kind: 'link';
+  target: string;
+  /** The store path it links into, or null for a link of our own. */
+  source: string | null;
+}
+
+interface FileNode {
+  kind: 'file';
+  content: Buffer;
+  mode: number;
+}
+
+/** Who provides an entry: a store path, or nix2oci itself. */
+export const GENERATED = 'nix2oci';
+
+export type CollisionHandler = (path: string, kept: string, dropped: string) => void;
+
+const DEFAULT_DIRECTORY_MODE = 0o755;
+
+export class RootTree {
+  readonly #root: DirectoryNode = { kind: 'directory', children: new Map(), sources: [], mode: DEFAULT_DIRECTORY_MODE };
+
+  /** A real directory with `mode`, and its missing parents (0755). A later call for the same path sets its mode. */
+  addDirectory(path: string, mode: number): void {
+    const node = this.#makeDirectories(path, mode);
+    node.mode = mode;
+  }
+
+  /** A file of ours, e.g. /etc/passwd. */
+  addFile(path: string, content: Buffer, mode: number): void {
+    const { parent, name } = this.#parentOf(path);
+    const existing = parent.children.get(name);
+    if (existing) throw new UserError(`image root: ${path} is wanted both as a file and as a ${existing.kind}`);
+    parent.children.set(name, { kind: 'file', content, mode });
+  }
+
+  /** A symlink of ours, e.g. /bin/sh. */
+  addSymlink(path: string, target: string): void {
+    const { parent, name } = this.#parentOf(path);
+    const existing = parent.children.get(name);
+    if (existing) throw new UserError(`image root: ${path} is wanted both as a link and as a ${existing.kind}`);
+    parent.children.set(name, { kind: 'link', target, source: null });
+  }
+
+  /**
+   * Whether `path` exists: `present`, `absent`, or `hidden` when one of its parents is a link or file,
+   * so the tree cannot tell (and cannot add it).
+   */
+  lookup(path: string): 'present' | 'absent' | 'hidden' {
+    let node: Node = this.#root;
+    const parts = splitPath(path);
+    for (const [i, part] of parts.entries()) {
+      if (node.kind !== 'directory') return 'hidden';
+      const child = node.children.get(part);
+      if (!child) return 'absent';
+      if (i === parts.length - 1) return 'present';
+      node = child;
+    }
+    return 'present';
+  }
+
+  /**
+   * Links a store path's entries into the root. An entry that is already there stays (earlier store
+   * paths and our own entries win) and `onCollision` hears of it; directories on both sides merge.
+   * `nix-support` holds build metadata, not files for the root, and is left out as buildEnv does.
+   */
+  linkStorePath(storePath: string, tree: StoreTree, onCollision: CollisionHandler): void {
+    if (tree.kind !== 'directory') {
+      throw new UserError(`copyToRoot: ${storePath} is a single file, not a directory; only a directory's entries can be linked into /`);
+    }
+    const children = new Map(tree.children);
+    children.delete('nix-support');
+    this.#merge(this.#root, children, storePath, '', onCollision);
+  }
+
+  #merge(into: DirectoryNode, children: Map<string, StoreTree>, storePath: string, prefix: string, onCollision: CollisionHandler): void {
+    for (const [name, child] of children) {
+      const path = prefix === '' ? name : `${prefix}/${name}`;
+      const existing = into.children.get(name);
+      if (child.kind === 'directory') {
+        if (!existing) {
+          const node: DirectoryNode = { kind: 'directory', children: new Map(), sources: [storePath], mode: null };
+          into.children.set(name, node);
+          this.#merge(node, child.children, storePath, path, onCollision);
+        } else if (existing.kind === 'directory') {
+          existing.sources.push(storePath);
+          this.#merge(existing, child.children, storePath, path, onCollision);
+        } else {
+          onCollision(`/${path}`, providerOf(existing), storePath);
+        }
+      } else if (!existing) {
+        into.children.set(name, { kind: 'link', target: `${storePath}/${path}`, source: storePath });
+      } else {
+        onCollision(`/${path}`, providerOf(existing), storePath);
+      }
+    }
+  }
+
+  /**
+   * The layer's entries: parents before children, siblings in byte order, each path once, so the layer
+   * is the same for the same inputs and merges cleanly over the layers below.
+   */
+  entries(): TarEntry[] {
+    const entries: TarEntry[] = [];
+    const visit = (directory: DirectoryNode, prefix: string): void => {
+      const names = [...directory.children.keys()].sort(compareBytes);
+      for (const name of names) {
+        const node = directory.children.get(name)!;
+        const path = prefix === '' ? name : `${prefix}/${name}`;
+        switch (node.kind) {
+          case 'directory':
+            if (node.mode === null && node.sources.length === 1) {
+              entries.push({ type: 'symlink', name: path, target: `${node.sources[0]}/${path}` });
+            } else {
+              entries.push({ type: 'directory', name: path, mode: node.mode ?? DEFAULT_DIRECTORY_MODE });
+              visit(node, path);
+            }
+            break;
+          case 'link':
+            entries.push({ type: 'symlink', name: path, target: node.target });
+            break;
+          case 'file':
+            entries.push({ type: 'file', name: path, mode: node.mode, size: node.content.length, body: node.content });
+            break;
+        }
+      }
+    };
+    visit(this.#root, '');
+    return entries;
+  }
+
+  /** The directory at `path`, created (and every parent made real) as needed. */
+  #makeDirectories(path: string, mode: number): DirectoryNode {
+    let node = this.#root;
+    const parts = splitPath(path);
+    for (const [i, part] of parts.entries()) {
+      let child = node.children.get(part);
+      if (!child) {
+        child = { kind: 'directory', children: new Map(), sources: [], mode: i === parts.length - 1 ? mode : DEFAULT_DIRECTORY_MODE };
+        node.children.set(part, child);
+      }
+      if (child.kind !== 'directory') {
+        throw new UserError(`image root: /${parts.slice(0, i + 1).join('/')} is wanted both as a directory and as a ${child.kind}`);
+      }
+      child.mode ??= DEFAULT_DIRECTORY_MODE;
+      node = child;
+    }
+    return node;
+  }
+
+  #parentOf(path: string): { parent: DirectoryNode; name: string } {
+    const parts = splitPath(path);
+    const name = parts.pop();
+    if (name === undefined) throw new Error(`image root: no name in "${path}"`);
+    const parent = parts.length === 0 ? this.#root : this.#makeDirectories(parts.join('/'), DEFAULT_DIRECTORY_MODE);
+    return { parent, name };
+  }
+}
+
+function providerOf(node: Node): string {
+  if (node.kind === 'link' && node.source !== null) return node.source;
+  if (node.kind === 'directory' && node.mode === null && node.sources.length > 0) return node.sources[0]!;
+  return GENERATED;
+}
+
+function splitPath(path: string): string[] {
+  return path.split('/').filter((p) => p !== '');
+}

@@ -1,0 +1,253 @@
+import { describe, expect, it } from 'vitest';
+import type { TarEntry, TarSink } from '../../src/layers/types.js';
+import { rootLayerSource, type RootSpec } from '../../src/rootfs/root-layer.js';
+import { findEntries } from '../../src/rootfs/store-tree.js';
+import { UserError } from '../../src/util/errors.js';
+import { tarStreamList, tarToBuffer } from '../layers/tar-tools.js';
+import { fakeClosure, fakeStorePath } from '../recipe/fake-closure.js';
+import { FakeNars, type FakeTree } from './fake-nar.js';
+
+const busybox = fakeStorePath('busybox-1.36.1');
+const coreutils = fakeStorePath('coreutils-9.5');
+const bash = fakeStorePath('bash-5.2p26');
+const dash = fakeStorePath('dash-0.5.12', 'sorts before bash by hash?');
+const python = fakeStorePath('python3-3.11.9');
+const cacert = fakeStorePath('nss-cacert-3.101');
+const app = fakeStorePath('demo-app');
+
+const trees: Record<string, FakeTree> = {
+  [busybox]: { 'bin/busybox': 'file', 'bin/sh': { link: 'busybox' }, 'bin/env': { link: 'busybox' }, 'bin/ls': { link: 'busybox' } },
+  [coreutils]: { 'bin/env': 'file', 'bin/ls': 'file', 'bin/cat': 'file', 'libexec/coreutils/libstdbuf.so': 'file', 'share/man/man1/ls.1.gz': 'file' },
+  [bash]: { 'bin/bash': 'file', 'bin/sh': { link: 'bash' }, 'share/doc/bash/README': 'file' },
+  [dash]: { 'bin/dash': 'file', 'bin/sh': { link: 'dash' } },
+  [python]: { 'bin/python3': { link: 'python3.11' }, 'bin/python3.11': 'file', 'lib/python3.11/os.py': 'file', 'nix-support/setup-hook': 'file' },
+  [cacert]: { 'etc/ssl/certs/ca-bundle.crt': 'file', 'etc/passwd': 'file' },
+  [app]: { 'bin/hello': 'file', 'data/seed.txt': 'file' },
+};
+
+function nars(paths: string[]): FakeNars {
+  const fake = new FakeNars();
+  for (const path of paths) fake.add(path, trees[path]);
+  return fake;
+}
+
+function spec(partial: Partial<RootSpec> = {}): RootSpec {
+  return { copyToRoot: [], users: [], directories: [], ...partial };
+}
+
+type Listed = { name: string; type: string; mode?: number; target?: string; body?: string };
+
+/** The layer's entries as a tar reader sees them (through the real tar writer). */
+async function layerEntries(paths: string[], rootSpec: RootSpec, fake = nars(paths)): Promise<{ entries: Listed[]; warnings: string[] }> {
+  const layer = rootLayerSource(fakeClosure(paths), rootSpec, { walk: fake.walk });
+  const tar = await tarToBuffer(layer.source);
+  const entries = (await tarStreamList(tar)).map((e) => ({
+    name: e.name,
+    type: e.type,
+    ...(e.type === 'symlink' ? { target: e.target } : { mode: e.mode }),
+    ...(e.type === 'file' && { body: e.body.toString() }),
+  }));
+  return { entries, warnings: layer.warnings };
+}
+
+const base: Listed[] = [
+  { name: 'etc', type: 'directory', mode: 0o755 },
+  { name: 'etc/group', type: 'file', mode: 0o644, body: 'root:x:0:\n' },
+  { name: 'etc/nsswitch.conf', type: 'file', mode: 0o644, body: 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n' },
+  { name: 'etc/passwd', type: 'file', mode: 0o644, body: 'root:x:0:0:root:/root:/bin/sh\n' },
+  { name: 'root', type: 'directory', mode: 0o700 },
+  { name: 'tmp', type: 'directory', mode: 0o1777 },
+];
+
+describe('rootLayerSource', () => {
+  it('holds /etc, /root and /tmp (1777) when there is nothing to link', async () => {
+    const { entries, warnings } = await layerEntries([app], spec());
+    expect(entries).toEqual(base);
+    expect(warnings).toEqual([]);
+  });
+
+  it('reports its contents for inspect', () => {
+    expect(rootLayerSource(fakeClosure([]), spec()).contents).toEqual(['image-root']);
+  });
+
+  it('links a directory only one store path has as a whole, and adds /usr/bin/env from it', async () => {
+    const { entries } = await layerEntries([busybox], spec({ copyToRoot: [busybox] }));
+    expect(entries).toEqual([
+      { name: 'bin', type: 'symlink', target: `${busybox}/bin` },
+      ...base,
+      { name: 'usr', type: 'directory', mode: 0o755 },
+      { name: 'usr/bin', type: 'directory', mode: 0o755 },
+      { name: 'usr/bin/env', type: 'symlink', target: `${busybox}/bin/env` },
+    ]);
+  });
+
+  it('merges directories several store paths have; on a collision the earlier path wins and one warning names both', async () => {
+    const { entries, warnings } = await layerEntries([coreutils, busybox], spec({ copyToRoot: [coreutils, busybox] }));
+    expect(entries).toEqual([
+      { name: 'bin', type: 'directory', mode: 0o755 },
+      { name: 'bin/busybox', type: 'symlink', target: `${busybox}/bin/busybox` },
+      { name: 'bin/cat', type: 'symlink', target: `${coreutils}/bin/cat` },
+      { name: 'bin/env', type: 'symlink', target: `${coreutils}/bin/env` },
+      { name: 'bin/ls', type: 'symlink', target: `${coreutils}/bin/ls` },
+      { name: 'bin/sh', type: 'symlink', target: `${busybox}/bin/sh` },
+      ...base.slice(0, 4),
+      { name: 'libexec', type: 'symlink', target: `${coreutils}/libexec` },
+      base[4],
+      { name: 'share', type: 'symlink', target: `${coreutils}/share` },
+      base[5],
+      { name: 'usr', type: 'directory', mode: 0o755 },
+      { name: 'usr/bin', type: 'directory', mode: 0o755 },
+      { name: 'usr/bin/env', type: 'symlink', target: `${coreutils}/bin/env` },
+    ]);
+    expect(warnings).toEqual([`copyToRoot: /bin/env, /bin/ls are in both ${coreutils} and ${busybox}; using ${coreutils} (listed first)`]);
+  });
+
+  it('counts collisions past the first three and reports the order the recipe gave', async () => {
+    const { warnings } = await layerEntries([coreutils, busybox], spec({ copyToRoot: [busybox, coreutils] }));
+    expect(warnings).toEqual([`copyToRoot: /bin/env, /bin/ls are in both ${busybox} and ${coreutils}; using ${busybox} (listed first)`]);
+    const many = new FakeNars()
+      .add(busybox, { 'bin/a': 'file', 'bin/b': 'file', 'bin/c': 'file', 'bin/d': 'file', 'bin/e': 'file' })
+      .add(coreutils, { 'bin/a': 'file', 'bin/b': 'file', 'bin/c': 'file', 'bin/d': 'file', 'bin/e': 'file' });
+    const result = await layerEntries([busybox, coreutils], spec({ copyToRoot: [busybox, coreutils] }), many);
+    expect(result.warnings).toEqual([
+      `copyToRoot: /bin/a, /bin/b, /bin/c and 2 more are in both ${busybox} and ${coreutils}; using ${busybox} (listed first)`,
+    ]);
+  });
+
+  it('keeps its own /etc files over a store path’s and links the rest of that /etc; nix-support is left out', async () => {
+    const { entries, warnings } = await layerEntries([cacert, python], spec({ copyToRoot: [cacert, python] }));
+    expect(entries.map((e) => [e.name, e.type, e.target ?? ''])).toEqual([
+      ['bin', 'symlink', `${python}/bin`],
+      ['etc', 'directory', ''],
+      ['etc/group', 'file', ''],
+      ['etc/nsswitch.conf', 'file', ''],
+      ['etc/passwd', 'file', ''],
+      ['etc/ssl', 'symlink', `${cacert}/etc/ssl`],
+      ['lib', 'symlink', `${python}/lib`],
+      ['root', 'directory', ''],
+      ['tmp', 'directory', ''],
+    ]);
+    expect(entries.find((e) => e.name === 'etc/passwd')?.body).toBe('root:x:0:0:root:/root:/bin/sh\n');
+    expect(warnings).toEqual([`copyToRoot: /etc/passwd of ${cacert} left out: nix2oci writes it itself`]);
+  });
+
+  it('writes users, groups, homes and the recipe’s directories, merging a store path’s directory into them', async () => {
+    const users = [
+      { name: 'app', uid: 1000, gid: 1000, group: 'app', home: '/home/app', shell: '/bin/sh' },
+      { name: 'gpu', uid: 1001, gid: 44, group: 'video', home: '/srv/gpu', shell: '/bin/bash' },
+      { name: 'worker', uid: 1002, gid: 1000, group: 'app', home: '/home/worker', shell: '/bin/sh' },
+    ];
+    const directories = [
+      { path: '/data', mode: 0o750 },
+      { path: '/models/cache', mode: 0o1777 },
+      { path: '/tmp', mode: 0o1777 },
+    ];
+    const { entries } = await layerEntries([app], spec({ copyToRoot: [app], users, directories }));
+    expect(entries).toEqual([
+      { name: 'bin', type: 'symlink', target: `${app}/bin` },
+      { name: 'data', type: 'directory', mode: 0o750 },
+      { name: 'data/seed.txt', type: 'symlink', target: `${app}/data/seed.txt` },
+      base[0],
+      { name: 'etc/group', type: 'file', mode: 0o644, body: 'root:x:0:\napp:x:1000:\nvideo:x:44:\n' },
+      base[2],
+      {
+        name: 'etc/passwd',
+        type: 'file',
+        mode: 0o644,
+        body:
+          'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\ngpu:x:1001:44:gpu:/srv/gpu:/bin/bash\n' +
+          'worker:x:1002:1000:worker:/home/worker:/bin/sh\n',
+      },
+      { name: 'home', type: 'directory', mode: 0o755 },
+      { name: 'home/app', type: 'directory', mode: 0o755 },
+      { name: 'home/worker', type: 'directory', mode: 0o755 },
+      { name: 'models', type: 'directory', mode: 0o755 },
+      { name: 'models/cache', type: 'directory', mode: 0o1777 },
+      base[4],
+      { name: 'srv', type: 'directory', mode: 0o755 },
+      { name: 'srv/gpu', type: 'directory', mode: 0o755 },
+      base[5],
+    ]);
+  });
+
+  it('links /bin/sh and /usr/bin/env from the closure when copyToRoot lacks them: sh before bash, by store path name', async () => {
+    // dash sorts after bash by name: bash's sh wins whatever the hashes.
+    const paths = [python, dash, bash, coreutils, busybox];
+    const { entries } = await layerEntries(paths, spec({ copyToRoot: [python] }));
+    expect(entries.filter((e) => e.type === 'symlink' || e.name === 'bin' || e.name.startsWith('usr'))).toEqual([
+      { name: 'bin', type: 'directory', mode: 0o755 },
+      { name: 'bin/python3', type: 'symlink', target: `${python}/bin/python3` },
+      { name: 'bin/python3.11', type: 'symlink', target: `${python}/bin/python3.11` },
+      { name: 'bin/sh', type: 'symlink', target: `${bash}/bin/sh` },
+      { name: 'lib', type: 'symlink', target: `${python}/lib` },
+      { name: 'usr', type: 'directory', mode: 0o755 },
+      { name: 'usr/bin', type: 'directory', mode: 0o755 },
+      { name: 'usr/bin/env', type: 'symlink', target: `${busybox}/bin/env` },
+    ]);
+  });
+
+  it('prefers a copyToRoot bash over an sh elsewhere, and falls back to bash when no path has sh', async () => {
+    const bashOnly = fakeStorePath('bash-interactive-5.2p26');
+    const fake = nars([busybox]).add(bashOnly, { 'bin/bash': 'file' });
+    const chosen = await layerEntries([busybox, bashOnly], spec({ copyToRoot: [bashOnly] }), fake);
+    expect(chosen.entries.find((e) => e.name === 'bin/sh')).toEqual({ name: 'bin/sh', type: 'symlink', target: `${bashOnly}/bin/bash` });
+
+    const fallback = await layerEntries([bashOnly, app], spec(), nars([app]).add(bashOnly, { 'bin/bash': 'file' }));
+    expect(fallback.entries.find((e) => e.name === 'bin/sh')).toEqual({ name: 'bin/sh', type: 'symlink', target: `${bashOnly}/bin/bash` });
+    expect(fallback.entries.find((e) => e.name.startsWith('usr'))).toBeUndefined();
+  });
+
+  it('adds no /bin/sh when a store path links /bin as a file or link', async () => {
+    const usrmerge = fakeStorePath('usrmerge');
+    const fake = nars([busybox]).add(usrmerge, { bin: { link: 'usr/bin' }, 'usr/bin/true': 'file' });
+    const { entries } = await layerEntries([usrmerge, busybox], spec({ copyToRoot: [usrmerge] }), fake);
+    expect(entries.find((e) => e.name === 'bin')).toEqual({ name: 'bin', type: 'symlink', target: `${usrmerge}/bin` });
+    expect(entries.find((e) => e.name === 'bin/sh')).toBeUndefined();
+    expect(entries.find((e) => e.name === 'usr/bin/env')).toEqual({ name: 'usr/bin/env', type: 'symlink', target: `${busybox}/bin/env` });
+  });
+
+  it('refuses a copyToRoot path outside the closure or that is a single file', async () => {
+    expect(() => rootLayerSource(fakeClosure([app]), spec({ copyToRoot: [busybox] }))).toThrow(
+      new UserError(`copyToRoot: ${busybox} is not in the closure`),
+    );
+    const script = fakeStorePath('hello.sh');
+    const fake = new FakeNars().add(script, undefined);
+    const layer = rootLayerSource(fakeClosure([script]), spec({ copyToRoot: [script] }), { walk: fake.walk });
+    const sink: TarSink = { add: async () => {} };
+    await expect(layer.source(sink)).rejects.toThrow(
+      new UserError(`copyToRoot: ${script} is a single file, not a directory; only a directory's entries can be linked into /`),
+    );
+  });
+
+  it('gives the same entries every run, each path once and after its parent', async () => {
+    const paths = [coreutils, busybox, cacert, python, bash];
+    const rootSpec = spec({ copyToRoot: [coreutils, busybox, cacert, python], directories: [{ path: '/usr/local/bin', mode: 0o755 }] });
+    const runs: TarEntry[][] = [];
+    for (let i = 0; i < 2; i++) {
+      const entries: TarEntry[] = [];
+      await rootLayerSource(fakeClosure(paths), rootSpec, { walk: nars(paths).walk }).source({ add: async (e) => void entries.push(e) });
+      runs.push(entries);
+    }
+    expect(runs[1]).toEqual(runs[0]);
+    const names = runs[0]!.map((e) => e.name);
+    expect(new Set(names).size).toBe(names.length);
+    for (const [i, name] of names.entries()) {
+      const parent = name.includes('/') ? name.slice(0, name.lastIndexOf('/')) : null;
+      if (parent !== null) expect(names.slice(0, i)).toContain(parent);
+    }
+    expect(names).toContain('usr/bin/env');
+    expect(names).toContain('usr/local/bin');
+  });
+});
+
+describe('findEntries', () => {
+  it('stops reading a NAR once it has passed the wanted entries', async () => {
+    const big: FakeTree = { 'bin/sh': 'file', 'bin/zsh': 'file' };
+    for (let i = 0; i < 100; i++) big[`share/file${i}`] = 'file';
+    const path = fakeStorePath('big');
+    const fake = new FakeNars().add(path, big);
+    const info = fakeClosure([path]).paths.get(path)!;
+    expect(await findEntries(info, ['bin/sh', 'bin/env'], fake.walk)).toEqual(new Set(['bin/sh']));
+    expect(fake.visited).toBe(4); // '', bin, bin/sh, then bin/zsh shows bin/sh is behind
+  });
+});
