@@ -38,3 +38,6 @@ export async function compileForChild(entries: string[]): Promise<string> {
 
 /** The child-process runner that pushes an OCI layout with the compiled pushImage. */
 export const PUSH_CHILD = resolve(import.meta.dirname, 'push-child.mjs');
+
+/** The child-process runner for `nix2oci push …` with the CLI's error handling. */
+export const CLI_CHILD = resolve(import.meta.dirname, 'cli-child.mjs');
