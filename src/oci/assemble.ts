@@ -20,6 +20,7 @@ export interface AssembleLayer {
   blob: LayerBlob;
   /** Store paths (or wheel file names, or `image-root`) the layer holds. */
   contents: string[];
+  /** Extra layer descriptor annotations (OCI manifests only: Docker's schema 2 has none). */
   annotations?: Record<string, string>;
 }
 

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, createReadStream } from 'node:fs';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough, Readable, Writable } from 'node:stream';
 import tar, { type Header } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Image } from '../../src/oci/image.js';
@@ -64,6 +64,15 @@ describe.each(['oci-archive', 'docker-archive', 'oci-layout'] as OutputFormat[])
     const target = join(out + '.d', 'image');
     await expect(writeImage(withFailingLayer(), { format, output: target })).rejects.toThrow(/disk on fire/);
     expect(readdirSync(out + '.d')).toEqual([]);
+  });
+
+  it('leaves nothing when a blob is shorter than its descriptor says', async () => {
+    const parent = join(dir, `short-${format}`);
+    mkdirSync(parent);
+    const [first, ...rest] = image.layers;
+    const short = { ...image, layers: [{ ...first!, descriptor: { ...first!.descriptor, size: first!.descriptor.size + 1 } }, ...rest] };
+    await expect(writeImage(short, { format, output: join(parent, 'image') })).rejects.toThrow(/bytes/);
+    expect(readdirSync(parent)).toEqual([]);
   });
 
   it('removes its temporary output when the process is stopped mid-write', async () => {
@@ -130,6 +139,20 @@ describe('writeImage archives', () => {
     sink.on('data', (c: Buffer) => chunks.push(c));
     await writeImage(image, { format: 'oci-archive', output: '-', stdout: sink });
     expect(Buffer.concat(chunks).equals(readFileSync(file))).toBe(true);
+  });
+
+  it('reports a closed standard output in one line', async () => {
+    let written = 0;
+    const closed = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        written += chunk.length;
+        if (written > 4096) callback(Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }));
+        else callback();
+      },
+    });
+    await expect(writeImage(image, { format: 'docker-archive', output: '-', stdout: closed })).rejects.toThrow(
+      new UserError('standard output was closed before the archive was written'),
+    );
   });
 
   it('replaces an existing archive atomically and refuses a directory in its place', async () => {
