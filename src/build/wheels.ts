@@ -1,0 +1,117 @@
+import type { Closure } from '../nix/types.js';
+import type { LayerSource } from '../layers/types.js';
+import type { ResolvedRecipe } from '../recipe/resolve.js';
+import { readWheelInfo, type WheelInfo } from '../wheels/wheel-info.js';
+import { checkWheelTags, type TagTarget } from '../wheels/tags.js';
+import { wheelLayerSource, type WheelLayer } from '../wheels/install.js';
+import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython } from '../wheels/checks/index.js';
+import { UserError } from '../util/errors.js';
+
+export interface WheelLayerPlan {
+  source: LayerSource;
+  contents: string[];
+  info: WheelInfo;
+  layer: WheelLayer;
+}
+
+/** The wheels stage: what to install, and — once the layers are written — whether the image can run. */
+export interface PreparedWheels {
+  layers: WheelLayerPlan[];
+  /** Runs the requirement, library and trap checks; call after every wheel layer was written. */
+  check(): Promise<{ warnings: string[]; env: Record<string, string[]> }>;
+}
+
+const PLATFORM_OF_ARCH: Record<string, TagTarget['platform']> = { amd64: 'linux_x86_64', arm64: 'linux_aarch64' };
+
+/**
+ * Reads and checks each wheel (zip whole, RECORD, tags for the image's Python) and plans one layer per
+ * wheel. Shared objects are read for the library check in the same pass that writes the layer.
+ */
+export async function prepareWheels(options: {
+  files: string[];
+  closure: Closure;
+  recipe: ResolvedRecipe;
+  python?: string;
+  depsCheck: boolean;
+}): Promise<PreparedWheels> {
+  const { files, closure, recipe } = options;
+  if (files.length === 0) return { layers: [], check: async () => ({ warnings: [], env: {} }) };
+
+  const explicitPython = options.python ?? recipe.python.interpreter;
+  const { index, python } = await inspectClosure(closure, { python: explicitPython });
+  const platform = PLATFORM_OF_ARCH[recipe.architecture ?? 'amd64'];
+  if (!platform) throw new UserError(`wheels: images for architecture ${recipe.architecture} cannot take wheels (amd64 and arm64 can)`);
+
+  const infos: WheelInfo[] = [];
+  for (const file of files) {
+    const info = await readWheelInfo(file);
+    checkWheelTags(info, { pythonVersion: python.version, implementation: 'cp', platform });
+    if (infos.some((other) => other.name === info.name)) {
+      throw new UserError(`${file}: a second wheel of ${info.name} (the first is ${infos.find((o) => o.name === info.name)!.file})`);
+    }
+    infos.push(info);
+  }
+
+  const elf = new ElfCollector();
+  const layers = infos.map((info) => {
+    const layer = wheelLayerSource(info, {
+      prefix: recipe.python.prefix,
+      pythonVersion: python.version,
+      interpreter: python.interpreter,
+      inspect: ({ path, entry }) => elf.entry(info.file, entry.name, path),
+    });
+    return { source: layer.source, contents: [wheelFileName(info.file)], info, layer };
+  });
+
+  return {
+    layers,
+    check: () => runChecks({ closure, index, python, recipe, infos, layers, elf, depsCheck: options.depsCheck }),
+  };
+}
+
+async function runChecks(o: {
+  closure: Closure;
+  index: ClosureIndex;
+  python: ImagePython;
+  recipe: ResolvedRecipe;
+  infos: WheelInfo[];
+  layers: WheelLayerPlan[];
+  elf: ElfCollector;
+  depsCheck: boolean;
+}): Promise<{ warnings: string[]; env: Record<string, string[]> }> {
+  const report = await checkWheels({
+    closure: o.closure,
+    index: o.index,
+    python: o.python,
+    wheels: o.infos,
+    wheelFiles: o.layers.flatMap((l) => l.layer.files),
+    elfObjects: await o.elf.finish(),
+    elfProblems: o.elf.problems,
+    waiveRequirements: o.recipe.checks.waiveRequirements,
+    waiveLibraries: o.recipe.checks.waiveLibraries,
+    depsCheck: o.depsCheck,
+    ldLibraryPath: splitPath(o.recipe.env?.LD_LIBRARY_PATH),
+    machine: o.recipe.architecture === 'arm64' ? 'aarch64' : 'x86_64',
+  });
+  if (report.errors.length > 0) {
+    const shown = report.errors.slice(0, 20);
+    const more = report.errors.length - shown.length;
+    throw new UserError(
+      `the image cannot run as built (${report.errors.length} problem${report.errors.length === 1 ? '' : 's'}; waive with checks.waiveRequirements / checks.waiveLibraries in the recipe, or --no-deps-check):\n  ${shown.join('\n  ')}${more > 0 ? `\n  … and ${more} more` : ''}`,
+    );
+  }
+  const sitePackages = [...new Set(o.layers.map((l) => l.layer.sitePackages))];
+  const binDirs = [...new Set(o.layers.map((l) => l.layer.binDir))];
+  const env: Record<string, string[]> = { PYTHONPATH: sitePackages, LD_LIBRARY_PATH: report.env.LD_LIBRARY_PATH };
+  // Launchers join PATH only where the recipe sets one: a PATH of just the wheels' bin would hide /bin.
+  if (o.recipe.env?.PATH !== undefined) env.PATH = binDirs;
+  return { warnings: report.warnings, env };
+}
+
+function splitPath(value: string | undefined): string[] {
+  return value ? value.split(':').filter(Boolean) : [];
+}
+
+function wheelFileName(file: string): string {
+  return file.slice(file.lastIndexOf('/') + 1);
+}

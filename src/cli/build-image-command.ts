@@ -1,0 +1,102 @@
+import { Command, Option } from 'commander';
+import { addRecipeOptions, recipeOverridesFrom } from '../recipe/cli-options.js';
+import { buildImage, DEFAULT_SOURCE_DATE_EPOCH } from '../build/build-image.js';
+import { OUTPUT_FORMATS, parseOutputFormat } from '../oci/write.js';
+import type { Compression } from '../layers/types.js';
+import { UserError } from '../util/errors.js';
+import { addPushOptions, pushOptionsFromFlags, type PushFlags } from '../registry/push-command.js';
+import { pushImage } from '../registry/push.js';
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+export function buildImageCommand(): Command {
+  const command = new Command('build-image')
+    .description('Build an image from nix-store --export closures (and Python wheels) and write it as an archive or OCI layout.')
+    .addOption(new Option('--closure <file>', 'a nix-store --export stream; repeatable; - for stdin').argParser(collect).makeOptionMandatory())
+    .option('--path-info <file>', 'JSON of `nix path-info --json --recursive`: verify each path\'s NAR hash and size')
+    .option('--recipe <file>', 'image recipe (JSON), e.g. layers/demo/image.json')
+    .requiredOption('-o, --output <path>', 'where to write the image; - for standard output')
+    .addOption(new Option('--format <format>', 'output format').choices(OUTPUT_FORMATS).default('oci-archive'))
+    .addOption(new Option('-t, --tag <name:tag>', 'name to record in the archive (repeatable); default: the recipe\'s name and tag').argParser(collect))
+    .addOption(new Option('--compression <kind>', 'layer compression (default: the recipe\'s, else gzip)').choices(['gzip', 'none']))
+    .option('--max-layers <n>', 'most layers the image may have (default: the recipe\'s, else 100)')
+    .addOption(new Option('--wheel <file>', 'a Python wheel to install (repeatable; adds to the recipe\'s)').argParser(collect))
+    .option('--python <path>', 'the image\'s Python: a store path or its bin/python3.X (default: found in the closure)')
+    .option('--no-deps-check', 'skip the wheels\' requirements check')
+    .option('--push <ref>', 'push the built image to HOST[:PORT]/REPO[:TAG] (push options below apply)')
+    .option('-q, --quiet', 'print only warnings, errors and the result')
+    .option('--json', 'print a JSON summary of the build on standard output');
+  addRecipeOptions(command);
+  // The push flags apply to --push; build-image's own --tag and --quiet already mean the same thing there.
+  for (const option of addPushOptions(new Command()).options) {
+    if (option.long !== '--tag' && option.long !== '--quiet') command.addOption(option);
+  }
+  command.action(async (flags: Record<string, unknown>) => {
+    const output = flags.output as string;
+    const quiet = Boolean(flags.quiet) || output === '-';
+    // With the image on stdout, everything else goes to stderr.
+    const say = (line: string) => {
+      if (!quiet) process.stderr.write(`${line}\n`);
+    };
+    const maxLayers = flags.maxLayers !== undefined ? parseWholeNumber(flags.maxLayers as string, '--max-layers') : undefined;
+    const started = Date.now();
+    const result = await buildImage({
+      closures: flags.closure as string[],
+      pathInfo: flags.pathInfo as string | undefined,
+      recipe: flags.recipe as string | undefined,
+      overrides: recipeOverridesFrom(flags),
+      wheels: (flags.wheel as string[] | undefined) ?? [],
+      python: flags.python as string | undefined,
+      depsCheck: flags.depsCheck !== false,
+      output,
+      format: parseOutputFormat(flags.format as string),
+      tags: (flags.tag as string[] | undefined) ?? [],
+      compression: flags.compression as Compression | undefined,
+      maxLayers,
+      sourceDateEpoch: sourceDateEpoch(),
+      log: say,
+      warn: (line) => process.stderr.write(`warning: ${line}\n`),
+    });
+    const seconds = (Date.now() - started) / 1000;
+    if (flags.json) {
+      process.stdout.write(
+        `${JSON.stringify({
+          output,
+          format: flags.format,
+          manifestDigest: result.manifestDigest,
+          tags: result.tags,
+          seconds,
+          layers: result.layers.map(({ blob, contents }) => ({
+            digest: blob.digest,
+            size: blob.size,
+            diffId: blob.diffId,
+            uncompressedSize: blob.uncompressedSize,
+            contents,
+          })),
+        }, null, 2)}\n`,
+      );
+    } else if (output !== '-') {
+      say(`wrote ${output} (${result.layers.length} layers, ${seconds.toFixed(1)} s), image ${result.manifestDigest}`);
+      if (flags.format !== 'oci-layout') say(`load it with: podman load -i ${output}`);
+    }
+    if (flags.push !== undefined) {
+      if (output === '-') throw new UserError('--push needs the image in a file or directory, not on standard output');
+      const pushFlags = { ...flags, tag: [], quiet: flags.quiet } as unknown as PushFlags;
+      await pushImage(result.image, flags.push as string, pushOptionsFromFlags(pushFlags));
+    }
+  });
+  return command;
+}
+
+/** SOURCE_DATE_EPOCH (reproducible-builds.org) sets every mtime and `created`. */
+function sourceDateEpoch(): number {
+  const text = process.env.SOURCE_DATE_EPOCH;
+  if (text === undefined || text === '') return DEFAULT_SOURCE_DATE_EPOCH;
+  if (!/^\d+$/.test(text)) throw new UserError(`SOURCE_DATE_EPOCH must be a whole number of seconds, got ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
+function parseWholeNumber(text: string, flag: string): number {
+  if (!/^\d+$/.test(text)) throw new UserError(`${flag} takes a whole number, got ${JSON.stringify(text)}`);
+  return Number(text);
+}

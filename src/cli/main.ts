@@ -1,0 +1,44 @@
+#!/usr/bin/env node
+import { Command, CommanderError } from 'commander';
+import { isUserError } from '../util/errors.js';
+import { buildImageCommand } from './build-image-command.js';
+import { inspectCommand } from './inspect-command.js';
+import { pushCommand } from '../registry/push-command.js';
+import { runCleanups } from '../util/cleanup.js';
+
+const program = new Command()
+  .name('nix2oci')
+  .description('Build OCI images from `nix-store --export` closures and Python wheels, without Nix or Docker; push them to registries.')
+  .version(process.env.npm_package_version ?? '0.1.0')
+  .showHelpAfterError('(run with --help for usage)')
+  .exitOverride();
+
+program.addCommand(buildImageCommand());
+program.addCommand(inspectCommand());
+program.addCommand(pushCommand());
+
+// An interrupted build removes its temporary files and leaves no output.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    runCleanups();
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  });
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  runCleanups();
+  if (err instanceof CommanderError) {
+    process.exitCode = err.exitCode;
+  } else if (isUserError(err)) {
+    process.stderr.write(`nix2oci: ${err.message}\n`);
+    process.exitCode = 1;
+  } else {
+    const message = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`nix2oci: internal error: ${message.split('\n')[0]}\n`);
+    if (process.env.NIX2OCI_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+    else process.stderr.write('nix2oci: set NIX2OCI_DEBUG=1 for details, and please report this as a bug\n');
+    process.exitCode = 2;
+  }
+}
