@@ -63,3 +63,13 @@ export function qualifiedName(text: string): string {
   const repository = registry === 'docker.io' && !path.includes('/') ? `library/${path}` : path;
   return `${registry}/${repository}:${tag}`;
 }
+
+/** Whether two names denote the same image as Docker resolves them (`demo` = `docker.io/library/demo:latest`). */
+export function sameImageName(a: string, b: string): boolean {
+  if (a === b) return true;
+  try {
+    return qualifiedName(a) === qualifiedName(b);
+  } catch {
+    return false;
+  }
+}

@@ -8,6 +8,7 @@ import { CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from './assemble.js
 import { MediaTypes, type Descriptor, type Image, type Layer } from './image.js';
 import { CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION, type DockerArchiveManifestEntry } from './layout.js';
 import { configMediaType, digestHex, formatOfManifest, serializeManifest, sha256Digest } from './manifest.js';
+import { sameImageName } from './names.js';
 import { indexTar, type TarMember } from './tar-index.js';
 
 export interface ReadImageOptions {
@@ -179,7 +180,7 @@ async function readOci(store: Store, options: ReadImageOptions): Promise<Image> 
 
   let chosen: Candidate;
   if (options.tag !== undefined) {
-    const match = [...candidates.values()].find((c) => c.names.includes(options.tag!));
+    const match = [...candidates.values()].find((c) => c.names.some((n) => sameImageName(n, options.tag!)));
     if (!match) throw new UserError(`${store.path} holds no image named ${options.tag} (it has: ${listNames(candidates)})`);
     chosen = match;
   } else if (candidates.size > 1) {
@@ -321,7 +322,7 @@ async function readDockerArchive(store: Store, options: ReadImageOptions): Promi
   if (!Array.isArray(entries) || entries.length === 0) throw new UserError(`${where} lists no image`);
   let entry: DockerArchiveManifestEntry;
   if (options.tag !== undefined) {
-    const match = entries.find((e) => e.RepoTags?.includes(options.tag!));
+    const match = entries.find((e) => e.RepoTags?.some((n) => sameImageName(n, options.tag!)));
     if (!match) throw new UserError(`${store.path} holds no image named ${options.tag}`);
     entry = match;
   } else if (entries.length > 1) {
@@ -332,6 +333,10 @@ async function readDockerArchive(store: Store, options: ReadImageOptions): Promi
   }
   if (typeof entry.Config !== 'string' || !Array.isArray(entry.Layers) || entry.Layers.some((l) => typeof l !== 'string')) {
     throw new UserError(`${where}: an entry needs Config and Layers`);
+  }
+  for (const name of [entry.Config, ...entry.Layers]) {
+    // Names come from the archive: never let one reach outside it (a layout directory is read by path).
+    if (name.startsWith('/') || name.split('/').includes('..')) throw new UserError(`${where} names a file outside the archive: ${name}`);
   }
 
   const configBytes = await readSmall(store, entry.Config, MAX_METADATA, 'config');

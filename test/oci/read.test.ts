@@ -71,6 +71,8 @@ describe('readImage round trip', () => {
     expect((await readImage(out)).tags).toEqual(['nix2oci-test/read:a', 'nix2oci-test/read:b']);
     expect(manifestDigest(await readImage(out, { tag: 'nix2oci-test/read:b' }))).toBe(manifestDigest(image));
     await expect(readImage(out, { tag: 'nix2oci-test/read:c' })).rejects.toThrow(/holds no image named nix2oci-test\/read:c/);
+    // Names match as Docker resolves them.
+    expect((await readImage(out, { tag: 'docker.io/nix2oci-test/read:a' })).tags).toContain('nix2oci-test/read:a');
   });
 });
 
@@ -197,6 +199,13 @@ describe('readImage refuses what it cannot read, in one line', () => {
     writeFileSync(join(copy, 'index.json'), JSON.stringify(index));
     await refuses(copy, /holds 2 images; choose one by name \(nix2oci-test\/demo:latest; nix2oci-test\/other:1\)/);
     expect(manifestDigest(await readImage(copy, { tag: 'nix2oci-test/other:1' }))).toBe(manifestDigest(other));
+  });
+
+  it('a docker manifest.json naming files outside the archive', async () => {
+    const copy = copyLayout('escape');
+    rmSync(join(copy, 'index.json'));
+    writeFileSync(join(copy, 'manifest.json'), JSON.stringify([{ Config: '../../etc/passwd', RepoTags: [], Layers: [] }]));
+    await refuses(copy, /manifest\.json names a file outside the archive: \.\.\/\.\.\/etc\/passwd/);
   });
 
   it('an index that is not JSON', async () => {
