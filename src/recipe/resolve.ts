@@ -47,6 +47,7 @@ export function resolveRecipe(recipe: Recipe, closure: Closure, recipeFile?: str
   ];
   const base = recipeFile ? dirname(resolvePath(recipeFile)) : process.cwd();
   const interpreter = recipe.python?.interpreter;
+  const pythonPrefix = recipe.python?.prefix ?? DEFAULT_PYTHON_PREFIX;
 
   const resolved: ResolvedRecipe = {
     ...recipe,
@@ -59,9 +60,11 @@ export function resolveRecipe(recipe: Recipe, closure: Closure, recipeFile?: str
         path: d.path.length > 1 ? d.path.replace(/\/+$/, '') : d.path,
         mode: d.mode !== undefined ? parseMode(d.mode) : DEFAULT_DIRECTORY_MODE,
       })),
+      // The wheels' layers fill the prefix; the root layer must not cover it with a store path's link.
+      lowerLayerDirectories: [pythonPrefix],
     },
     python: {
-      prefix: recipe.python?.prefix ?? DEFAULT_PYTHON_PREFIX,
+      prefix: pythonPrefix,
       ...(interpreter !== undefined && {
         interpreter: interpreter.includes('/') || interpreter.includes('{{')
           ? expand(interpreter, '/python/interpreter')

@@ -3,7 +3,7 @@ import type { Closure, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../recipe/store-names.js';
 import { UserError } from '../util/errors.js';
 import { groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
-import { GENERATED, RootTree } from './root-tree.js';
+import { GENERATED, LOWER_LAYERS, RootTree, STORE_LAYERS } from './root-tree.js';
 import { compareBytes, findEntries, listStoreTree, readNarForListing, type NarWalker, type StoreTree } from './store-tree.js';
 
 /** What the image-root layer holds, from the resolved recipe. */
@@ -14,6 +14,11 @@ export interface RootSpec {
   users: ImageUser[];
   /** Directories to create, absolute, with their modes. */
   directories: { path: string; mode: number }[];
+  /**
+   * Directories lower layers fill, such as the wheels' Python prefix: never covered by a link to a
+   * store path (which would hide what the lower layer put there).
+   */
+  lowerLayerDirectories?: string[];
 }
 
 export interface RootLayerOptions {
@@ -87,16 +92,18 @@ async function rootEntries(
 
   const collisions = new Map<string, { kept: string; dropped: string; paths: string[] }>();
   const trees: StoreTree[] = [];
+  const collide = (path: string, kept: string, dropped: string): void => {
+    const key = `${kept}\0${dropped}`;
+    const entry = collisions.get(key) ?? { kept, dropped, paths: [] };
+    entry.paths.push(path);
+    collisions.set(key, entry);
+  };
   for (const info of copyToRoot) {
     const storeTree = await listStoreTree(info, options.walk);
     trees.push(storeTree);
-    tree.linkStorePath(info.path, storeTree, (path, kept, dropped) => {
-      const key = `${kept}\0${dropped}`;
-      const entry = collisions.get(key) ?? { kept, dropped, paths: [] };
-      entry.paths.push(path);
-      collisions.set(key, entry);
-    });
+    tree.linkStorePath(info.path, storeTree, collide);
   }
+  for (const path of spec.lowerLayerDirectories ?? []) tree.keepForLowerLayers(path, collide);
   for (const { kept, dropped, paths } of collisions.values()) options.warn(collisionWarning(kept, dropped, paths));
 
   const wantSh = tree.lookup('bin/sh') === 'absent';
@@ -162,6 +169,9 @@ function hasLeaf(tree: StoreTree, path: string): boolean {
 function collisionWarning(kept: string, dropped: string, paths: string[]): string {
   const shown = paths.slice(0, COLLISIONS_SHOWN).join(', ');
   const named = paths.length > COLLISIONS_SHOWN ? `${shown} and ${paths.length - COLLISIONS_SHOWN} more` : shown;
-  if (kept === GENERATED) return `copyToRoot: ${named} of ${dropped} left out: nix2oci writes ${paths.length === 1 ? 'it' : 'them'} itself`;
+  const them = paths.length === 1 ? 'it' : 'them';
+  if (kept === GENERATED) return `copyToRoot: ${named} of ${dropped} left out: nix2oci writes ${them} itself`;
+  if (kept === STORE_LAYERS) return `copyToRoot: ${named} of ${dropped} left out: it would cover the Nix store`;
+  if (kept === LOWER_LAYERS) return `copyToRoot: ${named} of ${dropped} left out: a lower layer (the wheels) fills ${them}`;
   return `copyToRoot: ${named} ${paths.length === 1 ? 'is' : 'are'} in both ${kept} and ${dropped}; using ${kept} (listed first)`;
 }

@@ -32,8 +32,10 @@ interface FileNode {
   mode: number;
 }
 
-/** Who provides an entry: a store path, or nix2oci itself. */
+/** Who provides an entry besides store paths: nix2oci itself, the store layers, the layers below (wheels). */
 export const GENERATED = 'nix2oci';
+export const STORE_LAYERS = 'the store layers';
+export const LOWER_LAYERS = 'a lower layer';
 
 export type CollisionHandler = (path: string, kept: string, dropped: string) => void;
 
@@ -84,7 +86,8 @@ export class RootTree {
   /**
    * Links a store path's entries into the root. An entry that is already there stays (earlier store
    * paths and our own entries win) and `onCollision` hears of it; directories on both sides merge.
-   * `nix-support` holds build metadata, not files for the root, and is left out as buildEnv does.
+   * `nix-support` holds build metadata, not files for the root, and is left out as buildEnv does;
+   * a top-level `nix` would cover the store itself and is left out too (reported as a collision).
    */
   linkStorePath(storePath: string, tree: StoreTree, onCollision: CollisionHandler): void {
     if (tree.kind !== 'directory') {
@@ -92,7 +95,30 @@ export class RootTree {
     }
     const children = new Map(tree.children);
     children.delete('nix-support');
+    if (children.delete('nix')) onCollision('/nix', STORE_LAYERS, storePath);
     this.#merge(this.#root, children, storePath, '', onCollision);
+  }
+
+  /**
+   * Keeps `path` fillable by a lower layer (the wheels' prefix): the last layer must not put a link
+   * where a lower layer has a directory, or the link would hide it. Directories on the way that store
+   * paths provide become real; a store path's file or link on the way is dropped and reported.
+   * Adds nothing where no store path provides anything.
+   */
+  keepForLowerLayers(path: string, onCollision: CollisionHandler): void {
+    let node: DirectoryNode = this.#root;
+    const parts = splitPath(path);
+    for (const [i, part] of parts.entries()) {
+      const child = node.children.get(part);
+      if (!child) return;
+      if (child.kind !== 'directory') {
+        node.children.delete(part);
+        onCollision(`/${parts.slice(0, i + 1).join('/')}`, LOWER_LAYERS, providerOf(child));
+        return;
+      }
+      child.mode ??= DEFAULT_DIRECTORY_MODE;
+      node = child;
+    }
   }
 
   #merge(into: DirectoryNode, children: Map<string, StoreTree>, storePath: string, prefix: string, onCollision: CollisionHandler): void {

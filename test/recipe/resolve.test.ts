@@ -151,7 +151,7 @@ describe('resolveRecipe', () => {
     const bare = resolveRecipe({ wheels: ['x.whl'] }, closure);
     expect(bare.tags).toEqual([]);
     expect(bare.wheels).toEqual([join(process.cwd(), 'x.whl')]);
-    expect(bare.root).toEqual({ copyToRoot: [], users: [], directories: [] });
+    expect(bare.root).toEqual({ copyToRoot: [], users: [], directories: [], lowerLayerDirectories: ['/opt/python'] });
     expect(bare.python).toEqual({ prefix: '/opt/python' });
     expect(resolveRecipe({ name: 'a/b', tag: 'v2' }, closure).tags).toEqual(['a/b:v2']);
   });

@@ -206,6 +206,29 @@ describe('rootLayerSource', () => {
     expect(entries.find((e) => e.name === 'usr/bin/env')).toEqual({ name: 'usr/bin/env', type: 'symlink', target: `${busybox}/bin/env` });
   });
 
+  it('keeps directories lower layers fill real, so no link hides them, and never covers /nix', async () => {
+    const opt = fakeStorePath('opt-tools');
+    const optLink = fakeStorePath('opt-link');
+    const fake = new FakeNars()
+      .add(opt, { 'opt/tools/bin/t': 'file', 'opt/python/README': 'file', 'nix/store/x': 'file' })
+      .add(optLink, { opt: { link: '/somewhere' } });
+    const kept = await layerEntries([opt], spec({ copyToRoot: [opt], lowerLayerDirectories: ['/opt/python'] }), fake);
+    expect(kept.entries.filter((e) => e.name.startsWith('opt') || e.name.startsWith('nix'))).toEqual([
+      { name: 'opt', type: 'directory', mode: 0o755 },
+      { name: 'opt/python', type: 'directory', mode: 0o755 },
+      { name: 'opt/python/README', type: 'symlink', target: `${opt}/opt/python/README` },
+      { name: 'opt/tools', type: 'symlink', target: `${opt}/opt/tools` },
+    ]);
+    expect(kept.warnings).toEqual([`copyToRoot: /nix of ${opt} left out: it would cover the Nix store`]);
+
+    const dropped = await layerEntries([optLink], spec({ copyToRoot: [optLink], lowerLayerDirectories: ['/opt/python'] }), fake);
+    expect(dropped.entries.find((e) => e.name === 'opt')).toBeUndefined();
+    expect(dropped.warnings).toEqual([`copyToRoot: /opt of ${optLink} left out: a lower layer (the wheels) fills it`]);
+
+    const untouched = await layerEntries([app], spec({ lowerLayerDirectories: ['/opt/python'] }));
+    expect(untouched.entries).toEqual(base);
+  });
+
   it('refuses a copyToRoot path outside the closure or that is a single file', async () => {
     expect(() => rootLayerSource(fakeClosure([app]), spec({ copyToRoot: [busybox] }))).toThrow(
       new UserError(`copyToRoot: ${busybox} is not in the closure`),
