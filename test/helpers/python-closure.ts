@@ -27,7 +27,8 @@ import { nixBuild, closureOf, exportClosure, pathInfoJson } from './nix.js';
  * wheels only when the separate zlib path is in the closure, as in Nix where zlib is its own package.
  * A sitecustomize.py adds `lib/python3.11/site-packages` to sys.path (Debian's site says dist-packages).
  * Stdlib extension modules that need more than libc and libm are left out (ssl, ctypes, sqlite3,
- * …); hashlib falls back to its builtin digests. The stdlib is about 20 MB.
+ * …); hashlib falls back to its builtin digests. The stdlib is about 25 MB with its bytecode, which is
+ * compiled at build time with unchecked hashes so that no Python run ever writes into the store.
  *
  * Host files are read impurely (the offline Nix has sandbox = false); the Debian package versions
  * are part of the expression, so an upgraded package gives new store paths.
@@ -119,6 +120,7 @@ export function buildPythonClosure(options: PythonClosureOptions = {}): PythonCl
   const expr = `
 let
   glibc = mkDrv "glibc-debian-${upstream(glibcVersion)}" ''
+    set -e
     # debian ${glibcVersion}
     mkdir -p $out/lib
     cp -L ${hostLoader} $out/lib/${loaderName}
@@ -128,6 +130,7 @@ let
   '';
   relocate = file: rpath: "chmod u+w \${file} && patchelf --set-interpreter \${glibc}/lib/${loaderName} --set-rpath \${rpath} \${file}";
   bash = mkDrv "bash-debian-${upstream(bashVersion)}" ''
+    set -e
     # debian ${bashVersion}
     mkdir -p $out/bin $out/lib
     cp -L /bin/bash $out/bin/bash
@@ -136,6 +139,7 @@ let
     ln -s bash $out/bin/sh
   '';
   python = mkDrv "python3-${upstream(pythonVersion)}" ''
+    set -e
     # debian ${pythonVersion}
     mkdir -p $out/bin $out/lib $out/libexec/debian-libs
     cp -L /usr/bin/python3.11 $out/bin/python3.11
@@ -158,8 +162,14 @@ import os, site, sys
 site.addsitedir(os.path.join(sys.prefix, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
 PY
     ${options.headers ? 'mkdir -p $out/include && cp -RL /usr/include/python3.11 $out/include/python3.11' : ''}
+    # Bytecode made now and trusted as is (PEP 552): otherwise Python, run as root, would write
+    # __pycache__ into the store path (root ignores its read-only modes) and corrupt it. From /, so
+    # the compiling Python imports nothing from (nor writes timestamped bytecode into) the copy.
+    cd /
+    PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3.11 -m compileall -q -f --invalidation-mode unchecked-hash $out/lib/python3.11 >/dev/null
   '';
   vllmServer = mkDrv "vllm-server" ''
+    set -e
     mkdir -p $out/bin
     {
       echo "#!\${bash}/bin/bash"
@@ -169,18 +179,21 @@ PY
     chmod 0555 $out/bin/vllm-server
   '';
   zlib = mkDrv "zlib-debian-${upstream(zlibVersion)}" ''
+    set -e
     # debian ${zlibVersion}
     mkdir -p $out/lib
     cp -L ${hostLibDir}/libz.so.1 $out/lib/libz.so.1
     ln -s libz.so.1 $out/lib/libz.so
   '';
   cxxRuntime = mkDrv "gcc-libs-debian-${upstream(cxxVersion)}" ''
+    set -e
     # debian ${cxxVersion}
     mkdir -p $out/lib
     cp -L ${hostLibDir}/libstdc++.so.6 ${hostLibDir}/libgcc_s.so.1 $out/lib/
   '';
   extras = ${options.zlib ? '[ zlib ]' : '[ ]'} ++ ${options.cxxRuntime ? '[ cxxRuntime ]' : '[ ]'};
   root = mkDrv "python-runtime" ''
+    set -e
     mkdir -p $out/bin $out/nix-support
     ln -s \${python}/bin/python3.11 $out/bin/python3
     ln -s \${python}/bin/python3.11 $out/bin/python

@@ -27,6 +27,8 @@ describe.runIf(canBuildPythonClosure() && tools('nix-build', 'readelf'))('the De
       env: {},
     });
     expect(out).toBe(`${closure.python}\n${closure.python}/lib/python3.11/site-packages\n`);
+    // Running it (as root, who ignores the store's read-only modes) wrote no bytecode into the store.
+    execFileSync('nix-store', ['--verify-path', closure.python], { stdio: 'pipe' });
     for (const binary of [closure.interpreter, `${closure.bash}/bin/bash`]) {
       const program = execFileSync('readelf', ['-lW', binary], { encoding: 'utf8' });
       expect(program).toContain(`[Requesting program interpreter: ${closure.glibc}/lib/ld-linux-x86-64.so.2]`);
