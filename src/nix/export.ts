@@ -17,7 +17,7 @@ import { parseNar, narMessage, type NarProblem } from './nar.js';
 import { storePathProblem } from './store-path.js';
 import { quote } from './quote.js';
 
-const EXPORT_MAGIC = 0x4558494e; // "NIXE" in little-endian bytes
+const EXPORT_MAGIC = 0x4558494en; // "NIXE" in little-endian bytes
 /** Store paths are at most 255 chars; read a little more so a bad one is shown, not just its length. */
 const MAX_STORE_PATH_STRING = 1024;
 /** Old Nix exports may carry a signature after a 1 flag; Nix ignores it, and so do we. */
@@ -100,9 +100,9 @@ class ExportIndexer {
     for (let index = 1; ; index++) {
       this.#where = previous === null ? '' : `after ${previous}`;
       const flagAt = r.position;
-      const flag = await this.#u64();
-      if (flag === 0) break;
-      if (flag !== 1) {
+      const flag = await this.#flag();
+      if (flag === 0n) break;
+      if (flag !== 1n) {
         if (index === 1) throw this.fail(flagAt, `not a nix-store --export stream (it starts with ${hex(flag)}, not 1)`);
         throw this.fail(flagAt, `expected 1 (another path) or 0 (end of export), got ${hex(flag)}`);
       }
@@ -123,7 +123,7 @@ class ExportIndexer {
       const narSize = r.position - offset;
 
       const magicAt = r.position;
-      const magic = await this.#u64();
+      const magic = await this.#flag();
       if (magic !== EXPORT_MAGIC) {
         throw this.fail(magicAt, `wrong export magic ${hex(magic)} after the NAR (expected ${hex(EXPORT_MAGIC)}, "NIXE")`);
       }
@@ -147,9 +147,9 @@ class ExportIndexer {
         deriver = deriverText;
       }
       const signatureAt = r.position;
-      const signatureFlag = await this.#u64();
-      if (signatureFlag === 1) await this.#string(MAX_LEGACY_SIGNATURE, 'legacy signature');
-      else if (signatureFlag !== 0) throw this.fail(signatureAt, `expected the signature flag 0 or 1, got ${hex(signatureFlag)}`);
+      const signatureFlag = await this.#flag();
+      if (signatureFlag === 1n) await this.#string(MAX_LEGACY_SIGNATURE, 'legacy signature');
+      else if (signatureFlag !== 0n) throw this.fail(signatureAt, `expected the signature flag 0 or 1, got ${hex(signatureFlag)}`);
 
       infos.push({
         path,
@@ -183,6 +183,16 @@ class ExportIndexer {
     return hi * 2 ** 32 + lo;
   }
 
+  /** A u64 that is compared, not counted (a flag or magic): any value is allowed, so a message can show it. */
+  async #flag(): Promise<bigint> {
+    const r = this.r;
+    const p = r.need(8);
+    if (p) await p;
+    const value = r.buf.readBigUInt64LE(r.pos);
+    r.pos += 8;
+    return value;
+  }
+
   async #string(max: number, what: string): Promise<string> {
     const r = this.r;
     const at = r.position;
@@ -208,7 +218,7 @@ class ExportIndexer {
   }
 }
 
-function hex(n: number): string {
+function hex(n: number | bigint): string {
   return `0x${n.toString(16)}`;
 }
 
