@@ -1,5 +1,5 @@
-import { describe, it, expect, beforeAll } from 'vitest';
-import { mkdtempSync } from 'node:fs';
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { tools } from '../../helpers/tools.js';
@@ -44,8 +44,19 @@ async function install(wheels: WheelInfo[], interpreter: string) {
   return { elf, files, elfObjects: await elf.finish() };
 }
 
+/** Temporary directories (exports are tens of MB), removed after the tests. */
+const scratch: string[] = [];
+function scratchDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratch.push(dir);
+  return dir;
+}
+afterAll(() => {
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
+
 async function loadExported(closure: PythonClosure, name: string): Promise<Closure> {
-  const dir = mkdtempSync(join(tmpdir(), 'checks-e2e-'));
+  const dir = scratchDir('checks-e2e-');
   const { closureFile, pathInfoFile } = exportPythonClosure(closure, join(dir, name));
   return loadClosure([closureFile], { pathInfoFile, tmpDir: dir });
 }
@@ -60,7 +71,7 @@ describe.runIf(ready)('wheel checks on a real closure and real wheels', () => {
   beforeAll(async () => {
     withZlib = buildPythonClosure({ zlib: true });
     withoutZlib = buildPythonClosure();
-    const dir = mkdtempSync(join(tmpdir(), 'checks-wheels-'));
+    const dir = scratchDir('checks-wheels-');
     const debian = debianWheels();
     wheels = {
       vllm: await readWheelInfo(makeVllmStandInWheel(dir)),

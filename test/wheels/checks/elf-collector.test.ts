@@ -1,12 +1,23 @@
-import { describe, it, expect } from 'vitest';
+import { describe, it, expect, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { tools } from '../../helpers/tools.js';
 import { makeWheel } from '../../helpers/wheels.js';
 import { ElfCollector } from '../../../src/wheels/checks/elf-collector.js';
 import { ZipReader } from '../../../src/wheels/zip.js';
+
+/** Temporary directories, removed after the tests. */
+const scratch: string[] = [];
+function scratchDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratch.push(dir);
+  return dir;
+}
+afterAll(() => {
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
 
 const libstdcxx = '/usr/lib/x86_64-linux-gnu/libstdc++.so.6';
 
@@ -30,7 +41,7 @@ function neededByReadelf(file: string): string[] {
 
 describe.runIf(tools('python3', 'readelf'))('ElfCollector on wheel entries', () => {
   it('collects ELF files only, and reads a large library again when its string table streamed past', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'collector-'));
+    const dir = scratchDir('collector-');
     const wheel = makeWheel({
       dir,
       name: 'cxx',
@@ -63,7 +74,7 @@ describe.runIf(tools('python3', 'readelf'))('ElfCollector on wheel entries', () 
   });
 
   it('records a malformed ELF file as a problem naming the wheel, the entry and the byte, and goes on', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'collector-'));
+    const dir = scratchDir('collector-');
     const truncated = readFileSync(libstdcxx).subarray(0, 4000); // headers intact, dynamic section cut off
     const wheel = makeWheel({ dir, name: 'broken', version: '1.0', files: { 'broken/_x.so': truncated, 'broken/ok.so': readFileSync(libstdcxx) } });
     const collector = new ElfCollector();

@@ -1,11 +1,22 @@
-import { describe, it, expect } from 'vitest';
+import { describe, it, expect, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { createReadStream, copyFileSync, existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { createReadStream, copyFileSync, existsSync, mkdtempSync, readdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ElfScanner, type ElfFacts, type ElfScanResult } from '../../../src/wheels/checks/elf.js';
 import { UserError } from '../../../src/util/errors.js';
 import { tools } from '../../helpers/tools.js';
+
+/** Temporary directories, removed after the tests. */
+const scratch: string[] = [];
+function scratchDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratch.push(dir);
+  return dir;
+}
+afterAll(() => {
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
 
 /** What `readelf` says about a file: the oracle. */
 function readelfFacts(file: string) {
@@ -85,7 +96,7 @@ describe.runIf(tools('readelf', 'patchelf'))('ElfScanner against readelf', () =>
   });
 
   it('reads RPATH and RUNPATH set by patchelf (which moves the string table after the dynamic section)', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'elf-'));
+    const dir = scratchDir('elf-');
     const withRunpath = join(dir, 'runpath.so');
     const withRpath = join(dir, 'rpath.so');
     copyFileSync(`${libdir}/libz.so.1`, withRunpath);
@@ -132,7 +143,7 @@ describe('ElfScanner on synthetic files', () => {
   });
 
   it.runIf(tools('readelf'))('reads a 32-bit big-endian file, agreeing with readelf', async () => {
-    const file = join(mkdtempSync(join(tmpdir(), 'elf-')), 'be32.so');
+    const file = join(scratchDir('elf-'), 'be32.so');
     writeFileSync(file, makeElf({ is64: false, big: true, needed: ['libfoo.so.1', 'libbar.so'], runpath: '$ORIGIN/lib', soname: 'libbe.so.3' }));
     const result = await scanFile(file, 3);
     expect(result.kind).toBe('elf');
@@ -143,7 +154,7 @@ describe('ElfScanner on synthetic files', () => {
   });
 
   it.runIf(tools('readelf'))('reads a 64-bit file whose string table lies after the dynamic section', async () => {
-    const file = join(mkdtempSync(join(tmpdir(), 'elf-')), 'late.so');
+    const file = join(scratchDir('elf-'), 'late.so');
     writeFileSync(file, makeElf({ is64: true, big: false, needed: ['libz.so.1'], rpath: '/a:/b', stringsAfterDynamic: true }));
     const result = await scanFile(file, 5, 0);
     expect(result.kind).toBe('elf');
@@ -165,7 +176,7 @@ describe('ElfScanner on synthetic files', () => {
   });
 
   it('reads a static executable (no dynamic section) and a relocatable object', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'elf-'));
+    const dir = scratchDir('elf-');
     if (existsSync('/bin/busybox')) {
       const result = await scanFile('/bin/busybox');
       expect(result).toMatchObject({ kind: 'elf', facts: { dynamic: false, needed: [], interpreter: null } });
