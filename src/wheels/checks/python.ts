@@ -23,7 +23,8 @@ export interface ImagePython {
  * Finds the interpreter the image runs: the store path providing `bin/python3.X`, or the one named
  * by `--python` (a store path or its `bin/python3.X`). When several store paths provide one, those
  * that another candidate refers to (a python.withPackages env refers to its base python) are set
- * aside; if more than one is left, the choice is the user's: a UserError lists them.
+ * aside; of the rest, the one nearest the closure's roots wins (the image's env, not the Python some
+ * ROCm tool's scripts run with, deeper down). A tie is the user's to break: a UserError lists them.
  */
 export function findImagePython(closure: Closure, index: ClosureIndex, explicit?: string): ImagePython {
   const chosen = explicit ? explicitPython(closure, index, explicit) : inferPython(closure, index);
@@ -54,8 +55,30 @@ function inferPython(closure: Closure, index: ClosureIndex): PythonBinary {
     (p) => !index.pythons.some((other) => other.storePath !== p.storePath && refersTo(closure, other.storePath, p.storePath)),
   );
   if (candidates.length === 1) return candidates[0]!;
-  const list = candidates.map((p) => p.binary).sort().join(', ');
+  const depth = depthFromRoots(closure);
+  const nearest = Math.min(...candidates.map((p) => depth.get(p.storePath) ?? Infinity));
+  const tied = candidates.filter((p) => (depth.get(p.storePath) ?? Infinity) === nearest);
+  if (tied.length === 1) return tied[0]!;
+  const list = tied.map((p) => p.binary).sort().join(', ');
   throw new UserError(`more than one Python in the closure: ${list} (choose one with --python PATH)`);
+}
+
+/** Fewest references from a root to each path (roots are 0). */
+function depthFromRoots(closure: Closure): Map<string, number> {
+  const depth = new Map<string, number>(closure.roots.map((r) => [r, 0]));
+  let frontier = [...closure.roots];
+  for (let d = 1; frontier.length > 0; d++) {
+    const next: string[] = [];
+    for (const path of frontier) {
+      for (const ref of closure.paths.get(path)?.references ?? []) {
+        if (depth.has(ref)) continue;
+        depth.set(ref, d);
+        next.push(ref);
+      }
+    }
+    frontier = next;
+  }
+  return depth;
 }
 
 /** Whether `to` is in `from`'s closure (following references). */

@@ -17,7 +17,7 @@ let p: Record<string, string> = {};
 
 beforeAll(() => {
   if (!tools('nix-build')) return;
-  const [base, env, other, pkgs, cxx, cc, bare] = nixBuild(`
+  const [base, env, other, pkgs, cxx, cc, bare, runtime] = nixBuild(`
 let
   base = mkDrv "python3-3.11.9" ''
     mkdir -p $out/bin $out/lib/python3.11/site-packages $out/include/python3.11
@@ -60,8 +60,11 @@ let
     mkdir -p $out/bin $out/lib/python3.11/site-packages
     printf '#!/bin/sh\\n' > $out/bin/python3.11; chmod +x $out/bin/python3.11
   '';
-in [ base env other pkgs cxx cc bare ]`);
-  p = { base: base!, env: env!, other: other!, pkgs: pkgs!, cxx: cxx!, cc: cc!, bare: bare! };
+  # An image's root: its python env directly, and a tool whose scripts run another Python.
+  tool = mkDrv "rocm-smi-7.1.1" "mkdir -p $out/bin; echo '#!\${other}/bin/python3.12' > $out/bin/rocm-smi";
+  runtime = mkDrv "vllm-rocm-runtime" "mkdir -p $out; echo \${env} \${tool} > $out/refs";
+in [ base env other pkgs cxx cc bare runtime ]`);
+  p = { base: base!, env: env!, other: other!, pkgs: pkgs!, cxx: cxx!, cc: cc!, bare: bare!, runtime: runtime! };
 });
 
 async function inspect(roots: string[], explicit?: string) {
@@ -99,6 +102,11 @@ describe.runIf(tools('nix-build', 'nix-store'))('the image Python', () => {
     expect(python).toThrowError(`more than one Python in the closure: ${listed} (choose one with --python PATH)`);
     expect((await inspect([p.env!, p.other!], p.other)).python()).toMatchObject({ storePath: p.other, version: '3.12', fullVersion: '3.12.4' });
     expect((await inspect([p.env!, p.other!], `${p.base}/bin/python3.11`)).python()).toMatchObject({ storePath: p.base });
+  });
+
+  it('takes the Python nearest the roots when a tool deeper down brings another', async () => {
+    const { python } = await inspect([p.runtime!]);
+    expect(python().storePath).toBe(p.env);
   });
 
   it('says what is wrong with --python and with a closure without Python', async () => {
