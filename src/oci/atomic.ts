@@ -1,15 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { close, createWriteStream, fsync, open } from 'node:fs';
-import { chmod, lstat, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promises';
-import { promisify } from 'node:util';
+import { createWriteStream } from 'node:fs';
+import { chmod, lstat, mkdtemp, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { basename, dirname, join, resolve } from 'node:path';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
-
-const fsOpen = promisify(open);
-const fsFsync = promisify(fsync);
-const fsClose = promisify(close);
 
 /**
  * Writes a file through a temporary file beside it and renames it into place, so readers see either
@@ -23,29 +18,37 @@ export async function writeFileAtomically(path: string, write: (out: Writable) =
   if (existing?.isDirectory()) throw new UserError(`cannot write ${path}: it is a directory`);
   const temp = join(dirname(target), `.${basename(target)}.${randomBytes(6).toString('hex')}.tmp`);
   const forget = removeOnExit(temp);
-  let fd: number | undefined;
-  let out: Writable | undefined;
+  const out = createWriteStream(temp, { flags: 'wx', mode: 0o644 });
+  // Kept, not thrown: an 'error' event with no listener would end the process.
+  let failure: NodeJS.ErrnoException | undefined;
+  out.on('error', (err) => (failure ??= err));
   try {
-    fd = await fsOpen(temp, 'wx', 0o644).catch((err: NodeJS.ErrnoException) => {
-      throw new UserError(`cannot write ${path}: ${err.code ?? err.message}`, { cause: err });
+    await new Promise<void>((ready) => {
+      out.once('ready', ready);
+      out.once('close', ready);
     });
-    // A plain fd rather than a FileHandle: FileHandle.sync() after its stream ended never settles on Node 20.
-    const stream = createWriteStream('', { fd, autoClose: false });
-    out = stream;
-    await write(stream);
-    await new Promise<void>((ok, fail) => {
-      stream.once('error', fail);
-      stream.end(() => ok());
+    if (failure) throw new UserError(`cannot write ${path}: ${failure.code ?? failure.message}`, { cause: failure });
+    await write(out);
+    await new Promise<void>((closed) => {
+      out.once('close', closed);
+      out.end();
     });
+    if (failure) throw failure;
     // fsync before rename: after a crash the name must not point at a half-flushed file.
-    await fsFsync(fd);
-    const closing = fd;
-    fd = undefined;
-    await fsClose(closing);
+    const handle = await open(temp, 'r');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
     await rename(temp, target);
   } catch (err) {
-    out?.destroy();
-    if (fd !== undefined) await fsClose(fd).catch(() => {});
+    if (!out.closed) {
+      await new Promise<void>((closed) => {
+        out.once('close', closed);
+        out.destroy();
+      });
+    }
     await rm(temp, { force: true });
     throw err;
   } finally {

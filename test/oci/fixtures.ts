@@ -1,13 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, mkdtempSync, statSync } from 'node:fs';
+import { createReadStream, mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { createGzip } from 'node:zlib';
-import tar from 'tar-stream';
-import type { Compression, LayerBlob } from '../../src/layers/types.js';
+import type { Compression, LayerBlob, LayerSource } from '../../src/layers/types.js';
+import { writeLayer } from '../../src/layers/write-layer.js';
 import { assembleImage, type AssembleOptions } from '../../src/oci/assemble.js';
 import type { ImageConfigSpec } from '../../src/oci/config.js';
 import type { Image } from '../../src/oci/image.js';
@@ -27,61 +24,21 @@ export type FixtureEntry =
   | { type: 'copy'; name: string; mode?: number; from: string }
   | { type: 'symlink'; name: string; target: string };
 
-const MTIME = new Date(1000);
-
-/** Writes a layer blob the way a layer writer would: deterministic tar, optionally gzip, with both digests. */
+/** Writes a layer blob with the project's layer writer (deterministic tar, optionally gzip, both digests). */
 export async function makeLayer(dir: string, entries: FixtureEntry[], compression: Compression = 'gzip'): Promise<LayerBlob> {
-  const pack = tar.pack();
-  const file = join(dir, `layer-${Math.random().toString(16).slice(2)}`);
-  const uncompressed = createHash('sha256');
-  let uncompressedSize = 0;
-  const measure = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      uncompressed.update(chunk);
-      uncompressedSize += chunk.length;
-      cb(null, chunk);
-    },
-  });
-  const compressed = createHash('sha256');
-  const measureOut = new Transform({
-    transform(chunk: Buffer, _enc, cb) {
-      compressed.update(chunk);
-      cb(null, chunk);
-    },
-  });
-  const stages = compression === 'gzip' ? [createGzip({ level: 6 })] : [new PassThrough()];
-  const done = pipeline(pack as unknown as NodeJS.ReadableStream, measure, ...stages, measureOut, createWriteStream(file));
-  for (const e of entries) {
-    const base = { name: e.name, mtime: MTIME, uid: 0, gid: 0, uname: '', gname: '' };
-    if (e.type === 'directory') {
-      await new Promise<void>((ok, fail) => pack.entry({ ...base, type: 'directory', mode: e.mode ?? 0o755 }, (err) => (err ? fail(err) : ok())));
-    } else if (e.type === 'symlink') {
-      await new Promise<void>((ok, fail) =>
-        pack.entry({ ...base, type: 'symlink', linkname: e.target, mode: 0o777 }, (err) => (err ? fail(err) : ok())),
-      );
-    } else if (e.type === 'file') {
-      const body = Buffer.from(e.text);
-      await new Promise<void>((ok, fail) =>
-        pack.entry({ ...base, type: 'file', mode: e.mode ?? 0o444, size: body.length }, body, (err) => (err ? fail(err) : ok())),
-      );
-    } else {
-      const size = statSync(e.from).size;
-      await new Promise<void>((ok, fail) => {
-        const sink = pack.entry({ ...base, type: 'file', mode: e.mode ?? 0o555, size }, (err) => (err ? fail(err) : ok()));
-        createReadStream(e.from).pipe(sink as unknown as NodeJS.WritableStream);
-      });
+  const source: LayerSource = async (sink) => {
+    for (const e of entries) {
+      if (e.type === 'directory') await sink.add({ type: 'directory', name: e.name, mode: e.mode ?? 0o755 });
+      else if (e.type === 'symlink') await sink.add({ type: 'symlink', name: e.name, target: e.target });
+      else if (e.type === 'file') {
+        const body = Buffer.from(e.text);
+        await sink.add({ type: 'file', name: e.name, mode: e.mode ?? 0o444, size: body.length, body });
+      } else {
+        await sink.add({ type: 'file', name: e.name, mode: e.mode ?? 0o555, size: statSync(e.from).size, body: createReadStream(e.from) });
+      }
     }
-  }
-  pack.finalize();
-  await done;
-  return {
-    file,
-    digest: `sha256:${compressed.digest('hex')}`,
-    size: statSync(file).size,
-    diffId: `sha256:${uncompressed.digest('hex')}`,
-    uncompressedSize,
-    compression,
   };
+  return writeLayer(source, { compression, dir, mtime: 1 });
 }
 
 export const BUSYBOX_PATH = `/nix/store/${storeName('busybox', 'busybox-1.36')}`;
