@@ -88,6 +88,7 @@ export class ChunkReader {
   #hash: Hash | null = null;
   #hashFrom = 0;
   #onRead: ((bytes: number) => void) | undefined;
+  #endedAt: number | null = null;
 
   /**
    * @param fd an open file; the reader never closes it, but `close()` must be awaited before the fd is closed
@@ -114,6 +115,16 @@ export class ChunkReader {
 
   get limit(): number {
     return this.#limit;
+  }
+
+  /** Where the file turned out to end before the limit, once a read found that; else null. */
+  get endedAt(): number | null {
+    return this.#endedAt;
+  }
+
+  /** Absolute offset just past the buffered bytes. */
+  get bufferedTo(): number {
+    return this.#endOffset;
   }
 
   /** True when every byte up to the limit has been consumed. */
@@ -197,7 +208,10 @@ export class ChunkReader {
       if (base + got <= want) got = 0;
     }
     // The file shrank since its size was taken (or the NAR's recorded range runs past its end).
-    if (got === 0) throw new EndOfDataError(want);
+    if (got === 0) {
+      this.#endedAt = want;
+      throw new EndOfDataError(want);
+    }
     this.#onRead?.(got);
 
     const start = HEADROOM + (want - base);

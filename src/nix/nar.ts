@@ -218,12 +218,18 @@ class NarParser {
     return err;
   }
 
-  /** Buffers `n` bytes, or all that is left of the data if less. Undefined when already buffered. */
+  /**
+   * Buffers `n` bytes, or all that is left of the data if less. Undefined when already buffered.
+   * If the file ends early, the lookahead stops there quietly: the token that is cut short reports it.
+   */
   #ensure(n: number): Promise<void> | undefined {
     const r = this.r;
     if (r.end - r.pos >= n) return undefined;
     const left = r.limit - r.position;
-    return r.need(n < left ? n : left);
+    const p = r.need(n < left ? n : left);
+    return p?.catch((err: unknown) => {
+      if (!(err instanceof EndOfDataError) || r.endedAt === null) throw err;
+    });
   }
 
   async #parse(): Promise<void> {
@@ -357,7 +363,8 @@ class NarParser {
   /** Called when a token is cut short although lookahead was buffered: the data ends there. */
   #short(): never {
     const r = this.r;
-    if (r.position + (r.end - r.pos) >= r.limit) throw new EndOfDataError(r.limit);
+    if (r.bufferedTo >= r.limit) throw new EndOfDataError(r.limit);
+    if (r.endedAt !== null) throw new EndOfDataError(r.endedAt);
     throw new Error('NAR parser: token not buffered (lookahead too small)');
   }
 
@@ -372,12 +379,12 @@ class NarParser {
     return lo;
   }
 
-  #checkPadding(length: number, at: number): void {
+  #checkPadding(length: number, at: number, entry: string | null = this.entry): void {
     const r = this.r;
     const dataEnd = r.pos + 8 + length;
     const tokenEnd = r.pos + 8 + padded(length);
     for (let i = dataEnd; i < tokenEnd; i++) {
-      if (r.buf[i] !== 0) throw this.fail(at + 8 + length, 'non-zero padding after a string');
+      if (r.buf[i] !== 0) throw this.fail(at + 8 + length, 'non-zero padding after a string', entry);
     }
   }
 
@@ -433,7 +440,7 @@ class NarParser {
     }
     dir.previousName = name;
     dir.previousBytes = ascii ? null : Buffer.from(r.buf.subarray(start, start + length));
-    this.#checkPadding(length, at);
+    this.#checkPadding(length, at, path);
     r.pos += 8 + padded(length);
     return path;
   }
@@ -448,7 +455,7 @@ class NarParser {
     if (length === 0) this.problem(at, 'empty symlink target', path);
     else if (target.includes('\0')) this.problem(at, `symlink target ${quote(target)} contains a NUL byte`, path);
     else if (decoded === null) this.problem(at, `symlink target ${quote(target)} is not valid UTF-8`, path);
-    this.#checkPadding(length, at);
+    this.#checkPadding(length, at, path);
     r.pos += 8 + padded(length);
     return target;
   }
