@@ -278,7 +278,7 @@ async function installedRecord(
   const base = info.rootIsPurelib ? scheme.purelib : scheme.platlib;
   const lines: [string, string][] = [];
   for (const file of plan) {
-    const relative = posix.relative(base, file.name);
+    const relative = relativeName(base, file.name);
     if (file.kind === 'record') {
       lines.push([relative, formatRecordLine(relative, '', null)]);
       continue;
@@ -304,4 +304,13 @@ async function hashRewrittenScript(info: WheelInfo, options: WheelInstallOptions
     // hashing only
   }
   return { hash: recordHash('sha256', hash.digest()), size: entry.size - consumed + head.length };
+}
+
+/** `to` relative to the directory `from`, both normalised relative names (posix.relative without resolving against the cwd). */
+export function relativeName(from: string, to: string): string {
+  const a = from === '' ? [] : from.split('/');
+  const b = to.split('/');
+  let common = 0;
+  while (common < a.length && common < b.length - 1 && a[common] === b[common]) common++;
+  return [...Array<string>(a.length - common).fill('..'), ...b.slice(common)].join('/');
 }

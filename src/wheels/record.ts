@@ -19,7 +19,7 @@ const ALGORITHMS: ReadonlySet<string> = new Set(['sha256', 'sha384', 'sha512']);
 export function parseRecord(text: string, where: string): RecordRow[] {
   const rows: RecordRow[] = [];
   parseCsv(text, where).forEach((fields, index) => {
-    const at = `${where}: line ${index + 1}`;
+    const at = `${where}: line ${index + 1}`; // cheap enough: one short string per row
     if (fields.length === 1 && fields[0] === '') return;
     if (fields.length !== 3) throw new UserError(`${at}: expected 3 fields (path,hash,size), got ${fields.length}`);
     const [path, hashField, sizeField] = fields as [string, string, string];

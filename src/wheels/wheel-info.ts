@@ -224,7 +224,7 @@ function matchRecord(file: string, distInfoDir: string, zipEntries: ZipEntry[], 
   return entries.sort((a, b) => compareNames(a.name, b.name));
 }
 
-/** Byte order of UTF-8 names (code point order), independent of locale. */
+/** A fixed, locale-independent order of names (UTF-16 code units), for deterministic layers. */
 export function compareNames(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+  return a < b ? -1 : a > b ? 1 : 0;
 }
