@@ -4,7 +4,8 @@ import { storePathName } from '../recipe/store-names.js';
 import { UserError } from '../util/errors.js';
 import { groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
 import { GENERATED, LOWER_LAYERS, RootTree, STORE_LAYERS } from './root-tree.js';
-import { compareBytes, findEntries, listStoreTree, readNarForListing, type NarWalker, type StoreTree } from './store-tree.js';
+import { ClosureTrees } from './closure-trees.js';
+import { compareBytes, findEntries, readNarForListing, type NarWalker, type StoreTree } from './store-tree.js';
 
 /** What the image-root layer holds, from the resolved recipe. */
 export interface RootSpec {
@@ -98,10 +99,11 @@ async function rootEntries(
     entry.paths.push(path);
     collisions.set(key, entry);
   };
+  const closureTrees = new ClosureTrees(closure, options.walk);
   for (const info of copyToRoot) {
-    const storeTree = await listStoreTree(info, options.walk);
+    const storeTree = await closureTrees.tree(info.path);
     trees.push(storeTree);
-    tree.linkStorePath(info.path, storeTree, collide);
+    await tree.linkStorePath(info.path, storeTree, collide, closureTrees.resolveDirectory);
   }
   for (const path of spec.lowerLayerDirectories ?? []) tree.keepForLowerLayers(path, collide);
   for (const { kept, dropped, paths } of collisions.values()) options.warn(collisionWarning(kept, dropped, paths));

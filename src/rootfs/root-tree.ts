@@ -1,6 +1,7 @@
 import type { TarEntry } from '../layers/types.js';
 import { UserError } from '../util/errors.js';
-import { compareBytes, type StoreTree } from './store-tree.js';
+import { posix } from 'node:path';
+import { compareBytes, type StoreDirectory, type StoreTree } from './store-tree.js';
 
 /**
  * The image root as a tree: entries nix2oci writes itself (directories, /etc files, a few links) and
@@ -24,7 +25,24 @@ interface LinkNode {
   target: string;
   /** The store path it links into, or null for a link of our own. */
   source: string | null;
+  /** When the store path's entry is itself a symlink: its target and the real directory it is in, to follow it later. */
+  symlink?: { target: string; realDir: string };
 }
+
+/** Where a merge is: the store path being linked, the real directory its entries are in, their path in the root. */
+interface MergePoint {
+  storePath: string;
+  realDir: string;
+  prefix: string;
+  onCollision: CollisionHandler;
+  resolve: DirectoryResolver;
+}
+
+/**
+ * Follows symlinks through the closure: the directory an absolute path leads to and its real path,
+ * or undefined when it is not a directory of the closure.
+ */
+export type DirectoryResolver = (path: string) => Promise<{ tree: StoreDirectory; realPath: string } | undefined>;
 
 interface FileNode {
   kind: 'file';
@@ -86,17 +104,20 @@ export class RootTree {
   /**
    * Links a store path's entries into the root. An entry that is already there stays (earlier store
    * paths and our own entries win) and `onCollision` hears of it; directories on both sides merge.
+   * A symlink to a directory that meets a directory is followed (with `resolveDirectory`) and merged
+   * like one, as buildEnv does, so a buildEnv's `etc -> …-cacert/etc` still reaches /etc/ssl.
    * `nix-support` holds build metadata, not files for the root, and is left out as buildEnv does;
    * a top-level `nix` would cover the store itself and is left out too (reported as a collision).
    */
-  linkStorePath(storePath: string, tree: StoreTree, onCollision: CollisionHandler): void {
+  async linkStorePath(storePath: string, tree: StoreTree, onCollision: CollisionHandler, resolveDirectory?: DirectoryResolver): Promise<void> {
     if (tree.kind !== 'directory') {
       throw new UserError(`copyToRoot: ${storePath} is a single file, not a directory; only a directory's entries can be linked into /`);
     }
     const children = new Map(tree.children);
     children.delete('nix-support');
     if (children.delete('nix')) onCollision('/nix', STORE_LAYERS, storePath);
-    this.#merge(this.#root, children, storePath, '', onCollision);
+    const resolve: DirectoryResolver = resolveDirectory ?? (async () => undefined);
+    await this.#merge(this.#root, children, { storePath, realDir: storePath, prefix: '', onCollision, resolve });
   }
 
   /**
@@ -121,25 +142,50 @@ export class RootTree {
     }
   }
 
-  #merge(into: DirectoryNode, children: Map<string, StoreTree>, storePath: string, prefix: string, onCollision: CollisionHandler): void {
+  async #merge(into: DirectoryNode, children: Map<string, StoreTree>, at: MergePoint): Promise<void> {
     for (const [name, child] of children) {
-      const path = prefix === '' ? name : `${prefix}/${name}`;
-      const existing = into.children.get(name);
-      if (child.kind === 'directory') {
+      const path = at.prefix === '' ? name : `${at.prefix}/${name}`;
+      const realPath = `${at.realDir}/${name}`;
+      let existing = into.children.get(name);
+      let incoming: StoreTree = child;
+      let incomingReal = realPath;
+
+      // A link to a directory meeting a directory (or a link that may be one): follow it, so that both merge.
+      const existingIsDirectory = existing?.kind === 'directory' || (existing?.kind === 'link' && existing.symlink !== undefined);
+      if (existingIsDirectory && child.kind === 'leaf' && child.target !== undefined) {
+        const followed = await at.resolve(absoluteTarget(child.target, at.realDir));
+        if (followed) [incoming, incomingReal] = [followed.tree, followed.realPath];
+      }
+      if (existing?.kind === 'link' && existing.symlink && existing.source !== null && incoming.kind === 'directory') {
+        const followed = await at.resolve(absoluteTarget(existing.symlink.target, existing.symlink.realDir));
+        if (followed) {
+          const expanded: DirectoryNode = { kind: 'directory', children: new Map(), sources: [existing.source], mode: null };
+          into.children.set(name, expanded);
+          await this.#merge(expanded, followed.tree.children, { ...at, storePath: existing.source, realDir: followed.realPath, prefix: path });
+          existing = expanded;
+        }
+      }
+
+      if (incoming.kind === 'directory') {
         if (!existing) {
-          const node: DirectoryNode = { kind: 'directory', children: new Map(), sources: [storePath], mode: null };
+          const node: DirectoryNode = { kind: 'directory', children: new Map(), sources: [at.storePath], mode: null };
           into.children.set(name, node);
-          this.#merge(node, child.children, storePath, path, onCollision);
+          await this.#merge(node, incoming.children, { ...at, realDir: incomingReal, prefix: path });
         } else if (existing.kind === 'directory') {
-          existing.sources.push(storePath);
-          this.#merge(existing, child.children, storePath, path, onCollision);
+          existing.sources.push(at.storePath);
+          await this.#merge(existing, incoming.children, { ...at, realDir: incomingReal, prefix: path });
         } else {
-          onCollision(`/${path}`, providerOf(existing), storePath);
+          at.onCollision(`/${path}`, providerOf(existing), at.storePath);
         }
       } else if (!existing) {
-        into.children.set(name, { kind: 'link', target: `${storePath}/${path}`, source: storePath });
+        into.children.set(name, {
+          kind: 'link',
+          target: `${at.storePath}/${path}`,
+          source: at.storePath,
+          ...(incoming.target !== undefined && { symlink: { target: incoming.target, realDir: at.realDir } }),
+        });
       } else {
-        onCollision(`/${path}`, providerOf(existing), storePath);
+        at.onCollision(`/${path}`, providerOf(existing), at.storePath);
       }
     }
   }
@@ -209,6 +255,11 @@ function providerOf(node: Node): string {
   if (node.kind === 'link' && node.source !== null) return node.source;
   if (node.kind === 'directory' && node.mode === null && node.sources.length > 0) return node.sources[0]!;
   return GENERATED;
+}
+
+/** A symlink's target as an absolute path: relative ones are taken from the directory the link is in. */
+export function absoluteTarget(target: string, realDir: string): string {
+  return posix.normalize(target.startsWith('/') ? target : `${realDir}/${target}`);
 }
 
 function splitPath(path: string): string[] {

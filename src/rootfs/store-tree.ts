@@ -9,8 +9,12 @@ const LIST_CHUNK = 64 << 10;
 
 export const readNarForListing: NarWalker = (info, visitor) => readNar(info, visitor, { chunkSize: LIST_CHUNK });
 
-/** A store path's tree, names and kinds only. */
-export type StoreTree = { kind: 'directory'; children: Map<string, StoreTree> } | { kind: 'leaf' };
+/** A store path's tree: names, kinds and symlink targets (`target` is set only on symlinks). */
+export type StoreTree = StoreDirectory | { kind: 'leaf'; target?: string };
+export interface StoreDirectory {
+  kind: 'directory';
+  children: Map<string, StoreTree>;
+}
 
 /**
  * The tree of a store path. Regular files are not read (the visitor skips their contents), so this
@@ -36,7 +40,7 @@ export async function listStoreTree(info: StorePathInfo, walk: NarWalker): Promi
       place(node, { kind: 'directory', children });
     },
     regular: (node) => place(node, { kind: 'leaf' }),
-    symlink: (node) => place(node, { kind: 'leaf' }),
+    symlink: (node) => place(node, { kind: 'leaf', target: node.target }),
   });
   return root ?? { kind: 'leaf' };
 }

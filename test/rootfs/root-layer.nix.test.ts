@@ -23,6 +23,7 @@ describe.runIf(tools('nix-build', 'nix-store', 'tar', 'chroot'))('image-root lay
   let busybox: string;
   let tools1: string;
   let extra: string;
+  let env: string;
   let closure: Closure;
   let warnings: string[];
 
@@ -49,16 +50,23 @@ describe.runIf(tools('nix-build', 'nix-store', 'tar', 'chroot'))('image-root lay
           chmod +x $out/bin/b $out/bin/common
           echo lib > $out/lib/libextra.txt
         '';
-      in mkDrv "rootfs-test-top" "echo \${tools} \${extra} > $out"`);
+        certs = mkDrv "certs-1.0" ''
+          mkdir -p $out/etc/ssl/certs
+          echo test-ca > $out/etc/ssl/certs/ca-bundle.crt
+        '';
+        # Like a buildEnv where one package provides etc: the whole directory is a link.
+        env = mkDrv "runtime-env" "mkdir $out; ln -s \${certs}/etc $out/etc";
+      in mkDrv "rootfs-test-top" "echo \${tools} \${extra} \${env} > $out"`);
     const paths = exportClosure([top!], join(work, 'test.closure'));
     busybox = paths.find((p) => p.endsWith('-busybox-rootfs-test'))!;
     tools1 = paths.find((p) => p.endsWith('-tools-1.0'))!;
     extra = paths.find((p) => p.endsWith('-extra-2.0'))!;
+    env = paths.find((p) => p.endsWith('-runtime-env'))!;
     closure = await loadClosure([join(work, 'test.closure')]);
 
     const recipe = parseRecipe(
       {
-        copyToRoot: ['tools', '{{extra}}'],
+        copyToRoot: ['tools', '{{extra}}', 'runtime-env'],
         users: [{ name: 'app', uid: 1000, gid: 1000 }],
         directories: [{ path: '/data', mode: '0750' }],
       },
@@ -87,9 +95,11 @@ describe.runIf(tools('nix-build', 'nix-store', 'tar', 'chroot'))('image-root lay
     expect(existsSync(join(rootfs, 'nix-support'))).toBe(false);
     expect(readlinkSync(join(rootfs, 'bin/sh'))).toBe(`${busybox}/bin/sh`);
     expect(readlinkSync(join(rootfs, 'usr/bin/env'))).toBe(`${busybox}/bin/env`);
+    // The env's etc link meets /etc and is followed: its ssl is linked through it.
+    expect(readlinkSync(join(rootfs, 'etc/ssl'))).toBe(`${env}/etc/ssl`);
     // Every link points at something that exists in the real store.
     const links = execFileSync('find', [rootfs, '-type', 'l'], { encoding: 'utf8' }).split('\n').filter(Boolean);
-    expect(links.length).toBe(7);
+    expect(links.length).toBe(8);
     for (const link of links) expect(existsSync(readlinkSync(link)), link).toBe(true);
   });
 
@@ -115,7 +125,7 @@ describe.runIf(tools('nix-build', 'nix-store', 'tar', 'chroot'))('image-root lay
       rootfs,
       '/bin/sh',
       '-c',
-      'PATH=/bin; a; b; common; /usr/bin/env sh -c "echo env-ok"; id -un; id app; test -k /tmp && echo tmp-sticky',
+      'PATH=/bin; a; b; common; /usr/bin/env sh -c "echo env-ok"; id -un; id app; test -k /tmp && echo tmp-sticky; read ca < /etc/ssl/certs/ca-bundle.crt; echo $ca',
     ];
     const out = execFileSync(program!, args, { encoding: 'utf8' });
     expect(out.split('\n')).toEqual([
@@ -126,6 +136,7 @@ describe.runIf(tools('nix-build', 'nix-store', 'tar', 'chroot'))('image-root lay
       'root',
       'uid=1000(app) gid=1000(app) groups=1000(app)',
       'tmp-sticky',
+      'test-ca',
       '',
     ]);
   });

@@ -206,6 +206,48 @@ describe('rootLayerSource', () => {
     expect(entries.find((e) => e.name === 'usr/bin/env')).toEqual({ name: 'usr/bin/env', type: 'symlink', target: `${busybox}/bin/env` });
   });
 
+  it('follows a buildEnv-style link to a directory where it meets a directory, as buildEnv does', async () => {
+    const other = fakeStorePath('other-etc');
+    const env = fakeStorePath('runtime-env');
+    const fake = nars([cacert, bash])
+      .add(other, { 'etc/profile': 'file' })
+      .add(env, { etc: { link: `${cacert}/etc` }, 'bin/sh': { link: `${bash}/bin/sh` }, lib: { link: 'lib64' }, 'lib64/libc.so.6': 'file' });
+    const libz = fakeStorePath('zlib-1.3');
+    fake.add(libz, { 'lib/libz.so.1': 'file' });
+    const otherEnv = fakeStorePath('other-env');
+    fake.add(otherEnv, { etc: { link: `${other}/etc` } });
+    const paths = [cacert, bash, other, env, libz, otherEnv];
+    const { entries, warnings } = await layerEntries(paths, spec({ copyToRoot: [env, libz, otherEnv] }), fake);
+    expect(entries.filter((e) => e.type === 'symlink' || e.type === 'directory').map((e) => [e.name, e.target ?? ''])).toEqual([
+      ['bin', `${env}/bin`],
+      ['etc', ''],
+      ['etc/profile', `${otherEnv}/etc/profile`],
+      ['etc/ssl', `${env}/etc/ssl`],
+      ['lib', ''],
+      ['lib/libc.so.6', `${env}/lib/libc.so.6`],
+      ['lib/libz.so.1', `${libz}/lib/libz.so.1`],
+      ['lib64', `${env}/lib64`],
+      ['root', ''],
+      ['tmp', ''],
+    ]);
+    // cacert's etc/passwd comes through the link and still loses to nix2oci's own.
+    expect(warnings).toEqual([`copyToRoot: /etc/passwd of ${env} left out: nix2oci writes it itself`]);
+  });
+
+  it('does not follow links that loop, leave the closure or end at a file; the earlier entry wins', async () => {
+    const loop = fakeStorePath('loop');
+    const outside = fakeStorePath('outside');
+    const toFile = fakeStorePath('to-file');
+    const fake = nars([app])
+      .add(loop, { etc: { link: 'etc' } })
+      .add(outside, { etc: { link: '/etc' } })
+      .add(toFile, { etc: { link: `${app}/bin/hello` } });
+    const paths = [app, loop, outside, toFile];
+    const { entries, warnings } = await layerEntries(paths, spec({ copyToRoot: [loop, outside, toFile] }), fake);
+    expect(entries).toEqual(base);
+    expect(warnings).toEqual([loop, outside, toFile].map((p) => `copyToRoot: /etc of ${p} left out: nix2oci writes it itself`));
+  });
+
   it('keeps directories lower layers fill real, so no link hides them, and never covers /nix', async () => {
     const opt = fakeStorePath('opt-tools');
     const optLink = fakeStorePath('opt-link');
