@@ -27,6 +27,8 @@ export interface BlobPushOptions {
   chunkSize: number;
   retry: RetryPolicy;
   progress: BlobProgress;
+  /** The caller has just checked (blobExists) that the repository lacks the blob. */
+  knownMissing?: boolean;
   /** Mount sources that refused us once (no pull access): not asked again for later blobs. */
   refusedMountSources?: Set<string>;
   signal?: AbortSignal;
@@ -44,6 +46,29 @@ class TransientFailure extends Error {
 
 export async function pushBlob(client: RegistryClient, blob: Blob, options: BlobPushOptions): Promise<BlobOutcome> {
   return new BlobUpload(client, blob, options).run();
+}
+
+/**
+ * Whether the repository has the blob (HEAD). Separate from pushBlob so that a push can check many
+ * blobs at once (cheap requests) while uploading only a few at a time.
+ */
+export async function blobExists(client: RegistryClient, repository: string, digest: string): Promise<boolean> {
+  try {
+    return await headBlob(client, repository, digest);
+  } catch (err) {
+    if (err instanceof UserError || client.aborted) throw err;
+    const why = describeNetworkError(err, client.baseUrl.host);
+    throw new UserError(`checking for blob ${digest} in ${client.registry}/${repository} failed: ${why}`, { cause: err });
+  }
+}
+
+async function headBlob(client: RegistryClient, repository: string, digest: string): Promise<boolean> {
+  const res = await client.request({ method: 'HEAD', url: `/v2/${repository}/blobs/${digest}`, retry: true });
+  await res.body.dump();
+  if (res.status === 200) return true;
+  if (res.status === 404) return false;
+  const hint = res.status === 401 || res.status === 403 ? ` (${client.auth.describeIdentity()} has no access)` : '';
+  throw new UserError(`checking for blob ${digest} in ${client.registry}/${repository} failed: ${res.status}${hint}`);
 }
 
 class BlobUpload {
@@ -68,7 +93,7 @@ class BlobUpload {
   async run(): Promise<BlobOutcome> {
     const { retry, progress, signal } = this.options;
     try {
-      if (await this.exists()) return { kind: 'skipped' };
+      if (!this.options.knownMissing && (await this.exists())) return { kind: 'skipped' };
       const mounted = await this.tryMounts();
       if (mounted) return mounted;
     } catch (err) {
@@ -107,12 +132,8 @@ class BlobUpload {
     return { kind: 'uploaded' };
   }
 
-  private async exists(): Promise<boolean> {
-    const res = await this.client.request({ method: 'HEAD', url: `${this.blobsPath}/${this.digest}`, retry: true });
-    await res.body.dump();
-    if (res.status === 200) return true;
-    if (res.status === 404) return false;
-    throw await this.refusal(res, 'checking for the blob');
+  private exists(): Promise<boolean> {
+    return headBlob(this.client, this.options.repository, this.digest);
   }
 
   private async tryMounts(): Promise<BlobOutcome | undefined> {

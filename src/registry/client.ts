@@ -149,6 +149,11 @@ export class RegistryClient {
     return (await attempt()).res;
   }
 
+  /** Whether the push this client serves was stopped (a failure elsewhere, or the caller's signal). */
+  get aborted(): boolean {
+    return this.signal?.aborted ?? false;
+  }
+
   /** Turns a network failure into a one-line UserError naming the registry. */
   networkError(err: unknown): Error {
     if (err instanceof UserError) return err;

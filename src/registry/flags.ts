@@ -2,8 +2,9 @@ import { InvalidArgumentError } from 'commander';
 
 /** Parsers for the push flags, as commander calls them (InvalidArgumentError shows as a usage error). */
 
-export function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
+/** For repeatable flags: commander passes the values so far (none before the first). */
+export function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
 }
 
 export function parseBoolean(value: string | boolean): boolean {

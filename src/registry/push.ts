@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import type { Blob, Image } from '../oci/image.js';
 import { UserError } from '../util/errors.js';
-import { pushBlob, type BlobOutcome } from './blob-upload.js';
+import { blobExists, pushBlob, type BlobOutcome } from './blob-upload.js';
 import { RegistryClient } from './client.js';
 import { credentialSecrets, findCredentials } from './credentials.js';
 import { pushManifest } from './manifest-push.js';
@@ -67,6 +67,8 @@ export interface PushResult {
 export const DEFAULT_JOBS = 4;
 export const DEFAULT_CHUNK_SIZE = 64 << 20;
 const DEFAULT_STALL_TIMEOUT_MS = 60_000;
+/** Blobs checked for at once (HEAD requests): a warm push of 100 layers is a few round trips. */
+const EXISTENCE_CHECKS = 16;
 
 /**
  * Pushes an image: every blob the registry lacks (layers, then the config; `jobs` at a time),
@@ -108,7 +110,8 @@ export async function pushImage(image: Image, reference: string | ImageReference
     const credentials = await findCredentials(ref.registry, ref.repository, { creds: options.creds, authfile: options.authfile, env });
     secrets.add(...credentialSecrets(credentials));
     const tls = await loadTlsOptions(ref.registry, { tlsVerify: options.tlsVerify ?? true, certDir: options.certDir }, env);
-    agent = createAgent({ tls, connections: jobs + 2, stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS });
+    const checks = Math.max(jobs, EXISTENCE_CHECKS);
+    agent = createAgent({ tls, connections: checks + 2, stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS });
     const mountScopes = allSources(sources)
       .filter((r) => r !== ref.repository)
       .map((r) => `repository:${r}:pull`);
@@ -125,27 +128,42 @@ export async function pushImage(image: Image, reference: string | ImageReference
     });
 
     progress.note(`pushing ${blobs.length} blobs (${formatBytes(totalSize(blobs))}) to ${formatReference(ref)}`);
-    const limit = pLimit(jobs);
+    // HEADs are cheap for the registry: check many blobs at once, upload `jobs` at a time.
+    const checkLimit = pLimit(checks);
+    const uploadLimit = pLimit(jobs);
     const refusedMountSources = new Set<string>();
+    const pushOne = async ({ blob, label }: LabelledBlob): Promise<[string, BlobOutcome]> => {
+      const digest = blob.descriptor.digest;
+      const present = await checkLimit(() => {
+        stop.signal.throwIfAborted();
+        return blobExists(client, ref.repository, digest);
+      });
+      if (present) {
+        progress.blob(digest, blob.descriptor.size, label).finished({ kind: 'skipped' });
+        return [digest, { kind: 'skipped' }];
+      }
+      return uploadLimit(async () => {
+        stop.signal.throwIfAborted();
+        const reporter = progress.blob(digest, blob.descriptor.size, label);
+        const outcome = await pushBlob(client, blob, {
+          repository: ref.repository,
+          mountFrom: sourcesFor(sources, digest),
+          chunkSize,
+          retry,
+          progress: reporter,
+          knownMissing: true,
+          refusedMountSources,
+          signal: stop.signal,
+        });
+        reporter.finished(outcome);
+        return [digest, outcome];
+      });
+    };
     const settled = await Promise.allSettled(
-      blobs.map(({ blob, label }) =>
-        limit(async (): Promise<[string, BlobOutcome]> => {
-          stop.signal.throwIfAborted();
-          const reporter = progress.blob(blob.descriptor.digest, blob.descriptor.size, label);
-          const outcome = await pushBlob(client, blob, {
-            repository: ref.repository,
-            mountFrom: sourcesFor(sources, blob.descriptor.digest),
-            chunkSize,
-            retry,
-            progress: reporter,
-            refusedMountSources,
-            signal: stop.signal,
-          }).catch((err: unknown) => {
-            if (!stop.signal.aborted) stop.abort(err);
-            throw err;
-          });
-          reporter.finished(outcome);
-          return [blob.descriptor.digest, outcome];
+      blobs.map((b) =>
+        pushOne(b).catch((err: unknown) => {
+          if (!stop.signal.aborted) stop.abort(err);
+          throw err;
         }),
       ),
     );
