@@ -275,6 +275,25 @@ describe.runIf(tools('nix-build', 'nix-store', 'nix'))('bad exports: one-line er
     expect((err as Error).message).toMatch(new RegExp(`^${notJson}: not valid JSON \\(expected the output of nix path-info --json --recursive\\): `));
   });
 
+  it('a NAR that does not fill exactly its recorded size', async () => {
+    const consume = { directory() {}, symlink() {}, regular() {} };
+    const short = { ...fixture, narSize: fixture.narSize - 8 };
+    await expectUserError(
+      readNar(short, consume),
+      `${f.appExport}: ${f.fixture}: NAR root: the NAR runs past its recorded size of ${short.narSize} bytes (was the file changed after it was indexed?)`,
+    );
+    const long = { ...fixture, narSize: fixture.narSize + 8 };
+    await expectUserError(
+      readNar(long, consume),
+      `${f.appExport}: byte ${narEnd}: ${f.fixture}: the NAR ends before its recorded size of ${long.narSize} bytes (was the file changed after it was indexed?)`,
+    );
+  });
+
+  it('closure arguments: none, or stdin twice', async () => {
+    await expectUserError(loadClosure([]), 'no closure files given: pass one or more nix-store --export files (or - for stdin)');
+    await expectUserError(loadClosure(['-', '-']), "stdin ('-') can be given only once");
+  });
+
   it('a file changed after indexing: re-reading its NAR fails clearly', async () => {
     const file = join(f.dir, 'changing.closure');
     copyFileSync(f.appExport, file);
