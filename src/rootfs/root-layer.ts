@@ -106,8 +106,10 @@ async function rootEntries(
     await tree.linkStorePath(info.path, storeTree, collide, closureTrees.resolveDirectory);
   }
   for (const path of spec.lowerLayerDirectories ?? []) tree.keepForLowerLayers(path, collide);
-  for (const { kept, dropped, paths } of collisions.values()) options.warn(collisionWarning(kept, dropped, paths));
 
+  // A store path's bin (or usr/bin) may be a link to a directory: look inside before deciding.
+  await tree.openLinksTo('bin/sh', collide, closureTrees.resolveDirectory);
+  await tree.openLinksTo('usr/bin/env', collide, closureTrees.resolveDirectory);
   const wantSh = tree.lookup('bin/sh') === 'absent';
   const wantEnv = tree.lookup('usr/bin/env') === 'absent';
   if (wantSh || wantEnv) {
@@ -115,6 +117,7 @@ async function rootEntries(
     if (targets.sh) tree.addSymlink('bin/sh', targets.sh);
     if (targets.env) tree.addSymlink('usr/bin/env', targets.env);
   }
+  for (const { kept, dropped, paths } of collisions.values()) options.warn(collisionWarning(kept, dropped, paths));
   return tree.entries();
 }
 

@@ -156,14 +156,8 @@ export class RootTree {
         const followed = await at.resolve(absoluteTarget(child.target, at.realDir));
         if (followed) [incoming, incomingReal] = [followed.tree, followed.realPath];
       }
-      if (existing?.kind === 'link' && existing.symlink && existing.source !== null && incoming.kind === 'directory') {
-        const followed = await at.resolve(absoluteTarget(existing.symlink.target, existing.symlink.realDir));
-        if (followed) {
-          const expanded: DirectoryNode = { kind: 'directory', children: new Map(), sources: [existing.source], mode: null };
-          into.children.set(name, expanded);
-          await this.#merge(expanded, followed.tree.children, { ...at, storePath: existing.source, realDir: followed.realPath, prefix: path });
-          existing = expanded;
-        }
+      if (existing?.kind === 'link' && incoming.kind === 'directory') {
+        existing = (await this.#expandLink(into, name, existing, path, at.onCollision, at.resolve)) ?? existing;
       }
 
       if (incoming.kind === 'directory') {
@@ -188,6 +182,40 @@ export class RootTree {
         at.onCollision(`/${path}`, providerOf(existing), at.storePath);
       }
     }
+  }
+
+  /**
+   * Where a store path has a link to a directory on the way to `path`, turns it into a directory of
+   * the tree (following the link with `resolve`), so that `path` can be looked up and added. A
+   * directory that gets nothing of ours is still written as the one link it was.
+   */
+  async openLinksTo(path: string, onCollision: CollisionHandler, resolve: DirectoryResolver): Promise<void> {
+    let node: DirectoryNode = this.#root;
+    const parts = splitPath(path).slice(0, -1);
+    for (const [i, part] of parts.entries()) {
+      let child = node.children.get(part);
+      if (child?.kind === 'link') child = await this.#expandLink(node, part, child, parts.slice(0, i + 1).join('/'), onCollision, resolve);
+      if (child?.kind !== 'directory') return;
+      node = child;
+    }
+  }
+
+  /** Replaces a store path's link to a directory by a directory holding links to its entries; undefined if it leads to none. */
+  async #expandLink(
+    parent: DirectoryNode,
+    name: string,
+    link: LinkNode,
+    path: string,
+    onCollision: CollisionHandler,
+    resolve: DirectoryResolver,
+  ): Promise<DirectoryNode | undefined> {
+    if (link.symlink === undefined || link.source === null) return undefined;
+    const followed = await resolve(absoluteTarget(link.symlink.target, link.symlink.realDir));
+    if (!followed) return undefined;
+    const expanded: DirectoryNode = { kind: 'directory', children: new Map(), sources: [link.source], mode: null };
+    parent.children.set(name, expanded);
+    await this.#merge(expanded, followed.tree.children, { storePath: link.source, realDir: followed.realPath, prefix: path, onCollision, resolve });
+    return expanded;
   }
 
   /**

@@ -197,13 +197,29 @@ describe('rootLayerSource', () => {
     expect(fallback.entries.find((e) => e.name.startsWith('usr'))).toBeUndefined();
   });
 
-  it('adds no /bin/sh when a store path links /bin as a file or link', async () => {
+  it('looks through a store path’s /bin link to add /bin/sh beside its entries; adds none when /bin is a file or leads outside', async () => {
     const usrmerge = fakeStorePath('usrmerge');
-    const fake = nars([busybox]).add(usrmerge, { bin: { link: 'usr/bin' }, 'usr/bin/true': 'file' });
-    const { entries } = await layerEntries([usrmerge, busybox], spec({ copyToRoot: [usrmerge] }), fake);
-    expect(entries.find((e) => e.name === 'bin')).toEqual({ name: 'bin', type: 'symlink', target: `${usrmerge}/bin` });
-    expect(entries.find((e) => e.name === 'bin/sh')).toBeUndefined();
-    expect(entries.find((e) => e.name === 'usr/bin/env')).toEqual({ name: 'usr/bin/env', type: 'symlink', target: `${busybox}/bin/env` });
+    const binFile = fakeStorePath('bin-file');
+    const binOutside = fakeStorePath('bin-outside');
+    const fake = nars([busybox])
+      .add(usrmerge, { bin: { link: 'usr/bin' }, 'usr/bin/true': 'file' })
+      .add(binFile, { bin: 'file' })
+      .add(binOutside, { bin: { link: '/usr/bin' } });
+    const paths = [usrmerge, binFile, binOutside, busybox];
+    const merged = await layerEntries(paths, spec({ copyToRoot: [usrmerge] }), fake);
+    expect(merged.entries.filter((e) => e.name.includes('bin'))).toEqual([
+      { name: 'bin', type: 'directory', mode: 0o755 },
+      { name: 'bin/sh', type: 'symlink', target: `${busybox}/bin/sh` },
+      { name: 'bin/true', type: 'symlink', target: `${usrmerge}/bin/true` },
+      { name: 'usr/bin', type: 'directory', mode: 0o755 },
+      { name: 'usr/bin/env', type: 'symlink', target: `${busybox}/bin/env` },
+      { name: 'usr/bin/true', type: 'symlink', target: `${usrmerge}/usr/bin/true` },
+    ]);
+    for (const path of [binFile, binOutside]) {
+      const { entries } = await layerEntries(paths, spec({ copyToRoot: [path] }), fake);
+      expect(entries.find((e) => e.name === 'bin')).toEqual({ name: 'bin', type: 'symlink', target: `${path}/bin` });
+      expect(entries.find((e) => e.name === 'bin/sh')).toBeUndefined();
+    }
   });
 
   it('follows a buildEnv-style link to a directory where it meets a directory, as buildEnv does', async () => {
