@@ -8,15 +8,25 @@ import { availableParallelism } from 'node:os';
  * NARs and writing layers overlap on separate cores. Workers are reused across layers and unref'd while idle.
  */
 
-/** Messages from the main thread to a worker. Chunks travel as transferred ArrayBuffers (no copy). */
+/** Size of one chunk slot, and how many slots each worker shares with the main thread (16 MiB in all). */
+export const SLOT_SIZE = 4 << 20;
+export const SLOT_COUNT = 4;
+
+/**
+ * Messages from the main thread to a worker. Tar bytes travel in slots of a SharedArrayBuffer the two
+ * threads share for the worker's life: a message names a filled slot, the worker names it back when done.
+ * (Transferring ArrayBuffers instead made the main thread's garbage collector account megabytes of
+ * external memory per chunk and pause often.)
+ */
 export type ToWorker =
+  | { type: 'init'; shared: SharedArrayBuffer }
   | { type: 'start'; tempFile: string; dir: string; compression: 'gzip' | 'none'; level: number }
-  | { type: 'chunk'; buf: ArrayBuffer; length: number }
+  | { type: 'chunk'; slot: number; length: number }
   | { type: 'end' }
   | { type: 'abort' };
 
 export type FromWorker =
-  | { type: 'free'; buf: ArrayBuffer }
+  | { type: 'free'; slot: number }
   | { type: 'done'; file: string; diffId: string; digest: string; size: number; uncompressedSize: number }
   | { type: 'error'; message: string }
   | { type: 'aborted' };
@@ -38,111 +48,162 @@ const path = require('node:path');
 const zlib = require('node:zlib');
 
 const GZIP_HEADER = Buffer.from([0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0x03]);
+/** zlib's output buffer: larger than its 16 KiB default, for fewer thread pool round trips and writes. */
+const DEFLATE_OUT_CHUNK = 256 << 10;
+const SLOT_SIZE = ${SLOT_SIZE};
 let job = null;
+let shared = null;
 
 parentPort.on('message', (msg) => {
   try {
-    if (msg.type === 'start') start(msg);
+    if (msg.type === 'init') shared = msg.shared;
+    else if (msg.type === 'start') start(msg);
     else if (msg.type === 'chunk') chunk(msg);
     else if (msg.type === 'end') end();
     else if (msg.type === 'abort') abort();
   } catch (err) {
-    fail(err);
+    fail(job, err);
   }
 });
 
 function start(msg) {
   const fd = fs.openSync(msg.tempFile, 'wx', 0o644);
-  job = { fd, tempFile: msg.tempFile, dir: msg.dir, tar: createHash('sha256'), tarSize: 0, blob: null, blobSize: 0, crc: 0, deflate: null, failed: false };
+  const j = {
+    fd, tempFile: msg.tempFile, dir: msg.dir, tar: createHash('sha256'), tarSize: 0,
+    blob: null, crc: 0, deflate: null, written: 0, queue: [], pendingWrites: 0, whenIdle: [], failed: false, renamed: false,
+  };
+  job = j;
   if (msg.compression === 'gzip') {
-    const j = job;
     j.blob = createHash('sha256');
-    j.deflate = zlib.createDeflateRaw({ level: msg.level, windowBits: 15, memLevel: 8, strategy: zlib.constants.Z_DEFAULT_STRATEGY });
-    j.deflate.on('data', (out) => {
-      if (j !== job || j.failed) return;
-      try { emit(j, out); } catch (err) { fail(err); }
+    j.deflate = zlib.createDeflateRaw({
+      level: msg.level, windowBits: 15, memLevel: 8, strategy: zlib.constants.Z_DEFAULT_STRATEGY, chunkSize: DEFLATE_OUT_CHUNK,
     });
-    j.deflate.on('error', (err) => { if (j === job) fail(err); });
+    j.deflate.on('data', (out) => { if (!j.failed) emit(j, out); });
+    j.deflate.on('error', (err) => fail(j, err));
     emit(j, GZIP_HEADER);
   }
 }
 
+/** Compressed bytes: hashed here, written behind (zlib hands out views it never rewrites). */
 function emit(j, bytes) {
   j.blob.update(bytes);
-  j.blobSize += bytes.length;
-  writeAll(j.fd, bytes);
+  write(j, bytes, null);
 }
 
-function writeAll(fd, bytes) {
-  let off = 0;
-  while (off < bytes.length) off += fs.writeSync(fd, bytes, off, bytes.length - off);
+/**
+ * Writes at the next file position on the thread pool, so writing (page cache copies, as costly here
+ * as hashing) overlaps hashing on this thread. One write at a time: concurrent writes to one file only
+ * contend for its lock. \`done\` runs once the bytes are in the file.
+ */
+function write(j, bytes, done) {
+  j.queue.push({ bytes, position: j.written, done });
+  j.written += bytes.length;
+  j.pendingWrites++;
+  if (j.pendingWrites === 1) writeNext(j);
+}
+
+function writeNext(j) {
+  const { bytes, position, done } = j.queue[0];
+  writeAt(j, bytes, 0, position, done);
+}
+
+function writeAt(j, bytes, offset, position, done) {
+  fs.write(j.fd, bytes, offset, bytes.length - offset, position, (err, n) => {
+    if (!err && !j.failed && offset + n < bytes.length) return writeAt(j, bytes, offset + n, position + n, done);
+    j.queue.shift();
+    j.pendingWrites--;
+    if (err) fail(j, err);
+    else if (!j.failed && done) done();
+    if (j.failed) {
+      // Nothing more is written; what was queued is dropped.
+      j.pendingWrites -= j.queue.length;
+      j.queue.length = 0;
+    }
+    if (j.pendingWrites > 0) writeNext(j);
+    else for (const then of j.whenIdle.splice(0)) then();
+  });
+}
+
+/** Runs \`then\` once no write is in flight: the fd must not be closed (and its number reused) under one. */
+function afterWrites(j, then) {
+  if (j.pendingWrites === 0) then();
+  else j.whenIdle.push(then);
 }
 
 function chunk(msg) {
   const j = job;
   if (!j || j.failed) return;
-  const view = Buffer.from(msg.buf, 0, msg.length);
+  const view = Buffer.from(shared, msg.slot * SLOT_SIZE, msg.length);
   j.tar.update(view);
   j.tarSize += msg.length;
-  if (!j.deflate) {
-    writeAll(j.fd, view);
-    parentPort.postMessage({ type: 'free', buf: msg.buf }, [msg.buf]);
-    return;
-  }
+  const free = () => parentPort.postMessage({ type: 'free', slot: msg.slot });
+  if (!j.deflate) return write(j, view, free);
   j.crc = zlib.crc32(view, j.crc);
   // zlib reads the chunk asynchronously: it goes back to the main thread only once consumed.
-  j.deflate.write(view, () => { if (j === job) parentPort.postMessage({ type: 'free', buf: msg.buf }, [msg.buf]); });
+  j.deflate.write(view, () => { if (!j.failed) free(); });
 }
 
 function end() {
   const j = job;
   if (!j || j.failed) return;
-  if (!j.deflate) return finish(j, j.tar.copy(), j.tarSize);
+  if (!j.deflate) return afterWrites(j, () => finish(j, j.tar.copy(), j.written));
   j.deflate.on('end', () => {
-    if (j !== job || j.failed) return;
-    try {
-      const trailer = Buffer.alloc(8);
-      trailer.writeUInt32LE(j.crc >>> 0, 0);
-      trailer.writeUInt32LE(j.tarSize % 0x100000000, 4);
-      emit(j, trailer);
-      finish(j, j.blob, j.blobSize);
-    } catch (err) {
-      fail(err);
-    }
+    if (j.failed) return;
+    const trailer = Buffer.alloc(8);
+    trailer.writeUInt32LE(j.crc >>> 0, 0);
+    trailer.writeUInt32LE(j.tarSize % 0x100000000, 4);
+    emit(j, trailer);
+    afterWrites(j, () => finish(j, j.blob, j.written));
   });
   j.deflate.end();
 }
 
 function finish(j, blobHash, size) {
-  fs.closeSync(j.fd);
-  const diffId = j.tar.digest('hex');
-  const digest = blobHash.digest('hex');
-  const file = path.join(j.dir, digest);
-  fs.renameSync(j.tempFile, file);
-  job = null;
-  parentPort.postMessage({ type: 'done', file, diffId: 'sha256:' + diffId, digest: 'sha256:' + digest, size, uncompressedSize: j.tarSize });
-}
-
-function cleanup(j) {
-  if (j.deflate) j.deflate.destroy();
-  try { fs.closeSync(j.fd); } catch {}
-  try { fs.unlinkSync(j.tempFile); } catch {}
-}
-
-function fail(err) {
-  const j = job;
-  if (j && !j.failed) {
-    j.failed = true;
-    cleanup(j);
+  if (j.failed) return;
+  try {
+    fs.closeSync(j.fd);
+    j.fd = -1;
+    const diffId = j.tar.digest('hex');
+    const digest = blobHash.digest('hex');
+    const file = path.join(j.dir, digest);
+    fs.renameSync(j.tempFile, file);
+    j.renamed = true;
+    if (job === j) job = null;
+    parentPort.postMessage({ type: 'done', file, diffId: 'sha256:' + diffId, digest: 'sha256:' + digest, size, uncompressedSize: j.tarSize });
+  } catch (err) {
+    fail(j, err);
   }
+}
+
+/** Stops a job: no more work, and once its writes have landed, its fd closed and its temp file gone. */
+function stop(j, then) {
+  if (!j.failed) {
+    j.failed = true;
+    if (j.deflate) j.deflate.destroy();
+  }
+  afterWrites(j, () => {
+    if (j.fd >= 0) {
+      try { fs.closeSync(j.fd); } catch {}
+      j.fd = -1;
+    }
+    if (!j.renamed) {
+      try { fs.unlinkSync(j.tempFile); } catch {}
+    }
+    then();
+  });
+}
+
+function fail(j, err) {
+  if (j && j.failed) return;
+  if (j) stop(j, () => {});
   parentPort.postMessage({ type: 'error', message: (err && err.message) || String(err) });
 }
 
 function abort() {
   const j = job;
   job = null;
-  if (j && !j.failed) cleanup(j);
-  parentPort.postMessage({ type: 'aborted' });
+  if (!j) return parentPort.postMessage({ type: 'aborted' });
+  stop(j, () => parentPort.postMessage({ type: 'aborted' }));
 }
 `;
 
@@ -156,11 +217,14 @@ export class LayerWorker {
   readonly #worker: Worker;
   #listener: WorkerListener | null = null;
   #dead = false;
-  /** Chunk buffers this worker has handed back, kept for the next job. */
-  readonly spareBuffers: Buffer[] = [];
+  /** The slots shared with the worker thread, as Buffers over one SharedArrayBuffer. */
+  readonly slots: Buffer[];
 
   constructor() {
+    const shared = new SharedArrayBuffer(SLOT_SIZE * SLOT_COUNT);
+    this.slots = Array.from({ length: SLOT_COUNT }, (_, i) => Buffer.from(shared, i * SLOT_SIZE, SLOT_SIZE));
     this.#worker = new Worker(WORKER_SOURCE, { eval: true });
+    this.#worker.postMessage({ type: 'init', shared } satisfies ToWorker);
     this.#worker.on('message', (message: FromWorker) => this.#listener?.onMessage(message));
     this.#worker.on('error', (error) => this.#die(error));
     this.#worker.on('exit', (code) => this.#die(new Error(`layer worker thread exited with code ${code}`)));
@@ -182,8 +246,8 @@ export class LayerWorker {
     this.#worker.unref();
   }
 
-  post(message: ToWorker, transfer?: ArrayBuffer[]): void {
-    this.#worker.postMessage(message, transfer);
+  post(message: ToWorker): void {
+    this.#worker.postMessage(message);
   }
 
   #die(error: Error): void {

@@ -4,6 +4,7 @@ import { UserError } from '../util/errors.js';
  * Deterministic tar header encoding: POSIX ustar headers, with a PAX extended header in front only when
  * a field does not fit ustar (a long or non-ASCII name or link target, a size of 8 GiB or more, an mtime
  * past 2242). Owner is always 0:0 with empty user and group names; the mtime is the caller's fixed one.
+ * Headers are written straight into the caller's buffer: this runs once per file of every layer.
  */
 
 export const BLOCK_SIZE = 512;
@@ -35,49 +36,70 @@ export type Typeflag = (typeof Typeflag)[keyof typeof Typeflag];
 /** Name of PAX header entries: fixed, so archives do not depend on the process id as GNU tar's do. */
 const PAX_HEADER_NAME = '././@PaxHeader';
 
+const ASCII = /^[\x01-\x7f]*$/;
+
+/**
+ * Writes the entry's ustar header at `target[offset…offset+512)` when ustar alone can hold it, and
+ * returns true; returns false (writing nothing) when it needs PAX: then use `encodeHeaders`.
+ */
+export function writeUstarHeader(target: Buffer, offset: number, fields: HeaderFields): boolean {
+  if (fields.size > OCTAL_11_MAX || fields.mtime > OCTAL_11_MAX) return false;
+  if (fields.linkname.length > NAME_SIZE || !ASCII.test(fields.linkname)) return false;
+  const split = splitUstarName(fields.name);
+  if (!split) return false;
+  writeBlock(target, offset, {
+    name: split.name,
+    prefix: split.prefix,
+    typeflag: fields.typeflag,
+    mode: fields.mode,
+    size: fields.size,
+    mtime: fields.mtime,
+    linkname: fields.linkname,
+  });
+  return true;
+}
+
 /**
  * The header blocks for one entry: a PAX header (with its data) when needed, then the ustar header.
  * The result is a whole number of 512-byte blocks.
  */
 export function encodeHeaders(fields: HeaderFields): Buffer {
+  const ustar = Buffer.alloc(BLOCK_SIZE);
+  if (writeUstarHeader(ustar, 0, fields)) return ustar;
+
   const pax: [string, string][] = [];
-  const name = Buffer.from(fields.name, 'utf8');
-  const ustarName = splitUstarName(name);
-  if (!ustarName) pax.push(['path', fields.name]);
-  const linkname = Buffer.from(fields.linkname, 'utf8');
-  const linkFits = linkname.length <= NAME_SIZE && isAscii(linkname);
+  const split = splitUstarName(fields.name);
+  if (!split) pax.push(['path', fields.name]);
+  const linkFits = fields.linkname.length <= NAME_SIZE && ASCII.test(fields.linkname);
   if (!linkFits) pax.push(['linkpath', fields.linkname]);
   if (fields.size > OCTAL_11_MAX) pax.push(['size', String(fields.size)]);
   if (fields.mtime > OCTAL_11_MAX) pax.push(['mtime', String(fields.mtime)]);
-
-  const ustar = Buffer.alloc(BLOCK_SIZE);
-  writeUstar(ustar, {
-    name: ustarName?.name ?? asciiFallback(name, NAME_SIZE),
-    prefix: ustarName?.prefix ?? EMPTY,
+  writeBlock(ustar, 0, {
     typeflag: fields.typeflag,
     mode: fields.mode,
     size: fields.size,
     mtime: fields.mtime,
-    linkname: linkFits ? linkname : asciiFallback(linkname, NAME_SIZE),
+    name: split?.name ?? asciiFallback(fields.name),
+    prefix: split?.prefix ?? '',
+    linkname: linkFits ? fields.linkname : asciiFallback(fields.linkname),
   });
-  if (pax.length === 0) return ustar;
 
   // Keys sorted, so the record order never depends on which fields overflowed first.
   pax.sort((a, b) => (a[0] < b[0] ? -1 : 1));
   const data = Buffer.from(pax.map(([key, value]) => paxRecord(key, value)).join(''), 'utf8');
-  const paxHeader = Buffer.alloc(BLOCK_SIZE);
-  writeUstar(paxHeader, {
-    name: Buffer.from(PAX_HEADER_NAME),
-    prefix: EMPTY,
+  const header = Buffer.alloc(BLOCK_SIZE + padToBlock(data.length) + BLOCK_SIZE);
+  writeBlock(header, 0, {
+    name: PAX_HEADER_NAME,
+    prefix: '',
     typeflag: Typeflag.paxHeader,
     mode: 0o644,
     size: data.length,
     mtime: Math.min(fields.mtime, OCTAL_11_MAX),
-    linkname: EMPTY,
+    linkname: '',
   });
-  const padded = Buffer.alloc(padToBlock(data.length));
-  data.copy(padded);
-  return Buffer.concat([paxHeader, padded, ustar]);
+  data.copy(header, BLOCK_SIZE);
+  ustar.copy(header, header.length - BLOCK_SIZE);
+  return header;
 }
 
 /** Bytes needed to round `size` up to whole blocks. */
@@ -92,61 +114,91 @@ export function checkMtime(mtime: number): void {
   }
 }
 
-const EMPTY = Buffer.alloc(0);
-
-interface UstarFields {
-  name: Buffer;
-  prefix: Buffer;
+/** A block's fields, all strings ASCII (one byte per character) and fitting their fields. */
+interface BlockFields {
+  name: string;
+  prefix: string;
   typeflag: Typeflag;
   mode: number;
   size: number;
   mtime: number;
-  linkname: Buffer;
+  linkname: string;
 }
 
-function writeUstar(block: Buffer, f: UstarFields): void {
-  f.name.copy(block, 0);
-  writeOctal(block, 100, 8, f.mode);
-  writeOctal(block, 108, 8, 0); // uid
-  writeOctal(block, 116, 8, 0); // gid
-  writeNumeric12(block, 124, f.size);
-  writeNumeric12(block, 136, f.mtime);
-  block.write(f.typeflag, 156, 'latin1');
-  f.linkname.copy(block, 157);
+/** The bytes every header shares: magic and version, uid, gid, devmajor and devminor as zeros. */
+const TEMPLATE = (() => {
+  const block = Buffer.alloc(BLOCK_SIZE);
+  block.write('0000000\0', 108, 'latin1'); // uid
+  block.write('0000000\0', 116, 'latin1'); // gid
   block.write('ustar\x0000', 257, 'latin1');
-  // uname and gname stay empty (all NUL); devmajor/devminor as zeros, as Go's archive/tar writes them.
-  writeOctal(block, 329, 8, 0);
-  writeOctal(block, 337, 8, 0);
-  f.prefix.copy(block, 345);
-  // Checksum: sum of all bytes with the checksum field read as spaces, written as 6 digits, NUL, space.
-  block.fill(0x20, 148, 156);
-  let sum = 0;
-  for (let i = 0; i < BLOCK_SIZE; i++) sum += block[i]!;
-  writeOctal(block, 148, 7, sum);
-  block[155] = 0x20;
+  // uname and gname stay empty; devmajor/devminor as zeros, as Go's archive/tar writes them.
+  block.write('0000000\0', 329, 'latin1');
+  block.write('0000000\0', 337, 'latin1');
+  block.fill(0x20, 148, 156); // the checksum field counts as spaces in the checksum
+  return block;
+})();
+const TEMPLATE_SUM = TEMPLATE.reduce((sum, byte) => sum + byte, 0);
+
+/**
+ * Fills one header block. The checksum (the sum of all bytes, its own field read as spaces) is the
+ * template's sum plus that of the bytes written here, so the block is not summed again.
+ */
+function writeBlock(block: Buffer, at: number, f: BlockFields): void {
+  TEMPLATE.copy(block, at);
+  let sum = TEMPLATE_SUM;
+  sum += writeAscii(block, at, f.name);
+  sum += writeOctal(block, at + 100, 8, f.mode);
+  sum += writeNumeric12(block, at + 124, f.size);
+  sum += writeNumeric12(block, at + 136, f.mtime);
+  block[at + 156] = f.typeflag.charCodeAt(0);
+  sum += block[at + 156]!;
+  sum += writeAscii(block, at + 157, f.linkname);
+  sum += writeAscii(block, at + 345, f.prefix);
+  // Written as 6 digits, NUL, space.
+  writeOctal(block, at + 148, 7, sum);
+  block[at + 155] = 0x20;
 }
 
-/** Zero-padded octal digits filling `width − 1` bytes, then NUL. */
-function writeOctal(block: Buffer, offset: number, width: number, value: number): void {
-  block.write(value.toString(8).padStart(width - 1, '0'), offset, width - 1, 'latin1');
+/** Copies a string of single-byte characters; returns the sum of the bytes. */
+function writeAscii(block: Buffer, at: number, text: string): number {
+  let sum = 0;
+  for (let i = 0; i < text.length; i++) {
+    const byte = text.charCodeAt(i);
+    block[at + i] = byte;
+    sum += byte;
+  }
+  return sum;
+}
+
+/** Zero-padded octal digits filling `width − 1` bytes, then NUL; returns the sum of the bytes. */
+function writeOctal(block: Buffer, offset: number, width: number, value: number): number {
+  let rest = value;
+  let sum = 0;
+  for (let i = offset + width - 2; i >= offset; i--) {
+    const digit = 0x30 + (rest % 8);
+    block[i] = digit;
+    sum += digit;
+    rest = Math.floor(rest / 8);
+  }
   block[offset + width - 1] = 0;
+  return sum;
 }
 
 /**
  * A 12-byte numeric field: octal when it fits, else GNU/star base-256 (high bit set, big-endian),
  * which GNU tar and tar-stream read; the PAX record carries the value for strict POSIX readers.
  */
-function writeNumeric12(block: Buffer, offset: number, value: number): void {
-  if (value <= OCTAL_11_MAX) {
-    writeOctal(block, offset, 12, value);
-    return;
-  }
+function writeNumeric12(block: Buffer, offset: number, value: number): number {
+  if (value <= OCTAL_11_MAX) return writeOctal(block, offset, 12, value);
   let rest = BigInt(value);
+  let sum = 0x80;
   for (let i = offset + 11; i > offset; i--) {
     block[i] = Number(rest & 0xffn);
+    sum += block[i]!;
     rest >>= 8n;
   }
   block[offset] = 0x80;
+  return sum;
 }
 
 /** `"<len> <key>=<value>\n"` where len counts the whole record, its own digits included. */
@@ -163,27 +215,18 @@ function paxRecord(key: string, value: string): string {
  * Fits an ASCII name into ustar's name field, or splits it at a `/` into prefix (≤155) and name (≤100),
  * choosing the last `/` that works, as Go's archive/tar does. Null when only PAX can hold it.
  */
-export function splitUstarName(name: Buffer): { prefix: Buffer; name: Buffer } | null {
-  if (!isAscii(name)) return null;
-  if (name.length <= NAME_SIZE) return { prefix: EMPTY, name };
+export function splitUstarName(name: string): { prefix: string; name: string } | null {
+  if (!ASCII.test(name)) return null;
+  if (name.length <= NAME_SIZE) return { prefix: '', name };
   // The name part must be non-empty, so a trailing `/` cannot be the split point.
-  const searchEnd = Math.min(name.length - 2, PREFIX_SIZE);
-  for (let i = searchEnd; i > 0; i--) {
-    if (name[i] !== 0x2f) continue;
-    if (name.length - i - 1 > NAME_SIZE) return null;
-    return { prefix: name.subarray(0, i), name: name.subarray(i + 1) };
-  }
-  return null;
+  const i = name.lastIndexOf('/', Math.min(name.length - 2, PREFIX_SIZE));
+  if (i <= 0 || name.length - i - 1 > NAME_SIZE) return null;
+  return { prefix: name.slice(0, i), name: name.slice(i + 1) };
 }
 
-/** What a reader that ignores PAX sees: the first bytes, non-ASCII bytes as `_`. */
-function asciiFallback(bytes: Buffer, size: number): Buffer {
-  const out = Buffer.from(bytes.subarray(0, size));
-  for (let i = 0; i < out.length; i++) if (out[i]! >= 0x80) out[i] = 0x5f;
-  return out;
-}
-
-function isAscii(bytes: Buffer): boolean {
-  for (let i = 0; i < bytes.length; i++) if (bytes[i]! >= 0x80) return false;
-  return true;
+/** What a reader that ignores PAX sees: the first 100 bytes, non-ASCII bytes as `_`. */
+function asciiFallback(text: string): string {
+  const bytes = Buffer.from(text, 'utf8').subarray(0, NAME_SIZE);
+  for (let i = 0; i < bytes.length; i++) if (bytes[i]! >= 0x80) bytes[i] = 0x5f;
+  return bytes.toString('latin1');
 }

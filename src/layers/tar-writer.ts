@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import type { TarEntry, TarSink } from './types.js';
-import { BLOCK_SIZE, Typeflag, checkMtime, encodeHeaders, padToBlock } from './tar-header.js';
+import { BLOCK_SIZE, Typeflag, checkMtime, encodeHeaders, padToBlock, writeUstarHeader, type HeaderFields } from './tar-header.js';
 
 /**
  * Where a TarWriter's bytes go, in large chunks. The writer fills a buffer it acquired and submits it;
@@ -57,16 +57,18 @@ export class TarWriter implements TarSink {
     checkName(entry.name);
     if (this.#names.has(entry.name)) throw new UserError(`layer has two entries named "${entry.name}"`);
 
+    // Awaits only where a chunk changed hands: most entries need no trip through the event loop.
+    let pending: Promise<void> | undefined;
     switch (entry.type) {
       case 'directory':
         checkMode(entry);
-        await this.#write(this.#header(entry.name + '/', Typeflag.directory, entry.mode, 0, ''));
+        pending = this.#header(entry.name + '/', Typeflag.directory, entry.mode, 0, '');
         break;
       case 'symlink':
         if (entry.target === '' || entry.target.includes('\0')) {
           throw new UserError(`layer entry "${entry.name}": symlink target must be non-empty and without NUL bytes`);
         }
-        await this.#write(this.#header(entry.name, Typeflag.symlink, 0o777, 0, entry.target));
+        pending = this.#header(entry.name, Typeflag.symlink, 0o777, 0, entry.target);
         break;
       case 'hardlink': {
         const kind = this.#names.get(entry.target);
@@ -74,7 +76,7 @@ export class TarWriter implements TarSink {
           throw new UserError(`layer entry "${entry.name}": hard link target "${entry.target}" is not a file earlier in the layer`);
         }
         // A hard link shares its target's inode; its own mode field is ignored by extractors.
-        await this.#write(this.#header(entry.name, Typeflag.hardlink, 0o444, 0, entry.target));
+        pending = this.#header(entry.name, Typeflag.hardlink, 0o444, 0, entry.target);
         break;
       }
       case 'file':
@@ -82,12 +84,14 @@ export class TarWriter implements TarSink {
         if (!Number.isSafeInteger(entry.size) || entry.size < 0) {
           throw new UserError(`layer entry "${entry.name}": invalid size ${entry.size}`);
         }
-        await this.#write(this.#header(entry.name, Typeflag.file, entry.mode, entry.size, ''));
-        await this.#writeBody(entry.name, entry.size, entry.body);
+        pending = this.#header(entry.name, Typeflag.file, entry.mode, entry.size, '');
+        if (pending) await pending;
+        pending = this.#writeBody(entry.name, entry.size, entry.body);
         break;
       default:
         throw new Error(`unknown tar entry type ${(entry as { type: string }).type}`);
     }
+    if (pending) await pending;
     this.#names.set(entry.name, entry.type);
   }
 
@@ -100,27 +104,52 @@ export class TarWriter implements TarSink {
     this.#chunk = null;
   }
 
-  #header(name: string, typeflag: Typeflag, mode: number, size: number, linkname: string): Buffer {
-    return encodeHeaders({ name, typeflag, mode, size, mtime: this.#mtime, linkname });
+  /** Writes a header in place when ustar holds it and the chunk has room, else via encodeHeaders. */
+  #header(name: string, typeflag: Typeflag, mode: number, size: number, linkname: string): Promise<void> | undefined {
+    const fields: HeaderFields = { name, typeflag, mode, size, mtime: this.#mtime, linkname };
+    const chunk = this.#chunk;
+    if (chunk && chunk.length - this.#used >= BLOCK_SIZE && writeUstarHeader(chunk, this.#used, fields)) {
+      this.#used += BLOCK_SIZE;
+      this.#bytes += BLOCK_SIZE;
+      return undefined;
+    }
+    return this.#write(encodeHeaders(fields));
   }
 
-  async #writeBody(name: string, size: number, body: Buffer | AsyncIterable<Buffer> | Readable): Promise<void> {
-    let seen = 0;
+  #writeBody(name: string, size: number, body: Buffer | AsyncIterable<Buffer> | Readable): Promise<void> | undefined {
     if (Buffer.isBuffer(body)) {
-      seen = body.length;
-      if (seen === size) await this.#write(body);
-    } else {
-      for await (const piece of body as AsyncIterable<Buffer>) {
-        seen += piece.length;
-        if (seen > size) break;
-        const pending = this.#write(piece);
-        if (pending) await pending;
-      }
+      if (body.length !== size) return Promise.reject(bodySizeError(name, size, body.length));
+      const pending = this.#write(body);
+      return pending ? pending.then(() => this.#pad(size)) : this.#pad(size);
     }
-    if (seen !== size) {
-      throw new UserError(`layer entry "${name}": file has ${seen > size ? 'more than' : 'only'} ${seen} bytes, its header says ${size}`);
+    return this.#writeStreamedBody(name, size, body);
+  }
+
+  async #writeStreamedBody(name: string, size: number, body: AsyncIterable<Buffer> | Readable): Promise<void> {
+    let seen = 0;
+    for await (const piece of body as AsyncIterable<Buffer>) {
+      seen += piece.length;
+      if (seen > size) break;
+      const pending = this.#write(piece);
+      if (pending) await pending;
     }
-    await this.#zeros(padToBlock(size) - size);
+    if (seen !== size) throw bodySizeError(name, size, seen);
+    const pending = this.#pad(size);
+    if (pending) await pending;
+  }
+
+  /** Zeros after a body, up to the next block. */
+  #pad(size: number): Promise<void> | undefined {
+    const count = padToBlock(size) - size;
+    if (count === 0) return undefined;
+    const chunk = this.#chunk;
+    if (chunk && chunk.length - this.#used >= count) {
+      chunk.fill(0, this.#used, this.#used + count);
+      this.#used += count;
+      this.#bytes += count;
+      return undefined;
+    }
+    return this.#zeros(count);
   }
 
   /** Copies bytes into the current chunk; returns a promise only when a chunk had to change hands. */
@@ -173,16 +202,17 @@ export class TarWriter implements TarSink {
   }
 }
 
+function bodySizeError(name: string, size: number, seen: number): UserError {
+  return new UserError(`layer entry "${name}": file has ${seen > size ? 'more than' : 'only'} ${seen} bytes, its header says ${size}`);
+}
+
 /** Names are relative and normalised: no leading or trailing `/`, no empty, `.` or `..` component, no NUL. */
 function checkName(name: string): void {
-  const bad =
-    name === '' ||
-    name.startsWith('/') ||
-    name.endsWith('/') ||
-    name.includes('\0') ||
-    name.split('/').some((part) => part === '' || part === '.' || part === '..');
-  if (bad) throw new UserError(`layer entry name "${name}" is not a normalised relative path`);
+  if (name === '' || BAD_NAME.test(name)) throw new UserError(`layer entry name "${name}" is not a normalised relative path`);
 }
+
+/** A leading or trailing `/`, an empty, `.` or `..` component, or a NUL. */
+const BAD_NAME = /^\/|\/$|\/\/|(^|\/)\.\.?(\/|$)|\0/;
 
 function checkMode(entry: { name: string; mode: number }): void {
   if (!Number.isInteger(entry.mode) || entry.mode < 0 || entry.mode > 0o7777) {

@@ -17,10 +17,6 @@ export interface WriteLayerOptions {
 
 export const DEFAULT_GZIP_LEVEL = 6;
 
-/** Tar bytes travel to the worker in chunks this large; this many may be in flight (memory bound 8 MiB). */
-const CHUNK_SIZE = 1 << 20;
-const MAX_CHUNKS_IN_FLIGHT = 8;
-
 /**
  * Writes one layer in a single pass: the source's entries are encoded as a deterministic tar on this
  * thread; a worker thread hashes the tar (diffID), gzips it if asked, hashes the blob (digest) and writes
@@ -54,21 +50,19 @@ export async function writeLayer(source: LayerSource, options: WriteLayerOptions
     await job.abort();
     throw error;
   } finally {
-    job.close();
     releaseWorker(worker);
   }
 }
 
 type Done = Extract<FromWorker, { type: 'done' }>;
 
-/** The main thread's side of one layer being written: hands out chunk buffers and follows the worker. */
+/** The main thread's side of one layer being written: hands out the worker's free slots and follows it. */
 class LayerJob implements ChunkSink, WorkerListener {
   readonly tempFile: string;
   readonly #worker: LayerWorker;
   readonly #dir: string;
-  /** Buffers allocated for this worker and not yet garbage; the rest are in flight. */
-  #allocated: number;
-  #bufferWaiters: { resolve: (b: Buffer) => void; reject: (e: Error) => void }[] = [];
+  readonly #free: number[];
+  #slotWaiters: { resolve: (b: Buffer) => void; reject: (e: Error) => void }[] = [];
   #failure: Error | null = null;
   #ended: { resolve: (d: Done) => void; reject: (e: Error) => void } | null = null;
   #aborted: (() => void) | null = null;
@@ -76,28 +70,24 @@ class LayerJob implements ChunkSink, WorkerListener {
   constructor(worker: LayerWorker, dir: string) {
     this.#worker = worker;
     this.#dir = dir;
-    this.#allocated = worker.spareBuffers.length;
+    // Every slot is free between jobs: a job ends only once the worker is done with all of them.
+    this.#free = worker.slots.map((_, i) => i).reverse();
     this.tempFile = join(dir, `.layer-${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
     worker.attach(this);
   }
 
   acquire(): Buffer | Promise<Buffer> {
     if (this.#failure) throw this.#failure;
-    const spare = this.#worker.spareBuffers.pop();
-    if (spare) return spare;
-    if (this.#allocated < MAX_CHUNKS_IN_FLIGHT) {
-      this.#allocated++;
-      // Unpooled, so the buffer owns its whole ArrayBuffer and can be transferred.
-      return Buffer.allocUnsafeSlow(CHUNK_SIZE);
-    }
-    return new Promise((resolve, reject) => this.#bufferWaiters.push({ resolve, reject }));
+    const slot = this.#free.pop();
+    if (slot !== undefined) return this.#worker.slots[slot]!;
+    return new Promise((resolve, reject) => this.#slotWaiters.push({ resolve, reject }));
   }
 
   submit(chunk: Buffer, length: number): void {
     if (this.#failure) throw this.#failure;
-    const buf = chunk.buffer as ArrayBuffer;
-    if (chunk.byteOffset !== 0 || buf.byteLength !== chunk.length) throw new Error('layer chunk must own its ArrayBuffer');
-    this.#worker.post({ type: 'chunk', buf, length }, [buf]);
+    const slot = this.#worker.slots.indexOf(chunk);
+    if (slot < 0) throw new Error('layer chunk is not one of the worker’s slots');
+    this.#worker.post({ type: 'chunk', slot, length });
   }
 
   /** Tells the worker the tar is complete and waits for the blob. */
@@ -116,21 +106,14 @@ class LayerJob implements ChunkSink, WorkerListener {
       this.#aborted = resolve;
       this.#worker.post({ type: 'abort' });
     });
-    // Chunks the worker held when it stopped are gone with it; the next job allocates afresh.
-    this.#worker.spareBuffers.length = 0;
-  }
-
-  close(): void {
-    if (this.#failure || this.#aborted) this.#worker.spareBuffers.length = 0;
   }
 
   onMessage(message: FromWorker): void {
     switch (message.type) {
       case 'free': {
-        const buffer = Buffer.from(message.buf);
-        const waiter = this.#bufferWaiters.shift();
-        if (waiter) waiter.resolve(buffer);
-        else this.#worker.spareBuffers.push(buffer);
+        const waiter = this.#slotWaiters.shift();
+        if (waiter) waiter.resolve(this.#worker.slots[message.slot]!);
+        else this.#free.push(message.slot);
         break;
       }
       case 'done':
@@ -152,7 +135,7 @@ class LayerJob implements ChunkSink, WorkerListener {
 
   #fail(error: Error): void {
     this.#failure ??= error;
-    for (const waiter of this.#bufferWaiters.splice(0)) waiter.reject(this.#failure);
+    for (const waiter of this.#slotWaiters.splice(0)) waiter.reject(this.#failure);
     this.#ended?.reject(this.#failure);
   }
 }
