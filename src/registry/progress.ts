@@ -69,6 +69,7 @@ const UPDATE_INTERVAL_MS = 100;
 class TerminalProgress implements PushProgress {
   private readonly bars: cliProgress.MultiBar;
   private readonly overall: cliProgress.SingleBar;
+  private stopped = false;
 
   constructor(
     stream: NodeJS.WriteStream,
@@ -77,7 +78,7 @@ class TerminalProgress implements PushProgress {
     this.bars = new cliProgress.MultiBar(
       {
         stream,
-        format: '{label} {bar} {percentage}% {done}/{size} {rate} ETA {eta}',
+        format: '{label} {bar} {percentage}% {done}/{size} {rate} ETA {timeLeft}',
         barsize: 24,
         hideCursor: true,
         clearOnComplete: false,
@@ -122,11 +123,15 @@ class TerminalProgress implements PushProgress {
   }
 
   stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.bars.update(); // writes out lines still waiting for the next redraw: stop() would drop them
     this.bars.stop();
   }
 
-  private payload(label: string, done: number, size: number, rate: number, eta: string) {
-    return { label, done: formatBytes(done), size: formatBytes(size), rate: `${formatBytes(rate)}/s`, eta };
+  /** Named apart from cli-progress's own tokens (eta, total, value), which would win. */
+  private payload(label: string, done: number, size: number, rate: number, timeLeft: string) {
+    return { label, done: formatBytes(done), size: formatBytes(size), rate: `${formatBytes(rate)}/s`, timeLeft };
   }
 }
 

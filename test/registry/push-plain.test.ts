@@ -130,6 +130,20 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     expect(Date.now() - started).toBeLessThan(5_000);
   });
 
+  it('draws a bar per blob and one overall on a terminal', async () => {
+    const err = capture();
+    Object.assign(err.stream, { isTTY: true, columns: 120 });
+    const out = capture();
+    const small = await writeTestImage(join(work, 'tty'), { layers: [randomLayer('tty', 300_000)] });
+    const result = await pushImage(small, `${registry.host}/demo/tty`, { ...plain, stdout: out.stream, stderr: err.stream, chunkSize: 64 * 1024 });
+    const screen = err.text();
+    expect(screen).toMatch(/total \S+ 100% 29\d\.\d KiB\/29\d\.\d KiB [\d.]+ \w+\/s ETA/);
+    expect(screen).toMatch(/\[\?25l/); // the cursor is hidden while drawing...
+    expect(screen).toMatch(/\[\?25h/); // ...and shown again
+    expect(screen).toMatch(/: uploaded 29\d\.\d KiB in /);
+    expect(out.text()).toBe(`${registry.host}/demo/tty:latest@${result.digest}\n`);
+  });
+
   it('prints a line per blob and the pushed reference last when not on a terminal', async () => {
     const err = capture();
     const out = capture();
