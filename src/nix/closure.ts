@@ -2,7 +2,8 @@
  * Loading a closure: index every export file, merge them, and check that the result is a closure
  * (every reference present) that agrees with `nix path-info` when a path-info file is given.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -16,7 +17,10 @@ export { storePathName, storePathProblem, isStorePath } from './store-path.js';
 export interface LoadClosureOptions {
   /** JSON of `nix path-info --json --recursive`: each path's NAR hash, size and references are checked against it. */
   pathInfoFile?: string;
-  /** Where stdin ('-') is spooled; the caller removes it. Without it, a temporary directory removed at exit is used. */
+  /**
+   * Where stdin ('-') and pipes are spooled; the caller removes it.
+   * Without it, a temporary directory removed at exit is used.
+   */
   tmpDir?: string;
   /** The stream '-' stands for; defaults to process.stdin. */
   stdin?: Readable;
@@ -30,7 +34,8 @@ function labelFor(file: string): string {
 }
 
 /**
- * Indexes each export file ('-' = stdin, copied to a temporary file first), merges them and checks the closure.
+ * Indexes each export file ('-' = stdin; stdin and pipes are copied to a temporary file first), merges them
+ * and checks the closure.
  * A path in several files must have the same NAR (hash) and references in each; the first file's copy is used.
  */
 export async function loadClosure(files: string[], opts: LoadClosureOptions = {}): Promise<Closure> {
@@ -41,7 +46,7 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
   const merged = new Map<string, StorePathInfo>();
   for (const given of files) {
     const label = labelFor(given);
-    const file = given === '-' ? await spoolStdin(opts) : given;
+    const file = given === '-' ? await spoolStdin(opts) : await seekable(given, opts);
     labels.set(file, label);
     const infos = await indexExport(file, {
       label,
@@ -97,6 +102,22 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
   };
 }
 
+/**
+ * The file itself when it is a regular file; a pipe (`<(nix-store --export …)`, /dev/stdin) cannot be read
+ * again by offset, so it is spooled like stdin.
+ */
+async function seekable(file: string, opts: LoadClosureOptions): Promise<string> {
+  let st;
+  try {
+    st = await stat(file);
+  } catch {
+    return file; // indexExport reports why it cannot be opened
+  }
+  if (st.isFile()) return file;
+  if (st.isDirectory()) throw new UserError(`${file} is a directory, not a nix-store --export file`);
+  return spool(createReadStream(file), opts);
+}
+
 let exitTmpDir: string | null = null;
 
 async function spoolStdin(opts: LoadClosureOptions): Promise<string> {
@@ -104,6 +125,10 @@ async function spoolStdin(opts: LoadClosureOptions): Promise<string> {
   if ((stdin as { isTTY?: boolean }).isTTY) {
     throw new UserError("refusing to read an export from a terminal: pipe one into '-', e.g. nix-store --export $(nix-store -qR ./result) | nix2oci …");
   }
+  return spool(stdin, opts);
+}
+
+async function spool(stream: Readable, opts: LoadClosureOptions): Promise<string> {
   let dir = opts.tmpDir;
   if (dir === undefined) {
     if (exitTmpDir === null) {
@@ -113,5 +138,5 @@ async function spoolStdin(opts: LoadClosureOptions): Promise<string> {
     }
     dir = exitTmpDir;
   }
-  return spoolToFile(stdin, dir);
+  return spoolToFile(stream, dir);
 }

@@ -228,7 +228,7 @@ function describeErrno(err: unknown): string {
 }
 
 /**
- * Copies a stream (stdin) to a new file in `dir`, so it can be indexed and read again by offset.
+ * Copies a stream (stdin, a pipe) to a new file in `dir`, so it can be indexed and read again by offset.
  * Written to a temporary name and renamed when complete; the caller deletes the file (or `dir`).
  */
 export async function spoolToFile(stream: Readable, dir: string): Promise<string> {
@@ -240,7 +240,7 @@ export async function spoolToFile(stream: Readable, dir: string): Promise<string
     await rename(temp, final);
   } catch (err) {
     await unlink(temp).catch(() => {});
-    throw new UserError(`stdin: cannot copy the export to ${dir}: ${describeErrno(err)}`, { cause: err });
+    throw new UserError(`cannot copy the export from a pipe to ${dir}: ${describeErrno(err)}`, { cause: err });
   }
   return final;
 }

@@ -8,6 +8,8 @@
  *   symlink   = "symlink" "target" <target>
  *   directory = "directory" { "entry" "(" "name" <name> "node" node ")" }
  * Entry names are checked like Nix does (not empty, `.`, `..`, no `/` or NUL, strictly sorted by bytes).
+ * Beyond Nix: names and symlink targets must be UTF-8 and targets non-empty without NUL, since image layers
+ * (tar, PAX) could not carry anything else faithfully; names are at most 255 bytes, targets 4095 (Linux's limits).
  */
 import { TextDecoder } from 'node:util';
 import { endianness } from 'node:os';

@@ -76,9 +76,10 @@ describe.runIf(tools('nix-build', 'nix-store', 'nix'))('bad exports: one-line er
     await expectUserError(indexExport(file), `${file}: byte 0: not a nix-store --export stream (it starts with 0x6f77206f6c6c6568, not 1)`);
   });
 
-  it('a missing file', async () => {
+  it('a missing file, a directory', async () => {
     const file = join(f.dir, 'no-such.closure');
     await expectUserError(loadClosure([file]), `${file}: cannot open: no such file`);
+    await expectUserError(loadClosure([f.dir]), `${f.dir} is a directory, not a nix-store --export file`);
   });
 
   it('truncated inside a file’s contents', async () => {

@@ -1,6 +1,7 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { createReadStream, readFileSync, readdirSync, rmSync, writeFileSync, mkdtempSync, openSync, closeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
+import { execFileSync, spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NarVisitor, StorePathInfo } from '../../src/nix/types.js';
@@ -179,6 +180,22 @@ describe.runIf(tools('nix-build', 'nix-store', 'nix'))('reading real nix-store -
     const closure = await loadClosure([f.appExport], { pathInfoFile: pathInfo });
     expect(closure.roots).toEqual([f.app]);
     expect([...closure.paths.values()]).toEqual([...infos].sort((a, b) => (a.path < b.path ? -1 : 1)));
+  });
+
+  it('spools a named pipe (like <(nix-store --export …)) before indexing it', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'nix2oci-fifo-'));
+    const fifo = join(f.dir, 'export.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const writer = spawn('sh', ['-c', 'cat "$1" > "$2"', 'sh', f.appExport, fifo], { stdio: 'ignore' });
+    try {
+      const closure = await loadClosure([fifo], { tmpDir: tmp });
+      const [spooled] = readdirSync(tmp);
+      expect(closure.paths.get(f.fixture)!.source).toEqual({ file: join(tmp, spooled!), offset: byPath(f.fixture).source.offset });
+      expect(closure.roots).toEqual([f.app]);
+    } finally {
+      writer.kill();
+      rmSync(tmp, { recursive: true, force: true });
+    }
   });
 
   it('spools stdin to a file in tmpDir, then reads it like any export', async () => {
