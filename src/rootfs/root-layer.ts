@@ -105,11 +105,14 @@ async function rootEntries(
     trees.push(storeTree);
     await tree.linkStorePath(info.path, storeTree, collide, closureTrees.resolveDirectory);
   }
-  for (const path of spec.lowerLayerDirectories ?? []) tree.keepForLowerLayers(path, collide);
+  for (const path of spec.lowerLayerDirectories ?? []) {
+    await tree.openLinks(path, collide, closureTrees.resolveDirectory);
+    tree.keepForLowerLayers(path, collide);
+  }
 
   // A store path's bin (or usr/bin) may be a link to a directory: look inside before deciding.
-  await tree.openLinksTo('bin/sh', collide, closureTrees.resolveDirectory);
-  await tree.openLinksTo('usr/bin/env', collide, closureTrees.resolveDirectory);
+  await tree.openLinks('bin', collide, closureTrees.resolveDirectory);
+  await tree.openLinks('usr/bin', collide, closureTrees.resolveDirectory);
   const wantSh = tree.lookup('bin/sh') === 'absent';
   const wantEnv = tree.lookup('usr/bin/env') === 'absent';
   if (wantSh || wantEnv) {

@@ -1,6 +1,6 @@
+import { posix } from 'node:path';
 import type { TarEntry } from '../layers/types.js';
 import { UserError } from '../util/errors.js';
-import { posix } from 'node:path';
 import { compareBytes, type StoreDirectory, type StoreTree } from './store-tree.js';
 
 /**
@@ -29,6 +29,12 @@ interface LinkNode {
   symlink?: { target: string; realDir: string };
 }
 
+interface FileNode {
+  kind: 'file';
+  content: Buffer;
+  mode: number;
+}
+
 /** Where a merge is: the store path being linked, the real directory its entries are in, their path in the root. */
 interface MergePoint {
   storePath: string;
@@ -43,12 +49,6 @@ interface MergePoint {
  * or undefined when it is not a directory of the closure.
  */
 export type DirectoryResolver = (path: string) => Promise<{ tree: StoreDirectory; realPath: string } | undefined>;
-
-interface FileNode {
-  kind: 'file';
-  content: Buffer;
-  mode: number;
-}
 
 /** Who provides an entry besides store paths: nix2oci itself, the store layers, the layers below (wheels). */
 export const GENERATED = 'nix2oci';
@@ -185,13 +185,13 @@ export class RootTree {
   }
 
   /**
-   * Where a store path has a link to a directory on the way to `path`, turns it into a directory of
-   * the tree (following the link with `resolve`), so that `path` can be looked up and added. A
-   * directory that gets nothing of ours is still written as the one link it was.
+   * Where a store path has a link to a directory at `path` or on the way to it, turns it into a
+   * directory of the tree (following the link with `resolve`), so that entries below can be looked up
+   * and added. A directory that gets nothing of ours is still written as the one link it was.
    */
-  async openLinksTo(path: string, onCollision: CollisionHandler, resolve: DirectoryResolver): Promise<void> {
+  async openLinks(path: string, onCollision: CollisionHandler, resolve: DirectoryResolver): Promise<void> {
     let node: DirectoryNode = this.#root;
-    const parts = splitPath(path).slice(0, -1);
+    const parts = splitPath(path);
     for (const [i, part] of parts.entries()) {
       let child = node.children.get(part);
       if (child?.kind === 'link') child = await this.#expandLink(node, part, child, parts.slice(0, i + 1).join('/'), onCollision, resolve);

@@ -283,6 +283,18 @@ describe('rootLayerSource', () => {
     expect(dropped.entries.find((e) => e.name === 'opt')).toBeUndefined();
     expect(dropped.warnings).toEqual([`copyToRoot: /opt of ${optLink} left out: a lower layer (the wheels) fills it`]);
 
+    // A link to a directory on the way is opened instead of dropped.
+    const env = fakeStorePath('env-with-opt');
+    fake.add(env, { opt: { link: `${opt}/opt` } });
+    const opened = await layerEntries([opt, env], spec({ copyToRoot: [env], lowerLayerDirectories: ['/opt/python'] }), fake);
+    expect(opened.entries.filter((e) => e.name.startsWith('opt'))).toEqual([
+      { name: 'opt', type: 'directory', mode: 0o755 },
+      { name: 'opt/python', type: 'directory', mode: 0o755 },
+      { name: 'opt/python/README', type: 'symlink', target: `${env}/opt/python/README` },
+      { name: 'opt/tools', type: 'symlink', target: `${env}/opt/tools` },
+    ]);
+    expect(opened.warnings).toEqual([]);
+
     const untouched = await layerEntries([app], spec({ lowerLayerDirectories: ['/opt/python'] }));
     expect(untouched.entries).toEqual(base);
   });
