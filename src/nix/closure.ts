@@ -70,6 +70,9 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
     }
   }
 
+  if (merged.size === 0) {
+    throw new UserError(`${files.map(labelFor).join(', ')}: no store paths in the export (was nix-store --export given none?)`);
+  }
   const sorted = [...merged.keys()].sort();
   const labelOf = (info: StorePathInfo): string => labels.get(info.source.file) ?? info.source.file;
   const referenced = new Set<string>();

@@ -70,6 +70,13 @@ describe.runIf(tools('nix-build', 'nix-store', 'nix'))('bad exports: one-line er
     await expectUserError(loadClosure([file]), `${file} is empty: not a nix-store --export stream`);
   });
 
+  it('an export of no paths at all', async () => {
+    const file = join(f.dir, 'nothing.closure');
+    writeFileSync(file, Buffer.alloc(8));
+    expect(await indexExport(file)).toEqual([]);
+    await expectUserError(loadClosure([file]), `${file}: no store paths in the export (was nix-store --export given none?)`);
+  });
+
   it('a file that is not an export at all', async () => {
     const file = join(f.dir, 'text.closure');
     writeFileSync(file, 'hello world, this is not an export\n');
