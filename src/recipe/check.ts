@@ -36,7 +36,8 @@ export function checkRecipe(recipe: Recipe, where: string): void {
     if (sameUid !== undefined) fail(`/users/${i}: uid ${user.uid} is already used by /users/${sameUid}`);
     names.set(user.name, i);
     uids.set(user.uid, i);
-    if (user.home !== undefined) checkImagePath(user.home, `/users/${i}/home`, fail);
+    // A home of / is usual for service accounts; there is nothing to create then.
+    if (user.home !== undefined && user.home !== '/') checkImagePath(user.home, `/users/${i}/home`, fail);
   });
 
   // A group name stands for one gid and a gid has one name (root's is root).

@@ -85,7 +85,9 @@ async function rootEntries(
   const users = [ROOT_USER, ...spec.users];
   tree.addDirectory('etc', 0o755);
   tree.addDirectory('tmp', TMP_MODE);
-  for (const user of users) tree.addDirectory(user.home, user.uid === 0 ? ROOT_HOME_MODE : HOME_MODE);
+  for (const user of users) {
+    if (user.home !== '/') tree.addDirectory(user.home, user.uid === 0 ? ROOT_HOME_MODE : HOME_MODE);
+  }
   for (const directory of spec.directories) tree.addDirectory(directory.path, directory.mode);
   tree.addFile('etc/passwd', Buffer.from(passwdFile(spec.users)), FILE_MODE);
   tree.addFile('etc/group', Buffer.from(groupFile(spec.users)), FILE_MODE);

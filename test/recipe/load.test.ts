@@ -158,6 +158,10 @@ describe('loadRecipe', () => {
       [{ tag: 'v1' }, '/tag: a tag needs a name (set name, e.g. "nix2oci/demo")'],
     ];
     for (const [recipe, message] of cases) expect(userErrorOf(() => parseRecipe(recipe, 'r.json'))).toBe(`r.json: ${message}`);
+    expect(parseRecipe({ users: [{ name: 'svc', uid: 999, gid: 999, home: '/' }] }, 'r.json').users?.[0]?.home).toBe('/');
+    expect(userErrorOf(() => parseRecipe({ users: [{ name: 'svc', uid: 9, gid: 9, home: '/nix/var' }] }, 'r.json'))).toBe(
+      'r.json: /users/0/home: /nix/var is inside /nix, which the store layers own',
+    );
     expect(parseRecipe({ user: '1000:1000' }, 'r.json').user).toBe('1000:1000');
     expect(parseRecipe({ user: 'root' }, 'r.json').user).toBe('root');
     expect(parseRecipe({ user: 'app:app', users: [{ name: 'app', uid: 1, gid: 1 }] }, 'r.json').user).toBe('app:app');

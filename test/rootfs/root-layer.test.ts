@@ -136,6 +136,7 @@ describe('rootLayerSource', () => {
       { name: 'app', uid: 1000, gid: 1000, group: 'app', home: '/home/app', shell: '/bin/sh' },
       { name: 'gpu', uid: 1001, gid: 44, group: 'video', home: '/srv/gpu', shell: '/bin/bash' },
       { name: 'worker', uid: 1002, gid: 1000, group: 'app', home: '/home/worker', shell: '/bin/sh' },
+      { name: 'svc', uid: 999, gid: 999, group: 'svc', home: '/', shell: '/bin/false' },
     ];
     const directories = [
       { path: '/data', mode: 0o750 },
@@ -148,7 +149,7 @@ describe('rootLayerSource', () => {
       { name: 'data', type: 'directory', mode: 0o750 },
       { name: 'data/seed.txt', type: 'symlink', target: `${app}/data/seed.txt` },
       base[0],
-      { name: 'etc/group', type: 'file', mode: 0o644, body: 'root:x:0:\napp:x:1000:\nvideo:x:44:\n' },
+      { name: 'etc/group', type: 'file', mode: 0o644, body: 'root:x:0:\napp:x:1000:\nvideo:x:44:\nsvc:x:999:\n' },
       base[2],
       {
         name: 'etc/passwd',
@@ -156,7 +157,7 @@ describe('rootLayerSource', () => {
         mode: 0o644,
         body:
           'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\ngpu:x:1001:44:gpu:/srv/gpu:/bin/bash\n' +
-          'worker:x:1002:1000:worker:/home/worker:/bin/sh\n',
+          'worker:x:1002:1000:worker:/home/worker:/bin/sh\nsvc:x:999:999:svc:/:/bin/false\n',
       },
       { name: 'home', type: 'directory', mode: 0o755 },
       { name: 'home/app', type: 'directory', mode: 0o755 },
