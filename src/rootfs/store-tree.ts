@@ -55,20 +55,17 @@ class StopWalking extends Error {}
  */
 export async function findEntries(info: StorePathInfo, wanted: readonly string[], walk: NarWalker): Promise<Set<string>> {
   const found = new Set<string>();
-  const last = [...wanted].sort().at(-1) ?? '';
+  const last = [...wanted].sort(comparePaths).at(-1) ?? '';
+  // NAR order is comparePaths order: once a node sorts after the last wanted path, none can follow.
+  const stopPast = (node: NarNode): void => {
+    if (comparePaths(node.path, last) > 0) throw new StopWalking();
+  };
   const check = (node: NarNode): void => {
-    // Entries come in byte order of their full paths' components; past the last wanted one, nothing more can match.
-    if (comparePaths(node.path, last) > 0 && !last.startsWith(`${node.path}/`)) throw new StopWalking();
+    stopPast(node);
     if (wanted.includes(node.path)) found.add(node.path);
   };
   try {
-    await walk(info, {
-      directory: (node) => {
-        if (node.path !== '' && comparePaths(node.path, last) > 0 && !last.startsWith(`${node.path}/`)) throw new StopWalking();
-      },
-      regular: check,
-      symlink: check,
-    });
+    await walk(info, { directory: stopPast, regular: check, symlink: check });
   } catch (error) {
     if (!(error instanceof StopWalking)) throw error;
   }
