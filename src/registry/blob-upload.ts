@@ -260,18 +260,27 @@ class BlobUpload {
   /** The blob's bytes from `start`, `length` of them, streamed from disk and counted for progress. */
   private async *read(start: number, length: number): AsyncGenerator<Buffer> {
     const stream = this.blob.open(start);
+    const chunks = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
     let remaining = length;
     try {
-      for await (const chunk of stream as AsyncIterable<Buffer>) {
-        const piece = chunk.length > remaining ? chunk.subarray(0, remaining) : chunk;
+      while (remaining > 0) {
+        let next: IteratorResult<Buffer>;
+        try {
+          next = await chunks.next();
+        } catch (err) {
+          // A local failure (the file went away, a read error), not the network's: no retry will help.
+          const { code, path } = err as NodeJS.ErrnoException;
+          const why = code ? `${code}${path ? ` ${path}` : ''}` : (err as Error).message;
+          throw new UserError(`cannot read blob ${this.digest} at byte offset ${start + length - remaining}: ${why}`);
+        }
+        if (next.done) {
+          throw new UserError(`blob ${this.digest} ends at byte offset ${start + length - remaining}, before its size ${this.size}`);
+        }
+        const piece = next.value.length > remaining ? next.value.subarray(0, remaining) : next.value;
         remaining -= piece.length;
         yield piece;
         this.options.progress.transferred(start + length - remaining);
-        if (remaining === 0) return;
       }
-      throw new UserError(
-        `blob ${this.digest} ends at byte offset ${start + length - remaining}, before its size ${this.size}`,
-      );
     } finally {
       stream.destroy();
     }

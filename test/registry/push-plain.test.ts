@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,6 +11,8 @@ import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
 import { assembleImage, busyboxLayer, randomLayer, sha256, writeTestImage, type TestImage } from './support/test-image.js';
 import { podmanPullAndRun, skopeoCopyBack, skopeoInspect } from './support/verify.js';
 import { capture } from './support/capture.js';
+import { buildDemoImage, DEMO_OUTPUT } from './support/demo-image.js';
+import type { Image } from '../../src/oci/image.js';
 
 const plain = { tlsVerify: false } as const;
 
@@ -20,11 +22,13 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
   let work: string;
   let image: TestImage;
   let dockerImage: TestImage;
+  let demo: Image;
 
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'nix2oci-push-plain-'));
     registry = await startRegistry();
     proxy = await startFaultProxy({ host: '127.0.0.1', port: registry.port });
+    demo = await buildDemoImage(work);
     image = await writeTestImage(join(work, 'oci'), { layers: [busyboxLayer(), randomLayer('a', 300_000)] });
     dockerImage = await writeTestImage(join(work, 'docker'), {
       format: 'docker',
@@ -42,22 +46,23 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
   const blobWrites = (from: number) =>
     proxy.requests.slice(from).filter((r) => (r.method === 'PUT' || r.method === 'PATCH') && r.path.includes('/blobs/'));
 
-  it('pushes an OCI image that skopeo reads back byte for byte and podman runs', async () => {
+  it('pushes the demo image, which skopeo reads back byte for byte and podman runs', async () => {
     const out = capture();
-    const result = await pushImage(image, `${registry.host}/demo/app:v1`, options({ stdout: out.stream, tags: ['extra'] }));
+    const result = await pushImage(demo, `${registry.host}/demo/app:v1`, options({ stdout: out.stream, tags: ['extra'] }));
 
-    expect(result.digest).toBe(sha256(image.manifestBytes));
+    expect(result.digest).toBe(sha256(demo.manifestBytes));
     expect(out.text()).toBe(`${registry.host}/demo/app:v1@${result.digest}\n`);
-    expect(result.uploaded.sort()).toEqual([...image.layers.map((l) => l.descriptor.digest), image.configDescriptor.digest].sort());
+    const blobs = [...demo.layers.map((l) => l.descriptor.digest), demo.configDescriptor.digest].sort();
+    expect(result.uploaded.sort()).toEqual(blobs);
 
     for (const tag of ['v1', 'extra']) {
       expect((await skopeoInspect(`${registry.host}/demo/app:${tag}`, plain)).Digest).toBe(result.digest);
     }
     const back = await skopeoCopyBack(`${registry.host}/demo/app:v1`, plain);
     expect(back.manifestDigest).toBe(result.digest);
-    expect(back.blobs).toEqual([...image.layers.map((l) => l.descriptor.digest), image.configDescriptor.digest].sort());
+    expect(back.blobs).toEqual(blobs);
 
-    expect(await podmanPullAndRun(`${registry.host}/demo/app:v1`, plain)).toBe('hello from nix2oci\n');
+    expect(await podmanPullAndRun(`${registry.host}/demo/app:v1`, plain)).toBe(DEMO_OUTPUT);
   });
 
   it('pushes a Docker schema 2 image as it is, and a second push uploads no blob', async () => {
@@ -112,6 +117,22 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     expect(mounts.some((r) => r.path.includes('from=team%2Fbase'))).toBe(true);
     expect(mounts.some((r) => r.path.includes('from=team%2Fother'))).toBe(true);
     expect(blobWrites(first).filter((r) => r.path.includes('digest=sha256%3A' + base.layers[0]!.descriptor.digest.slice(7)))).toEqual([]);
+  });
+
+  it('names the blob and the file when a blob cannot be read from disk', async () => {
+    const broken = await writeTestImage(join(work, 'broken'), { layers: [randomLayer('gone', 5_000), randomLayer('short', 300_000)] });
+    const gone = broken.layers[0]!.descriptor.digest;
+    rmSync(broken.blobFiles.get(gone)!);
+    let err = await pushImage(broken, `${registry.host}/demo/broken`, options()).catch((e: unknown) => e);
+    expect(isUserError(err)).toBe(true);
+    expect((err as Error).message).toBe(`cannot read blob ${gone} at byte offset 0: ENOENT ${broken.blobFiles.get(gone)}`);
+
+    const short = broken.layers[1]!.descriptor;
+    const kept = { ...broken, layers: [broken.layers[1]!] };
+    truncateSync(broken.blobFiles.get(short.digest)!, 200_000);
+    err = await pushImage(kept, `${registry.host}/demo/broken`, options({ chunkSize: 64 * 1024 })).catch((e: unknown) => e);
+    expect(isUserError(err)).toBe(true);
+    expect((err as Error).message).toBe(`blob ${short.digest} ends at byte offset 200000, before its size ${short.size}`);
   });
 
   it('refuses plain HTTP unless --tls-verify=false, with a one-line message', async () => {

@@ -7,6 +7,7 @@ import { isUserError } from '../../src/util/errors.js';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
 import { tools } from '../helpers/tools.js';
 import { capture } from './support/capture.js';
+import { buildDemoImage, DEMO_OUTPUT } from './support/demo-image.js';
 import { isolatedEnv } from './support/credentials-fixtures.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
 import { makePki, type TestPki } from './support/pki.js';
@@ -67,19 +68,23 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a registry
   });
   const access = () => ({ tlsVerify: true, certDir, creds: `${USER}:${PASSWORD}` });
 
-  it('pushes with a token for the push scope; skopeo and podman read the image back', async () => {
+  it('pushes the demo image with a token for the push scope; skopeo and podman read it back', async () => {
+    const demo = await buildDemoImage(work);
     const from = tokens.requests.length;
     const err = capture();
-    const result = await pushImage(image, `${registry.host}/tok/app:1`, options({ progress: 'plain', stderr: err.stream }));
-    expect(tokens.requests.slice(from)).toEqual([{ account: USER, scopes: ['repository:tok/app:pull,push'], granted: true }]);
-    expect((await skopeoInspect(`${registry.host}/tok/app:1`, access())).Digest).toBe(result.digest);
-    expect((await skopeoCopyBack(`${registry.host}/tok/app:1`, access())).manifestDigest).toBe(result.digest);
-    expect(await podmanPullAndRun(`${registry.host}/tok/app:1`, access())).toBe('hello from nix2oci\n');
+    const result = await pushImage(demo, `${registry.host}/tok/demo:1`, options({ progress: 'plain', stderr: err.stream }));
+    expect(tokens.requests.slice(from)).toEqual([{ account: USER, scopes: ['repository:tok/demo:pull,push'], granted: true }]);
+    expect((await skopeoInspect(`${registry.host}/tok/demo:1`, access())).Digest).toBe(result.digest);
+    const back = await skopeoCopyBack(`${registry.host}/tok/demo:1`, access());
+    expect(back.manifestDigest).toBe(result.digest);
+    expect(back.blobs).toEqual([...demo.layers.map((l) => l.descriptor.digest), demo.configDescriptor.digest].sort());
+    expect(await podmanPullAndRun(`${registry.host}/tok/demo:1`, access())).toBe(DEMO_OUTPUT);
     for (const token of tokens.issued) expect(err.text()).not.toContain(token);
     expect(err.text()).not.toContain(PASSWORD);
   });
 
   it('asks for pull access to the mount source and mounts from it', async () => {
+    await pushImage(image, `${registry.host}/tok/app:1`, options());
     const from = tokens.requests.length;
     const result = await pushImage(image, `${registry.host}/tok/derived:1`, options({ mountFrom: ['tok/app'] }));
     expect(tokens.requests.slice(from)[0]!.scopes).toEqual(['repository:tok/app:pull', 'repository:tok/derived:pull,push']);
