@@ -1,5 +1,6 @@
 import { readNar } from '../nix/nar.js';
 import { storePathProblem } from '../nix/store-path.js';
+import { quote } from '../nix/quote.js';
 import type { NarVisitor, StorePathInfo } from '../nix/types.js';
 import { UserError } from '../util/errors.js';
 import type { LayerSource, TarSink } from './types.js';
@@ -26,7 +27,7 @@ export function storePathsSource(paths: StorePathInfo[], options: StorePathsSour
   const sorted = [...paths].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   for (const [i, info] of sorted.entries()) {
     const problem = storePathProblem(info.path);
-    if (problem) throw new UserError(`cannot put "${info.path}" in a layer: ${problem}`);
+    if (problem) throw new UserError(`cannot put ${quote(info.path)} in a layer: ${problem}`);
     if (i > 0 && sorted[i - 1]!.path === info.path) throw new Error(`store path ${info.path} given twice for one layer`);
   }
   return async (sink) => {

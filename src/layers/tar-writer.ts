@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { UserError } from '../util/errors.js';
+import { quote } from '../nix/quote.js';
 import type { TarEntry, TarSink } from './types.js';
 import { BLOCK_SIZE, Typeflag, checkMtime, encodeHeaders, padToBlock, writeUstarHeader, type HeaderFields } from './tar-header.js';
 
@@ -55,7 +56,7 @@ export class TarWriter implements TarSink {
 
   async #add(entry: TarEntry): Promise<void> {
     checkName(entry.name);
-    if (this.#names.has(entry.name)) throw new UserError(`layer has two entries named "${entry.name}"`);
+    if (this.#names.has(entry.name)) throw new UserError(`layer has two entries named ${quote(entry.name)}`);
 
     // Awaits only where a chunk changed hands: most entries need no trip through the event loop.
     let pending: Promise<void> | undefined;
@@ -66,14 +67,14 @@ export class TarWriter implements TarSink {
         break;
       case 'symlink':
         if (entry.target === '' || entry.target.includes('\0')) {
-          throw new UserError(`layer entry "${entry.name}": symlink target must be non-empty and without NUL bytes`);
+          throw new UserError(`layer entry ${quote(entry.name)}: symlink target must be non-empty and without NUL bytes`);
         }
         pending = this.#header(entry.name, Typeflag.symlink, 0o777, 0, entry.target);
         break;
       case 'hardlink': {
         const kind = this.#names.get(entry.target);
         if (kind !== 'file' && kind !== 'hardlink') {
-          throw new UserError(`layer entry "${entry.name}": hard link target "${entry.target}" is not a file earlier in the layer`);
+          throw new UserError(`layer entry ${quote(entry.name)}: hard link target ${quote(entry.target)} is not a file earlier in the layer`);
         }
         // A hard link shares its target's inode; its own mode field is ignored by extractors.
         pending = this.#header(entry.name, Typeflag.hardlink, 0o444, 0, entry.target);
@@ -82,7 +83,7 @@ export class TarWriter implements TarSink {
       case 'file':
         checkMode(entry);
         if (!Number.isSafeInteger(entry.size) || entry.size < 0) {
-          throw new UserError(`layer entry "${entry.name}": invalid size ${entry.size}`);
+          throw new UserError(`layer entry ${quote(entry.name)}: invalid size ${entry.size}`);
         }
         pending = this.#header(entry.name, Typeflag.file, entry.mode, entry.size, '');
         if (pending) await pending;
@@ -203,12 +204,12 @@ export class TarWriter implements TarSink {
 }
 
 function bodySizeError(name: string, size: number, seen: number): UserError {
-  return new UserError(`layer entry "${name}": file has ${seen > size ? 'more than' : 'only'} ${seen} bytes, its header says ${size}`);
+  return new UserError(`layer entry ${quote(name)}: file has ${seen > size ? 'more than' : 'only'} ${seen} bytes, its header says ${size}`);
 }
 
 /** Names are relative and normalised: no leading or trailing `/`, no empty, `.` or `..` component, no NUL. */
 function checkName(name: string): void {
-  if (name === '' || BAD_NAME.test(name)) throw new UserError(`layer entry name "${name}" is not a normalised relative path`);
+  if (name === '' || BAD_NAME.test(name)) throw new UserError(`layer entry name ${quote(name)} is not a normalised relative path`);
 }
 
 /** A leading or trailing `/`, an empty, `.` or `..` component, or a NUL. */
@@ -216,6 +217,6 @@ const BAD_NAME = /^\/|\/$|\/\/|(^|\/)\.\.?(\/|$)|\0/;
 
 function checkMode(entry: { name: string; mode: number }): void {
   if (!Number.isInteger(entry.mode) || entry.mode < 0 || entry.mode > 0o7777) {
-    throw new UserError(`layer entry "${entry.name}": invalid mode ${entry.mode}`);
+    throw new UserError(`layer entry ${quote(entry.name)}: invalid mode ${entry.mode}`);
   }
 }
