@@ -63,6 +63,16 @@ function csvField(value: string): string {
 
 /** RFC 4180 CSV with Python's defaults: `"` quoting, `""` escape, `\n` or `\r\n` row ends. */
 function parseCsv(text: string, where: string): string[][] {
+  // Almost every RECORD quotes nothing: split it directly (torch's has tens of thousands of rows).
+  if (!text.includes('"')) {
+    const lines = text.split(/\r?\n|\r/);
+    if (lines[lines.length - 1] === '') lines.pop();
+    return lines.map((line) => line.split(','));
+  }
+  return parseQuotedCsv(text, where);
+}
+
+function parseQuotedCsv(text: string, where: string): string[][] {
   const rows: string[][] = [];
   let row: string[] = [];
   let field = '';

@@ -1,11 +1,12 @@
-import { describe, it, expect, beforeAll } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, readdirSync, statSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, realpathSync, statSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeLayer } from '../../src/layers/write-layer.js';
 import type { LayerBlob } from '../../src/layers/types.js';
+import { ElfCollector } from '../../src/wheels/checks/elf-collector.js';
 import { wheelLayerSource, type WheelInstallOptions } from '../../src/wheels/install.js';
 import { readWheelInfo } from '../../src/wheels/wheel-info.js';
 import { makeWheel } from '../helpers/wheels.js';
@@ -23,8 +24,16 @@ const PYTHON_VERSION = execFileSync('python3', ['-c', 'import sys; print("%d.%d"
 const OPTIONS: WheelInstallOptions = { prefix: '/opt/python', pythonVersion: PYTHON_VERSION, interpreter: PYTHON };
 const SITE = `opt/python/lib/python${PYTHON_VERSION}/site-packages`;
 
+/** Temporary directories, removed after the tests. */
+const scratch: string[] = [];
+afterAll(() => {
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
+
 function freshDir(prefix = 'nix2oci-wheel-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratch.push(dir);
+  return dir;
 }
 
 async function installToLayer(wheel: string, options: WheelInstallOptions = OPTIONS, compression: 'gzip' | 'none' = 'none') {
@@ -204,5 +213,45 @@ describe('installing .data directories', () => {
     const { blob } = await installToLayer(wheel, { ...OPTIONS, interpreter });
     const text = readFileSync(join(unpack(blob), 'opt/python/bin/longpy'), 'utf8');
     expect(text.startsWith(`#!/bin/sh\n'''exec' "${interpreter}" "$0" "$@"\n' '''\n`)).toBe(true);
+  });
+});
+
+describe('the inspect hook', () => {
+  it('sees every installed file’s bytes in the install pass: ElfCollector reads a real library’s SONAME', async () => {
+    const libz = realpathSync('/usr/lib/x86_64-linux-gnu/libz.so.1');
+    const wheel = makeWheel({
+      dir: freshDir(),
+      name: 'zdemo',
+      version: '1',
+      tag: 'cp311-cp311-linux_x86_64',
+      files: { 'zdemo/__init__.py': '', 'zdemo/libz.so.1': { content: readFileSync(libz), mode: 0o755 } },
+    });
+    const info = await readWheelInfo(wheel);
+    const collector = new ElfCollector();
+    const seen = new Map<string, { bytes: number; ended: boolean }>();
+    const layer = wheelLayerSource(info, {
+      ...OPTIONS,
+      inspect: ({ path, entry }) => {
+        const tap = collector.entry(info.file, entry.name, path);
+        const record = { bytes: 0, ended: false };
+        seen.set(path, record);
+        return {
+          push: (chunk) => {
+            record.bytes += chunk.length;
+            tap.push(chunk);
+          },
+          end: () => {
+            record.ended = true;
+            tap.end();
+          },
+        };
+      },
+    });
+    await writeLayer(layer.source, { compression: 'none', dir: freshDir(), mtime: 1 });
+    const lib = `/${SITE}/zdemo/libz.so.1`;
+    expect(seen.get(lib)).toEqual({ bytes: statSync(libz).size, ended: true });
+    expect([...seen.keys()].every((p) => p.startsWith(`/${SITE}/`))).toBe(true);
+    const objects = await collector.finish();
+    expect(objects.map((o) => [o.entry, o.imagePath, o.facts.soname])).toEqual([['zdemo/libz.so.1', lib, 'libz.so.1']]);
   });
 });

@@ -1,7 +1,7 @@
-import { describe, it, expect } from 'vitest';
+import { describe, it, expect, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeLayer } from '../../src/layers/write-layer.js';
@@ -15,8 +15,16 @@ import { makeWheel, type MakeWheelOptions } from '../helpers/wheels.js';
 const OPTIONS = { prefix: '/opt/python', pythonVersion: '3.11', interpreter: '/nix/store/00000000000000000000000000000000-python3-3.11.9/bin/python3.11' };
 const TARGET = { pythonVersion: '3.11', implementation: 'cp', platform: 'linux_x86_64' } as const;
 
+/** Temporary directories, removed after the tests. */
+const scratch: string[] = [];
+afterAll(() => {
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
+
 function freshDir(prefix = 'nix2oci-badwheel-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratch.push(dir);
+  return dir;
 }
 
 /** A small wheel whose problem lies late in the layer, after other entries are written. */

@@ -1,6 +1,6 @@
-import { describe, it, expect } from 'vitest';
+import { describe, it, expect, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UserError } from '../../src/util/errors.js';
@@ -15,6 +15,18 @@ import { makeWheel } from '../helpers/wheels.js';
 const PIP_WHEEL = readdirSync('/usr/share/python-wheels')
   .filter((f) => /^pip-.*\.whl$/.test(f))
   .map((f) => join('/usr/share/python-wheels', f))[0]!;
+
+/** Temporary directories, removed after the tests. */
+const scratch: string[] = [];
+afterAll(() => {
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
+
+function freshDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'nix2oci-info-'));
+  scratch.push(dir);
+  return dir;
+}
 
 describe('readWheelInfo', () => {
   it('reads Debian’s pip wheel: names, tags, metadata, entry points, every entry with its RECORD hash, the file’s sha256', async () => {
@@ -44,7 +56,7 @@ describe('readWheelInfo', () => {
   });
 
   it('expands compressed tag sets and normalises the name', async () => {
-    const wheel = makeWheel({ dir: mkdtempSync(join(tmpdir(), 'nix2oci-info-')), name: 'Typing_Extensions', version: '4.0', tag: 'py2.py3-none-any', files: { 'typing_extensions.py': '' } });
+    const wheel = makeWheel({ dir: freshDir(), name: 'Typing_Extensions', version: '4.0', tag: 'py2.py3-none-any', files: { 'typing_extensions.py': '' } });
     const info = await readWheelInfo(wheel);
     expect(info.name).toBe('typing-extensions');
     expect(info.tags).toEqual([
@@ -54,7 +66,7 @@ describe('readWheelInfo', () => {
   });
 
   it('refuses a METADATA whose name or version differs from the file name', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'nix2oci-info-'));
+    const dir = freshDir();
     const wheel = makeWheel({ dir, name: 'demo', version: '1.0', metadataName: 'other', files: { 'demo.py': '' } });
     await expect(readWheelInfo(wheel)).rejects.toThrow(new UserError(`${wheel}: other-1.0.dist-info is for project other, the file name says demo`));
   });
