@@ -26,10 +26,11 @@ export interface CredentialOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** The secret strings of some credentials, for scrubbing output. */
+/** The secret strings of some credentials (and the Basic header's encoding of them), for scrubbing output. */
 export function credentialSecrets(credentials: Credentials | undefined): string[] {
   if (!credentials) return [];
-  return credentials.kind === 'basic' ? [credentials.password] : [credentials.token];
+  if (credentials.kind === 'identity-token') return [credentials.token];
+  return [credentials.password, Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')];
 }
 
 export async function findCredentials(

@@ -3,14 +3,15 @@ import { rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
+import type { Agent } from 'undici';
 import type { Blob, Image } from '../oci/image.js';
 import { UserError } from '../util/errors.js';
 import { blobExists, pushBlob, type BlobOutcome } from './blob-upload.js';
 import { RegistryClient } from './client.js';
 import { credentialSecrets, findCredentials } from './credentials.js';
 import { pushManifest } from './manifest-push.js';
-import { allSources, mountSources, sourcesFor } from './mount-sources.js';
-import { chooseProgressMode, createProgress, formatBytes, type ProgressMode } from './progress.js';
+import { allSources, mountSources, sourcesFor, type MountSources } from './mount-sources.js';
+import { chooseProgressMode, createProgress, formatBytes, type ProgressMode, type PushProgress } from './progress.js';
 import { formatReference, parseReference, parseRepository, parseTag, registryEndpoint, type ImageReference } from './reference.js';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
 import { loadTlsOptions } from './tls.js';
@@ -76,110 +77,48 @@ const EXISTENCE_CHECKS = 16;
  * a failure: what the registry holds is skipped. Credentials and tokens never reach the output.
  */
 export async function pushImage(image: Image, reference: string | ImageReference, options: PushOptions = {}): Promise<PushResult> {
-  const ref = typeof reference === 'string' ? parseReference(reference) : reference;
-  const tags = tagsFor(ref, options.tags ?? []);
-  const jobs = checkedInteger(options.jobs ?? DEFAULT_JOBS, '--jobs', 1, 64);
-  const chunkSize = checkedInteger(options.chunkSize ?? DEFAULT_CHUNK_SIZE, '--chunk-size', 1024, 2 ** 40);
-  const retry: RetryPolicy = {
-    ...DEFAULT_RETRY_POLICY,
-    attempts: checkedInteger(options.retries ?? DEFAULT_RETRY_POLICY.attempts, '--retries', 0, 100),
-    baseDelayMs: options.retryDelayMs ?? DEFAULT_RETRY_POLICY.baseDelayMs,
-  };
-  const env = options.env ?? process.env;
+  const plan = planPush(image, reference, options);
   const stderr = options.stderr ?? process.stderr;
   const stdout = options.stdout === undefined ? process.stdout : options.stdout;
-  const sources = mountSources(image, ref.registry, (options.mountFrom ?? []).map(parseRepository));
-  const blobs = blobsOf(image);
-  const manifestDigest = `sha256:${createHash('sha256').update(image.manifestBytes).digest('hex')}`;
-  if (ref.digest && ref.digest !== manifestDigest) {
-    throw new UserError(`the image's manifest digest is ${manifestDigest}, not ${ref.digest} as the reference says`);
-  }
-
   const secrets = new Secrets();
   // Stops the other uploads when one fails, and follows the caller's signal.
   const stop = new AbortController();
   const onAbort = () => stop.abort(options.signal!.reason);
   options.signal?.addEventListener('abort', onAbort, { once: true });
-  let agent: ReturnType<typeof createAgent> | undefined;
   const progress = createProgress(
     options.progress ?? chooseProgressMode(stderr, options.quiet ?? false),
     stderr,
-    totalSize(blobs),
+    totalSize(plan.blobs),
   );
+  let agent: Agent | undefined;
   try {
-    const credentials = await findCredentials(ref.registry, ref.repository, { creds: options.creds, authfile: options.authfile, env });
+    const env = options.env ?? process.env;
+    const credentials = await findCredentials(plan.ref.registry, plan.ref.repository, { creds: options.creds, authfile: options.authfile, env });
     secrets.add(...credentialSecrets(credentials));
-    const tls = await loadTlsOptions(ref.registry, { tlsVerify: options.tlsVerify ?? true, certDir: options.certDir }, env);
-    const checks = Math.max(jobs, EXISTENCE_CHECKS);
-    agent = createAgent({ tls, connections: checks + 2, stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS });
-    const mountScopes = allSources(sources)
-      .filter((r) => r !== ref.repository)
-      .map((r) => `repository:${r}:pull`);
+    const tlsVerify = options.tlsVerify ?? true;
+    const tls = await loadTlsOptions(plan.ref.registry, { tlsVerify, certDir: options.certDir }, env);
+    agent = createAgent({ tls, connections: plan.checks + 2, stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS });
     const client = await RegistryClient.connect({
-      registry: ref.registry,
-      endpoint: registryEndpoint(ref.registry),
+      registry: plan.ref.registry,
+      endpoint: registryEndpoint(plan.ref.registry),
       agent,
       credentials,
-      scopes: [`repository:${ref.repository}:pull,push`, ...mountScopes],
-      tlsVerify: options.tlsVerify ?? true,
-      retry,
+      scopes: scopesFor(plan),
+      tlsVerify,
+      retry: plan.retry,
       onSecret: (s) => secrets.add(s),
       signal: stop.signal,
     });
 
-    progress.note(`pushing ${blobs.length} blobs (${formatBytes(totalSize(blobs))}) to ${formatReference(ref)}`);
-    // HEADs are cheap for the registry: check many blobs at once, upload `jobs` at a time.
-    const checkLimit = pLimit(checks);
-    const uploadLimit = pLimit(jobs);
-    const refusedMountSources = new Set<string>();
-    const pushOne = async ({ blob, label }: LabelledBlob): Promise<[string, BlobOutcome]> => {
-      const digest = blob.descriptor.digest;
-      const present = await checkLimit(() => {
-        stop.signal.throwIfAborted();
-        return blobExists(client, ref.repository, digest);
-      });
-      if (present) {
-        progress.blob(digest, blob.descriptor.size, label).finished({ kind: 'skipped' });
-        return [digest, { kind: 'skipped' }];
-      }
-      return uploadLimit(async () => {
-        stop.signal.throwIfAborted();
-        const reporter = progress.blob(digest, blob.descriptor.size, label);
-        const outcome = await pushBlob(client, blob, {
-          repository: ref.repository,
-          mountFrom: sourcesFor(sources, digest),
-          chunkSize,
-          retry,
-          progress: reporter,
-          knownMissing: true,
-          refusedMountSources,
-          signal: stop.signal,
-        });
-        reporter.finished(outcome);
-        return [digest, outcome];
-      });
-    };
-    const settled = await Promise.allSettled(
-      blobs.map((b) =>
-        pushOne(b).catch((err: unknown) => {
-          if (!stop.signal.aborted) stop.abort(err);
-          throw err;
-        }),
-      ),
-    );
-    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-    if (failed) throw options.signal?.aborted ? options.signal.reason : (stop.signal.reason ?? failed.reason);
+    progress.note(`pushing ${plan.blobs.length} blobs (${formatBytes(totalSize(plan.blobs))}) to ${formatReference(plan.ref)}`);
+    const outcomes = await pushBlobs(client, plan, progress, stop);
+    if (!outcomes) throw options.signal?.aborted ? options.signal.reason : stop.signal.reason;
 
-    const result: PushResult = { digest: '', reference: '', uploaded: [], skipped: [], mounted: [] };
-    for (const s of settled) {
-      const [digest, outcome] = (s as PromiseFulfilledResult<[string, BlobOutcome]>).value;
-      result[outcome.kind === 'uploaded' ? 'uploaded' : outcome.kind === 'skipped' ? 'skipped' : 'mounted'].push(digest);
-    }
-
-    result.digest = await pushManifest(client, ref.repository, image, tags);
-    result.reference = formatReference(ref, tags[0], result.digest);
-    for (const tag of tags.slice(1)) progress.note(`tagged ${formatReference(ref, tag)}`);
-    if (options.digestFile) await writeFileAtomic(options.digestFile, result.digest);
+    const digest = await pushManifest(client, plan.ref.repository, image, plan.tags);
+    const result: PushResult = { digest, reference: formatReference(plan.ref, plan.tags[0], digest), uploaded: [], skipped: [], mounted: [] };
+    for (const [blobDigest, outcome] of outcomes) result[OUTCOME_LIST[outcome.kind]].push(blobDigest);
+    for (const tag of plan.tags.slice(1)) progress.note(`tagged ${formatReference(plan.ref, tag)}`);
+    if (options.digestFile) await writeFileAtomic(options.digestFile, digest);
     progress.stop();
     stdout?.write(`${result.reference}\n`);
     return result;
@@ -190,6 +129,103 @@ export async function pushImage(image: Image, reference: string | ImageReference
     options.signal?.removeEventListener('abort', onAbort);
     await agent?.close().catch(() => {});
   }
+}
+
+const OUTCOME_LIST = { uploaded: 'uploaded', skipped: 'skipped', mounted: 'mounted' } as const;
+
+/** What a push will do, from the image and the options, checked before anything is sent. */
+interface PushPlan {
+  ref: ImageReference;
+  tags: string[];
+  blobs: LabelledBlob[];
+  mountSources: MountSources;
+  jobs: number;
+  /** Existence checks (HEAD) in flight at once. */
+  checks: number;
+  chunkSize: number;
+  retry: RetryPolicy;
+}
+
+function planPush(image: Image, reference: string | ImageReference, options: PushOptions): PushPlan {
+  const ref = typeof reference === 'string' ? parseReference(reference) : reference;
+  const manifestDigest = `sha256:${createHash('sha256').update(image.manifestBytes).digest('hex')}`;
+  if (ref.digest && ref.digest !== manifestDigest) {
+    throw new UserError(`the image's manifest digest is ${manifestDigest}, not ${ref.digest} as the reference says`);
+  }
+  const jobs = checkedInteger(options.jobs ?? DEFAULT_JOBS, '--jobs', 1, 64);
+  return {
+    ref,
+    tags: tagsFor(ref, options.tags ?? []),
+    blobs: blobsOf(image),
+    mountSources: mountSources(image, ref.registry, (options.mountFrom ?? []).map(parseRepository)),
+    jobs,
+    checks: Math.max(jobs, EXISTENCE_CHECKS),
+    chunkSize: checkedInteger(options.chunkSize ?? DEFAULT_CHUNK_SIZE, '--chunk-size', 1024, 2 ** 40),
+    retry: {
+      ...DEFAULT_RETRY_POLICY,
+      attempts: checkedInteger(options.retries ?? DEFAULT_RETRY_POLICY.attempts, '--retries', 0, 100),
+      baseDelayMs: options.retryDelayMs ?? DEFAULT_RETRY_POLICY.baseDelayMs,
+    },
+  };
+}
+
+/** Push and pull on the target; pull on each mount source (a token without it cannot mount). */
+function scopesFor(plan: PushPlan): string[] {
+  const mounts = allSources(plan.mountSources).filter((r) => r !== plan.ref.repository);
+  return [`repository:${plan.ref.repository}:pull,push`, ...mounts.map((r) => `repository:${r}:pull`)];
+}
+
+/**
+ * Every blob, checked for (HEAD, many at once: cheap for the registry) and uploaded when missing
+ * (`jobs` at a time). The first failure stops the rest; then the result is undefined and `stop`'s
+ * reason is the failure.
+ */
+async function pushBlobs(
+  client: RegistryClient,
+  plan: PushPlan,
+  progress: PushProgress,
+  stop: AbortController,
+): Promise<Array<[string, BlobOutcome]> | undefined> {
+  const checkLimit = pLimit(plan.checks);
+  const uploadLimit = pLimit(plan.jobs);
+  const refusedMountSources = new Set<string>();
+  const pushOne = async ({ blob, label }: LabelledBlob): Promise<[string, BlobOutcome]> => {
+    const { digest, size } = blob.descriptor;
+    const present = await checkLimit(() => {
+      stop.signal.throwIfAborted();
+      return blobExists(client, plan.ref.repository, digest);
+    });
+    if (present) {
+      progress.blob(digest, size, label).finished({ kind: 'skipped' });
+      return [digest, { kind: 'skipped' }];
+    }
+    return uploadLimit(async () => {
+      stop.signal.throwIfAborted();
+      const reporter = progress.blob(digest, size, label);
+      const outcome = await pushBlob(client, blob, {
+        repository: plan.ref.repository,
+        mountFrom: sourcesFor(plan.mountSources, digest),
+        chunkSize: plan.chunkSize,
+        retry: plan.retry,
+        progress: reporter,
+        knownMissing: true,
+        refusedMountSources,
+        signal: stop.signal,
+      });
+      reporter.finished(outcome);
+      return [digest, outcome];
+    });
+  };
+  const settled = await Promise.allSettled(
+    plan.blobs.map((b) =>
+      pushOne(b).catch((err: unknown) => {
+        if (!stop.signal.aborted) stop.abort(err);
+        throw err;
+      }),
+    ),
+  );
+  if (settled.some((s) => s.status === 'rejected')) return undefined;
+  return settled.map((s) => (s as PromiseFulfilledResult<[string, BlobOutcome]>).value);
 }
 
 /** The reference's tag and the extra tags; `latest` when neither names one (and no digest is given). */
