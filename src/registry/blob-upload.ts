@@ -100,10 +100,12 @@ class BlobUpload {
       throw this.fatal(err);
     }
 
+    // Failures in a row count against the budget until the upload gets further than it ever got
+    // (a session that restarts from byte 0 after each failure makes no progress, however many chunks it sends).
     let failures = 0;
+    let furthest = 0;
     let recovering = false;
     for (;;) {
-      const offsetBefore = this.offset;
       try {
         if (recovering) {
           if (await this.exists()) break; // the last request went through after all
@@ -115,7 +117,10 @@ class BlobUpload {
       } catch (err) {
         if (signal?.aborted) throw err;
         const transient = this.classify(err);
-        if (this.offset > offsetBefore) failures = 0; // progress was made before this failure
+        if (this.offset > furthest) {
+          furthest = this.offset;
+          failures = 0;
+        }
         if (++failures > retry.attempts) {
           throw new UserError(
             `pushing blob ${this.digest} to ${this.where()} failed after ${failures} attempts: ${transient.message}`,

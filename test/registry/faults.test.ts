@@ -117,6 +117,15 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
     await expectIntact(ref, result.digest);
   });
 
+  it('gives up, bounded, when every new upload session fails at the same chunk', async () => {
+    // The second chunk always breaks half way, so each retry restarts the blob and never gets further.
+    proxy.rule = ({ method, contentRange }) =>
+      method === 'PATCH' && contentRange?.startsWith(`${CHUNK}-`) ? { kind: 'drop-mid-forward', afterBytes: 1000 } : undefined;
+    const err = await pushImage(image, freshRef(), options({ retries: 2 })).catch((e: unknown) => e);
+    expect(isUserError(err)).toBe(true);
+    expect((err as Error).message).toMatch(new RegExp(`^pushing blob ${image.layers[0]!.descriptor.digest} to .* failed after 3 attempts: `));
+  });
+
   it('abandons a stalled request and retries it', async () => {
     let stalled = false;
     proxy.rule = ({ method }) => {

@@ -30,7 +30,7 @@ export interface ProxiedRequest {
   contentRange?: string;
 }
 
-export type FaultRule = (request: { method: string; path: string; index: number }) => Fault | undefined;
+export type FaultRule = (request: { method: string; path: string; index: number; contentRange?: string }) => Fault | undefined;
 
 export interface FaultProxy {
   url: string;
@@ -77,7 +77,7 @@ export async function startFaultProxy(target: ProxyTarget): Promise<FaultProxy> 
       ...(req.headers['content-range'] && { contentRange: String(req.headers['content-range']) }),
     };
     requests.push(entry);
-    const fault = proxy.rule({ method: entry.method, path: entry.path, index: entry.index });
+    const fault = proxy.rule({ method: entry.method, path: entry.path, index: entry.index, contentRange: entry.contentRange });
     if (fault) entry.fault = fault.kind;
 
     if (fault?.kind === 'status') {
