@@ -208,7 +208,7 @@ async function writeInstall(info: WheelInfo, options: WheelInstallOptions, schem
       } else if (item.kind === 'generated') {
         await sink.add({ type: 'file', name: item.name, mode: item.mode, size: item.content.length, body: item.content });
       } else if (item.kind === 'record') {
-        const content = await installedRecord(info, options, scheme, plan, rows, zip, zipEntryFor, item.name);
+        const content = installedRecord(info, scheme, plan, rows, item.name);
         await sink.add({ type: 'file', name: item.name, mode: FILE_MODE, size: content.length, body: content });
       } else {
         const row = await writeWheelFile(info, options, zip, zipEntryFor(item.entry), item, sink);
@@ -265,16 +265,7 @@ async function* hashedBody(head: Buffer, rest: AsyncIterator<Buffer>, hash: Retu
  * with the wheel's hash for files installed unchanged and a fresh sha256 for rewritten and generated
  * ones; RECORD itself without a hash. Rows sorted by path.
  */
-async function installedRecord(
-  info: WheelInfo,
-  options: WheelInstallOptions,
-  scheme: Scheme,
-  plan: PlannedFile[],
-  rows: Map<string, InstalledRow>,
-  zip: ZipReader,
-  zipEntryFor: (entry: WheelEntry) => ZipEntry,
-  recordName: string,
-): Promise<Buffer> {
+function installedRecord(info: WheelInfo, scheme: Scheme, plan: PlannedFile[], rows: Map<string, InstalledRow>, recordName: string): Buffer {
   const base = info.rootIsPurelib ? scheme.purelib : scheme.platlib;
   const lines: [string, string][] = [];
   for (const file of plan) {
@@ -283,27 +274,13 @@ async function installedRecord(
       lines.push([relative, formatRecordLine(relative, '', null)]);
       continue;
     }
-    let row = rows.get(file.name);
-    if (!row && file.kind === 'wheel') {
-      // A rewritten script sorted after RECORD (not with the usual bin/ < lib/ layout): hash its installed form now.
-      row = await hashRewrittenScript(info, options, zip, zipEntryFor(file.entry), file.entry);
-      rows.set(file.name, row);
-    }
+    // Rewritten scripts are hashed as they are written; they lie in bin/, which sorts before lib/…/RECORD.
+    const row = rows.get(file.name);
     if (!row) throw new Error(`no RECORD row for ${file.name} while writing ${recordName}`);
     lines.push([relative, formatRecordLine(relative, row.hash, row.size)]);
   }
   lines.sort((a, b) => compareNames(a[0], b[0]));
   return Buffer.from(lines.map(([, line]) => line).join(''));
-}
-
-async function hashRewrittenScript(info: WheelInfo, options: WheelInstallOptions, zip: ZipReader, zipEntry: ZipEntry, entry: WheelEntry): Promise<InstalledRow> {
-  const chunks = verifiedChunks(zip, zipEntry, entry);
-  const hash = createHash('sha256');
-  const { head, consumed } = await readScriptHead(chunks, options.interpreter, `${info.file}: entry ${entry.name}`);
-  for await (const _ of hashedBody(head, chunks, hash)) {
-    // hashing only
-  }
-  return { hash: recordHash('sha256', hash.digest()), size: entry.size - consumed + head.length };
 }
 
 /** `to` relative to the directory `from`, both normalised relative names (posix.relative without resolving against the cwd). */

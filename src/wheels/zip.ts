@@ -55,7 +55,7 @@ export class ZipReader {
     }
     try {
       const stat = await handle.stat();
-      if (!stat.isFile()) throw Object.assign(new Error('not a regular file'), { code: 'EISDIR' });
+      if (!stat.isFile()) throw Object.assign(new Error('not a regular file'), { code: stat.isDirectory() ? 'EISDIR' : 'ENOTREG' });
       const size = stat.size;
       blocks = new BlockReader(handle, size);
       // The handle is closed by close() below, not by yauzl.
@@ -166,6 +166,7 @@ function zipOpenError(file: string, err: unknown): UserError {
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'ENOENT') return new UserError(`${file}: no such file`, { cause: err });
   if (code === 'EISDIR') return new UserError(`${file}: is a directory, not a wheel`, { cause: err });
+  if (code === 'ENOTREG') return new UserError(`${file}: not a regular file`, { cause: err });
   if (code === 'EACCES') return new UserError(`${file}: permission denied`, { cause: err });
   const message = (err as Error).message;
   if (/End of central directory record signature not found/.test(message)) {

@@ -62,6 +62,21 @@ function headerOffset(wheel: string, name: string): number {
   return Number(execFileSync('python3', ['-c', script, wheel, name], { encoding: 'utf8' }).trim());
 }
 
+/** Rewrites an entry's uncompressed size in the central directory (a lying zip). */
+function setCentralSize(wheel: string, name: string, size: number): void {
+  const bytes = readFileSync(wheel);
+  const signature = Buffer.from('PK\x01\x02', 'latin1');
+  for (let at = bytes.indexOf(signature); at >= 0; at = bytes.indexOf(signature, at + 4)) {
+    const nameLength = bytes.readUInt16LE(at + 28);
+    if (bytes.toString('utf8', at + 46, at + 46 + nameLength) === name) {
+      bytes.writeUInt32LE(size, at + 24);
+      writeFileSync(wheel, bytes);
+      return;
+    }
+  }
+  throw new Error(`no central directory entry ${name} in ${wheel}`);
+}
+
 function recordDigest(bytes: Buffer | string): string {
   return `sha256=${createHash('sha256').update(bytes).digest('base64url')}`;
 }
@@ -159,6 +174,21 @@ describe('wheel verification refuses broken wheels with one clear line, and leav
     writeFileSync(wheel, 'this is not a zip file\n'.repeat(100));
     expect((await installError(wheel)).error.message).toBe(`${wheel}: not a whole zip file: no end-of-central-directory record (truncated, or not a zip)`);
     expect((await installError(join(dir, 'missing-1.0-py3-none-any.whl'))).error.message).toBe(`${join(dir, 'missing-1.0-py3-none-any.whl')}: no such file`);
+  });
+
+  it('an entry that inflates past the size the zip directory and RECORD state', async () => {
+    const dir = freshDir();
+    const wheel = wheelWith(dir, { corrupt: { recordSize: { path: 'demo/data.txt', size: 1000 } } });
+    setCentralSize(wheel, 'demo/data.txt', 1000);
+    const { error, left } = await installError(wheel);
+    expect(error.message).toMatch(new RegExp(`^${escape(wheel)}: entry demo/data.txt \\(data at byte \\d+\\): inflates to more than its 1000 bytes$`));
+    expect(left).toEqual([]);
+  });
+
+  it('a directory or a device instead of a wheel file', async () => {
+    const dir = join(freshDir(), 'demo-1.0-py3-none-any.whl');
+    execFileSync('mkdir', [dir]);
+    expect((await installError(dir)).error.message).toBe(`${dir}: is a directory, not a wheel`);
   });
 
   it('a .data directory with an unknown key', async () => {
