@@ -29,6 +29,8 @@ interface Token {
   value: string;
   /** ms since epoch after which the token is renewed before use. */
   renewAt: number;
+  /** The scopes it was issued for (their count: scopes are only ever added). */
+  scopeCount: number;
 }
 
 /** Docker's token spec: a token without expires_in lasts 60 seconds. */
@@ -56,6 +58,7 @@ export class RegistryAuth {
     if (!chosen) return false;
     if (chosen.scheme === 'bearer') {
       if (!chosen.params.realm) return false;
+      // A registry may ask for a scope the push did not foresee: later tokens include it.
       for (const scope of (chosen.params.scope ?? '').split(' ')) if (scope) this.scopes.add(scope);
     }
     this.challenge = chosen;
@@ -70,7 +73,7 @@ export class RegistryAuth {
       case 'basic':
         return this.basicHeader();
       case 'bearer': {
-        const token = this.token && Date.now() < this.token.renewAt ? this.token : await this.renewToken(this.token);
+        const token = this.token && this.usable(this.token) ? this.token : await this.renewToken(this.token);
         return `Bearer ${token.value}`;
       }
     }
@@ -92,6 +95,11 @@ export class RegistryAuth {
     }
     await this.renewToken(this.token);
     return true;
+  }
+
+  /** Not about to expire, and issued for every scope asked for so far. */
+  private usable(token: Token): boolean {
+    return Date.now() < token.renewAt && token.scopeCount === this.scopes.size;
   }
 
   /** Describes who is authenticating, for error messages (never the secret). */
@@ -119,7 +127,7 @@ export class RegistryAuth {
   /** Fetches a token, once for all requests that need it at the same time. */
   private renewToken(stale: Token | undefined): Promise<Token> {
     if (this.pending) return this.pending;
-    if (this.token && this.token !== stale && Date.now() < this.token.renewAt) return Promise.resolve(this.token);
+    if (this.token && this.token !== stale && this.usable(this.token)) return Promise.resolve(this.token);
     this.pending = this.fetchToken()
       .then((token) => {
         this.token = token;
@@ -145,6 +153,7 @@ export class RegistryAuth {
     }
     const scopes = [...this.scopes].sort();
     const request = tokenRequest(realm, params.service, scopes, credentials);
+    const scopeCount = scopes.length;
 
     for (let failures = 0; ; ) {
       let status: number;
@@ -163,7 +172,7 @@ export class RegistryAuth {
         }
         throw new UserError(`token server for ${registry}: ${describeNetworkError(err, realm.host)}`, { cause: err });
       }
-      if (status === 200) return this.parseToken(text, realm);
+      if (status === 200) return { ...this.parseToken(text, realm), scopeCount };
       if (status === 401 || status === 403) {
         throw new UserError(`login to ${registry} failed: the token server ${realm.origin} refused ${this.describeIdentity()} (${status})`);
       }
@@ -175,7 +184,7 @@ export class RegistryAuth {
     }
   }
 
-  private parseToken(text: string, realm: URL): Token {
+  private parseToken(text: string, realm: URL): Omit<Token, 'scopeCount'> {
     let reply: { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown };
     try {
       reply = JSON.parse(text) as typeof reply;

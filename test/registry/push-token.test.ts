@@ -100,13 +100,15 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a registry
       return {
         kind: 'status',
         status: 401,
-        wwwAuthenticate: `Bearer realm="${tokens.realm}",service="${tokens.service}",scope="repository:tok/renew:pull,push",error="invalid_token"`,
+        // It also asks for a scope the push did not (as a registry may): the new token must carry it.
+        wwwAuthenticate: `Bearer realm="${tokens.realm}",service="${tokens.service}",scope="repository:tok/renew:pull,push repository:tok/extra:pull",error="invalid_token"`,
       };
     };
     const issuedBefore = tokens.issued.length;
     const from = proxy.requests.length;
     const result = await pushImage(image, `${proxy.host}/tok/renew:1`, options({ jobs: 1 }));
     expect(tokens.issued.length - issuedBefore).toBe(2);
+    expect(tokens.requests.at(-1)!.scopes).toEqual(['repository:tok/extra:pull', 'repository:tok/renew:pull,push']);
     const rejected = proxy.requests.slice(from).find((r) => r.fault === 'status')!;
     const retried = proxy.requests.slice(rejected.index + 1).find((r) => r.method === rejected.method && r.path === rejected.path)!;
     expect(retried.authorization).toBe(`Bearer ${tokens.issued.at(-1)}`);
