@@ -151,6 +151,26 @@ describe('installing setuptools', () => {
   });
 });
 
+describe('determinism', () => {
+  it('gives the same layer for the same contents whatever the zip’s entry order, compression or directory entries', async () => {
+    const files: Record<string, string> = { 'b/mod.py': 'B = 2\n', 'a/__init__.py': 'A = 1\n', 'a/z.txt': 'z\n'.repeat(1000), 'c.py': '' };
+    const reversed = Object.fromEntries(Object.entries(files).reverse());
+    const one = makeWheel({ dir: freshDir(), name: 'order', version: '1', files, entryPoints: { console_scripts: { x: 'a:main', y: 'b.mod:main' } } });
+    const two = makeWheel({
+      dir: freshDir(),
+      name: 'order',
+      version: '1',
+      files: reversed,
+      compression: 'stored',
+      dirEntries: true,
+      entryPoints: { console_scripts: { x: 'a:main', y: 'b.mod:main' } },
+    });
+    const [a, b] = [await installToLayer(one), await installToLayer(two)];
+    expect(b.info.sha256).not.toBe(a.info.sha256);
+    expect(b.blob.diffId).toBe(a.blob.diffId);
+  });
+});
+
 describe('installing .data directories', () => {
   it('puts scripts in bin with #!python rewritten, headers under include, data under the prefix, purelib/platlib in site-packages', async () => {
     const dir = freshDir();
