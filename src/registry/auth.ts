@@ -160,7 +160,7 @@ export class RegistryAuth {
       let text: string;
       let retryAfter: string | undefined;
       try {
-        const res = await send(this.options.agent, { ...request, signal });
+        const res = await send(this.options.agent, { ...request, allowPlainHttp: this.options.allowHttp, signal });
         status = res.status;
         retryAfter = firstHeader(res.headers, 'retry-after');
         text = await readText(res.body, 1 << 20);

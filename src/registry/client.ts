@@ -50,6 +50,7 @@ export class RegistryClient {
     private readonly agent: Agent,
     readonly auth: RegistryAuth,
     private readonly retryPolicy: RetryPolicy,
+    private readonly allowPlainHttp: boolean,
     private readonly signal: AbortSignal | undefined,
   ) {}
 
@@ -70,13 +71,13 @@ export class RegistryClient {
       allowHttp: !tlsVerify,
       signal,
     });
-    let client = new RegistryClient(registry, new URL(`https://${endpoint}/`), agent, auth, options.retry, signal);
+    let client = new RegistryClient(registry, new URL(`https://${endpoint}/`), agent, auth, options.retry, !tlsVerify, signal);
     let ping: HttpResponse;
     try {
       ping = await client.ping();
     } catch (err) {
       if (tlsVerify || signal?.aborted || !isTlsProtocolError(err)) throw client.networkError(err);
-      client = new RegistryClient(registry, new URL(`http://${endpoint}/`), agent, auth, options.retry, signal);
+      client = new RegistryClient(registry, new URL(`http://${endpoint}/`), agent, auth, options.retry, true, signal);
       try {
         ping = await client.ping();
       } catch (plainErr) {
@@ -138,7 +139,13 @@ export class RegistryClient {
     const origin = this.baseUrl.origin;
     const attempt = async () => {
       const authorization = authenticate ? await this.auth.authorization() : undefined;
-      const res = await send(this.agent, { ...request, authorization, authorizationOrigin: origin, signal: this.signal });
+      const res = await send(this.agent, {
+        ...request,
+        authorization,
+        authorizationOrigin: origin,
+        allowPlainHttp: this.allowPlainHttp,
+        signal: this.signal,
+      });
       return { res, sent: res.authorized ? authorization : undefined };
     };
     const { res, sent } = await attempt();

@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import type { TlsConnectOptions } from './tls.js';
+import { UserError } from '../util/errors.js';
 import { errorCode } from './retry.js';
 
 /**
@@ -40,6 +41,8 @@ export interface HttpRequest {
   authorization?: string;
   /** Defaults to the request URL's origin. */
   authorizationOrigin?: string;
+  /** Whether a redirect may lead to plain http (only with --tls-verify=false). */
+  allowPlainHttp?: boolean;
   signal?: AbortSignal;
 }
 
@@ -85,8 +88,11 @@ export async function send(agent: Dispatcher, request: HttpRequest): Promise<Htt
       return { status: res.statusCode, headers: res.headers, body: res.body, url, authorized };
     }
     await res.body.dump();
-    if (hop >= MAX_REDIRECTS) throw new Error(`too many redirects from ${request.url.origin}`);
+    if (hop >= MAX_REDIRECTS) throw new UserError(`${request.url.origin} redirected ${request.method} ${request.url.pathname} more than ${MAX_REDIRECTS} times`);
     url = new URL(location, url);
+    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && request.allowPlainHttp)) {
+      throw new UserError(`${request.url.origin} redirected to ${url.origin}, which is not https (allowed only with --tls-verify=false)`);
+    }
     // 303 (and, as browsers do, 301/302 after a POST) turn the request into a GET without a body.
     if (res.statusCode === 303 || ((res.statusCode === 301 || res.statusCode === 302) && method === 'POST')) {
       method = 'GET';

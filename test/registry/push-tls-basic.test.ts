@@ -142,6 +142,18 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
       expect(redirected.every((r) => r.authorization === basic)).toBe(true);
       expect(storage.requests.map((r) => r.method)).toEqual(['HEAD', 'HEAD', 'HEAD']);
       expect(storage.requests.every((r) => r.authorization === undefined)).toBe(true);
+
+      // A redirect from https to plain http is refused while certificates are verified.
+      const plainStorage = await startFaultProxy({ host: '127.0.0.1', port: registry.port, ca: pki.caCert, injectAuthorization: basic });
+      try {
+        front.rule = ({ method }) => (method === 'HEAD' ? { kind: 'redirect', to: plainStorage.url } : undefined);
+        const err = await pushImage(image, `${front.host}/secure/downgraded`, options({ creds: `${USER}:${PASSWORD}` })).catch((e: unknown) => e);
+        expect(isUserError(err)).toBe(true);
+        expect((err as Error).message).toBe(`${front.url} redirected to ${plainStorage.url}, which is not https (allowed only with --tls-verify=false)`);
+        expect(plainStorage.requests).toEqual([]);
+      } finally {
+        await plainStorage.close();
+      }
     } finally {
       await front.close();
       await storage.close();
