@@ -1,12 +1,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pLimit from 'p-limit';
 import { loadClosure } from '../nix/closure.js';
 import type { Closure } from '../nix/types.js';
 import { planLayers } from '../layers/plan.js';
-import { storePathsSource } from '../layers/store-path-source.js';
-import { writeLayer } from '../layers/write-layer.js';
-import type { Compression, LayerBlob, LayerSource } from '../layers/types.js';
+import { DEFAULT_GZIP_LEVEL, writeLayer } from '../layers/write-layer.js';
+import type { Compression, LayerBlob } from '../layers/types.js';
 import { emptyRecipe, loadRecipe } from '../recipe/load.js';
 import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
 import { resolveRecipe, toImageConfigSpec } from '../recipe/resolve.js';
@@ -17,7 +17,10 @@ import type { Image } from '../oci/image.js';
 import { formatBytes } from '../oci/inspect.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
-import { prepareWheels } from './wheels.js';
+import { prepareWheels, type WheelElfFacts, type WheelLayerPlan } from './wheels.js';
+import { CacheStore } from '../cache/store.js';
+import { LayerCache } from '../cache/layer-cache.js';
+import { wheelLayerKey, type LayerSettings } from '../cache/keys.js';
 
 export interface BuildImageOptions {
   closures: string[];
@@ -36,6 +39,10 @@ export interface BuildImageOptions {
   maxLayers?: number;
   /** Seconds since the epoch for every mtime and the config's `created`. */
   sourceDateEpoch: number;
+  /** The layer cache's directory; null for none (layers are then built through a throwaway one). */
+  cacheDir: string | null;
+  /** Layers written at a time (default: the number of CPUs). */
+  jobs?: number;
   log: (line: string) => void;
   warn: (line: string) => void;
 }
@@ -43,6 +50,10 @@ export interface BuildImageOptions {
 export interface BuiltLayer {
   blob: LayerBlob;
   contents: string[];
+  /** True when the layer's bytes all came from the cache (nothing was compressed). */
+  reused: boolean;
+  /** Wall-clock seconds spent on this layer. */
+  seconds: number;
 }
 
 export interface BuildImageResult {
@@ -50,6 +61,8 @@ export interface BuildImageResult {
   manifestDigest: string;
   layers: BuiltLayer[];
   tags: string[];
+  /** Wall-clock seconds per stage. */
+  timings: { closure: number; layers: number; checks: number; output: number };
 }
 
 /** The mtime when SOURCE_DATE_EPOCH is not set: 1970-01-01T00:00:01Z, as nixpkgs' dockerTools uses. */
@@ -69,12 +82,21 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     throw new UserError(`--max-layers must be a whole number of at least 2, got ${maxLayers}`);
   }
 
+  const jobs = options.jobs ?? availableParallelism();
+  if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new UserError(`--jobs must be a whole number from 1 to 256, got ${jobs}`);
+  const settings: LayerSettings = { compression, gzipLevel: DEFAULT_GZIP_LEVEL, mtime: options.sourceDateEpoch };
+
   const work = mkdtempSync(join(tmpdir(), 'nix2oci-build-'));
   const forget = removeOnExit(work);
+  const clock = stopwatch();
   try {
+    // Without a cache, layers go through a throwaway one: the same code path gives the same bytes.
+    const store = await CacheStore.open(options.cacheDir ?? join(work, 'cache'));
+    const cache = new LayerCache(store, settings, work);
     options.log(`reading ${options.closures.map((f) => (f === '-' ? 'stdin' : f)).join(', ')}`);
     const closure: Closure = await loadClosure(options.closures, { pathInfoFile: options.pathInfo, tmpDir: work });
     options.log(`closure: ${closure.paths.size} store paths (roots: ${closure.roots.map(storeName).join(', ')})`);
+    if (options.cacheDir) options.log(`layer cache: ${options.cacheDir}`);
 
     const resolved = resolveRecipe(recipe, closure, options.recipe);
     const wheels = await prepareWheels({
@@ -86,24 +108,64 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     });
 
     const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length });
-    const written: BuiltLayer[] = [];
-    const write = async (source: LayerSource, contents: string[], label: string) => {
-      const blob = await writeLayer(source, { compression, dir: work, mtime: options.sourceDateEpoch });
-      written.push({ blob, contents });
-      options.log(`layer ${String(written.length).padStart(3)}: ${blob.digest.slice(7, 19)} ${formatBytes(blob.uncompressedSize).padStart(9)} ${label}`);
+    const timings = { closure: clock.lap(), layers: 0, checks: 0, output: 0 };
+    const total = plan.length + wheels.layers.length + 1;
+    let finished = 0;
+    const report = (index: number, layer: BuiltLayer, label: string) => {
+      finished++;
+      options.log(
+        `layer ${String(index + 1).padStart(3)}/${total} ${layer.reused ? 'reused' : 'built '} ${layer.blob.digest.slice(7, 19)} ` +
+          `${formatBytes(layer.blob.uncompressedSize).padStart(9)} ${label} (${layer.seconds.toFixed(1)} s; ${finished}/${total} done)`,
+      );
     };
-    for (const group of plan) {
-      const infos = group.paths.map((path) => closure.paths.get(path)!);
-      const label = group.paths.length === 1 ? storeName(group.paths[0]!) : `${group.paths.length} store paths`;
-      await write(storePathsSource(infos), group.paths, label);
-    }
-    for (const wheel of wheels.layers) await write(wheel.source, wheel.contents, wheel.contents.join(', '));
-    const checked = await wheels.check();
-    for (const w of checked.warnings) options.warn(w);
+    const timed = async (index: number, label: string, contents: string[], make: () => Promise<{ blob: LayerBlob; reused: boolean }>) => {
+      const started = performance.now();
+      const { blob, reused } = await make();
+      const layer: BuiltLayer = { blob, contents, reused, seconds: (performance.now() - started) / 1000 };
+      report(index, layer, label);
+      return layer;
+    };
 
+    // Layers build concurrently (each compresses on its own thread); results keep the plan's order.
+    const limit = pLimit(jobs);
+    const wheelFacts: WheelElfFacts[] = [];
+    const tasks: Promise<BuiltLayer>[] = [
+      ...plan.map((group, i) => {
+        const label = group.paths.length === 1 ? storeName(group.paths[0]!) : `${group.paths.length} store paths`;
+        const infos = group.paths.map((path) => closure.paths.get(path)!);
+        return limit(() => timed(i, label, group.paths, () => cache.storePathLayer(infos)));
+      }),
+      ...wheels.layers.map((wheel, i) =>
+        limit(() =>
+          timed(plan.length + i, wheel.contents.join(', '), wheel.contents, async () => {
+            const done = await cachedWheelLayer(cache, wheel, settings, work);
+            wheelFacts[i] = done.facts;
+            return done;
+          }),
+        ),
+      ),
+    ];
+    // Let every started layer settle before failing, so none writes into a removed work directory.
+    const settled = await Promise.allSettled(tasks);
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    const written = settled.map((r) => (r as PromiseFulfilledResult<BuiltLayer>).value);
+    timings.layers = clock.lap();
+
+    const checked = await wheels.check(wheelFacts);
+    for (const w of checked.warnings) options.warn(w);
+    timings.checks = clock.lap();
+
+    // The image-root layer is tiny and depends on the recipe: always rebuilt.
     const root = rootLayerSource(closure, resolved.root);
-    await write(root.source, root.contents, 'image root');
+    written.push(
+      await timed(total - 1, 'image root', root.contents, async () => ({
+        blob: await writeLayer(root.source, { compression, dir: work, mtime: options.sourceDateEpoch }),
+        reused: false,
+      })),
+    );
     for (const w of root.warnings) options.warn(w);
+    timings.layers += clock.lap();
 
     const tags = options.tags.length > 0 ? options.tags : resolved.tags;
     const { image, warnings } = assembleImage({
@@ -115,11 +177,47 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     });
     for (const w of warnings) options.warn(w);
     await writeImage(image, { format: options.format, output: options.output });
-    return { image, manifestDigest: manifestDigest(image), layers: written, tags: image.tags };
+    timings.output = clock.lap();
+    return { image, manifestDigest: manifestDigest(image), layers: written, tags: image.tags, timings };
   } finally {
     forget();
     rmSync(work, { recursive: true, force: true });
   }
+}
+
+/**
+ * A wheel's layer through the cache, with the library check's inputs from the same pass. Cached facts
+ * name the wheel by file; they are stored without it and given the current file on the way out.
+ */
+async function cachedWheelLayer(cache: LayerCache, wheel: WheelLayerPlan, settings: LayerSettings, work: string) {
+  const key = wheelLayerKey(
+    {
+      sha256: wheel.info.sha256,
+      fileName: wheel.contents[0]!,
+      prefix: wheel.python.prefix,
+      interpreter: wheel.python.interpreter,
+      pythonVersion: wheel.python.version,
+    },
+    settings,
+  );
+  const done = await cache.wholeLayer<WheelElfFacts>(key, async () => {
+    const blob = await writeLayer(wheel.source, { compression: settings.compression, dir: work, mtime: settings.mtime, gzipLevel: settings.gzipLevel });
+    const facts = await wheel.elfFacts();
+    return { blob, facts: { objects: facts.objects.map((o) => ({ ...o, wheel: '' })), problems: facts.problems } };
+  });
+  return { ...done, facts: { objects: done.facts.objects.map((o) => ({ ...o, wheel: wheel.info.file })), problems: done.facts.problems } };
+}
+
+function stopwatch(): { lap(): number } {
+  let last = performance.now();
+  return {
+    lap() {
+      const now = performance.now();
+      const seconds = (now - last) / 1000;
+      last = now;
+      return seconds;
+    },
+  };
 }
 
 function storeName(path: string): string {

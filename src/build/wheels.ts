@@ -5,6 +5,7 @@ import { readWheelInfo, type WheelInfo } from '../wheels/wheel-info.js';
 import { checkWheelTags, type TagTarget } from '../wheels/tags.js';
 import { wheelLayerSource, type WheelLayer } from '../wheels/install.js';
 import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython } from '../wheels/checks/index.js';
+import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
 
 export interface WheelLayerPlan {
@@ -12,13 +13,26 @@ export interface WheelLayerPlan {
   contents: string[];
   info: WheelInfo;
   layer: WheelLayer;
+  /** The image's Python the wheel installs for (part of what decides its layer). */
+  python: { interpreter: string; version: string; prefix: string };
+  /** The library check's inputs gathered while `source` ran; call once the layer is written. */
+  elfFacts(): Promise<WheelElfFacts>;
+}
+
+/**
+ * What the library check needs from one wheel's layer pass. Plain JSON, so a layer cache can keep it
+ * with the layer and skip the pass; `wheel` in each object is the wheel file it was read from.
+ */
+export interface WheelElfFacts {
+  objects: ElfObject[];
+  problems: string[];
 }
 
 /** The wheels stage: what to install, and — once the layers are written — whether the image can run. */
 export interface PreparedWheels {
   layers: WheelLayerPlan[];
-  /** Runs the requirement, library and trap checks; call after every wheel layer was written. */
-  check(): Promise<{ warnings: string[]; env: Record<string, string[]> }>;
+  /** Runs the requirement, library and trap checks, given each layer's ELF facts (in `layers` order). */
+  check(facts: WheelElfFacts[]): Promise<{ warnings: string[]; env: Record<string, string[]> }>;
 }
 
 const PLATFORM_OF_ARCH: Record<string, TagTarget['platform']> = { amd64: 'linux_x86_64', arm64: 'linux_aarch64' };
@@ -52,20 +66,24 @@ export async function prepareWheels(options: {
     infos.push(info);
   }
 
-  const elf = new ElfCollector();
-  const layers = infos.map((info) => {
-    const layer = wheelLayerSource(info, {
-      prefix: recipe.python.prefix,
-      pythonVersion: python.version,
-      interpreter: python.interpreter,
-      inspect: ({ path, entry }) => elf.entry(info.file, entry.name, path),
-    });
-    return { source: layer.source, contents: [wheelFileName(info.file)], info, layer };
+  const layers = infos.map((info): WheelLayerPlan => {
+    // One collector per wheel, so each layer's facts stand alone (and can be cached with it).
+    const elf = new ElfCollector();
+    const target = { prefix: recipe.python.prefix, pythonVersion: python.version, interpreter: python.interpreter };
+    const layer = wheelLayerSource(info, { ...target, inspect: ({ path, entry }) => elf.entry(info.file, entry.name, path) });
+    return {
+      source: layer.source,
+      contents: [wheelFileName(info.file)],
+      info,
+      layer,
+      python: { interpreter: python.interpreter, version: python.version, prefix: recipe.python.prefix },
+      elfFacts: async () => ({ objects: await elf.finish(), problems: [...elf.problems] }),
+    };
   });
 
   return {
     layers,
-    check: () => runChecks({ closure, index, python, recipe, infos, layers, elf, depsCheck: options.depsCheck }),
+    check: (facts) => runChecks({ closure, index, python, recipe, infos, layers, facts, depsCheck: options.depsCheck }),
   };
 }
 
@@ -76,7 +94,7 @@ async function runChecks(o: {
   recipe: ResolvedRecipe;
   infos: WheelInfo[];
   layers: WheelLayerPlan[];
-  elf: ElfCollector;
+  facts: WheelElfFacts[];
   depsCheck: boolean;
 }): Promise<{ warnings: string[]; env: Record<string, string[]> }> {
   const report = await checkWheels({
@@ -85,8 +103,9 @@ async function runChecks(o: {
     python: o.python,
     wheels: o.infos,
     wheelFiles: o.layers.flatMap((l) => l.layer.files),
-    elfObjects: await o.elf.finish(),
-    elfProblems: o.elf.problems,
+    // Sorted as one collector over all wheels would give them, whichever came from a cache.
+    elfObjects: o.facts.flatMap((f) => f.objects).sort((a, b) => cmp(a.wheel, b.wheel) || cmp(a.entry, b.entry)),
+    elfProblems: o.facts.flatMap((f) => f.problems),
     waiveRequirements: o.recipe.checks.waiveRequirements,
     waiveLibraries: o.recipe.checks.waiveLibraries,
     depsCheck: o.depsCheck,
@@ -106,6 +125,10 @@ async function runChecks(o: {
   // Launchers join PATH only where the recipe sets one: a PATH of just the wheels' bin would hide /bin.
   if (o.recipe.env?.PATH !== undefined) env.PATH = binDirs;
   return { warnings: report.warnings, env };
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 function splitPath(value: string | undefined): string[] {

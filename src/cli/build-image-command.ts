@@ -6,6 +6,7 @@ import type { Compression } from '../layers/types.js';
 import { UserError } from '../util/errors.js';
 import { addPushOptions, pushOptionsFromFlags, type PushFlags } from '../registry/push-command.js';
 import { pushImage } from '../registry/push.js';
+import { defaultCacheDir } from '../cache/store.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
@@ -24,12 +25,15 @@ export function buildImageCommand(): Command {
     .option('--python <path>', 'the image\'s Python: a store path or its bin/python3.X (default: found in the closure)')
     .option('--no-deps-check', 'skip the wheels\' requirements check')
     .option('--push <ref>', 'push the built image to HOST[:PORT]/REPO[:TAG] (push options below apply)')
+    .option('--cache-dir <dir>', 'the layer cache (default: $XDG_CACHE_HOME/nix2oci, else ~/.cache/nix2oci)')
+    .option('--no-cache', 'build every layer afresh, leaving no cache behind')
+    .option('--jobs <n>', 'layers to build at once (default: the number of CPUs); with --push also blobs to push at once (default 4)')
     .option('-q, --quiet', 'print only warnings, errors and the result')
     .option('--json', 'print a JSON summary of the build on standard output');
   addRecipeOptions(command);
   // The push flags apply to --push; build-image's own --tag and --quiet already mean the same thing there.
   for (const option of addPushOptions(new Command()).options) {
-    if (option.long !== '--tag' && option.long !== '--quiet') command.addOption(option);
+    if (option.long !== '--tag' && option.long !== '--quiet' && option.long !== '--jobs') command.addOption(option);
   }
   command.action(async (flags: Record<string, unknown>) => {
     const output = flags.output as string;
@@ -39,6 +43,9 @@ export function buildImageCommand(): Command {
       if (!quiet) process.stderr.write(`${line}\n`);
     };
     const maxLayers = flags.maxLayers !== undefined ? parseWholeNumber(flags.maxLayers as string, '--max-layers') : undefined;
+    const jobs = flags.jobs !== undefined ? parseWholeNumber(flags.jobs as string, '--jobs') : undefined;
+    if (flags.cache === false && flags.cacheDir !== undefined) throw new UserError('--cache-dir and --no-cache contradict each other; give one');
+    const cacheDir = flags.cache === false ? null : ((flags.cacheDir as string | undefined) ?? defaultCacheDir());
     const started = Date.now();
     const result = await buildImage({
       closures: flags.closure as string[],
@@ -54,6 +61,8 @@ export function buildImageCommand(): Command {
       compression: flags.compression as Compression | undefined,
       maxLayers,
       sourceDateEpoch: sourceDateEpoch(),
+      cacheDir,
+      jobs,
       log: say,
       warn: (line) => process.stderr.write(`warning: ${line}\n`),
     });
@@ -66,12 +75,18 @@ export function buildImageCommand(): Command {
           manifestDigest: result.manifestDigest,
           tags: result.tags,
           seconds,
-          layers: result.layers.map(({ blob, contents }) => ({
+          timings: result.timings,
+          cache: cacheDir,
+          reused: result.layers.filter((l) => l.reused).length,
+          built: result.layers.filter((l) => !l.reused).length,
+          layers: result.layers.map(({ blob, contents, reused, seconds }) => ({
             digest: blob.digest,
             size: blob.size,
             diffId: blob.diffId,
             uncompressedSize: blob.uncompressedSize,
             contents,
+            reused,
+            seconds,
           })),
         }, null, 2)}\n`,
       );
@@ -81,7 +96,7 @@ export function buildImageCommand(): Command {
     }
     if (flags.push !== undefined) {
       if (output === '-') throw new UserError('--push needs the image in a file or directory, not on standard output');
-      const pushFlags = { ...flags, tag: [], quiet: flags.quiet } as unknown as PushFlags;
+      const pushFlags = { ...flags, tag: [], quiet: flags.quiet, jobs } as unknown as PushFlags;
       await pushImage(result.image, flags.push as string, pushOptionsFromFlags(pushFlags));
     }
   });

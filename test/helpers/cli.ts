@@ -1,9 +1,24 @@
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const CLI = resolve(REPO, 'dist/cli/main.js');
+
+/**
+ * Builds run by tests never touch the user's layer cache: unless a test passes --cache-dir (or its own
+ * XDG_CACHE_HOME), they share this per-process one, removed when the test process exits.
+ */
+let testCacheHome: string | undefined;
+function cacheHome(): string {
+  if (!testCacheHome) {
+    const dir = mkdtempSync(join(tmpdir(), 'nix2oci-test-cache-'));
+    testCacheHome = dir;
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  }
+  return testCacheHome;
+}
 
 export interface CliResult {
   code: number | null;
@@ -19,7 +34,7 @@ export function runCli(args: string[], options: SpawnSyncOptions = {}): CliResul
     encoding: 'utf8',
     maxBuffer: 256 << 20,
     ...options,
-    env: { ...process.env, NIX2OCI_DEBUG: '', ...options.env },
+    env: { ...process.env, NIX2OCI_DEBUG: '', XDG_CACHE_HOME: cacheHome(), ...options.env },
   });
   if (result.error) throw result.error;
   return { code: result.status, stdout: String(result.stdout), stderr: String(result.stderr) };

@@ -1,0 +1,50 @@
+import { createHash } from 'node:crypto';
+import type { StorePathInfo } from '../nix/types.js';
+import type { Compression } from '../layers/types.js';
+
+/**
+ * Bump when the bytes a cached entry stands for would change for the same inputs: the tar writer's
+ * encoding, the store-path source's entries or modes, the gzip framing, or the cache's own layout.
+ */
+export const CACHE_FORMAT_VERSION = 1;
+
+/** Everything besides the content that decides a layer's bytes. */
+export interface LayerSettings {
+  compression: Compression;
+  gzipLevel: number;
+  /** Seconds since the epoch, every entry's mtime. */
+  mtime: number;
+}
+
+function keyOf(kind: string, fields: unknown[]): string {
+  return createHash('sha256')
+    .update(JSON.stringify([kind, CACHE_FORMAT_VERSION, ...fields]))
+    .digest('hex');
+}
+
+function settingsFields(s: LayerSettings): unknown[] {
+  return [s.compression, s.compression === 'gzip' ? s.gzipLevel : 0, s.mtime];
+}
+
+/** A store path's part: its NAR hash fully determines its files, the path their names. */
+export function storePathPartKey(info: Pick<StorePathInfo, 'path' | 'narHash'>, settings: LayerSettings): string {
+  return keyOf('store-path-part', [info.path, info.narHash, ...settingsFields(settings)]);
+}
+
+/** A layer composed of parts, in order: same parts, same layer. */
+export function composedLayerKey(partKeys: string[], settings: LayerSettings): string {
+  return keyOf('composed-layer', [partKeys, ...settingsFields(settings)]);
+}
+
+/** What decides a wheel's layer: the wheel's bytes and name, and where and for which Python it installs. */
+export interface WheelKeyInputs {
+  sha256: string;
+  fileName: string;
+  prefix: string;
+  interpreter: string;
+  pythonVersion: string;
+}
+
+export function wheelLayerKey(wheel: WheelKeyInputs, settings: LayerSettings): string {
+  return keyOf('wheel-layer', [wheel.sha256, wheel.fileName, wheel.prefix, wheel.interpreter, wheel.pythonVersion, ...settingsFields(settings)]);
+}

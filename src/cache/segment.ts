@@ -1,0 +1,206 @@
+import { createHash, type Hash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import zlib from 'node:zlib';
+import { TarWriter, type ChunkSink } from '../layers/tar-writer.js';
+import type { LayerSource } from '../layers/types.js';
+import { removeOnExit } from '../util/cleanup.js';
+import { UserError } from '../util/errors.js';
+import type { LayerSettings } from './keys.js';
+
+/**
+ * Tar segments: a run of tar entries without the end-of-archive blocks, so segments concatenate into
+ * one archive. Each is stored compressed as its own gzip member; gzip members concatenate into one
+ * valid gzip stream (RFC 1952 §2.2), so a layer is composed from members without compressing again.
+ *
+ * Members use the same fixed framing as the layer writer (src/layers/layer-worker.ts): a 10-byte
+ * header with no name, mtime 0, XFL 0, OS 3, raw deflate with zlib's defaults, CRC32 and ISIZE.
+ */
+const GZIP_HEADER = Buffer.from([0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0x03]);
+const CHUNK_SIZE = 1 << 20;
+/** Chunks in flight per segment: bounds memory to a few MiB whatever the segment's size. */
+const CHUNKS_IN_FLIGHT = 4;
+const BLOCK = 512;
+
+/** The two zero blocks that end every tar archive. */
+export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK);
+
+export function deflateOptions(level: number): zlib.ZlibOptions {
+  return { level, windowBits: 15, memLevel: 8, strategy: zlib.constants.Z_DEFAULT_STRATEGY, chunkSize: 256 << 10 };
+}
+
+/** A whole gzip member of small in-memory bytes (the layer's first and last few blocks). */
+export function gzipMemberSync(bytes: Buffer, level: number): Buffer {
+  const trailer = Buffer.alloc(8);
+  trailer.writeUInt32LE(zlib.crc32(bytes) >>> 0, 0);
+  trailer.writeUInt32LE(bytes.length % 0x100000000, 4);
+  return Buffer.concat([GZIP_HEADER, zlib.deflateRawSync(bytes, deflateOptions(level)), trailer]);
+}
+
+/** The stored form of a small segment: a gzip member, or the bytes themselves. */
+export function storedFormSync(bytes: Buffer, settings: LayerSettings): Buffer {
+  return settings.compression === 'gzip' ? gzipMemberSync(bytes, settings.gzipLevel) : bytes;
+}
+
+/**
+ * Runs a layer source through the tar writer and hands each piece of the segment (end blocks cut off)
+ * to `consume`, in order. `consume` may keep the buffer until it calls `release`.
+ */
+export async function tarSegment(
+  source: LayerSource,
+  mtime: number,
+  consume: (bytes: Buffer, release: () => void) => void,
+): Promise<number> {
+  const sink = new SegmentSink(consume);
+  const tar = new TarWriter(sink, { mtime });
+  await source(tar);
+  sink.limit = tar.bytesWritten;
+  await tar.finish();
+  await sink.drained();
+  return sink.limit;
+}
+
+/** Small segments (a few headers) as one buffer. */
+export async function tarSegmentBytes(source: LayerSource, mtime: number): Promise<Buffer> {
+  const pieces: Buffer[] = [];
+  await tarSegment(source, mtime, (bytes, release) => {
+    pieces.push(Buffer.from(bytes));
+    release();
+  });
+  return Buffer.concat(pieces);
+}
+
+/** Hands out a few reusable chunks to the tar writer; drops whatever lies past `limit` (the end blocks). */
+class SegmentSink implements ChunkSink {
+  limit = Number.POSITIVE_INFINITY;
+  #offset = 0;
+  #allocated = 0;
+  #free: Buffer[] = [];
+  #waiters: ((b: Buffer) => void)[] = [];
+  #idle: (() => void)[] = [];
+
+  constructor(private readonly consume: (bytes: Buffer, release: () => void) => void) {}
+
+  acquire(): Buffer | Promise<Buffer> {
+    const chunk = this.#free.pop();
+    if (chunk) return chunk;
+    if (this.#allocated < CHUNKS_IN_FLIGHT) {
+      this.#allocated++;
+      return Buffer.allocUnsafe(CHUNK_SIZE);
+    }
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  submit(chunk: Buffer, length: number): void {
+    const kept = Math.max(0, Math.min(length, this.limit - this.#offset));
+    this.#offset += length;
+    if (kept === 0) return this.#release(chunk);
+    let released = false;
+    this.consume(chunk.subarray(0, kept), () => {
+      if (!released) {
+        released = true;
+        this.#release(chunk);
+      }
+    });
+  }
+
+  /** Resolves once every chunk came back, i.e. everything submitted was consumed. */
+  drained(): Promise<void> {
+    if (this.#free.length === this.#allocated) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
+  }
+
+  #release(chunk: Buffer): void {
+    const waiter = this.#waiters.shift();
+    if (waiter) return waiter(chunk);
+    this.#free.push(chunk);
+    if (this.#free.length === this.#allocated) for (const done of this.#idle.splice(0)) done();
+  }
+}
+
+export interface WrittenSegment {
+  /** sha256 of the stored bytes (the gzip member, or the raw segment). */
+  digest: string;
+  size: number;
+  /** Bytes of tar in the segment. */
+  tarSize: number;
+}
+
+/**
+ * Writes a source's tar segment to `file` in its stored form, in one pass: each tar chunk goes to
+ * `alsoHash` (the whole layer's diffID), through deflate on the libuv thread pool (so layers written
+ * concurrently compress on every core) and into a sha256 of the member. Memory stays at a few chunks.
+ */
+export async function writeSegment(
+  source: LayerSource,
+  settings: LayerSettings,
+  file: string,
+  alsoHash: Hash | null,
+): Promise<WrittenSegment> {
+  const forget = removeOnExit(file);
+  const deflate = settings.compression === 'gzip' ? zlib.createDeflateRaw(deflateOptions(settings.gzipLevel)) : null;
+  const out = createWriteStream(file, { flags: 'wx', mode: 0o644, highWaterMark: 1 << 20 });
+  const memberHash = createHash('sha256');
+  let size = 0;
+  let failure: Error | null = null;
+  const fail = (err: Error) => (failure ??= err);
+  out.on('error', (err) => {
+    fail(err);
+    // A paused deflate would otherwise wait for a drain that never comes.
+    deflate?.destroy();
+  });
+  const emit = (bytes: Buffer, done?: () => void) => {
+    memberHash.update(bytes);
+    size += bytes.length;
+    out.write(bytes, done && (() => done()));
+  };
+
+  let crc = 0;
+  if (deflate) {
+    deflate.on('error', fail);
+    deflate.on('data', (bytes: Buffer) => {
+      if (!out.write(bytes)) deflate.pause();
+      memberHash.update(bytes);
+      size += bytes.length;
+    });
+    out.on('drain', () => deflate.resume());
+    emit(GZIP_HEADER);
+  }
+
+  try {
+    const tarSize = await tarSegment(source, settings.mtime, (bytes, release) => {
+      if (failure) throw failure;
+      alsoHash?.update(bytes);
+      if (!deflate) return emit(bytes, release);
+      crc = zlib.crc32(bytes, crc);
+      // deflate reads the chunk asynchronously: it goes back to the tar writer once consumed.
+      deflate.write(bytes, release);
+    });
+    if (deflate) {
+      await new Promise<void>((resolve, reject) => {
+        deflate.once('end', resolve);
+        deflate.once('error', reject);
+        deflate.end();
+      });
+      const trailer = Buffer.alloc(8);
+      trailer.writeUInt32LE(crc >>> 0, 0);
+      trailer.writeUInt32LE(tarSize % 0x100000000, 4);
+      emit(trailer);
+    }
+    await new Promise<void>((resolve, reject) => {
+      out.once('error', reject);
+      out.end(resolve);
+    });
+    if (failure) throw failure;
+    return { digest: `sha256:${memberHash.digest('hex')}`, size, tarSize };
+  } catch (err) {
+    deflate?.destroy();
+    if (!out.closed) await new Promise<void>((closed) => out.destroy().once('close', () => closed()));
+    await rm(file, { force: true });
+    const e = err as NodeJS.ErrnoException;
+    if (e.code && !(err instanceof UserError)) throw new UserError(`cannot write cache file ${file}: ${e.code}`, { cause: err });
+    throw err;
+  } finally {
+    forget();
+  }
+}

@@ -1,0 +1,156 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { link, copyFile, mkdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { removeOnExit } from '../util/cleanup.js';
+import { UserError } from '../util/errors.js';
+import { CACHE_FORMAT_VERSION } from './keys.js';
+
+/**
+ * The on-disk cache: content-addressed blobs and small JSON entries naming them.
+ *
+ *   <dir>/v1/blobs/<sha256 hex>      a gzip member (or raw tar segment) or a whole layer blob
+ *   <dir>/v1/parts/<key>.json        a store path's part:   { digest, size, tarSize }
+ *   <dir>/v1/layers/<key>.json       a composed layer:      { digest, size, diffId, uncompressedSize }
+ *   <dir>/v1/wheels/<key>.json       a wheel's layer:       { digest, size, diffId, uncompressedSize, elf }
+ *   <dir>/v1/tmp/                    files being written (renamed into place when complete)
+ *
+ * Every file appears by rename, so readers see none or all of it; two builds writing the same entry
+ * write the same bytes. Readers never trust a blob: they check its size and sha256 while using it.
+ * An entry's mtime is its last use (touched on every hit), which `prune` evicts by.
+ */
+export type EntryKind = 'parts' | 'layers' | 'wheels';
+export const ENTRY_KINDS: EntryKind[] = ['parts', 'layers', 'wheels'];
+
+export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_CACHE_HOME;
+  // The XDG spec says a relative XDG_CACHE_HOME is invalid and to be ignored.
+  if (xdg && xdg.startsWith('/')) return join(xdg, 'nix2oci');
+  return join(homedir(), '.cache', 'nix2oci');
+}
+
+export class CacheStore {
+  readonly root: string;
+
+  private constructor(readonly dir: string) {
+    this.root = join(dir, `v${CACHE_FORMAT_VERSION}`);
+  }
+
+  /** Opens (creating) the cache in `dir`. */
+  static async open(dir: string): Promise<CacheStore> {
+    const store = new CacheStore(dir);
+    try {
+      for (const sub of ['blobs', 'tmp', ...ENTRY_KINDS]) await mkdir(join(store.root, sub), { recursive: true });
+    } catch (err) {
+      throw new UserError(`cannot use cache directory ${dir}: ${(err as NodeJS.ErrnoException).code ?? String(err)} (pick another with --cache-dir, or --no-cache)`);
+    }
+    return store;
+  }
+
+  blobPath(digest: string): string {
+    return join(this.root, 'blobs', digestHex(digest));
+  }
+
+  entryPath(kind: EntryKind, key: string): string {
+    return join(this.root, kind, `${key}.json`);
+  }
+
+  /** A fresh temp file name in the cache (same file system as the blobs, so rename works). */
+  tempPath(): string {
+    return join(this.root, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}.tmp`);
+  }
+
+  /** An entry's JSON, or null when absent or unreadable (then it is treated as a miss and rewritten). */
+  async readEntry<T>(kind: EntryKind, key: string, valid: (value: unknown) => value is T): Promise<T | null> {
+    const path = this.entryPath(kind, key);
+    let value: unknown;
+    try {
+      value = JSON.parse(await readFile(path, 'utf8'));
+    } catch {
+      return null;
+    }
+    if (!valid(value)) {
+      await rm(path, { force: true });
+      return null;
+    }
+    return value;
+  }
+
+  async writeEntry(kind: EntryKind, key: string, value: unknown): Promise<void> {
+    const temp = this.tempPath();
+    const forget = removeOnExit(temp);
+    try {
+      await writeFile(temp, `${JSON.stringify(value)}\n`, { flag: 'wx' });
+      await rename(temp, this.entryPath(kind, key));
+    } finally {
+      forget();
+      await rm(temp, { force: true });
+    }
+  }
+
+  /** Marks an entry as just used, for least-recently-used pruning. Best effort. */
+  async touch(kind: EntryKind, key: string): Promise<void> {
+    const now = new Date();
+    await utimes(this.entryPath(kind, key), now, now).catch(() => undefined);
+  }
+
+  async removeEntry(kind: EntryKind, key: string, digest?: string): Promise<void> {
+    await rm(this.entryPath(kind, key), { force: true });
+    if (digest) await rm(this.blobPath(digest), { force: true });
+  }
+
+  /** Moves a finished temp file (whose sha256 is `digest`) into the blob store. */
+  async adoptBlob(temp: string, digest: string): Promise<void> {
+    await rename(temp, this.blobPath(digest));
+  }
+
+  /** Puts a copy of `file` (sha256 `digest`) into the blob store: a hard link where possible. */
+  async storeBlobCopy(file: string, digest: string): Promise<void> {
+    const temp = this.tempPath();
+    const forget = removeOnExit(temp);
+    try {
+      await link(file, temp).catch(() => copyFile(file, temp));
+      await rename(temp, this.blobPath(digest));
+    } finally {
+      forget();
+      await rm(temp, { force: true });
+    }
+  }
+
+  /**
+   * Gives `target` the bytes of a cached blob (a hard link where possible, else a copy), then checks
+   * its size and sha256. Linking first means a concurrent prune cannot take the bytes away mid-use.
+   * Returns false, leaving no `target`, when the blob is missing or damaged.
+   */
+  async checkOutBlob(digest: string, size: number, target: string): Promise<boolean> {
+    const source = this.blobPath(digest);
+    try {
+      await link(source, target).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') throw err;
+        await copyFile(source, target);
+      });
+    } catch {
+      return false;
+    }
+    if ((await stat(target)).size === size && (await sha256File(target)) === digest) return true;
+    await rm(target, { force: true });
+    return false;
+  }
+}
+
+export function digestHex(digest: string): string {
+  if (!/^sha256:[0-9a-f]{64}$/.test(digest)) throw new Error(`not a sha256 digest: ${digest}`);
+  return digest.slice(7);
+}
+
+/** `sha256:<hex>` of a file, streamed. */
+export async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
+}
+
+export const isDigest = (v: unknown): v is string => typeof v === 'string' && /^sha256:[0-9a-f]{64}$/.test(v);
+export const isSize = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+export const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
