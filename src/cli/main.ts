@@ -4,6 +4,7 @@ import { isUserError } from '../util/errors.js';
 import { buildImageCommand } from './build-image-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { pushCommand } from '../registry/push-command.js';
+import { cacheCommand } from './cache-command.js';
 import { runCleanups } from '../util/cleanup.js';
 
 const program = new Command()
@@ -16,6 +17,7 @@ const program = new Command()
 program.addCommand(buildImageCommand());
 program.addCommand(inspectCommand());
 program.addCommand(pushCommand());
+program.addCommand(cacheCommand());
 
 // An interrupted build removes its temporary files and leaves no output.
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
