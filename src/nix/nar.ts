@@ -188,7 +188,7 @@ class NarParser {
 
   constructor(
     readonly r: ChunkReader,
-    readonly visitor: NarVisitor,
+    readonly visitor: NarVisitor | null,
     readonly ctx: NarContext,
   ) {}
 
@@ -260,10 +260,13 @@ class NarParser {
         }
         this.#expect(T.contents);
         const size = this.#size();
-        const contents = new FileContents(r, size);
-        const v = this.visitor.regular({ type: 'regular', path, executable, size }, contents);
-        if (v) await v;
-        const left = contents.finish();
+        let left = size;
+        if (this.visitor) {
+          const contents = new FileContents(r, size);
+          const v = this.visitor.regular({ type: 'regular', path, executable, size }, contents);
+          if (v) await v;
+          left = contents.finish();
+        }
         if (left > 0) {
           const s = r.skip(left);
           if (s) await s;
@@ -273,7 +276,7 @@ class NarParser {
         this.#padding(size);
         this.#expect(T.close);
       } else if (this.#match(T.directory)) {
-        const v = this.visitor.directory({ type: 'directory', path });
+        const v = this.visitor?.directory({ type: 'directory', path });
         if (v) await v;
         dirs.push({ path, previousName: null, previousBytes: null });
         childDone = false;
@@ -282,7 +285,7 @@ class NarParser {
         if (wait) await wait;
         this.#expect(T.target);
         const target = this.#target(path);
-        const v = this.visitor.symlink({ type: 'symlink', path, target });
+        const v = this.visitor?.symlink({ type: 'symlink', path, target });
         if (v) await v;
         this.#expect(T.close);
       } else {
@@ -471,9 +474,9 @@ class NarParser {
  * Contents: `visitor.regular` gets an async iterable of chunks that are views into the reader's buffer,
  * valid until the next chunk is asked for or `regular` returns; the parser waits for `regular` to settle
  * before touching the buffer again. A visitor that returns without consuming the contents skips them;
- * without hashing, skipped bytes are not even read.
+ * without hashing, skipped bytes are not even read. A null visitor only validates (and lets the reader hash).
  */
-export function parseNar(reader: ChunkReader, visitor: NarVisitor, ctx: NarContext): Promise<void> {
+export function parseNar(reader: ChunkReader, visitor: NarVisitor | null, ctx: NarContext): Promise<void> {
   return new NarParser(reader, visitor, ctx).run();
 }
 
