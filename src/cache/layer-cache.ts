@@ -12,8 +12,8 @@ import { composedLayerKey, storePathPartKey, type LayerSettings } from './keys.j
 import { CacheStore, digestHex, isDigest, isRecord, isSize } from './store.js';
 import { END_OF_ARCHIVE, storedFormSync, tarSegment, tarSegmentBytes, writeSegment, type WrittenSegment } from './segment.js';
 
-/** A store path's cached part: its tar segment in stored form. */
-type PartEntry = WrittenSegment;
+/** A store path's cached part: its tar segment in stored form (the path is there for people reading the cache). */
+type PartEntry = WrittenSegment & { storePath?: string };
 /** A layer composed of parts; its diffID cannot be derived from the parts' hashes, so it is kept. */
 interface LayerEntry {
   digest: string;
@@ -103,7 +103,7 @@ export class LayerCache {
           if (tarSize !== cached.tarSize) stale.push(i);
           continue;
         }
-        parts[i] = await this.#writePart(source, partKeys[i]!, diff);
+        parts[i] = await this.#writePart(source, partKeys[i]!, info.path, diff);
         built++;
       }
       if (stale.length > 0) {
@@ -165,12 +165,13 @@ export class LayerCache {
     return this.#head;
   }
 
-  async #writePart(source: Parameters<typeof writeSegment>[0], key: string, diff: Hash): Promise<PartEntry> {
+  async #writePart(source: Parameters<typeof writeSegment>[0], key: string, storePath: string, diff: Hash): Promise<PartEntry> {
     const temp = this.store.tempPath();
     const written = await writeSegment(source, this.settings, temp, diff);
     await this.store.adoptBlob(temp, written.digest);
-    await this.store.writeEntry('parts', key, written);
-    return written;
+    const entry: PartEntry = { ...written, storePath };
+    await this.store.writeEntry('parts', key, entry);
+    return entry;
   }
 
   async #dropParts(keys: string[], parts: (PartEntry | null)[], bad: number[]): Promise<void> {
