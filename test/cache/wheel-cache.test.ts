@@ -1,0 +1,76 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { cliOk, runCli } from '../helpers/cli.js';
+import { buildPythonClosure, canBuildPythonClosure, exportPythonClosure } from '../helpers/python-closure.js';
+import { makeZlibExtensionWheel, ZLIB_EXTENSION_ENTRY } from '../helpers/vllm-wheels.js';
+import { makeWheel } from '../helpers/wheels.js';
+import { tools } from '../helpers/tools.js';
+
+/**
+ * Wheel layers through the cache, on the real Python closure: a hit skips the pass that feeds the
+ * library check, so the check must see the same facts from the cache (the image's LD_LIBRARY_PATH
+ * comes from it, and so does a missing library's error).
+ */
+
+interface Summary {
+  manifestDigest: string;
+  layers: { digest: string; contents: string[]; reused: boolean }[];
+}
+
+const ready = canBuildPythonClosure() && tools('nix-build', 'nix-store', 'gcc', 'python3');
+
+describe.runIf(ready)('wheel layers from the cache', () => {
+  let dir: string;
+  let withZlib: string;
+  let withoutZlib: string;
+  let zlibext: string;
+  let pkg1: string;
+  let pkg2: string;
+
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'nix2oci-wheel-cache-'));
+    withZlib = exportPythonClosure(buildPythonClosure({ zlib: true }), join(dir, 'with-zlib')).closureFile;
+    withoutZlib = exportPythonClosure(buildPythonClosure(), join(dir, 'without-zlib')).closureFile;
+    zlibext = makeZlibExtensionWheel(dir);
+    pkg1 = makeWheel({ dir, name: 'cachedemo', version: '1.0', files: { 'cachedemo/__init__.py': 'VERSION = 1\n' } });
+    pkg2 = makeWheel({ dir, name: 'cachedemo', version: '2.0', files: { 'cachedemo/__init__.py': 'VERSION = 2\n' } });
+  });
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const build = (closure: string, cache: string, wheels: string[]) =>
+    JSON.parse(
+      cliOk(['build-image', '-q', '--json', '--closure', closure, '--cache-dir', cache, ...wheels.flatMap((w) => ['--wheel', w]), '--output', join(dir, `out-${Math.random()}.tar`)]).stdout,
+    ) as Summary;
+  const wheelLayers = (s: Summary) => Object.fromEntries(s.layers.filter((l) => l.contents[0]!.endsWith('.whl')).map((l) => [l.contents[0]!, l.reused]));
+
+  it('a rebuild with one changed wheel rebuilds only that wheel’s layer, and the image is a cold build’s', () => {
+    const cache = join(dir, 'cache-a');
+    const cold = build(withZlib, cache, [zlibext, pkg1]);
+    expect(Object.values(wheelLayers(cold))).toEqual([false, false]);
+    const warm = build(withZlib, cache, [zlibext, pkg1]);
+    expect(wheelLayers(warm)).toEqual({ 'zlibext-1.0-cp311-cp311-linux_x86_64.whl': true, 'cachedemo-1.0-py3-none-any.whl': true });
+    // Same manifest: same config too, whose LD_LIBRARY_PATH the library check derived from cached ELF facts.
+    expect(warm.manifestDigest).toBe(cold.manifestDigest);
+    expect(warm.layers.filter((l) => !l.contents[0]!.endsWith('.whl') && l.contents[0] !== 'image-root').every((l) => l.reused)).toBe(true);
+
+    const changed = build(withZlib, cache, [zlibext, pkg2]);
+    expect(wheelLayers(changed)).toEqual({ 'zlibext-1.0-cp311-cp311-linux_x86_64.whl': true, 'cachedemo-2.0-py3-none-any.whl': false });
+    expect(changed.manifestDigest).toBe(build(withZlib, join(dir, 'cache-b'), [zlibext, pkg2]).manifestDigest);
+  });
+
+  it('the library check fails the same way from a cached wheel layer as from a fresh one', () => {
+    const cache = join(dir, 'cache-c');
+    const args = ['build-image', '-q', '--closure', withoutZlib, '--cache-dir', cache, '--wheel', zlibext, '--output', join(dir, 'fails.tar')];
+    const cold = runCli(args);
+    const stats = JSON.parse(cliOk(['cache', 'stats', '--json', '--cache-dir', cache]).stdout);
+    expect(stats.entries.wheels).toBe(1);
+    const warm = runCli(args);
+    expect(cold.code).toBe(1);
+    expect(cold.stderr).toContain(`zlibext-1.0-cp311-cp311-linux_x86_64.whl: ${ZLIB_EXTENSION_ENTRY} needs libz.so.1: not found`);
+    expect(warm).toEqual(cold);
+  });
+});
