@@ -42,6 +42,9 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
   if (files.length === 0) throw new UserError('no closure files given: pass one or more nix-store --export files (or - for stdin)');
   if (files.filter((f) => f === '-').length > 1) throw new UserError("stdin ('-') can be given only once");
 
+  // Read first, so a bad path-info file fails before gigabytes are indexed.
+  const pathInfo = opts.pathInfoFile === undefined ? null : await readPathInfo(opts.pathInfoFile);
+
   const labels = new Map<string, string>(); // indexed file → label
   const merged = new Map<string, StorePathInfo>();
   for (const given of files) {
@@ -89,12 +92,11 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
     }
   }
 
-  if (opts.pathInfoFile !== undefined) {
-    const entries = await readPathInfo(opts.pathInfoFile);
+  if (pathInfo !== null) {
     checkAgainstPathInfo(
       sorted.map((p) => merged.get(p)!),
-      entries,
-      opts.pathInfoFile,
+      pathInfo,
+      opts.pathInfoFile!,
       labelOf,
     );
   }
