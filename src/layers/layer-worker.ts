@@ -1,15 +1,23 @@
 import { Worker } from 'node:worker_threads';
-import { availableParallelism } from 'node:os';
+import { layerJobs } from './jobs.js';
 
 /**
  * A small pool of worker threads that turn a stream of tar chunks into a layer blob file:
  * sha256 of the tar (diffID) → optional gzip → sha256 of the blob (digest) → temp file → rename.
- * Hashing, compressing and writing happen off the main thread, which only encodes the tar, so reading
- * NARs and writing layers overlap on separate cores. Workers are reused across layers and unref'd while idle.
+ * Hashing and writing happen off the main thread, which only encodes the tar, so reading NARs and writing
+ * layers overlap on separate cores. With gzip, every chunk of the tar is deflated on its own, on the
+ * thread pool, into one gzip member: the parts of a single huge layer compress on every core at once.
+ * Workers are reused across layers and unref'd while idle.
  */
 
-/** Size of one chunk slot, and how many slots each worker shares with the main thread (16 MiB in all). */
+/**
+ * Size of one chunk slot, and how many slots each worker shares with the main thread (16 MiB in all).
+ * The tar writer fills a chunk before submitting it, so a chunk is also a gzip member's worth of tar:
+ * the blob's bytes depend on this constant (and on nothing about the machine). Compressing 4 MiB parts
+ * alone costs 0.03% in size against one stream on 192 MiB of the bench closure (1 MiB parts: 0.19%).
+ */
 export const SLOT_SIZE = 4 << 20;
+export const PART_SIZE = SLOT_SIZE;
 export const SLOT_COUNT = 4;
 
 /**
@@ -48,8 +56,12 @@ const path = require('node:path');
 const zlib = require('node:zlib');
 
 const GZIP_HEADER = Buffer.from([0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0x03]);
-/** zlib's output buffer: larger than its 16 KiB default, for fewer thread pool round trips and writes. */
+/** zlib's output buffer: larger than its 16 KiB default, for fewer thread pool round trips. */
 const DEFLATE_OUT_CHUNK = 256 << 10;
+const DEFLATE_OPTIONS = [1, 2, 3, 4, 5, 6, 7, 8, 9].reduce((all, level) => {
+  all[level] = { level, windowBits: 15, memLevel: 8, strategy: zlib.constants.Z_DEFAULT_STRATEGY, chunkSize: DEFLATE_OUT_CHUNK };
+  return all;
+}, {});
 const SLOT_SIZE = ${SLOT_SIZE};
 let job = null;
 let shared = null;
@@ -68,20 +80,13 @@ parentPort.on('message', (msg) => {
 
 function start(msg) {
   const fd = fs.openSync(msg.tempFile, 'wx', 0o644);
-  const j = {
+  job = {
     fd, tempFile: msg.tempFile, dir: msg.dir, tar: createHash('sha256'), tarSize: 0,
-    blob: null, crc: 0, deflate: null, written: 0, queue: [], pendingWrites: 0, whenIdle: [], failed: false, renamed: false,
+    blob: msg.compression === 'gzip' ? createHash('sha256') : null, level: msg.level,
+    // Members by sequence number: compressed out of order on the thread pool, emitted in order.
+    nextPart: 0, nextEmit: 0, members: new Map(), ending: false,
+    written: 0, queue: [], pendingWrites: 0, whenIdle: [], failed: false, renamed: false,
   };
-  job = j;
-  if (msg.compression === 'gzip') {
-    j.blob = createHash('sha256');
-    j.deflate = zlib.createDeflateRaw({
-      level: msg.level, windowBits: 15, memLevel: 8, strategy: zlib.constants.Z_DEFAULT_STRATEGY, chunkSize: DEFLATE_OUT_CHUNK,
-    });
-    j.deflate.on('data', (out) => { if (!j.failed) emit(j, out); });
-    j.deflate.on('error', (err) => fail(j, err));
-    emit(j, GZIP_HEADER);
-  }
 }
 
 /** Compressed bytes: hashed here, written behind (zlib hands out views it never rewrites). */
@@ -137,25 +142,41 @@ function chunk(msg) {
   j.tar.update(view);
   j.tarSize += msg.length;
   const free = () => parentPort.postMessage({ type: 'free', slot: msg.slot });
-  if (!j.deflate) return write(j, view, free);
-  j.crc = zlib.crc32(view, j.crc);
-  // zlib reads the chunk asynchronously: it goes back to the main thread only once consumed.
-  j.deflate.write(view, () => { if (!j.failed) free(); });
+  if (!j.blob) return write(j, view, free);
+  // Each chunk is one part of the tar and becomes one gzip member of its own, deflated on the thread pool
+  // while other parts (of this layer or others) are: the main thread bounds how many are in flight.
+  const seq = j.nextPart++;
+  const crc = zlib.crc32(view, 0);
+  const length = msg.length;
+  zlib.deflateRaw(view, DEFLATE_OPTIONS[j.level], (err, deflated) => {
+    if (j.failed) return;
+    if (err) return fail(j, err);
+    free();
+    j.members.set(seq, { deflated, crc, length });
+    emitMembers(j);
+  });
+}
+
+/** Emits the members that are next in order: header, deflate stream, CRC32 and ISIZE trailer (RFC 1952). */
+function emitMembers(j) {
+  for (let m = j.members.get(j.nextEmit); m; m = j.members.get(j.nextEmit)) {
+    j.members.delete(j.nextEmit++);
+    const trailer = Buffer.alloc(8);
+    trailer.writeUInt32LE(m.crc >>> 0, 0);
+    trailer.writeUInt32LE(m.length, 4);
+    emit(j, GZIP_HEADER);
+    emit(j, m.deflated);
+    emit(j, trailer);
+  }
+  if (j.ending && j.nextEmit === j.nextPart) afterWrites(j, () => finish(j, j.blob, j.written));
 }
 
 function end() {
   const j = job;
   if (!j || j.failed) return;
-  if (!j.deflate) return afterWrites(j, () => finish(j, j.tar.copy(), j.written));
-  j.deflate.on('end', () => {
-    if (j.failed) return;
-    const trailer = Buffer.alloc(8);
-    trailer.writeUInt32LE(j.crc >>> 0, 0);
-    trailer.writeUInt32LE(j.tarSize % 0x100000000, 4);
-    emit(j, trailer);
-    afterWrites(j, () => finish(j, j.blob, j.written));
-  });
-  j.deflate.end();
+  if (!j.blob) return afterWrites(j, () => finish(j, j.tar.copy(), j.written));
+  j.ending = true;
+  emitMembers(j);
 }
 
 function finish(j, blobHash, size) {
@@ -177,10 +198,9 @@ function finish(j, blobHash, size) {
 
 /** Stops a job: no more work, and once its writes have landed, its fd closed and its temp file gone. */
 function stop(j, then) {
-  if (!j.failed) {
-    j.failed = true;
-    if (j.deflate) j.deflate.destroy();
-  }
+  // Deflates still on the thread pool finish unheeded: their results are dropped.
+  j.failed = true;
+  j.members.clear();
   afterWrites(j, () => {
     if (j.fd >= 0) {
       try { fs.closeSync(j.fd); } catch {}
@@ -261,14 +281,14 @@ const idle: LayerWorker[] = [];
 const waiting: ((worker: LayerWorker) => void)[] = [];
 let live = 0;
 
-/** A worker for one job; at most one per core exist, further callers wait for one to be released. */
+/** A worker for one layer; at most `layerJobs()` exist, further callers wait for one to be released. */
 export async function acquireWorker(): Promise<LayerWorker> {
   while (idle.length > 0) {
     const worker = idle.pop()!;
     if (!worker.dead) return worker;
     live--;
   }
-  if (live < availableParallelism()) {
+  if (live < layerJobs()) {
     live++;
     return new LayerWorker();
   }

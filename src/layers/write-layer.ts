@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { UserError } from '../util/errors.js';
 import type { Compression, LayerBlob, LayerSource } from './types.js';
 import { TarWriter, type ChunkSink } from './tar-writer.js';
+import { acquireCompressionTurn, releaseCompressionTurn } from './jobs.js';
 import { acquireWorker, releaseWorker, type FromWorker, type LayerWorker, type WorkerListener } from './layer-worker.js';
 
 export interface WriteLayerOptions {
@@ -13,6 +14,11 @@ export interface WriteLayerOptions {
   mtime: number;
   /** zlib level 1–9 for gzip; default 6 (zlib's default, as Docker uses). */
   gzipLevel?: number;
+  /**
+   * At most this many of this layer's parts compress at once (default: no bound of its own). All layers
+   * together are bounded by `setLayerJobs` (`--jobs`).
+   */
+  jobs?: number;
 }
 
 export const DEFAULT_GZIP_LEVEL = 6;
@@ -22,6 +28,10 @@ export const DEFAULT_GZIP_LEVEL = 6;
  * thread; a worker thread hashes the tar (diffID), gzips it if asked, hashes the blob (digest) and writes
  * it to a temp file in `dir`, renamed to `<dir>/<digest hex>` once complete. Nothing is tarred or
  * compressed twice and no layer is held in memory.
+ *
+ * A gzip blob is a series of gzip members (RFC 1952 §2.2), one per PART_SIZE of tar, each compressed
+ * independently and in parallel; a tar smaller than one part is a single member. Every gzip reader
+ * reads such a file as the one concatenated tar.
  */
 export async function writeLayer(source: LayerSource, options: WriteLayerOptions): Promise<LayerBlob> {
   const level = options.gzipLevel ?? DEFAULT_GZIP_LEVEL;
@@ -29,9 +39,11 @@ export async function writeLayer(source: LayerSource, options: WriteLayerOptions
     throw new UserError(`unknown compression "${String(options.compression)}" (use gzip or none)`);
   }
   if (!Number.isInteger(level) || level < 1 || level > 9) throw new UserError(`gzip level must be 1 to 9, got ${level}`);
+  const jobs = options.jobs ?? Infinity;
+  if (jobs !== Infinity && (!Number.isInteger(jobs) || jobs < 1)) throw new UserError(`jobs must be a whole number of at least 1, got ${jobs}`);
 
   const worker = await acquireWorker();
-  const job = new LayerJob(worker, options.dir);
+  const job = new LayerJob(worker, options.dir, options.compression === 'gzip' ? jobs : 0);
   try {
     const tar = new TarWriter(job, { mtime: options.mtime });
     worker.post({ type: 'start', tempFile: job.tempFile, dir: options.dir, compression: options.compression, level });
@@ -56,20 +68,29 @@ export async function writeLayer(source: LayerSource, options: WriteLayerOptions
 
 type Done = Extract<FromWorker, { type: 'done' }>;
 
-/** The main thread's side of one layer being written: hands out the worker's free slots and follows it. */
+/**
+ * The main thread's side of one layer being written: hands out the worker's free slots and follows it.
+ * With compression, a filled slot goes to the worker only with a compression turn (see jobs.ts), held
+ * until the worker frees the slot, that is until the part is deflated.
+ */
 class LayerJob implements ChunkSink, WorkerListener {
   readonly tempFile: string;
   readonly #worker: LayerWorker;
   readonly #dir: string;
   readonly #free: number[];
+  /** Parts of this layer compressing at once, at most; 0 when not compressing (no turns taken). */
+  readonly #maxParts: number;
+  #turnsHeld = 0;
+  #partWaiters: (() => void)[] = [];
   #slotWaiters: { resolve: (b: Buffer) => void; reject: (e: Error) => void }[] = [];
   #failure: Error | null = null;
   #ended: { resolve: (d: Done) => void; reject: (e: Error) => void } | null = null;
   #aborted: (() => void) | null = null;
 
-  constructor(worker: LayerWorker, dir: string) {
+  constructor(worker: LayerWorker, dir: string, maxParts: number) {
     this.#worker = worker;
     this.#dir = dir;
+    this.#maxParts = maxParts;
     // Every slot is free between jobs: a job ends only once the worker is done with all of them.
     this.#free = worker.slots.map((_, i) => i).reverse();
     this.tempFile = join(dir, `.layer-${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
@@ -83,11 +104,32 @@ class LayerJob implements ChunkSink, WorkerListener {
     return new Promise((resolve, reject) => this.#slotWaiters.push({ resolve, reject }));
   }
 
-  submit(chunk: Buffer, length: number): void {
+  submit(chunk: Buffer, length: number): void | Promise<void> {
     if (this.#failure) throw this.#failure;
     const slot = this.#worker.slots.indexOf(chunk);
     if (slot < 0) throw new Error('layer chunk is not one of the worker’s slots');
+    if (this.#maxParts === 0) return this.#worker.post({ type: 'chunk', slot, length });
+    return this.#submitWithTurn(slot, length);
+  }
+
+  async #submitWithTurn(slot: number, length: number): Promise<void> {
+    if (this.#turnsHeld >= this.#maxParts) await new Promise<void>((resolve) => this.#partWaiters.push(resolve));
+    const turn = acquireCompressionTurn();
+    if (turn) await turn;
+    this.#turnsHeld++;
+    if (this.#failure) {
+      this.#releaseTurns();
+      throw this.#failure;
+    }
     this.#worker.post({ type: 'chunk', slot, length });
+  }
+
+  #releaseTurns(count = this.#turnsHeld): void {
+    for (let i = 0; i < count; i++) {
+      this.#turnsHeld--;
+      releaseCompressionTurn();
+      this.#partWaiters.shift()?.();
+    }
   }
 
   /** Tells the worker the tar is complete and waits for the blob. */
@@ -111,6 +153,7 @@ class LayerJob implements ChunkSink, WorkerListener {
   onMessage(message: FromWorker): void {
     switch (message.type) {
       case 'free': {
+        if (this.#turnsHeld > 0) this.#releaseTurns(1);
         const waiter = this.#slotWaiters.shift();
         if (waiter) waiter.resolve(this.#worker.slots[message.slot]!);
         else this.#free.push(message.slot);
@@ -123,6 +166,7 @@ class LayerJob implements ChunkSink, WorkerListener {
         this.#fail(new UserError(`cannot write layer in ${this.#dir}: ${message.message}`));
         break;
       case 'aborted':
+        this.#releaseTurns();
         this.#aborted?.();
         break;
     }
@@ -135,6 +179,9 @@ class LayerJob implements ChunkSink, WorkerListener {
 
   #fail(error: Error): void {
     this.#failure ??= error;
+    // The worker frees no more slots: give back the turns its parts held.
+    this.#releaseTurns();
+    for (const waiter of this.#partWaiters.splice(0)) waiter();
     for (const waiter of this.#slotWaiters.splice(0)) waiter.reject(this.#failure);
     this.#ended?.reject(this.#failure);
   }

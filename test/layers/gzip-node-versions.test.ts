@@ -8,7 +8,9 @@ import { join, resolve } from 'node:path';
  * Gzip layer digests must not depend on the Node release that built them. Node bundles Chromium's zlib
  * and has changed it between releases; this test runs the real layer writer (compiled from src/layers)
  * under every supported Node line, taken from the npm registry's node-<os>-<arch> packages, on the same
- * few MB of mixed data at levels 1, 6 and 9, and requires identical blobs.
+ * ~7 MB of mixed data at levels 1, 6 and 9, and requires identical blobs. The tar spans two parts, so
+ * the blob is several gzip members, each deflated on its own in parallel: their bytes and order must not
+ * depend on the Node release either.
  */
 
 const repo = resolve(import.meta.dirname, '../..');
@@ -43,6 +45,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeLayer } from './layers/write-layer.js';
+import { PART_SIZE } from './layers/layer-worker.js';
 
 function* inputs() {
   let x = 2463534242;
@@ -57,6 +60,10 @@ function* inputs() {
   yield ['zeros', Buffer.alloc(256 << 10)];
   const small = Buffer.alloc(512 << 10); for (let i = 0; i < small.length; i++) small[i] = 97 + (next() % 5);
   yield ['small-alphabet', small];
+  // Past a part boundary (PART_SIZE is 4 MiB): several members, compressed concurrently.
+  const words = [];
+  for (let i = 0; i < 900000; i++) words.push((next() % 4 === 0 ? next().toString(36) : 'lib' + (next() % 50)) + (i % 16 ? ' ' : '\\n'));
+  yield ['multi-part', Buffer.from(words.join(''))];
 }
 
 const source = async (sink) => {
@@ -68,7 +75,7 @@ const result = { node: process.version, zlib: process.versions.zlib, layers: {} 
 for (const gzipLevel of [1, 6, 9]) {
   const dir = mkdtempSync(join(tmpdir(), 'nix2oci-gz-'));
   const blob = await writeLayer(source, { compression: 'gzip', dir, mtime: 1, gzipLevel });
-  result.layers[gzipLevel] = { digest: blob.digest, size: blob.size, diffId: blob.diffId };
+  result.layers[gzipLevel] = { digest: blob.digest, size: blob.size, diffId: blob.diffId, parts: Math.ceil(blob.uncompressedSize / PART_SIZE) };
   rmSync(dir, { recursive: true });
 }
 console.log(JSON.stringify(result));
@@ -102,7 +109,7 @@ describe('gzip layers across Node releases', () => {
         JSON.parse(execFileSync(node, [join(compiled, 'run.mjs')], { encoding: 'utf8' })) as {
           node: string;
           zlib: string;
-          layers: Record<string, { digest: string; size: number; diffId: string }>;
+          layers: Record<string, { digest: string; size: number; diffId: string; parts: number }>;
         },
     );
     console.log(results.map((r) => `${r.node} zlib ${r.zlib}: level 6 ${r.layers['6']!.digest}`).join('\n'));
@@ -110,6 +117,7 @@ describe('gzip layers across Node releases', () => {
     const first = results[0]!.layers;
     expect(new Set(Object.values(first).map((l) => l.diffId)).size).toBe(1); // one tar, three compressions
     expect(new Set(Object.values(first).map((l) => l.digest)).size).toBe(3);
+    expect(first['6']!.parts).toBeGreaterThanOrEqual(2); // several gzip members
     for (const r of results) expect({ node: r.node, layers: r.layers }).toEqual({ node: r.node, layers: first });
   });
 });
