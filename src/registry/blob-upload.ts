@@ -79,6 +79,11 @@ class BlobUpload {
   private location: URL | undefined;
   /** Bytes the registry has confirmed for the current session. */
   private offset = 0;
+  /**
+   * A failure reading the blob from disk. Kept aside because the request it breaks may report
+   * something else first (the socket closing under it), and no retry can fix it.
+   */
+  private readFailure: UserError | undefined;
 
   constructor(
     private readonly client: RegistryClient,
@@ -276,10 +281,11 @@ class BlobUpload {
           // A local failure (the file went away, a read error), not the network's: no retry will help.
           const { code, path } = err as NodeJS.ErrnoException;
           const why = code ? `${code}${path ? ` ${path}` : ''}` : (err as Error).message;
-          throw new UserError(`cannot read blob ${this.digest} at byte offset ${start + length - remaining}: ${why}`);
+          throw (this.readFailure = new UserError(`cannot read blob ${this.digest} at byte offset ${start + length - remaining}: ${why}`));
         }
         if (next.done) {
-          throw new UserError(`blob ${this.digest} ends at byte offset ${start + length - remaining}, before its size ${this.size}`);
+          const at = start + length - remaining;
+          throw (this.readFailure = new UserError(`blob ${this.digest} ends at byte offset ${at}, before its size ${this.size}`));
         }
         const piece = next.value.length > remaining ? next.value.subarray(0, remaining) : next.value;
         remaining -= piece.length;
@@ -319,6 +325,7 @@ class BlobUpload {
   }
 
   private classify(err: unknown): TransientFailure {
+    if (this.readFailure) throw this.readFailure;
     if (err instanceof TransientFailure) return err;
     if (!(err instanceof UserError) && isRetriableError(err, { refusedIsRetriable: true })) {
       return new TransientFailure(describeNetworkError(err, this.client.baseUrl.host));

@@ -38,7 +38,8 @@ export async function loadTlsOptions(
   settings: TlsSettings,
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<TlsConnectOptions> {
-  const ca = [...rootCertificates, ...(await systemCas(env))];
+  // Unverified TLS needs no CA list, and parsing one is most of a warm push's start-up.
+  const ca = settings.tlsVerify ? [...rootCertificates, ...(await systemCas(env))] : [];
   let cert: string | undefined;
   let key: string | undefined;
   let certFile: string | undefined;
@@ -66,7 +67,10 @@ export async function loadTlsOptions(
     }
   }
   try {
-    return { secureContext: createSecureContext({ ca, cert, key }), rejectUnauthorized: settings.tlsVerify };
+    return {
+      secureContext: createSecureContext({ ...(ca.length > 0 && { ca }), cert, key }),
+      rejectUnauthorized: settings.tlsVerify,
+    };
   } catch (err) {
     const what = certFile ? `${certFile} and its key` : `the certificates in ${dirs.join(', ')}`;
     throw new UserError(`cannot use ${what}: ${(err as Error).message.split('\n')[0]}`);

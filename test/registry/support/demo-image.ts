@@ -25,6 +25,7 @@ export async function buildDemoImage(dir: string): Promise<Image> {
     format: 'oci-layout',
     tags: [],
     sourceDateEpoch: DEFAULT_SOURCE_DATE_EPOCH,
+    cacheDir: null,
     log: () => {},
     warn: () => {},
   });
