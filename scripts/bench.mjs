@@ -102,7 +102,8 @@ function runMeasured(args) {
 
 async function build(closure, compression, out, extra = []) {
   rmSync(out, { force: true, recursive: true });
-  return runMeasured(['build-image', '-q', '--closure', closure.file, '--entrypoint', '/bin/sh', '--compression', compression, '--output', out, ...extra]);
+  // --no-cache: these are cold builds every run (the layer cache has its own scenarios below).
+  return runMeasured(['build-image', '-q', '--no-cache', '--closure', closure.file, '--entrypoint', '/bin/sh', '--compression', compression, '--output', out, ...extra]);
 }
 
 // --- the run -----------------------------------------------------------------------------------
@@ -143,6 +144,13 @@ const wheelBench = join(repo, 'scripts/bench/wheel.mjs');
 if (existsSync(wheelBench)) {
   const { benchWheel } = await import(wheelBench);
   await benchWheel({ repo, work, small, report, sha });
+}
+
+// The layer cache (issue 5): cold, nothing changed, one changed store path.
+const cacheBench = join(repo, 'scripts/bench/cache.mjs');
+if (existsSync(cacheBench)) {
+  const { benchCache } = await import(cacheBench);
+  await benchCache({ repo, work, small, report, sha });
 }
 
 const failed = results.filter((r) => r.ok === false);
