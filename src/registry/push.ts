@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -83,6 +84,7 @@ export async function pushImage(image: Image, reference: string | ImageReference
   const secrets = new Secrets();
   // Stops the other uploads when one fails, and follows the caller's signal.
   const stop = new AbortController();
+  setMaxListeners(Infinity, stop.signal); // every request in flight listens to it: dozens at once is normal
   const onAbort = () => stop.abort(options.signal!.reason);
   options.signal?.addEventListener('abort', onAbort, { once: true });
   const progress = createProgress(

@@ -86,6 +86,23 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     expect(again.uploaded).toEqual([]);
   });
 
+  it('pushes many layers at once without a warning', async () => {
+    const many = await writeTestImage(join(work, 'many'), { layers: Array.from({ length: 40 }, (_, i) => randomLayer(`l${i}`, 2_000 + i)) });
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+    process.on('warning', onWarning);
+    try {
+      const result = await pushImage(many, `${registry.host}/demo/many`, options({ jobs: 8 }));
+      expect(result.uploaded).toHaveLength(41);
+      const again = await pushImage(many, `${registry.host}/demo/many`, options({ jobs: 8 }));
+      expect(again.skipped).toHaveLength(41);
+      await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings).toEqual([]);
+  });
+
   it('uploads a large blob in PATCH chunks and writes --digestfile atomically', async () => {
     const big = await writeTestImage(join(work, 'big'), { layers: [randomLayer('big', 700_000)] });
     const digestFile = join(work, 'digest');
