@@ -1,5 +1,7 @@
 import { UserError } from '../util/errors.js';
 import type { Closure } from '../nix/types.js';
+import { compareCodePoints, nameKey, referenceGraph, type Graph } from './reference-graph.js';
+import { sizeAwareLayers } from './plan-size-aware.js';
 
 /** One layer's store paths. */
 export interface LayerPlan {
@@ -11,7 +13,15 @@ export interface PlanOptions {
   maxLayers: number;
   /** Layers the caller adds besides store paths (image root layer, wheel layers); default 0. */
   reserved?: number;
+  /**
+   * `popularity` (default): nixpkgs' streamLayeredImage. `size-aware`: the largest paths anchor layers and
+   * paths used by the same anchors share one (see `sizeAwareLayers`); fewer bytes change between builds.
+   */
+  strategy?: PlanStrategy;
 }
+
+export type PlanStrategy = 'popularity' | 'size-aware';
+export const PLAN_STRATEGIES: readonly PlanStrategy[] = ['popularity', 'size-aware'];
 
 /**
  * Splits a closure into layers, as nixpkgs' streamLayeredImage does: store paths ordered by popularity
@@ -26,11 +36,14 @@ export interface PlanOptions {
 export function planLayers(closure: Closure, options: PlanOptions): LayerPlan[] {
   const reserved = options.reserved ?? 0;
   const budget = options.maxLayers - reserved;
-  const order = popularityOrder(closure);
-  if (order.length === 0) return [];
+  const strategy = options.strategy ?? 'popularity';
+  if (!PLAN_STRATEGIES.includes(strategy)) throw new UserError(`unknown layer strategy "${String(strategy)}" (use ${PLAN_STRATEGIES.join(' or ')})`);
+  if (closure.paths.size === 0) return [];
   if (!Number.isInteger(budget) || budget < 1) {
     throw new UserError(`--max-layers ${options.maxLayers} leaves no layer for store paths (${reserved} reserved for the image root and wheels)`);
   }
+  if (strategy === 'size-aware') return sizeAwareLayers(closure, budget).map((paths) => ({ paths }));
+  const order = popularityOrder(closure);
   if (order.length <= budget) return order.map((path) => ({ paths: [path] }));
   const alone = order.slice(0, budget - 1).map((path) => ({ paths: [path] }));
   return [...alone, { paths: order.slice(budget - 1) }];
@@ -59,64 +72,6 @@ export function popularityOrder(closure: Closure): string[] {
     return compareCodePoints(keys[a]!, keys[b]!);
   });
   return order.map((i) => graph.paths[i]!);
-}
-
-/** The reference graph by index, self-references dropped, with a children-first (topological) order. */
-interface Graph {
-  paths: string[];
-  children: number[][];
-  parents: number[][];
-  /** Children before parents: every path comes after everything it refers to. */
-  topological: number[];
-}
-
-function referenceGraph(closure: Closure): Graph {
-  const paths = [...closure.paths.keys()].sort(compareCodePoints);
-  const index = new Map(paths.map((p, i) => [p, i]));
-  const children = paths.map((path) => {
-    const refs = new Set<number>();
-    for (const ref of closure.paths.get(path)!.references) {
-      if (ref === path) continue;
-      const i = index.get(ref);
-      if (i === undefined) throw new Error(`closure is not closed: ${path} refers to ${ref}, which it lacks`);
-      refs.add(i);
-    }
-    return [...refs].sort((a, b) => a - b);
-  });
-  const parents: number[][] = paths.map(() => []);
-  children.forEach((refs, parent) => refs.forEach((child) => parents[child]!.push(parent)));
-  return { paths, children, parents, topological: topologicalOrder(paths, children) };
-}
-
-/** Depth-first post-order without recursion (closures can be deep); throws on a cycle. */
-function topologicalOrder(paths: string[], children: number[][]): number[] {
-  const state = new Uint8Array(paths.length); // 0 new, 1 on the stack, 2 done
-  const order: number[] = [];
-  for (let start = 0; start < paths.length; start++) {
-    if (state[start] !== 0) continue;
-    const stack: [node: number, next: number][] = [[start, 0]];
-    state[start] = 1;
-    while (stack.length > 0) {
-      const top = stack[stack.length - 1]!;
-      const [node, next] = top;
-      if (next < children[node]!.length) {
-        top[1]++;
-        const child = children[node]![next]!;
-        if (state[child] === 1) {
-          throw new UserError(`the closure has a reference cycle: ${paths[node]} and ${paths[child]} refer to each other`);
-        }
-        if (state[child] === 0) {
-          state[child] = 1;
-          stack.push([child, 0]);
-        }
-      } else {
-        state[node] = 2;
-        order.push(node);
-        stack.pop();
-      }
-    }
-  }
-  return order;
 }
 
 /**
@@ -200,19 +155,4 @@ function walksFromRoots(graph: Graph, isRoot: boolean[]): { exact: Float64Array 
       return big;
     },
   };
-}
-
-/** `/nix/store/<hash>-python3-3.11.9` → `python3-3.11.9-/nix/store/<hash>`, the Python's `package_name`. */
-function nameKey(path: string): string {
-  const dash = path.indexOf('-');
-  return dash < 0 ? path : `${path.slice(dash + 1)}-${path.slice(0, dash)}`;
-}
-
-/** Compares by Unicode code points, as Python compares strings (JS `<` compares UTF-16 units). */
-function compareCodePoints(a: string, b: string): number {
-  const length = Math.min(a.length, b.length);
-  for (let i = 0; i < length; i++) {
-    if (a.charCodeAt(i) !== b.charCodeAt(i)) return a.codePointAt(i)! - b.codePointAt(i)!;
-  }
-  return a.length - b.length;
 }
