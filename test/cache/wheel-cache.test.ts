@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cliOk, runCli } from '../helpers/cli.js';
@@ -60,6 +60,22 @@ describe.runIf(ready)('wheel layers from the cache', () => {
     const changed = build(withZlib, cache, [zlibext, pkg2]);
     expect(wheelLayers(changed)).toEqual({ 'zlibext-1.0-cp311-cp311-linux_x86_64.whl': true, 'cachedemo-2.0-py3-none-any.whl': false });
     expect(changed.manifestDigest).toBe(build(withZlib, join(dir, 'cache-b'), [zlibext, pkg2]).manifestDigest);
+  });
+
+  it('a damaged wheel blob is detected and the layer rebuilt', () => {
+    const cache = join(dir, 'cache-d');
+    const cold = build(withZlib, cache, [pkg1]);
+    const entries = readdirSync(join(cache, 'v1/wheels'));
+    expect(entries).toHaveLength(1);
+    const { digest } = JSON.parse(readFileSync(join(cache, 'v1/wheels', entries[0]!), 'utf8'));
+    const blob = join(cache, 'v1/blobs', digest.slice(7));
+    const bytes = readFileSync(blob);
+    bytes[bytes.length - 20] ^= 1;
+    writeFileSync(blob, bytes);
+    const healed = build(withZlib, cache, [pkg1]);
+    expect(wheelLayers(healed)).toEqual({ 'cachedemo-1.0-py3-none-any.whl': false });
+    expect(healed.manifestDigest).toBe(cold.manifestDigest);
+    expect(wheelLayers(build(withZlib, cache, [pkg1]))).toEqual({ 'cachedemo-1.0-py3-none-any.whl': true });
   });
 
   it('the library check fails the same way from a cached wheel layer as from a fresh one', () => {
