@@ -21,6 +21,11 @@ interface LayerEntry {
   diffId: string;
   uncompressedSize: number;
 }
+interface ComposedEntry extends LayerEntry {
+  /** sha256 of each part the digest was computed over, and of the head and end members together. */
+  parts: string[];
+  frame: string;
+}
 interface WheelEntry extends LayerEntry {
   /** Whatever the wheel stage needs from the pass that wrote the layer (the ELF facts). */
   facts: unknown;
@@ -30,6 +35,8 @@ const isPartEntry = (v: unknown): v is PartEntry => isRecord(v) && isDigest(v.di
 const isLayerEntry = (v: unknown): v is LayerEntry =>
   isRecord(v) && isDigest(v.digest) && isSize(v.size) && isDigest(v.diffId) && isSize(v.uncompressedSize);
 const isWheelEntry = (v: unknown): v is WheelEntry => isLayerEntry(v) && 'facts' in v;
+const isComposedEntry = (v: unknown): v is ComposedEntry =>
+  isLayerEntry(v) && Array.isArray((v as ComposedEntry).parts) && (v as ComposedEntry).parts.every(isDigest) && isDigest((v as ComposedEntry).frame);
 
 export interface CachedLayer {
   blob: LayerBlob;
@@ -54,7 +61,7 @@ export interface CachedLayer {
  * one read of its compressed bytes, which is also the check that they are intact.
  */
 export class LayerCache {
-  #head: Promise<{ tar: Buffer; stored: Buffer }> | null = null;
+  #head: Promise<{ tar: Buffer; stored: Buffer; frame: string }> | null = null;
   #end: Buffer;
 
   constructor(
@@ -75,10 +82,12 @@ export class LayerCache {
 
     // A damaged part found while composing is removed and the layer tried again, which rebuilds it.
     for (let attempt = 0; attempt < 3; attempt++) {
-      const known = await this.store.readEntry('layers', layerKey, isLayerEntry);
+      const known = await this.store.readEntry('layers', layerKey, isComposedEntry);
       const parts = await Promise.all(partKeys.map((key) => this.store.readEntry('parts', key, isPartEntry)));
       if (known && parts.every((p): p is PartEntry => p !== null)) {
-        const composed = await this.#compose(head.stored, parts);
+        // The same verified parts in the same frame are the same bytes: the layer's digest is the known one.
+        const same = known.frame === head.frame && known.parts.length === parts.length && parts.every((p, i) => p.digest === known.parts[i]);
+        const composed = await this.#compose(head.stored, parts, same ? known.digest : null);
         if (composed.ok && composed.digest === known.digest && composed.size === known.size) {
           await Promise.all([this.store.touch('layers', layerKey), ...partKeys.map((key) => this.store.touch('parts', key))]);
           return { blob: this.#blob(composed.file, known), reused: true };
@@ -111,12 +120,14 @@ export class LayerCache {
         continue;
       }
       diff.update(END_OF_ARCHIVE);
-      const composed = await this.#compose(head.stored, parts as PartEntry[]);
+      const composed = await this.#compose(head.stored, parts as PartEntry[], null);
       if (!composed.ok) {
         await this.#dropParts(partKeys, parts, composed.bad);
         continue;
       }
-      const entry: LayerEntry = {
+      const entry: ComposedEntry = {
+        parts: (parts as PartEntry[]).map((p) => p.digest),
+        frame: head.frame,
         digest: composed.digest,
         size: composed.size,
         diffId: `sha256:${diff.digest('hex')}`,
@@ -157,11 +168,11 @@ export class LayerCache {
     return { blob, reused: false, facts };
   }
 
-  #headPart(): Promise<{ tar: Buffer; stored: Buffer }> {
-    this.#head ??= tarSegmentBytes(storePathsSource([]), this.settings.mtime).then((tar) => ({
-      tar,
-      stored: storedFormSync(tar, this.settings),
-    }));
+  #headPart(): Promise<{ tar: Buffer; stored: Buffer; frame: string }> {
+    this.#head ??= tarSegmentBytes(storePathsSource([]), this.settings.mtime).then((tar) => {
+      const stored = storedFormSync(tar, this.settings);
+      return { tar, stored, frame: `sha256:${createHash('sha256').update(stored).update(this.#end).digest('hex')}` };
+    });
     return this.#head;
   }
 
@@ -184,10 +195,12 @@ export class LayerCache {
   /**
    * Concatenates head, parts and end into a blob file in the work directory, checking each part's size
    * and sha256 on the way. Returns the indexes of damaged or missing parts instead when there are any.
+   * With `digest` given (known from verified parts), the whole is not hashed a second time.
    */
   async #compose(
     head: Buffer,
     parts: PartEntry[],
+    digest: string | null,
   ): Promise<{ ok: true; file: string; digest: string; size: number } | { ok: false; bad: number[] }> {
     const temp = this.#tempFile();
     const forget = removeOnExit(temp);
@@ -197,7 +210,7 @@ export class LayerCache {
     const whole = createHash('sha256');
     let size = 0;
     const write = async (bytes: Buffer) => {
-      whole.update(bytes);
+      if (!digest) whole.update(bytes);
       size += bytes.length;
       if (!out.write(bytes) && !failure) await once(out, 'drain');
     };
@@ -227,10 +240,10 @@ export class LayerCache {
         await rm(temp, { force: true });
         return { ok: false, bad };
       }
-      const digest = `sha256:${whole.digest('hex')}`;
-      const file = join(this.workDir, digestHex(digest));
+      const final = digest ?? `sha256:${whole.digest('hex')}`;
+      const file = join(this.workDir, digestHex(final));
       await rename(temp, file);
-      return { ok: true, file, digest, size };
+      return { ok: true, file, digest: final, size };
     } catch (err) {
       if (!out.closed) out.destroy();
       await rm(temp, { force: true });

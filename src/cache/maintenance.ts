@@ -1,7 +1,7 @@
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UserError } from '../util/errors.js';
-import { CacheStore, ENTRY_KINDS, isDigest, isRecord, type EntryKind } from './store.js';
+import { CacheStore, ENTRY_KINDS, isDigest, isRecord, unwrapEntry, type EntryKind } from './store.js';
 
 /** A temp file or unreferenced blob younger than this may belong to a build still running. */
 export const GRACE_MS = 60 * 60 * 1000;
@@ -47,7 +47,7 @@ async function inventory(dir: string): Promise<Inventory> {
       if (!info) continue;
       let digest: string | null = null;
       if (kind !== 'layers') {
-        const value: unknown = await readFile(path, 'utf8').then(JSON.parse, () => null);
+        const value: unknown = await readFile(path, 'utf8').then((text) => unwrapEntry(JSON.parse(text)), () => null);
         digest = isRecord(value) && isDigest(value.digest) ? value.digest : null;
       }
       entries.push({ kind, key: name.slice(0, -5), path, used: info.mtimeMs, digest });

@@ -61,16 +61,16 @@ export class CacheStore {
     return join(this.root, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}.tmp`);
   }
 
-  /** An entry's JSON, or null when absent or unreadable (then it is treated as a miss and rewritten). */
+  /** An entry's value, or null when absent, unreadable or failing its checksum (a miss: it is rewritten). */
   async readEntry<T>(kind: EntryKind, key: string, valid: (value: unknown) => value is T): Promise<T | null> {
     const path = this.entryPath(kind, key);
     let value: unknown;
     try {
-      value = JSON.parse(await readFile(path, 'utf8'));
+      value = unwrapEntry(JSON.parse(await readFile(path, 'utf8')));
     } catch {
       return null;
     }
-    if (!valid(value)) {
+    if (value === null || !valid(value)) {
       await rm(path, { force: true });
       return null;
     }
@@ -81,7 +81,7 @@ export class CacheStore {
     const temp = this.tempPath();
     const forget = removeOnExit(temp);
     try {
-      await writeFile(temp, `${JSON.stringify(value)}\n`, { flag: 'wx' });
+      await writeFile(temp, `${JSON.stringify(wrapEntry(value))}\n`, { flag: 'wx' });
       await rename(temp, this.entryPath(kind, key));
     } finally {
       forget();
@@ -137,6 +137,21 @@ export class CacheStore {
     await rm(target, { force: true });
     return false;
   }
+}
+
+/**
+ * Entries carry a sha256 of their value: a layer's digest is taken from its entry once its parts check
+ * out, so an entry must not be trusted on its shape alone.
+ */
+function wrapEntry(value: unknown): { sum: string; value: unknown } {
+  return { sum: createHash('sha256').update(JSON.stringify(value)).digest('hex'), value };
+}
+
+/** The value of a stored entry, or null when its checksum fails. */
+export function unwrapEntry(stored: unknown): unknown {
+  if (!isRecord(stored) || typeof stored.sum !== 'string') return null;
+  const sum = createHash('sha256').update(JSON.stringify(stored.value)).digest('hex');
+  return sum === stored.sum ? stored.value : null;
 }
 
 export function digestHex(digest: string): string {

@@ -41,7 +41,7 @@ const short = (p: string) => p.replace(/^\/nix\/store\/[0-9a-z]{32}-/, '');
 function partOf(cache: string, storePath: string): { entry: string; blob: string } {
   const parts = join(cache, 'v1/parts');
   for (const name of readdirSync(parts)) {
-    const value = JSON.parse(readFileSync(join(parts, name), 'utf8'));
+    const value = JSON.parse(readFileSync(join(parts, name), 'utf8')).value;
     if (value.storePath === storePath) return { entry: join(parts, name), blob: join(cache, 'v1/blobs', value.digest.slice(7)) };
   }
   throw new Error(`no part for ${storePath} in ${cache}`);
@@ -148,6 +148,21 @@ describe.runIf(tools('nix-build', 'nix-store'))('the layer cache on a real Nix c
     expect(again.manifestDigest).toBe(cold.manifestDigest);
   });
 
+  it('a layer entry whose recorded digest was altered is not trusted', () => {
+    const cache = fresh('cache');
+    const cold = build(v1, cache);
+    const layers = join(cache, 'v1/layers');
+    for (const name of readdirSync(layers)) {
+      const stored = JSON.parse(readFileSync(join(layers, name), 'utf8'));
+      stored.value.digest = `sha256:${'0'.repeat(64)}`;
+      writeFileSync(join(layers, name), JSON.stringify(stored));
+    }
+    const again = build(v1, cache);
+    // Parts are intact, so nothing is compressed; the digests are computed again, not read.
+    expect(again.layers.slice(0, 3).every((l) => l.reused)).toBe(true);
+    expect(again.manifestDigest).toBe(cold.manifestDigest);
+  });
+
   it('two builds at once on one empty cache both succeed with identical images', async () => {
     const cache = fresh('cache');
     const outs = [fresh('par') + '.tar', fresh('par') + '.tar'];
@@ -190,7 +205,7 @@ describe.runIf(tools('nix-build', 'nix-store'))('a build killed mid-way', () => 
 
     // Whatever the cache holds is whole: every entry's blob has its digest.
     for (const name of readdirSync(join(cache, 'v1/parts'))) {
-      const entry = JSON.parse(readFileSync(join(cache, 'v1/parts', name), 'utf8'));
+      const entry = JSON.parse(readFileSync(join(cache, 'v1/parts', name), 'utf8')).value;
       expect(`sha256:${sha256(join(cache, 'v1/blobs', entry.digest.slice(7)))}`).toBe(entry.digest);
     }
     const next = build(closure, cache);

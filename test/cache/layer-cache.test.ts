@@ -103,15 +103,15 @@ describe('cache maintenance', () => {
     for (const info of infos) await cache.storePathLayer([info]);
     const parts = join(cacheDir, 'v1/parts');
     // Make the biggest path the most recently used; the others older, in order.
-    const byPath = new Map(readdirSync(parts).map((name) => [JSON.parse(readFileSync(join(parts, name), 'utf8')).storePath as string, join(parts, name)]));
+    const byPath = new Map(readdirSync(parts).map((name) => [JSON.parse(readFileSync(join(parts, name), 'utf8')).value.storePath as string, join(parts, name)]));
     const base = Date.now() / 1000 - 1000;
     infos.forEach((info, i) => utimesSync(byPath.get(info.path)!, base + (infos.length - i) * 10, base + (infos.length - i) * 10));
     const before = await cacheStats(cacheDir);
     expect(before.entries).toEqual({ parts: 3, layers: 3, wheels: 0 });
-    const biggest = readFileSync(byPath.get(infos[0]!.path)!, 'utf8');
-    const result = await pruneCache(cacheDir, JSON.parse(biggest).size + 100);
-    expect(result.bytes).toBeLessThanOrEqual(JSON.parse(biggest).size + 100);
-    const left = readdirSync(parts).map((name) => JSON.parse(readFileSync(join(parts, name), 'utf8')).storePath);
+    const biggestSize = JSON.parse(readFileSync(byPath.get(infos[0]!.path)!, 'utf8')).value.size as number;
+    const result = await pruneCache(cacheDir, biggestSize + 100);
+    expect(result.bytes).toBeLessThanOrEqual(biggestSize + 100);
+    const left = readdirSync(parts).map((name) => JSON.parse(readFileSync(join(parts, name), 'utf8')).value.storePath);
     expect(left).toEqual([infos[0]!.path]);
     // The survivor still serves a build.
     expect((await (await cacheIn(cacheDir)).storePathLayer([infos[0]!])).reused).toBe(true);

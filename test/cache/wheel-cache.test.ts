@@ -67,7 +67,7 @@ describe.runIf(ready)('wheel layers from the cache', () => {
     const cold = build(withZlib, cache, [pkg1]);
     const entries = readdirSync(join(cache, 'v1/wheels'));
     expect(entries).toHaveLength(1);
-    const { digest } = JSON.parse(readFileSync(join(cache, 'v1/wheels', entries[0]!), 'utf8'));
+    const { digest } = JSON.parse(readFileSync(join(cache, 'v1/wheels', entries[0]!), 'utf8')).value;
     const blob = join(cache, 'v1/blobs', digest.slice(7));
     const bytes = readFileSync(blob);
     bytes[bytes.length - 20] ^= 1;
