@@ -6,6 +6,7 @@ import type { Compression } from '../layers/types.js';
 import { UserError } from '../util/errors.js';
 import { addPushOptions, pushOptionsFromFlags, type PushFlags } from '../registry/push-command.js';
 import { pushImage } from '../registry/push.js';
+import { readImage } from '../oci/read.js';
 import { defaultCacheDir } from '../cache/store.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -97,7 +98,8 @@ export function buildImageCommand(): Command {
     if (flags.push !== undefined) {
       if (output === '-') throw new UserError('--push needs the image in a file or directory, not on standard output');
       const pushFlags = { ...flags, tag: [], quiet: flags.quiet, jobs } as unknown as PushFlags;
-      await pushImage(result.image, flags.push as string, pushOptionsFromFlags(pushFlags));
+      // The build's own blobs are gone with its work directory: push what was written.
+      await pushImage(await readImage(output), flags.push as string, pushOptionsFromFlags(pushFlags));
     }
   });
   return command;
