@@ -3,6 +3,7 @@ import type { LayerSource } from '../layers/types.js';
 import type { ResolvedRecipe } from '../recipe/resolve.js';
 import { readWheelInfo, type WheelInfo } from '../wheels/wheel-info.js';
 import { checkWheelTags, type TagTarget } from '../wheels/tags.js';
+import { DEFAULT_PATH } from '../wheels/layer.js';
 import { wheelLayerSource, type WheelLayer } from '../wheels/install.js';
 import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython } from '../wheels/checks/index.js';
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
@@ -122,8 +123,9 @@ async function runChecks(o: {
   const sitePackages = [...new Set(o.layers.map((l) => l.layer.sitePackages))];
   const binDirs = [...new Set(o.layers.map((l) => l.layer.binDir))];
   const env: Record<string, string[]> = { PYTHONPATH: sitePackages, LD_LIBRARY_PATH: report.env.LD_LIBRARY_PATH };
-  // Launchers join PATH only where the recipe sets one: a PATH of just the wheels' bin would hide /bin.
-  if (o.recipe.env?.PATH !== undefined) env.PATH = binDirs;
+  // Launchers go on PATH after the recipe's entries; an image without PATH gets the runtimes' default too,
+  // since a PATH of only the wheels' bin would hide it.
+  env.PATH = o.recipe.env?.PATH !== undefined ? binDirs : [...binDirs, ...DEFAULT_PATH.split(':')];
   return { warnings: report.warnings, env };
 }
 
