@@ -26,7 +26,10 @@ interface EntryFile {
   key: string;
   path: string;
   used: number;
+  /** The blob the entry owns (parts, wheels). */
   digest: string | null;
+  /** The part blobs a composed layer's entry is made of. */
+  parts: string[];
 }
 
 interface Inventory {
@@ -45,12 +48,10 @@ async function inventory(dir: string): Promise<Inventory> {
       const path = join(store.root, kind, name);
       const info = await stat(path).catch(() => null);
       if (!info) continue;
-      let digest: string | null = null;
-      if (kind !== 'layers') {
-        const value: unknown = await readFile(path, 'utf8').then((text) => unwrapEntry(JSON.parse(text)), () => null);
-        digest = isRecord(value) && isDigest(value.digest) ? value.digest : null;
-      }
-      entries.push({ kind, key: name.slice(0, -5), path, used: info.mtimeMs, digest });
+      const value: unknown = await readFile(path, 'utf8').then((text) => unwrapEntry(JSON.parse(text)), () => null);
+      const digest = kind !== 'layers' && isRecord(value) && isDigest(value.digest) ? value.digest : null;
+      const parts = kind === 'layers' && isRecord(value) && Array.isArray(value.parts) ? value.parts.filter(isDigest) : [];
+      entries.push({ kind, key: name.slice(0, -5), path, used: info.mtimeMs, digest, parts });
     }
   }
   const blobs = new Map<string, { path: string; size: number; mtime: number }>();
@@ -120,15 +121,24 @@ export async function pruneCache(dir: string, maxBytes: number, now = Date.now()
     if (!holders.has(digest) && now - blob.mtime > GRACE_MS) await dropBlob(digest);
   }
   const byAge = [...inv.entries].sort((a, b) => a.used - b.used || (a.path < b.path ? -1 : 1));
+  const removed = new Set<EntryFile>();
   for (const entry of byAge) {
     if (bytes <= maxBytes) break;
     await rm(entry.path, { force: true });
-    result.removedEntries++;
+    removed.add(entry);
     if (!entry.digest) continue;
     const left = holders.get(entry.digest)! - 1;
     holders.set(entry.digest, left);
     if (left === 0) await dropBlob(entry.digest);
   }
+  // A composed layer's entry is worth nothing once one of its parts is gone.
+  for (const entry of inv.entries) {
+    if (entry.kind === 'layers' && !removed.has(entry) && entry.parts.some((d) => !inv.blobs.has(d))) {
+      await rm(entry.path, { force: true });
+      removed.add(entry);
+    }
+  }
+  result.removedEntries = removed.size;
   result.bytes = bytes;
   return result;
 }

@@ -238,6 +238,29 @@ describe.runIf(tools('podman'))('images built from cached parts', () => {
   });
 });
 
+describe.runIf(tools('nix-build', 'nix-store'))('nix2oci cache', () => {
+  it('stats counts what a build left; prune --max-size 0 empties it, and the next build starts cold', () => {
+    const closure = join(REPO, 'layers/demo/demo.closure');
+    const cache = fresh('cache');
+    build(closure, cache);
+    const stats = JSON.parse(cliOk(['cache', 'stats', '--json', '--cache-dir', cache]).stdout);
+    expect(stats.entries).toEqual({ parts: 3, layers: 3, wheels: 0 });
+    expect(stats.blobs).toBe(3);
+    expect(stats.bytes).toBeGreaterThan(100_000);
+    expect(cliOk(['cache', 'stats', '--cache-dir', cache]).stdout).toMatch(/^cache: .*\nsize: .* in 3 blobs \(0 unreferenced\)\nentries: 3 store path parts, 3 composed layers, 0 wheel layers\n/);
+
+    expect(cliOk(['cache', 'prune', '--max-size', '0', '--cache-dir', cache]).stdout).toMatch(/^pruned .*: removed 6 entries and 3 blobs \(.*\); 0 B left\n$/);
+    expect(JSON.parse(cliOk(['cache', 'stats', '--json', '--cache-dir', cache]).stdout)).toMatchObject({ blobs: 0, bytes: 0 });
+    expect(build(closure, cache).layers.every((l) => !l.reused)).toBe(true);
+  });
+
+  it('prune refuses a size it cannot read', () => {
+    const result = runCli(['cache', 'prune', '--max-size', 'lots', '--cache-dir', fresh('cache')]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe('nix2oci: --max-size takes a size such as 500M, 10G or 2048 (bytes), got "lots"\n');
+  });
+});
+
 describe('cache flags', () => {
   it('--cache-dir with --no-cache is refused', () => {
     const result = runCli(['build-image', '--closure', join(REPO, 'layers/demo/demo.closure'), '--cache-dir', dir, '--no-cache', '--output', fresh('x')]);
