@@ -49,8 +49,9 @@ function changedPathClosure(work, text) {
 export async function benchCache({ repo, work, small, report }) {
   const cli = join(repo, 'dist/cli/main.js');
   const closure = join(work, small ? 'small.closure' : 'bench.closure');
-  const cache = join(work, 'cache');
-  const out = join(work, 'cache-out.tar');
+  // Per run: two benches at once on one machine must not share (or delete) each other's cache.
+  const cache = join(work, `cache-${process.pid}`);
+  const out = join(work, `cache-out-${process.pid}.tar`);
   const seed = String(Date.now());
   const before = changedPathClosure(work, `a${seed}`);
   const after = changedPathClosure(work, `b${seed}`);
@@ -76,4 +77,6 @@ export async function benchCache({ repo, work, small, report }) {
   report('rebuild, one store path changed', `${(changedRatio * 100).toFixed(1)} % of cold`, '<= 10 %', changedRatio <= 0.1);
   report('  layers reused / built', `${changed.summary.reused} / ${changed.summary.built}`, 'the changed path and the image root built', changed.summary.built === 2);
   report('  peak RSS', `${(changed.peakRss / 2 ** 20).toFixed(0)} MiB`, '< 300 MiB', changed.peakRss < 300 * 2 ** 20);
+  rmSync(cache, { recursive: true, force: true });
+  rmSync(out, { force: true });
 }
