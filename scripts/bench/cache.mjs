@@ -77,6 +77,5 @@ export async function benchCache({ repo, work, small, report }) {
   report('rebuild, one store path changed', `${(changedRatio * 100).toFixed(1)} % of cold`, '<= 10 %', changedRatio <= 0.1);
   report('  layers reused / built', `${changed.summary.reused} / ${changed.summary.built}`, 'the changed path and the image root built', changed.summary.built === 2);
   report('  peak RSS', `${(changed.peakRss / 2 ** 20).toFixed(0)} MiB`, '< 300 MiB', changed.peakRss < 300 * 2 ** 20);
-  rmSync(cache, { recursive: true, force: true });
-  rmSync(out, { force: true });
+  for (const file of [cache, out, before, after]) rmSync(file, { recursive: true, force: true });
 }
