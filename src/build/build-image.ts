@@ -127,7 +127,19 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     };
 
     // Layers build concurrently (each compresses on its own thread); results keep the plan's order.
-    const limit = pLimit(jobs);
+    // After a failure no further layer starts; those running finish before the work directory goes.
+    const pool = pLimit(jobs);
+    let failure: { error: unknown } | null = null;
+    const limit = (task: () => Promise<BuiltLayer>) =>
+      pool(async () => {
+        if (failure) throw failure.error;
+        try {
+          return await task();
+        } catch (error) {
+          failure ??= { error };
+          throw error;
+        }
+      });
     const wheelFacts: WheelElfFacts[] = [];
     const tasks: Promise<BuiltLayer>[] = [
       ...plan.map((group, i) => {
@@ -147,8 +159,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     ];
     // Let every started layer settle before failing, so none writes into a removed work directory.
     const settled = await Promise.allSettled(tasks);
-    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    if (failure) throw (failure as { error: unknown }).error;
     const written = settled.map((r) => (r as PromiseFulfilledResult<BuiltLayer>).value);
     timings.layers = clock.lap();
 
