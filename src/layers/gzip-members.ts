@@ -74,21 +74,20 @@ export class GzipMembers {
     const crc = zlib.crc32(input);
     zlib.deflateRaw(input, deflateOptions(this.#level), (err, deflated) => {
       releaseCompressionTurn();
+      if (part.length === PART_SIZE) this.#spare.push(part);
       if (err) this.#failure ??= err;
-      else {
-        const trailer = Buffer.alloc(8);
-        trailer.writeUInt32LE(crc >>> 0, 0);
-        trailer.writeUInt32LE(length, 4);
-        this.#done.set(seq, Buffer.concat([GZIP_MEMBER_HEADER, deflated, trailer]));
-        if (part.length === PART_SIZE) this.#spare.push(part);
-        this.#emitInOrder();
-      }
-      this.#inFlight--;
-      this.#slotWaiters.shift()?.();
-      if (this.#inFlight === 0) for (const done of this.#idle.splice(0)) done();
+      const trailer = Buffer.alloc(8);
+      trailer.writeUInt32LE(crc >>> 0, 0);
+      trailer.writeUInt32LE(length, 4);
+      this.#done.set(seq, err ? Buffer.alloc(0) : Buffer.concat([GZIP_MEMBER_HEADER, deflated, trailer]));
+      this.#emitInOrder();
     });
   }
 
+  /**
+   * Emits finished members in order. A part counts as in flight until its member is emitted, so members
+   * waiting behind a slow earlier part stay bounded by PARTS_IN_FLIGHT.
+   */
   #emitInOrder(): void {
     for (let member = this.#done.get(this.#nextEmit); member; member = this.#done.get(this.#nextEmit)) {
       this.#done.delete(this.#nextEmit++);
@@ -97,7 +96,10 @@ export class GzipMembers {
       } catch (err) {
         this.#failure ??= err as Error;
       }
+      this.#inFlight--;
+      this.#slotWaiters.shift()?.();
     }
+    if (this.#inFlight === 0) for (const done of this.#idle.splice(0)) done();
   }
 }
 

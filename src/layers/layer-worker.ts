@@ -35,6 +35,8 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: 'free'; slot: number }
+  /** A part's deflate finished: its compression turn may go to another part. */
+  | { type: 'deflated' }
   | { type: 'done'; file: string; diffId: string; digest: string; size: number; uncompressedSize: number }
   | { type: 'error'; message: string }
   | { type: 'aborted' };
@@ -151,8 +153,10 @@ function chunk(msg) {
   zlib.deflateRaw(view, DEFLATE_OPTIONS[j.level], (err, deflated) => {
     if (j.failed) return;
     if (err) return fail(j, err);
-    free();
-    j.members.set(seq, { deflated, crc, length });
+    parentPort.postMessage({ type: 'deflated' });
+    // The slot stays taken until its member is written out: members waiting behind a slow earlier
+    // part are bounded by the slots.
+    j.members.set(seq, { deflated, crc, length, free });
     emitMembers(j);
   });
 }
@@ -167,6 +171,7 @@ function emitMembers(j) {
     emit(j, GZIP_HEADER);
     emit(j, m.deflated);
     emit(j, trailer);
+    m.free();
   }
   if (j.ending && j.nextEmit === j.nextPart) afterWrites(j, () => finish(j, j.blob, j.written));
 }

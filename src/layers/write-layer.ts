@@ -71,7 +71,7 @@ type Done = Extract<FromWorker, { type: 'done' }>;
 /**
  * The main thread's side of one layer being written: hands out the worker's free slots and follows it.
  * With compression, a filled slot goes to the worker only with a compression turn (see jobs.ts), held
- * until the worker frees the slot, that is until the part is deflated.
+ * until the worker reports the part deflated.
  */
 class LayerJob implements ChunkSink, WorkerListener {
   readonly tempFile: string;
@@ -152,8 +152,10 @@ class LayerJob implements ChunkSink, WorkerListener {
 
   onMessage(message: FromWorker): void {
     switch (message.type) {
-      case 'free': {
+      case 'deflated':
         if (this.#turnsHeld > 0) this.#releaseTurns(1);
+        break;
+      case 'free': {
         const waiter = this.#slotWaiters.shift();
         if (waiter) waiter.resolve(this.#worker.slots[message.slot]!);
         else this.#free.push(message.slot);
