@@ -6,6 +6,7 @@ import { gunzipSync } from 'node:zlib';
 import { GzipMembers } from '../../src/layers/gzip-members.js';
 import { PART_SIZE } from '../../src/layers/layer-worker.js';
 import { writeLayer } from '../../src/layers/write-layer.js';
+import { layerJobs, setLayerJobs } from '../../src/layers/jobs.js';
 import type { LayerSource } from '../../src/layers/types.js';
 import { tarToBuffer } from './tar-tools.js';
 
@@ -43,6 +44,25 @@ describe('GzipMembers', () => {
       expect(bytes.equals(readFileSync(blob.file))).toBe(true);
       expect(gunzipSync(bytes).equals(tar)).toBe(true);
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('shares the jobs turns with the layer writer: with one job, both still finish, with the same bytes', async () => {
+    const data = Buffer.from('abc'.repeat(3 * PART_SIZE));
+    const source: LayerSource = async (sink) => {
+      await sink.add({ type: 'file', name: 'f', mode: 0o444, size: data.length, body: data });
+    };
+    const dir = mkdtempSync(join(tmpdir(), 'nix2oci-members-'));
+    const saved = layerJobs();
+    try {
+      const alone = await compress([data]);
+      setLayerJobs(1);
+      const [together, blob] = await Promise.all([compress(pieces(data)), writeLayer(source, { compression: 'gzip', dir, mtime: 1 })]);
+      expect(together.equals(alone)).toBe(true);
+      expect(gunzipSync(readFileSync(blob.file)).length).toBe(blob.uncompressedSize);
+    } finally {
+      setLayerJobs(saved);
       rmSync(dir, { recursive: true, force: true });
     }
   });
