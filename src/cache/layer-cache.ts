@@ -12,8 +12,12 @@ import { composedLayerKey, storePathPartKey, type LayerSettings } from './keys.j
 import { CacheStore, digestHex, isDigest, isRecord, isSize } from './store.js';
 import { END_OF_ARCHIVE, storedFormSync, tarSegment, tarSegmentBytes, writeSegment, type WrittenSegment } from './segment.js';
 
-/** A store path's cached part: its tar segment in stored form (the path is there for people reading the cache). */
-type PartEntry = WrittenSegment & { storePath?: string };
+/**
+ * A store path's cached part: its tar segment in stored form (the path is there for people reading
+ * the cache). The member's bytes are a blob of their own, or — once the path made a layer alone —
+ * lie at `offset` inside that layer's blob `blob`, which a rebuild then hard-links whole.
+ */
+type PartEntry = WrittenSegment & { storePath?: string; blob?: string; offset?: number };
 /** A layer composed of parts; its diffID cannot be derived from the parts' hashes, so it is kept. */
 interface LayerEntry {
   digest: string;
@@ -31,7 +35,10 @@ interface WheelEntry extends LayerEntry {
   facts: unknown;
 }
 
-const isPartEntry = (v: unknown): v is PartEntry => isRecord(v) && isDigest(v.digest) && isSize(v.size) && isSize(v.tarSize);
+const isPartEntry = (v: unknown): v is PartEntry =>
+  isRecord(v) && isDigest(v.digest) && isSize(v.size) && isSize(v.tarSize) && (v.blob === undefined || (isDigest(v.blob) && isSize(v.offset)));
+/** The blob file a part's bytes are in. */
+const blobOf = (part: PartEntry) => part.blob ?? part.digest;
 const isLayerEntry = (v: unknown): v is LayerEntry =>
   isRecord(v) && isDigest(v.digest) && isSize(v.size) && isDigest(v.diffId) && isSize(v.uncompressedSize);
 const isWheelEntry = (v: unknown): v is WheelEntry => isLayerEntry(v) && 'facts' in v;
@@ -87,6 +94,16 @@ export class LayerCache {
       if (known && parts.every((p): p is PartEntry => p !== null)) {
         // The same verified parts in the same frame are the same bytes: the layer's digest is the known one.
         const same = known.frame === head.frame && known.parts.length === parts.length && parts.every((p, i) => p.digest === known.parts[i]);
+        if (same && parts.length === 1 && parts[0]!.blob === known.digest) {
+          const linked = await this.#checkOut(known);
+          if (linked) {
+            await Promise.all([this.store.touch('layers', layerKey), this.store.touch('parts', partKeys[0]!)]);
+            return { blob: this.#blob(linked, known), reused: true };
+          }
+          await this.#dropParts(partKeys, parts, [0]);
+          await this.store.removeEntry('layers', layerKey);
+          continue;
+        }
         const composed = await this.#compose(head.stored, parts, same ? known.digest : null);
         if (composed.ok && composed.digest === known.digest && composed.size === known.size) {
           await Promise.all([this.store.touch('layers', layerKey), ...partKeys.map((key) => this.store.touch('parts', key))]);
@@ -134,6 +151,7 @@ export class LayerCache {
         uncompressedSize: head.tar.length + (parts as PartEntry[]).reduce((n, p) => n + p.tarSize, 0) + END_OF_ARCHIVE.length,
       };
       await this.store.writeEntry('layers', layerKey, entry);
+      if (parts.length === 1) await this.#keepWhole(partKeys[0]!, parts[0]!, composed.file, composed.digest, head.stored.length);
       return { blob: this.#blob(composed.file, entry), reused: built === 0 };
     }
     throw new UserError(`cache ${this.store.dir}: store path parts keep failing their checks; remove the cache directory or use --no-cache`);
@@ -146,17 +164,10 @@ export class LayerCache {
   async wholeLayer<F>(key: string, build: () => Promise<{ blob: LayerBlob; facts: F }>): Promise<CachedLayer & { facts: F }> {
     const known = await this.store.readEntry('wheels', key, isWheelEntry);
     if (known) {
-      const temp = this.#tempFile();
-      const forget = removeOnExit(temp);
-      try {
-        if (await this.store.checkOutBlob(known.digest, known.size, temp)) {
-          const file = join(this.workDir, digestHex(known.digest));
-          await rename(temp, file);
-          await this.store.touch('wheels', key);
-          return { blob: this.#blob(file, known), reused: true, facts: known.facts as F };
-        }
-      } finally {
-        forget();
+      const file = await this.#checkOut(known);
+      if (file) {
+        await this.store.touch('wheels', key);
+        return { blob: this.#blob(file, known), reused: true, facts: known.facts as F };
       }
       await this.store.removeEntry('wheels', key, known.digest);
     }
@@ -187,8 +198,35 @@ export class LayerCache {
 
   async #dropParts(keys: string[], parts: (PartEntry | null)[], bad: number[]): Promise<void> {
     for (const i of bad) {
-      await this.store.removeEntry('parts', keys[i]!, parts[i]?.digest);
+      const part = parts[i];
+      await this.store.removeEntry('parts', keys[i]!, part ? blobOf(part) : undefined);
       parts[i] = null;
+    }
+  }
+
+  /**
+   * A path's layer of its own is kept whole, its part pointing inside it, and the part's own blob goes:
+   * an unchanged layer is then a hard link and one hash pass, and the bytes are in the cache once.
+   */
+  async #keepWhole(key: string, part: PartEntry, file: string, digest: string, offset: number): Promise<void> {
+    if (part.blob === digest) return;
+    await this.store.storeBlobCopy(file, digest);
+    const { blob: _, offset: __, ...own } = part;
+    await this.store.writeEntry('parts', key, { ...own, blob: digest, offset });
+    if (!part.blob) await rm(this.store.blobPath(part.digest), { force: true });
+  }
+
+  /** A cached whole layer, hard-linked (or copied) into the work directory and checked; null if damaged. */
+  async #checkOut(entry: LayerEntry): Promise<string | null> {
+    const temp = this.#tempFile();
+    const forget = removeOnExit(temp);
+    try {
+      if (!(await this.store.checkOutBlob(entry.digest, entry.size, temp))) return null;
+      const file = join(this.workDir, digestHex(entry.digest));
+      await rename(temp, file);
+      return file;
+    } finally {
+      forget();
     }
   }
 
@@ -221,7 +259,9 @@ export class LayerCache {
         const own = createHash('sha256');
         let seen = 0;
         try {
-          for await (const chunk of createReadStream(this.store.blobPath(part.digest), { highWaterMark: 1 << 20 })) {
+          const start = part.offset ?? 0;
+          const from = createReadStream(this.store.blobPath(blobOf(part)), { start, end: start + part.size - 1, highWaterMark: 1 << 20 });
+          for await (const chunk of from) {
             own.update(chunk as Buffer);
             seen += (chunk as Buffer).length;
             if (seen > part.size) break;

@@ -49,7 +49,9 @@ async function inventory(dir: string): Promise<Inventory> {
       const info = await stat(path).catch(() => null);
       if (!info) continue;
       const value: unknown = await readFile(path, 'utf8').then((text) => unwrapEntry(JSON.parse(text)), () => null);
-      const digest = kind !== 'layers' && isRecord(value) && isDigest(value.digest) ? value.digest : null;
+      // A part's bytes may lie inside a layer's blob (`blob`); that blob is the one it holds.
+      const held = isRecord(value) ? (value.blob ?? value.digest) : null;
+      const digest = kind !== 'layers' && isDigest(held) ? held : null;
       const parts = kind === 'layers' && isRecord(value) && Array.isArray(value.parts) ? value.parts.filter(isDigest) : [];
       entries.push({ kind, key: name.slice(0, -5), path, used: info.mtimeMs, digest, parts });
     }

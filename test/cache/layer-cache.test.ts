@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -73,6 +73,11 @@ describe('a layer composed of cached parts', () => {
     expect(warm.reused).toBe(true);
     expect([fromParts.blob.digest, warm.blob.digest]).toEqual([cold.blob.digest, cold.blob.digest]);
     expect(readFileSync(warm.blob.file).equals(readFileSync(cold.blob.file))).toBe(true);
+    // The path's bytes are now kept once, inside its layer's blob, which the warm build linked.
+    const entries = readdirSync(join(cacheDir, 'v1/parts')).map((name) => JSON.parse(readFileSync(join(cacheDir, 'v1/parts', name), 'utf8')).value);
+    const own = entries.find((e) => e.storePath === first!.path);
+    expect(own.blob).toBe(cold.blob.digest);
+    expect(readdirSync(join(cacheDir, 'v1/blobs'))).not.toContain(own.digest.slice(7));
   });
 
   it('uncompressed layers compose the same way', async () => {
@@ -108,9 +113,12 @@ describe('cache maintenance', () => {
     infos.forEach((info, i) => utimesSync(byPath.get(info.path)!, base + (infos.length - i) * 10, base + (infos.length - i) * 10));
     const before = await cacheStats(cacheDir);
     expect(before.entries).toEqual({ parts: 3, layers: 3, wheels: 0 });
-    const biggestSize = JSON.parse(readFileSync(byPath.get(infos[0]!.path)!, 'utf8')).value.size as number;
-    const result = await pruneCache(cacheDir, biggestSize + 100);
-    expect(result.bytes).toBeLessThanOrEqual(biggestSize + 100);
+    // The biggest path's bytes lie in its layer's blob (the part plus the layer's first and last members).
+    const biggest = JSON.parse(readFileSync(byPath.get(infos[0]!.path)!, 'utf8')).value;
+    const biggestSize = statSync(join(cacheDir, 'v1/blobs', biggest.blob.slice(7))).size;
+    expect(biggestSize).toBeGreaterThan(biggest.size);
+    const result = await pruneCache(cacheDir, biggestSize + 10);
+    expect(result.bytes).toBe(biggestSize);
     const left = readdirSync(parts).map((name) => JSON.parse(readFileSync(join(parts, name), 'utf8')).value.storePath);
     expect(left).toEqual([infos[0]!.path]);
     // The survivor still serves a build.
