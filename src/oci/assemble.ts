@@ -69,7 +69,7 @@ export function assembleImage(options: AssembleOptions): { image: Image; warning
       diffId: blob.diffId,
       uncompressedSize: blob.uncompressedSize,
       contents: sorted,
-      open: (start = 0) => createReadStream(blob.file, { start }),
+      open: (start = 0) => createReadStream(blob.file, { start, highWaterMark: 1 << 20 }),
     };
   });
 

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { chmod, lstat, mkdtemp, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, lstat, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { basename, dirname, join, resolve } from 'node:path';
 import { removeOnExit } from '../util/cleanup.js';
@@ -34,13 +34,8 @@ export async function writeFileAtomically(path: string, write: (out: Writable) =
       out.end();
     });
     if (failure) throw failure;
-    // fsync before rename: after a crash the name must not point at a half-flushed file.
-    const handle = await open(temp, 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    // No fsync: an image is rebuilt from its inputs, and flushing many GB to disk would cost more than
+    // the build (docker save and skopeo do not either). The rename alone keeps readers from half files.
     await rename(temp, target);
   } catch (err) {
     if (!out.closed) {
