@@ -6,6 +6,7 @@ import { loadClosure } from '../nix/closure.js';
 import type { Closure } from '../nix/types.js';
 import { planLayers } from '../layers/plan.js';
 import { DEFAULT_GZIP_LEVEL, writeLayer } from '../layers/write-layer.js';
+import { setLayerJobs } from '../layers/jobs.js';
 import type { Compression, LayerBlob } from '../layers/types.js';
 import { emptyRecipe, loadRecipe } from '../recipe/load.js';
 import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
@@ -126,7 +127,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       return layer;
     };
 
-    // Layers build concurrently (each compresses on its own thread); results keep the plan's order.
+    // Layers build concurrently, and --jobs also bounds how many 4 MiB parts compress at once across
+    // them (so one huge layer still uses every core); results keep the plan's order.
+    setLayerJobs(jobs);
     // After a failure no further layer starts; those running finish before the work directory goes.
     const pool = pLimit(jobs);
     let failure: { error: unknown } | null = null;

@@ -54,9 +54,9 @@ export interface CachedLayer {
 /**
  * Builds layers through the cache. A store-path layer is composed of parts, one per store path:
  *
- *   [member: `nix/`, `nix/store/` headers] [member: path 1's entries] … [member: the end-of-archive blocks]
+ *   [member: `nix/`, `nix/store/` headers] [members: path 1's entries] … [member: the end-of-archive blocks]
  *
- * Each part is a store path's tar segment compressed as its own gzip member, cached by the path's NAR
+ * Each part is a store path's tar segment compressed as gzip members of its own, cached by the path's NAR
  * hash and the settings. A layer of one path is the same blob however the cache was filled, and
  * regrouping paths under --max-layers recompresses nothing. The uncompressed tar is exactly what
  * `storePathsSource` writes, so diffIDs do not depend on the cache either.

@@ -1,8 +1,10 @@
 import { createHash, type Hash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
+import { once } from 'node:events';
 import { rm } from 'node:fs/promises';
 import zlib from 'node:zlib';
 import { TarWriter, type ChunkSink } from '../layers/tar-writer.js';
+import { deflateOptions, GzipMembers, GZIP_MEMBER_HEADER } from '../layers/gzip-members.js';
 import type { LayerSource } from '../layers/types.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
@@ -10,13 +12,12 @@ import type { LayerSettings } from './keys.js';
 
 /**
  * Tar segments: a run of tar entries without the end-of-archive blocks, so segments concatenate into
- * one archive. Each is stored compressed as its own gzip member; gzip members concatenate into one
+ * one archive. Each is stored compressed as whole gzip members; gzip members concatenate into one
  * valid gzip stream (RFC 1952 §2.2), so a layer is composed from members without compressing again.
  *
- * Members use the same fixed framing as the layer writer (src/layers/layer-worker.ts): a 10-byte
- * header with no name, mtime 0, XFL 0, OS 3, raw deflate with zlib's defaults, CRC32 and ISIZE.
+ * Members are the layer writer's (src/layers/gzip-members.ts): a fixed 10-byte header with no name,
+ * mtime 0, XFL 0, OS 3, raw deflate with zlib's defaults, CRC32 and ISIZE.
  */
-const GZIP_HEADER = Buffer.from([0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0x03]);
 const CHUNK_SIZE = 1 << 20;
 /** Chunks in flight per segment: bounds memory to a few MiB whatever the segment's size. */
 const CHUNKS_IN_FLIGHT = 4;
@@ -25,16 +26,12 @@ const BLOCK = 512;
 /** The two zero blocks that end every tar archive. */
 export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK);
 
-export function deflateOptions(level: number): zlib.ZlibOptions {
-  return { level, windowBits: 15, memLevel: 8, strategy: zlib.constants.Z_DEFAULT_STRATEGY, chunkSize: 256 << 10 };
-}
-
 /** A whole gzip member of small in-memory bytes (the layer's first and last few blocks). */
 export function gzipMemberSync(bytes: Buffer, level: number): Buffer {
   const trailer = Buffer.alloc(8);
   trailer.writeUInt32LE(zlib.crc32(bytes) >>> 0, 0);
   trailer.writeUInt32LE(bytes.length % 0x100000000, 4);
-  return Buffer.concat([GZIP_HEADER, zlib.deflateRawSync(bytes, deflateOptions(level)), trailer]);
+  return Buffer.concat([GZIP_MEMBER_HEADER, zlib.deflateRawSync(bytes, deflateOptions(level)), trailer]);
 }
 
 /** The stored form of a small segment: a gzip member, or the bytes themselves. */
@@ -119,7 +116,7 @@ class SegmentSink implements ChunkSink {
 }
 
 export interface WrittenSegment {
-  /** sha256 of the stored bytes (the gzip member, or the raw segment). */
+  /** sha256 of the stored bytes (the gzip members, or the raw segment). */
   digest: string;
   size: number;
   /** Bytes of tar in the segment. */
@@ -128,8 +125,9 @@ export interface WrittenSegment {
 
 /**
  * Writes a source's tar segment to `file` in its stored form, in one pass: each tar chunk goes to
- * `alsoHash` (the whole layer's diffID), through deflate on the libuv thread pool (so layers written
- * concurrently compress on every core) and into a sha256 of the member. Memory stays at a few chunks.
+ * `alsoHash` (the whole layer's diffID) and to the layer writer's parallel gzip (GzipMembers: a member
+ * per 4 MiB of tar, deflated on the thread pool within `--jobs` turns, so one huge store path uses every
+ * core), whose members are hashed and written in order. Memory stays at a few chunks and members.
  */
 export async function writeSegment(
   source: LayerSource,
@@ -138,63 +136,41 @@ export async function writeSegment(
   alsoHash: Hash | null,
 ): Promise<WrittenSegment> {
   const forget = removeOnExit(file);
-  const deflate = settings.compression === 'gzip' ? zlib.createDeflateRaw(deflateOptions(settings.gzipLevel)) : null;
   const out = createWriteStream(file, { flags: 'wx', mode: 0o644, highWaterMark: 1 << 20 });
-  const memberHash = createHash('sha256');
+  const storedHash = createHash('sha256');
   let size = 0;
   let failure: Error | null = null;
-  const fail = (err: Error) => (failure ??= err);
-  out.on('error', (err) => {
-    fail(err);
-    // A paused deflate would otherwise wait for a drain that never comes.
-    deflate?.destroy();
-  });
-  const emit = (bytes: Buffer, done?: () => void) => {
-    memberHash.update(bytes);
+  out.on('error', (err) => (failure ??= err));
+  const emit = (bytes: Buffer, written?: () => void) => {
+    storedHash.update(bytes);
     size += bytes.length;
-    out.write(bytes, done && (() => done()));
+    out.write(bytes, written && (() => written()));
   };
-
-  let crc = 0;
-  if (deflate) {
-    deflate.on('error', fail);
-    deflate.on('data', (bytes: Buffer) => {
-      if (!out.write(bytes)) deflate.pause();
-      memberHash.update(bytes);
-      size += bytes.length;
-    });
-    out.on('drain', () => deflate.resume());
-    emit(GZIP_HEADER);
-  }
+  // Compressed members wait for the disk: a slow disk must not let them pile up in memory.
+  const roomOnDisk = async () => {
+    if (out.writableNeedDrain && !failure) await once(out, 'drain');
+  };
+  const members = settings.compression === 'gzip' ? new GzipMembers(settings.gzipLevel, (member) => emit(member)) : null;
 
   try {
     const tarSize = await tarSegment(source, settings.mtime, (bytes, release) => {
       if (failure) throw failure;
       alsoHash?.update(bytes);
-      if (!deflate) return emit(bytes, release);
-      crc = zlib.crc32(bytes, crc);
-      // deflate reads the chunk asynchronously: it goes back to the tar writer once consumed.
-      deflate.write(bytes, release);
-    });
-    if (deflate) {
-      await new Promise<void>((resolve, reject) => {
-        deflate.once('end', resolve);
-        deflate.once('error', reject);
-        deflate.end();
+      // The chunk goes back to the tar writer once its bytes are taken (copied, or on disk).
+      if (!members) return emit(bytes, release);
+      members.write(bytes).then(roomOnDisk).then(release, (err: Error) => {
+        failure ??= err;
+        release();
       });
-      const trailer = Buffer.alloc(8);
-      trailer.writeUInt32LE(crc >>> 0, 0);
-      trailer.writeUInt32LE(tarSize % 0x100000000, 4);
-      emit(trailer);
-    }
+    });
+    await members?.end();
     await new Promise<void>((resolve, reject) => {
       out.once('error', reject);
       out.end(resolve);
     });
     if (failure) throw failure;
-    return { digest: `sha256:${memberHash.digest('hex')}`, size, tarSize };
+    return { digest: `sha256:${storedHash.digest('hex')}`, size, tarSize };
   } catch (err) {
-    deflate?.destroy();
     if (!out.closed) await new Promise<void>((closed) => out.destroy().once('close', () => closed()));
     await rm(file, { force: true });
     const e = err as NodeJS.ErrnoException;

@@ -10,12 +10,12 @@ import { CACHE_FORMAT_VERSION } from './keys.js';
 /**
  * The on-disk cache: content-addressed blobs and small JSON entries naming them.
  *
- *   <dir>/v1/blobs/<sha256 hex>      a gzip member (or raw tar segment) or a whole layer blob
- *   <dir>/v1/parts/<key>.json        a store path's part:   { digest, size, tarSize, storePath, blob?, offset? }
- *   <dir>/v1/layers/<key>.json       a composed layer:      { digest, size, diffId, uncompressedSize, parts, frame }
- *   <dir>/v1/wheels/<key>.json       a wheel's layer:       { digest, size, diffId, uncompressedSize, facts }
+ *   <dir>/v2/blobs/<sha256 hex>      a gzip member (or raw tar segment) or a whole layer blob
+ *   <dir>/v2/parts/<key>.json        a store path's part:   { digest, size, tarSize, storePath, blob?, offset? }
+ *   <dir>/v2/layers/<key>.json       a composed layer:      { digest, size, diffId, uncompressedSize, parts, frame }
+ *   <dir>/v2/wheels/<key>.json       a wheel's layer:       { digest, size, diffId, uncompressedSize, facts }
  *   (each entry file is { sum, value }: sum is the sha256 of the value's JSON)
- *   <dir>/v1/tmp/                    files being written (renamed into place when complete)
+ *   <dir>/v2/tmp/                    files being written (renamed into place when complete)
  *
  * Every file appears by rename, so readers see none or all of it; two builds writing the same entry
  * write the same bytes. Readers never trust a blob: they check its size and sha256 while using it.

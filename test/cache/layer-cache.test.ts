@@ -74,10 +74,10 @@ describe('a layer composed of cached parts', () => {
     expect([fromParts.blob.digest, warm.blob.digest]).toEqual([cold.blob.digest, cold.blob.digest]);
     expect(readFileSync(warm.blob.file).equals(readFileSync(cold.blob.file))).toBe(true);
     // The path's bytes are now kept once, inside its layer's blob, which the warm build linked.
-    const entries = readdirSync(join(cacheDir, 'v1/parts')).map((name) => JSON.parse(readFileSync(join(cacheDir, 'v1/parts', name), 'utf8')).value);
+    const entries = readdirSync(join(cacheDir, 'v2/parts')).map((name) => JSON.parse(readFileSync(join(cacheDir, 'v2/parts', name), 'utf8')).value);
     const own = entries.find((e) => e.storePath === first!.path);
     expect(own.blob).toBe(cold.blob.digest);
-    expect(readdirSync(join(cacheDir, 'v1/blobs'))).not.toContain(own.digest.slice(7));
+    expect(readdirSync(join(cacheDir, 'v2/blobs'))).not.toContain(own.digest.slice(7));
   });
 
   it('uncompressed layers compose the same way', async () => {
@@ -96,7 +96,7 @@ describe('a layer composed of cached parts', () => {
     const otherMtime = await (await cacheIn(cacheDir, { ...GZIP, mtime: 2 })).storePathLayer([info]);
     const otherLevel = await (await cacheIn(cacheDir, { ...GZIP, gzipLevel: 1 })).storePathLayer([info]);
     expect([otherMtime.reused, otherLevel.reused]).toEqual([false, false]);
-    expect(readdirSync(join(cacheDir, 'v1/parts'))).toHaveLength(3);
+    expect(readdirSync(join(cacheDir, 'v2/parts'))).toHaveLength(3);
   });
 });
 
@@ -106,7 +106,7 @@ describe('cache maintenance', () => {
     const cache = await cacheIn(cacheDir);
     const infos = [...closure.paths.values()].sort((a, b) => b.narSize - a.narSize);
     for (const info of infos) await cache.storePathLayer([info]);
-    const parts = join(cacheDir, 'v1/parts');
+    const parts = join(cacheDir, 'v2/parts');
     // Make the biggest path the most recently used; the others older, in order.
     const byPath = new Map(readdirSync(parts).map((name) => [JSON.parse(readFileSync(join(parts, name), 'utf8')).value.storePath as string, join(parts, name)]));
     const base = Date.now() / 1000 - 1000;
@@ -115,7 +115,7 @@ describe('cache maintenance', () => {
     expect(before.entries).toEqual({ parts: 3, layers: 3, wheels: 0 });
     // The biggest path's bytes lie in its layer's blob (the part plus the layer's first and last members).
     const biggest = JSON.parse(readFileSync(byPath.get(infos[0]!.path)!, 'utf8')).value;
-    const biggestSize = statSync(join(cacheDir, 'v1/blobs', biggest.blob.slice(7))).size;
+    const biggestSize = statSync(join(cacheDir, 'v2/blobs', biggest.blob.slice(7))).size;
     expect(biggestSize).toBeGreaterThan(biggest.size);
     const result = await pruneCache(cacheDir, biggestSize + 10);
     expect(result.bytes).toBe(biggestSize);
@@ -130,15 +130,15 @@ describe('cache maintenance', () => {
     await CacheStore.open(cacheDir);
     const old = (Date.now() - 2 * GRACE_MS) / 1000;
     for (const [sub, name] of [['tmp', 'old.tmp'], ['tmp', 'young.tmp'], ['blobs', 'a'.repeat(64)], ['blobs', 'b'.repeat(64)]] as const) {
-      writeFileSync(join(cacheDir, 'v1', sub, name), 'x');
+      writeFileSync(join(cacheDir, 'v2', sub, name), 'x');
     }
-    utimesSync(join(cacheDir, 'v1/tmp/old.tmp'), old, old);
-    utimesSync(join(cacheDir, 'v1/blobs', 'a'.repeat(64)), old, old);
+    utimesSync(join(cacheDir, 'v2/tmp/old.tmp'), old, old);
+    utimesSync(join(cacheDir, 'v2/blobs', 'a'.repeat(64)), old, old);
     const stats = await cacheStats(cacheDir);
     expect([stats.tempFiles, stats.unreferencedBlobs]).toEqual([2, 2]);
     await pruneCache(cacheDir, 1 << 30);
-    expect(readdirSync(join(cacheDir, 'v1/tmp'))).toEqual(['young.tmp']);
-    expect(readdirSync(join(cacheDir, 'v1/blobs'))).toEqual(['b'.repeat(64)]);
+    expect(readdirSync(join(cacheDir, 'v2/tmp'))).toEqual(['young.tmp']);
+    expect(readdirSync(join(cacheDir, 'v2/blobs'))).toEqual(['b'.repeat(64)]);
   });
 
   it('reads sizes with binary units', () => {
