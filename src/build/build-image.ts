@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import pLimit from 'p-limit';
 import { loadClosure } from '../nix/closure.js';
 import type { Closure } from '../nix/types.js';
-import { planLayers } from '../layers/plan.js';
+import { planLayers, type PlanStrategy } from '../layers/plan.js';
 import { DEFAULT_GZIP_LEVEL, writeLayer } from '../layers/write-layer.js';
 import { setLayerJobs } from '../layers/jobs.js';
 import type { Compression, LayerBlob } from '../layers/types.js';
@@ -38,6 +38,8 @@ export interface BuildImageOptions {
   tags: string[];
   compression?: Compression;
   maxLayers?: number;
+  /** How store paths are grouped into layers (default: the recipe's, else size-aware). */
+  layerStrategy?: PlanStrategy;
   /** Seconds since the epoch for every mtime and the config's `created`. */
   sourceDateEpoch: number;
   /** The layer cache's directory; null for none (layers are then built through a throwaway one). */
@@ -69,6 +71,8 @@ export interface BuildImageResult {
 /** The mtime when SOURCE_DATE_EPOCH is not set: 1970-01-01T00:00:01Z, as nixpkgs' dockerTools uses. */
 export const DEFAULT_SOURCE_DATE_EPOCH = 1;
 export const DEFAULT_MAX_LAYERS = 100;
+/** Size-aware grouping changes far fewer bytes when one store path changes (see plan-size-aware.ts). */
+export const DEFAULT_LAYER_STRATEGY: PlanStrategy = 'size-aware';
 
 /**
  * The build: read the closure, plan and write the store-path layers, install the wheels, add the
@@ -108,7 +112,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       depsCheck: options.depsCheck,
     });
 
-    const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length });
+    const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;
+    const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy });
     const timings = { closure: clock.lap(), layers: 0, checks: 0, output: 0 };
     const total = plan.length + wheels.layers.length + 1;
     let finished = 0;

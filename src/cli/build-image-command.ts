@@ -3,6 +3,7 @@ import { addRecipeOptions, recipeOverridesFrom } from '../recipe/cli-options.js'
 import { buildImage, DEFAULT_SOURCE_DATE_EPOCH } from '../build/build-image.js';
 import { OUTPUT_FORMATS, parseOutputFormat } from '../oci/write.js';
 import type { Compression } from '../layers/types.js';
+import type { PlanStrategy } from '../layers/plan.js';
 import { UserError } from '../util/errors.js';
 import { addPushOptions, pushOptionsFromFlags, type PushFlags } from '../registry/push-command.js';
 import { pushImage } from '../registry/push.js';
@@ -22,6 +23,7 @@ export function buildImageCommand(): Command {
     .addOption(new Option('-t, --tag <name:tag>', 'name to record in the archive (repeatable); default: the recipe\'s name and tag').argParser(collect))
     .addOption(new Option('--compression <kind>', 'layer compression (default: the recipe\'s, else gzip)').choices(['gzip', 'none']))
     .option('--max-layers <n>', 'most layers the image may have (default: the recipe\'s, else 100)')
+    .addOption(new Option('--layer-strategy <strategy>', 'how store paths share layers (default: the recipe\'s, else size-aware)').choices(['size-aware', 'popularity']))
     .addOption(new Option('--wheel <file>', 'a Python wheel to install (repeatable; adds to the recipe\'s)').argParser(collect))
     .option('--python <path>', 'the image\'s Python: a store path or its bin/python3.X (default: found in the closure)')
     .option('--no-deps-check', 'skip the wheels\' requirements check')
@@ -61,6 +63,7 @@ export function buildImageCommand(): Command {
       tags: (flags.tag as string[] | undefined) ?? [],
       compression: flags.compression as Compression | undefined,
       maxLayers,
+      layerStrategy: flags.layerStrategy as PlanStrategy | undefined,
       sourceDateEpoch: sourceDateEpoch(),
       cacheDir,
       jobs,

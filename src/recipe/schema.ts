@@ -45,6 +45,11 @@ export interface Recipe {
 
   /** Most layers the image may have (store paths are grouped to fit); default 100. */
   maxLayers?: number;
+  /**
+   * How store paths are grouped into layers: `size-aware` (default: the largest paths anchor layers, paths
+   * used by the same anchors share one) or `popularity` (nixpkgs' streamLayeredImage).
+   */
+  layerStrategy?: RecipeLayerStrategy;
   /** Layer compression; default gzip. */
   compression?: RecipeCompression;
   /** Python wheels to install, relative to the recipe file. */
@@ -102,6 +107,8 @@ export const ARCHITECTURES = ['amd64', 'arm64', 'arm', '386', 'ppc64le', 's390x'
 export type Architecture = (typeof ARCHITECTURES)[number];
 
 export const COMPRESSIONS = ['gzip', 'none'] as const;
+export const LAYER_STRATEGIES = ['size-aware', 'popularity'] as const;
+export type RecipeLayerStrategy = (typeof LAYER_STRATEGIES)[number];
 export type RecipeCompression = (typeof COMPRESSIONS)[number];
 
 /** Patterns shared by the schema and the command-line flags, so both accept the same values. */
@@ -201,6 +208,7 @@ export const recipeSchema = {
       },
     },
     maxLayers: { type: 'integer', minimum: 2, maximum: 127 },
+    layerStrategy: { type: 'string', enum: [...LAYER_STRATEGIES] },
     compression: { type: 'string', enum: [...COMPRESSIONS] },
     wheels: { type: 'array', items: { type: 'string', minLength: 1 } },
     python: {
