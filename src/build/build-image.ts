@@ -3,9 +3,10 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pLimit from 'p-limit';
 import { loadClosure } from '../nix/closure.js';
-import type { Closure } from '../nix/types.js';
+import type { Closure, StorePathInfo } from '../nix/types.js';
 import { planLayers, type PlanStrategy } from '../layers/plan.js';
 import { DEFAULT_GZIP_LEVEL, writeLayer } from '../layers/write-layer.js';
+import { storePathsSource } from '../layers/store-path-source.js';
 import { setLayerJobs } from '../layers/jobs.js';
 import type { Compression, LayerBlob } from '../layers/types.js';
 import { emptyRecipe, loadRecipe } from '../recipe/load.js';
@@ -148,12 +149,19 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
           throw error;
         }
       });
+    // Uncompressed layers without a cache are written straight through: the tar is the blob, so the bytes
+    // are those a cache would compose, and one pass (hashed on the writer's thread) is all it takes.
+    const direct = compression === 'none' && options.cacheDir === null;
+    const writeDirect = async (infos: StorePathInfo[]) => ({
+      blob: await writeLayer(storePathsSource(infos), { compression, dir: work, mtime: options.sourceDateEpoch }),
+      reused: false,
+    });
     const wheelFacts: WheelElfFacts[] = [];
     const tasks: Promise<BuiltLayer>[] = [
       ...plan.map((group, i) => {
         const label = group.paths.length === 1 ? storeName(group.paths[0]!) : `${group.paths.length} store paths`;
         const infos = group.paths.map((path) => closure.paths.get(path)!);
-        return limit(() => timed(i, label, group.paths, () => cache.storePathLayer(infos)));
+        return limit(() => timed(i, label, group.paths, () => (direct ? writeDirect(infos) : cache.storePathLayer(infos))));
       }),
       ...wheels.layers.map((wheel, i) =>
         limit(() =>

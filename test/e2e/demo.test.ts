@@ -40,6 +40,14 @@ describe('build-image on the demo recipe', () => {
     expect(createHash('sha256').update(piped.stdout).digest('hex')).toBe(sha256(join(dir, 'a.tar')));
   });
 
+  it('writes the same uncompressed image straight through (--no-cache) as through the cache', () => {
+    const cached = join(dir, 'none-cached.tar');
+    const direct = join(dir, 'none-direct.tar');
+    build(cached, '--compression', 'none', '--cache-dir', join(dir, 'cache'));
+    build(direct, '--compression', 'none', '--no-cache');
+    expect(sha256(direct)).toBe(sha256(cached));
+  });
+
   it('takes its times from SOURCE_DATE_EPOCH', () => {
     const out = join(dir, 'epoch.tar');
     cliOk(['build-image', '-q', '--closure', CLOSURE, '--recipe', RECIPE, '--output', out], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
