@@ -48,7 +48,17 @@ export interface BuildImageOptions {
   /** Layers written at a time (default: the number of CPUs). */
   jobs?: number;
   log: (line: string) => void;
+  /** Told how far the build is, for a progress display (the plain `log` lines say the same). */
+  progress?: BuildProgress;
+  /** Called once the build ends, whether it succeeded or not, before the work directory goes. */
+  stopProgress?: () => void;
   warn: (line: string) => void;
+}
+
+export interface BuildProgress {
+  reading(bytesRead: number, totalBytes: number): void;
+  planned(layers: number): void;
+  layerDone(layer: BuiltLayer): void;
 }
 
 export interface BuiltLayer {
@@ -100,7 +110,22 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     const store = await CacheStore.open(options.cacheDir ?? join(work, 'cache'));
     const cache = new LayerCache(store, settings, work);
     options.log(`reading ${options.closures.map((f) => (f === '-' ? 'stdin' : f)).join(', ')}`);
-    const closure: Closure = await loadClosure(options.closures, { pathInfoFile: options.pathInfo, tmpDir: work });
+    let readBefore = 0;
+    let sizeBefore = 0;
+    let current = '';
+    const closure: Closure = await loadClosure(options.closures, {
+      pathInfoFile: options.pathInfo,
+      tmpDir: work,
+      // Per file: add up across the files given.
+      onProgress: (file, read, total) => {
+        if (file !== current) {
+          readBefore = sizeBefore;
+          sizeBefore += total;
+          current = file;
+        }
+        options.progress?.reading(readBefore + read, sizeBefore);
+      },
+    });
     options.log(`closure: ${closure.paths.size} store paths (roots: ${closure.roots.map(storeName).join(', ')})`);
     if (options.cacheDir) options.log(`layer cache: ${options.cacheDir}`);
 
@@ -117,9 +142,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy });
     const timings = { closure: clock.lap(), layers: 0, checks: 0, output: 0 };
     const total = plan.length + wheels.layers.length + 1;
+    options.progress?.planned(total);
     let finished = 0;
     const report = (index: number, layer: BuiltLayer, label: string) => {
       finished++;
+      options.progress?.layerDone(layer);
       options.log(
         `layer ${String(index + 1).padStart(3)}/${total} ${layer.reused ? 'reused' : 'built '} ${layer.blob.digest.slice(7, 19)} ` +
           `${formatBytes(layer.blob.uncompressedSize).padStart(9)} ${label} (${layer.seconds.toFixed(1)} s; ${finished}/${total} done)`,
@@ -207,6 +234,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     timings.output = clock.lap();
     return { image, manifestDigest: manifestDigest(image), layers: written, tags: image.tags, timings };
   } finally {
+    options.stopProgress?.();
     forget();
     rmSync(work, { recursive: true, force: true });
   }

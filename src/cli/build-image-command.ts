@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
 import { addRecipeOptions, recipeOverridesFrom } from '../recipe/cli-options.js';
+import { TerminalBuildProgress } from './build-progress.js';
 import { buildImage, DEFAULT_SOURCE_DATE_EPOCH } from '../build/build-image.js';
 import { OUTPUT_FORMATS, parseOutputFormat } from '../oci/write.js';
 import type { Compression } from '../layers/types.js';
@@ -42,15 +43,20 @@ export function buildImageCommand(): Command {
     const output = flags.output as string;
     const quiet = Boolean(flags.quiet) || output === '-';
     // With the image on stdout, everything else goes to stderr.
+    // On a terminal, bars show the progress and the per-layer lines are left out; elsewhere, plain lines.
+    const bars = !quiet && !flags.json && process.stderr.isTTY ? new TerminalBuildProgress(process.stderr) : undefined;
     const say = (line: string) => {
-      if (!quiet) process.stderr.write(`${line}\n`);
+      if (!quiet && !bars) process.stderr.write(`${line}\n`);
     };
+    const warn = (line: string) => (bars ? bars.log(`warning: ${line}`) : process.stderr.write(`warning: ${line}\n`));
     const maxLayers = flags.maxLayers !== undefined ? parseWholeNumber(flags.maxLayers as string, '--max-layers') : undefined;
     const jobs = flags.jobs !== undefined ? parseWholeNumber(flags.jobs as string, '--jobs') : undefined;
     if (flags.cache === false && flags.cacheDir !== undefined) throw new UserError('--cache-dir and --no-cache contradict each other; give one');
     const cacheDir = flags.cache === false ? null : ((flags.cacheDir as string | undefined) ?? defaultCacheDir());
     const started = Date.now();
     const result = await buildImage({
+      progress: bars,
+      stopProgress: () => bars?.stop(),
       closures: flags.closure as string[],
       pathInfo: flags.pathInfo as string | undefined,
       recipe: flags.recipe as string | undefined,
@@ -68,7 +74,7 @@ export function buildImageCommand(): Command {
       cacheDir,
       jobs,
       log: say,
-      warn: (line) => process.stderr.write(`warning: ${line}\n`),
+      warn: (line) => void warn(line),
     });
     const seconds = (Date.now() - started) / 1000;
     if (flags.json) {
@@ -95,8 +101,12 @@ export function buildImageCommand(): Command {
         }, null, 2)}\n`,
       );
     } else if (output !== '-') {
-      say(`wrote ${output} (${result.layers.length} layers, ${seconds.toFixed(1)} s), image ${result.manifestDigest}`);
-      if (flags.format !== 'oci-layout') say(`load it with: podman load -i ${output}`);
+      const done = (line: string) => {
+        if (!quiet) process.stderr.write(`${line}\n`);
+      };
+      const reused = result.layers.filter((l) => l.reused).length;
+      done(`wrote ${output} (${result.layers.length} layers, ${reused} reused, ${seconds.toFixed(1)} s), image ${result.manifestDigest}`);
+      if (flags.format !== 'oci-layout') done(`load it with: podman load -i ${output}`);
     }
     if (flags.push !== undefined) {
       if (output === '-') throw new UserError('--push needs the image in a file or directory, not on standard output');
