@@ -1,5 +1,6 @@
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { parseByteSize } from '../util/units.js';
 import { UserError } from '../util/errors.js';
 import { CacheStore, ENTRY_KINDS, isDigest, isRecord, unwrapEntry, type EntryKind } from './store.js';
 
@@ -145,11 +146,9 @@ export async function pruneCache(dir: string, maxBytes: number, now = Date.now()
   return result;
 }
 
-const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
-
 /** `500M`, `10G`, `1.5GiB`, `2048`: sizes in bytes, with binary (1024-based) units. */
 export function parseSize(text: string, flag = '--max-size'): number {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
-  if (!match) throw new UserError(`${flag} takes a size such as 500M, 10G or 2048 (bytes), got ${JSON.stringify(text)}`);
-  return Math.floor(Number(match[1]) * UNITS[match[2]!.toLowerCase()]!);
+  const size = parseByteSize(text);
+  if (size === null) throw new UserError(`${flag} takes a size such as 500M, 10G or 2048 (bytes), got ${JSON.stringify(text)}`);
+  return size;
 }

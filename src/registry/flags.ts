@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from 'commander';
+import { parseByteSize } from '../util/units.js';
 
 /** Parsers for the push flags, as commander calls them (InvalidArgumentError shows as a usage error). */
 
@@ -19,11 +20,9 @@ export function parseWholeNumber(value: string): number {
   return Number(value);
 }
 
-const SIZE_UNITS: Record<string, number> = { '': 1, k: 1 << 10, m: 1 << 20, g: 1 << 30 };
-
 /** `65536`, `512K`, `16M`, `16MiB`, `1G` (binary units). */
 export function parseSize(value: string): number {
-  const match = /^(\d+)\s*([kmg]?)(?:i?b)?$/i.exec(value.trim());
-  if (!match) throw new InvalidArgumentError('expected a size such as 16M or 1G');
-  return Number(match[1]) * SIZE_UNITS[match[2]!.toLowerCase()]!;
+  const size = parseByteSize(value);
+  if (size === null || size === 0) throw new InvalidArgumentError('expected a size such as 16M or 1G');
+  return size;
 }
