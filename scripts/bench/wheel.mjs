@@ -2,17 +2,17 @@
 // large shared objects, deflated as wheel builders do — installed into a layer, next to a store-path
 // layer of about the same size written by the same writer. Target: the wheel is not slower.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 const MB = 1e6;
 
 /** Builds the wheel once with Python's zipfile (the build machine needs Python only for this bench). */
 function makeWheel(work, small, bigFiles) {
-  const file = join(work, small ? 'benchwheel-1.0-cp311-cp311-linux_x86_64.small.whl' : 'benchwheel-1.0-cp311-cp311-linux_x86_64.whl');
-  const wheel = file.replace('.small.whl', '.whl');
-  if (small && existsSync(file)) return file;
-  if (!small && existsSync(wheel)) return wheel;
+  const dir = join(work, small ? 'wheel-small' : 'wheel-full');
+  const wheel = join(dir, 'benchwheel-1.0-cp311-cp311-linux_x86_64.whl');
+  if (existsSync(wheel)) return wheel;
+  mkdirSync(dir, { recursive: true });
   const script = String.raw`
 import base64, hashlib, os, sys, zipfile
 out, copies, big = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -47,7 +47,7 @@ with zipfile.ZipFile(tmp, 'w') as z:
     z.writestr(zipfile.ZipInfo(di + 'RECORD', (2020, 1, 1, 0, 0, 0)), '\n'.join(record) + '\n')
 os.rename(tmp, out)
 `;
-  execFileSync('python3', ['-c', script, wheel, small ? '1' : '3', ...bigFiles], { stdio: 'inherit' });
+  execFileSync('python3', ['-c', script, wheel, small ? '1' : '6', ...bigFiles], { stdio: 'inherit' });
   return wheel;
 }
 
