@@ -47,7 +47,7 @@ with zipfile.ZipFile(tmp, 'w') as z:
     z.writestr(zipfile.ZipInfo(di + 'RECORD', (2020, 1, 1, 0, 0, 0)), '\n'.join(record) + '\n')
 os.rename(tmp, out)
 `;
-  execFileSync('python3', ['-c', script, wheel, small ? '1' : '6', ...bigFiles], { stdio: 'inherit' });
+  execFileSync('python3', ['-c', script, wheel, small ? '1' : '12', ...bigFiles], { stdio: 'inherit' });
   return wheel;
 }
 
