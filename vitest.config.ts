@@ -8,5 +8,7 @@ export default defineConfig({
     // Integration tests start registries and containers; two cores do not gain from more workers.
     maxWorkers: 2,
     fileParallelism: true,
+    // The JSON report lets .ci/run print a closing 'N passed, N failed' line any CI can read.
+    reporters: ['default', ['json', { outputFile: 'test-results.json' }]],
   },
 });
