@@ -1,6 +1,4 @@
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { describe, it, expect, beforeAll } from 'vitest';
 import { join } from 'node:path';
 import { tools } from '../../helpers/tools.js';
 import { buildPythonClosure, canBuildPythonClosure, exportPythonClosure, type PythonClosure } from '../../helpers/python-closure.js';
@@ -11,6 +9,7 @@ import type { TarSink } from '../../../src/layers/types.js';
 import { readWheelInfo, type WheelInfo } from '../../../src/wheels/wheel-info.js';
 import { wheelLayerSource } from '../../../src/wheels/install.js';
 import { checkWheels, ElfCollector, inspectClosure } from '../../../src/wheels/checks/index.js';
+import { useScratchDirs } from '../../helpers/scratch.js';
 
 /**
  * The checks as the build runs them: a real `nix-store --export` of the Debian-based runtime closure
@@ -44,16 +43,8 @@ async function install(wheels: WheelInfo[], interpreter: string) {
   return { elf, files, elfObjects: await elf.finish() };
 }
 
-/** Temporary directories (exports are tens of MB), removed after the tests. */
-const scratch: string[] = [];
-function scratchDir(prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  scratch.push(dir);
-  return dir;
-}
-afterAll(() => {
-  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
-});
+/** Temporary directories, removed after the tests. */
+const scratchDir = useScratchDirs();
 
 async function loadExported(closure: PythonClosure, name: string): Promise<Closure> {
   const dir = scratchDir('checks-e2e-');

@@ -1,23 +1,14 @@
-import { describe, it, expect, afterAll } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { tools } from '../../helpers/tools.js';
 import { makeWheel } from '../../helpers/wheels.js';
 import { ElfCollector } from '../../../src/wheels/checks/elf-collector.js';
 import { ZipReader } from '../../../src/wheels/zip.js';
+import { useScratchDirs } from '../../helpers/scratch.js';
 
 /** Temporary directories, removed after the tests. */
-const scratch: string[] = [];
-function scratchDir(prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  scratch.push(dir);
-  return dir;
-}
-afterAll(() => {
-  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
-});
+const scratchDir = useScratchDirs();
 
 const libstdcxx = '/usr/lib/x86_64-linux-gnu/libstdc++.so.6';
 

@@ -1,22 +1,14 @@
-import { describe, it, expect, afterAll } from 'vitest';
+import { describe, it, expect } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { createReadStream, copyFileSync, existsSync, mkdtempSync, readdirSync, writeFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createReadStream, copyFileSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ElfScanner, type ElfFacts, type ElfScanResult } from '../../../src/wheels/checks/elf.js';
 import { UserError } from '../../../src/util/errors.js';
 import { tools } from '../../helpers/tools.js';
+import { useScratchDirs } from '../../helpers/scratch.js';
 
 /** Temporary directories, removed after the tests. */
-const scratch: string[] = [];
-function scratchDir(prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  scratch.push(dir);
-  return dir;
-}
-afterAll(() => {
-  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
-});
+const scratchDir = useScratchDirs();
 
 /** What `readelf` says about a file: the oracle. */
 function readelfFacts(file: string) {
