@@ -1,9 +1,17 @@
-// The layer cache in `npm run bench` (issue 5): a cold build, a rebuild with nothing changed and a
-// rebuild with one changed store path, each on a fresh or warm cache in .bench/, with peak RSS and
-// where the warm build's time goes (the --json summary's stage timings).
+// The layer cache in `npm run bench` (issue 5), on an image shaped like the vLLM one: the bench closure,
+// a stand-in Python 3.11 closure, the big bench wheel as "torch" and a smaller "vllm" wheel. Scenarios,
+// each on the same cache in .bench/: a cold build, a rebuild with nothing changed, a rebuild with the
+// vllm wheel changed (1.0 → 1.1) and a rebuild with one changed store path. Each reports its time
+// against the cold build's, the layers reused and built, peak RSS, and the bytes a push would upload:
+// the blobs (layers, config, manifest) whose digests the previous build's image did not have.
 import { execFileSync, spawn } from 'node:child_process';
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { benchWheelFile } from './wheel.mjs';
+import { makeVllmWheel, WHEEL_TAG } from './vllm-wheel.mjs';
+
+const MB = 1e6;
+const MiB = 2 ** 20;
 
 /** Runs the CLI with --json, sampling peak RSS (VmHWM covers the worker threads). */
 function runJson(cli, args) {
@@ -46,36 +54,108 @@ function changedPathClosure(work, text) {
   return file;
 }
 
+/** The stand-in Python 3.11 (scripts/bench/python.nix) as a closure file of its own, exported once. */
+function pythonClosure(repo, work) {
+  const version = execFileSync('/usr/bin/python3.11', ['-c', 'import platform; print(platform.python_version())'], { encoding: 'utf8' }).trim();
+  const args = ['--no-out-link', '--quiet', join(repo, 'scripts/bench/python.nix'), '--argstr', 'version', version];
+  const path = execFileSync('nix-build', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();
+  const file = join(work, `${basename(path)}.closure`);
+  if (!existsSync(file)) {
+    execFileSync('sh', ['-c', `nix-store --export $(nix-store -qR "$1") > '${file}.${process.pid}'`, 'sh', path]);
+    renameSync(`${file}.${process.pid}`, file);
+  }
+  return { file, interpreter: `${path}/bin/python3.11` };
+}
+
+/** Every blob a push of the build's image sends (layers, config, manifest), from the summary and the archive. */
+function imageBlobs(archive, summary) {
+  const manifestBlob = `blobs/sha256/${summary.manifestDigest.slice('sha256:'.length)}`;
+  const manifestText = execFileSync('tar', ['-xOf', archive, manifestBlob], { encoding: 'utf8' });
+  const { config } = JSON.parse(manifestText);
+  const blobs = new Map(summary.layers.map((l) => [l.digest, { size: l.size, layer: l }]));
+  blobs.set(config.digest, { size: config.size });
+  blobs.set(summary.manifestDigest, { size: Buffer.byteLength(manifestText) });
+  return blobs;
+}
+
+const mb = (bytes) => (bytes >= 0.1 * MB ? `${(bytes / MB).toFixed(1)} MB` : bytes >= 1000 ? `${(bytes / 1000).toFixed(1)} kB` : `${bytes} B`);
+
 export async function benchCache({ repo, work, small, report }) {
+  if (!existsSync('/usr/bin/python3.11') || !existsSync('/usr/lib/python3.11')) {
+    report('layer cache', 'skipped', 'needs Debian\'s python3.11 (scripts/install-system-deps.sh)');
+    return;
+  }
   const cli = join(repo, 'dist/cli/main.js');
   const closure = join(work, small ? 'small.closure' : 'bench.closure');
+  const python = pythonClosure(repo, work);
+  const { wheelFile: torch } = await benchWheelFile({ repo, work, small });
+  const vllm = { '1.0': makeVllmWheel(work, small, '1.0'), '1.1': makeVllmWheel(work, small, '1.1') };
+  for (const wheel of [torch, ...Object.values(vllm)]) {
+    if (!basename(wheel).endsWith(`-${WHEEL_TAG}.whl`)) throw new Error(`${wheel}: not tagged ${WHEEL_TAG}`);
+  }
   // Per run: two benches at once on one machine must not share (or delete) each other's cache.
   const cache = join(work, `cache-${process.pid}`);
   const out = join(work, `cache-out-${process.pid}.tar`);
   const seed = String(Date.now());
   const before = changedPathClosure(work, `a${seed}`);
   const after = changedPathClosure(work, `b${seed}`);
-  const build = (extra) => runJson(cli, ['build-image', '-q', '--closure', closure, '--entrypoint', '/bin/sh', '--cache-dir', cache, '--output', out, ...extra]);
+  const build = async (path, vllmWheel) => {
+    const run = await runJson(cli, [
+      'build-image', '-q', '--closure', closure, '--closure', python.file, '--closure', path, '--python', python.interpreter,
+      '--wheel', torch, '--wheel', vllmWheel, '--no-deps-check', '--entrypoint', '/bin/sh', '--cache-dir', cache, '--output', out,
+    ]);
+    return { ...run, blobs: imageBlobs(out, run.summary) };
+  };
 
-  console.log('\nlayer cache (gzip):');
+  console.log('\nlayer cache (gzip; bench closure, python closure, torch and vllm wheels):');
   rmSync(cache, { recursive: true, force: true });
-  const cold = await build(['--closure', before]);
-  report('cold build, empty cache', `${cold.seconds.toFixed(1)} s`, `${cold.summary.built} layers built`);
-  report('  peak RSS', `${(cold.peakRss / 2 ** 20).toFixed(0)} MiB`, '< 300 MiB', cold.peakRss < 300 * 2 ** 20);
+  let previous = new Map();
+  /** The lines every scenario has: layers, push bytes (blobs the previous image lacked), peak RSS. */
+  const scenario = (run, layersTarget, layersOk, pushTarget) => {
+    const { reused, built } = run.summary;
+    report('  layers reused / built', `${reused} / ${built}`, layersTarget, layersOk);
+    const total = [...run.blobs.values()].reduce((sum, b) => sum + b.size, 0);
+    const upload = [...run.blobs].filter(([digest]) => !previous.has(digest)).map(([, b]) => b);
+    const bytes = upload.reduce((sum, b) => sum + b.size, 0);
+    // A push sends only what changed: no layer that this build reused from the cache is new.
+    const pushOk = upload.every((b) => !b.layer?.reused);
+    report('  push would upload', mb(bytes), `${((bytes / total) * 100).toFixed(1)} % of the image's ${mb(total)}; ${pushTarget}`, pushOk);
+    report('  peak RSS', `${(run.peakRss / MiB).toFixed(0)} MiB`, '< 300 MiB', run.peakRss < 300 * MiB);
+    previous = run.blobs;
+  };
+  /** The --json summary's stage timings; the rest is start-up (and exit). */
+  const timeSpent = (run) => {
+    const t = run.summary.timings;
+    const rest = run.seconds - t.closure - t.layers - t.checks - t.output;
+    report('  where the time goes', `${run.seconds.toFixed(2)} s`, `read closure ${t.closure.toFixed(2)} s, layers ${t.layers.toFixed(2)} s, checks ${t.checks.toFixed(2)} s, write output ${t.output.toFixed(2)} s, start-up and rest ${rest.toFixed(2)} s`);
+  };
+  const ofCold = (run, cold, limit, name) => {
+    const ratio = run.seconds / cold.seconds;
+    report(name, `${run.seconds.toFixed(2)} s, ${(ratio * 100).toFixed(1)} %`, `<= ${limit * 100} % of cold`, ratio <= limit);
+  };
 
-  const same = await build(['--closure', before]);
-  const sameRatio = same.seconds / cold.seconds;
-  report('rebuild, nothing changed', `${(sameRatio * 100).toFixed(1)} % of cold`, '<= 5 %', sameRatio <= 0.05);
-  report('  layers reused / built', `${same.summary.reused} / ${same.summary.built}`, 'all but the image root', same.summary.built === 1);
+  const cold = await build(before, vllm['1.0']);
+  report('cold build, empty cache', `${cold.seconds.toFixed(1)} s, 100 %`, `${cold.summary.layers.length} layers`);
+  for (const [role, wheel] of [['torch', torch], ['vllm', vllm['1.0']]]) {
+    const layer = cold.summary.layers.find((l) => l.contents.includes(basename(wheel)));
+    report(`  ${role} wheel (${basename(wheel).split('-').slice(0, 2).join(' ')}), installed`, mb(layer.uncompressedSize), `${mb(statSync(wheel).size)} zipped, ${mb(layer.size)} gzip layer`);
+  }
+  scenario(cold, 'all built', cold.summary.reused === 0, 'everything');
+
+  const same = await build(before, vllm['1.0']);
+  ofCold(same, cold, 0.05, 'rebuild, nothing changed');
   report('  same image as the cold build', same.summary.manifestDigest === cold.summary.manifestDigest ? 'yes' : 'NO', '', same.summary.manifestDigest === cold.summary.manifestDigest);
-  report('  peak RSS', `${(same.peakRss / 2 ** 20).toFixed(0)} MiB`, '< 300 MiB', same.peakRss < 300 * 2 ** 20);
-  const t = same.summary.timings;
-  report('  where the time goes', `${same.seconds.toFixed(2)} s`, `read closure ${t.closure.toFixed(2)} s, layers ${t.layers.toFixed(2)} s, write output ${t.output.toFixed(2)} s, start-up and rest ${(same.seconds - t.closure - t.layers - t.checks - t.output).toFixed(2)} s`);
+  scenario(same, 'all but the image root', same.summary.built === 1, 'the config and root layer at most');
+  timeSpent(same);
 
-  const changed = await build(['--closure', after]);
-  const changedRatio = changed.seconds / cold.seconds;
-  report('rebuild, one store path changed', `${(changedRatio * 100).toFixed(1)} % of cold`, '<= 10 %', changedRatio <= 0.1);
-  report('  layers reused / built', `${changed.summary.reused} / ${changed.summary.built}`, 'the changed path and the image root built', changed.summary.built === 2);
-  report('  peak RSS', `${(changed.peakRss / 2 ** 20).toFixed(0)} MiB`, '< 300 MiB', changed.peakRss < 300 * 2 ** 20);
+  const wheel = await build(before, vllm['1.1']);
+  ofCold(wheel, cold, 0.1, 'rebuild, one changed wheel (vllm 1.0 -> 1.1)');
+  scenario(wheel, 'the changed wheel and the image root built', wheel.summary.built === 2, 'the new wheel layer, config and root');
+  timeSpent(wheel);
+
+  const changed = await build(after, vllm['1.1']);
+  ofCold(changed, cold, 0.1, 'rebuild, one store path changed');
+  scenario(changed, 'the changed path and the image root built', changed.summary.built === 2, 'the new path\'s layer, config and root');
+  timeSpent(changed);
   for (const file of [cache, out, before, after]) rmSync(file, { recursive: true, force: true });
 }

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 const MB = 1e6;
 
 /** Builds the wheel once with Python's zipfile (the build machine needs Python only for this bench). */
-function makeWheel(work, small, bigFiles) {
+export function makeWheel(work, small, bigFiles) {
   const dir = join(work, small ? 'wheel-small' : 'wheel-full');
   const wheel = join(dir, 'benchwheel-1.0-cp311-cp311-linux_x86_64.whl');
   if (existsSync(wheel)) return wheel;
@@ -51,6 +51,15 @@ os.rename(tmp, out)
   return wheel;
 }
 
+/** The bench wheel (made once) from the bench closure's big files, and that closure as loaded. */
+export async function benchWheelFile({ repo, work, small }) {
+  const { loadClosure } = await import(join(repo, 'dist', 'nix/closure.js'));
+  const closure = await loadClosure([join(work, small ? 'small.closure' : 'bench.closure')]);
+  const bigs = [...closure.paths.keys()].filter((p) => /-bench-big\d+$/.test(p)).sort();
+  const bigFiles = bigs.slice(0, small ? 1 : 3).flatMap((p) => [`${p}/lib/libbig${p.slice(-1)}.so`]).filter(existsSync);
+  return { closure, wheelFile: makeWheel(work, small, bigFiles) };
+}
+
 export async function benchWheel({ repo, work, small, report }) {
   if (!existsSync('/usr/lib/python3.11')) {
     report('wheel install', 'skipped', 'needs Debian\'s python3.11 stdlib (scripts/install-system-deps.sh)');
@@ -61,12 +70,7 @@ export async function benchWheel({ repo, work, small, report }) {
   const { wheelLayerSource } = await import(dist('wheels/install.js'));
   const { writeLayer } = await import(dist('layers/write-layer.js'));
   const { storePathsSource } = await import(dist('layers/store-path-source.js'));
-  const { loadClosure } = await import(dist('nix/closure.js'));
-
-  const closure = await loadClosure([join(work, small ? 'small.closure' : 'bench.closure')]);
-  const bigs = [...closure.paths.keys()].filter((p) => /-bench-big\d+$/.test(p)).sort();
-  const bigFiles = bigs.slice(0, small ? 1 : 3).flatMap((p) => [`${p}/lib/libbig${p.slice(-1)}.so`]).filter(existsSync);
-  const wheelFile = makeWheel(work, small, bigFiles);
+  const { closure, wheelFile } = await benchWheelFile({ repo, work, small });
 
   const dir = mkdtempSync(join(work, 'wheel-'));
   try {
