@@ -241,26 +241,16 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
 }
 
 /**
- * A wheel's layer through the cache, with the library check's inputs from the same pass. Cached facts
- * name the wheel by file; they are stored without it and given the current file on the way out.
+ * A wheel's layer (its main layer, or a file split off) through the cache, with the library check's
+ * inputs from the same pass. Cached facts are kept without the wheel's file (and a split-off file's
+ * entry name), and given this plan's on the way out.
  */
 async function cachedWheelLayer(cache: LayerCache, wheel: WheelLayerPlan, settings: LayerSettings, work: string) {
-  const key = wheelLayerKey(
-    {
-      sha256: wheel.info.sha256,
-      fileName: wheel.contents[0]!,
-      prefix: wheel.python.prefix,
-      interpreter: wheel.python.interpreter,
-      pythonVersion: wheel.python.version,
-    },
-    settings,
-  );
-  const done = await cache.wholeLayer<WheelElfFacts>(key, async () => {
+  const done = await cache.wholeLayer<WheelElfFacts>(wheelLayerKey(wheel.key, settings), async () => {
     const blob = await writeLayer(wheel.source, { compression: settings.compression, dir: work, mtime: settings.mtime, gzipLevel: settings.gzipLevel });
-    const facts = await wheel.elfFacts();
-    return { blob, facts: { objects: facts.objects.map((o) => ({ ...o, wheel: '' })), problems: facts.problems } };
+    return { blob, facts: wheel.factsForCache(await wheel.elfFacts()) };
   });
-  return { ...done, facts: { objects: done.facts.objects.map((o) => ({ ...o, wheel: wheel.info.file })), problems: done.facts.problems } };
+  return { ...done, facts: wheel.factsFromCache(done.facts) };
 }
 
 function stopwatch(): { lap(): number } {

@@ -4,20 +4,37 @@ import type { ResolvedRecipe } from '../recipe/resolve.js';
 import { readWheelInfo, type WheelInfo } from '../wheels/wheel-info.js';
 import { checkWheelTags, type TagTarget } from '../wheels/tags.js';
 import { DEFAULT_PATH } from '../wheels/layer.js';
-import { wheelLayerSource, type WheelLayer } from '../wheels/install.js';
+import { SPLIT_THRESHOLD, wheelLayerSource, type SplitFile, type WheelLayer, type WheelLayerPiece } from '../wheels/install.js';
+import { recordHash } from '../wheels/record.js';
+import type { WheelKeyInputs } from '../cache/keys.js';
 import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython } from '../wheels/checks/index.js';
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
 
+/**
+ * One layer of a wheel's install: the wheel's main layer, or a giant file of it split off into a layer
+ * of its own (see `WheelLayer.pieces`). A wheel gives its main layer's plan, then one per split-off file.
+ */
 export interface WheelLayerPlan {
   source: LayerSource;
+  /** For `inspect`: the wheel's file name; for a split-off file, `<wheel>: <entry in the wheel>`. */
   contents: string[];
   info: WheelInfo;
+  /** The wheel's whole install (site-packages, bin, every file); `piece` is this plan's part of it. */
   layer: WheelLayer;
+  piece: WheelLayerPiece;
+  /** What decides this layer's bytes besides the tar settings: its layer-cache key's inputs. */
+  key: WheelKeyInputs;
   /** The image's Python the wheel installs for (part of what decides its layer). */
   python: { interpreter: string; version: string; prefix: string };
   /** The library check's inputs gathered while `source` ran; call once the layer is written. */
   elfFacts(): Promise<WheelElfFacts>;
+  /**
+   * The facts as a layer cache keeps them: without the wheel's file and, for a split-off file (whose
+   * layer other wheels may share), without its entry name; `factsFromCache` puts this plan's back.
+   */
+  factsForCache(facts: WheelElfFacts): WheelElfFacts;
+  factsFromCache(cached: WheelElfFacts): WheelElfFacts;
 }
 
 /**
@@ -38,9 +55,14 @@ export interface PreparedWheels {
 
 const PLATFORM_OF_ARCH: Record<string, TagTarget['platform']> = { amd64: 'linux_x86_64', arm64: 'linux_aarch64' };
 
+/** Overrides the split threshold (bytes) of wheel installs; for tests with small files. */
+export const SPLIT_THRESHOLD_ENV = 'NIX2OCI_WHEEL_SPLIT_THRESHOLD';
+
 /**
- * Reads and checks each wheel (zip whole, RECORD, tags for the image's Python) and plans one layer per
- * wheel. Shared objects are read for the library check in the same pass that writes the layer.
+ * Reads and checks each wheel (zip whole, RECORD, tags for the image's Python) and plans its layers: a
+ * main layer, and one per file of at least `splitThreshold` bytes (default SPLIT_THRESHOLD, or
+ * $NIX2OCI_WHEEL_SPLIT_THRESHOLD). Shared objects are read for the library check in the same pass that
+ * writes each layer.
  */
 export async function prepareWheels(options: {
   files: string[];
@@ -48,8 +70,10 @@ export async function prepareWheels(options: {
   recipe: ResolvedRecipe;
   python?: string;
   depsCheck: boolean;
+  splitThreshold?: number;
 }): Promise<PreparedWheels> {
   const { files, closure, recipe } = options;
+  const splitThreshold = options.splitThreshold ?? thresholdFromEnv();
   if (files.length === 0) return { layers: [], check: async () => ({ warnings: [], env: {} }) };
 
   const explicitPython = options.python ?? recipe.python.interpreter;
@@ -67,19 +91,35 @@ export async function prepareWheels(options: {
     infos.push(info);
   }
 
-  const layers = infos.map((info): WheelLayerPlan => {
-    // One collector per wheel, so each layer's facts stand alone (and can be cached with it).
-    const elf = new ElfCollector();
-    const target = { prefix: recipe.python.prefix, pythonVersion: python.version, interpreter: python.interpreter };
-    const layer = wheelLayerSource(info, { ...target, inspect: ({ path, entry }) => elf.entry(info.file, entry.name, path) });
-    return {
-      source: layer.source,
-      contents: [wheelFileName(info.file)],
-      info,
-      layer,
-      python: { interpreter: python.interpreter, version: python.version, prefix: recipe.python.prefix },
-      elfFacts: async () => ({ objects: await elf.finish(), problems: [...elf.problems] }),
-    };
+  const target = { prefix: recipe.python.prefix, pythonVersion: python.version, interpreter: python.interpreter };
+  const layers = infos.flatMap((info): WheelLayerPlan[] => {
+    // One collector per piece, so each layer's facts stand alone (and can be cached with it).
+    const collectors = new Map<string, ElfCollector>();
+    const layer = wheelLayerSource(info, {
+      ...target,
+      splitThreshold,
+      inspect: ({ path, entry }) => collectors.get(path)!.entry(info.file, entry.name, path),
+    });
+    const wheelName = wheelFileName(info.file);
+    return layer.pieces.map((piece): WheelLayerPlan => {
+      const elf = new ElfCollector();
+      for (const path of piece.files) collectors.set(path, elf);
+      const split = piece.split;
+      return {
+        source: piece.source,
+        contents: [split ? `${wheelName}: ${split.entry.name}` : wheelName],
+        info,
+        layer,
+        piece,
+        key: split
+          ? { piece: 'file', content: recordHash(split.entry.recordHash!.algorithm, Buffer.from(split.entry.recordHash!.hex, 'hex')), size: split.entry.size, path: split.name, mode: split.mode }
+          : { piece: 'main', sha256: info.sha256, fileName: wheelName, ...target, splitThreshold: splitThreshold ?? SPLIT_THRESHOLD },
+        python: { interpreter: python.interpreter, version: python.version, prefix: recipe.python.prefix },
+        elfFacts: async () => ({ objects: await elf.finish(), problems: [...elf.problems] }),
+        factsForCache: (facts) => factsForCache(info, split, facts),
+        factsFromCache: (cached) => factsFromCache(info, split, cached),
+      };
+    });
   });
 
   return {
@@ -103,7 +143,7 @@ async function runChecks(o: {
     index: o.index,
     python: o.python,
     wheels: o.infos,
-    wheelFiles: o.layers.flatMap((l) => l.layer.files),
+    wheelFiles: o.layers.flatMap((l) => l.piece.files),
     // Sorted as one collector over all wheels would give them, whichever came from a cache.
     elfObjects: o.facts.flatMap((f) => f.objects).sort((a, b) => cmp(a.wheel, b.wheel) || cmp(a.entry, b.entry)),
     elfProblems: o.facts.flatMap((f) => f.problems),
@@ -129,12 +169,36 @@ async function runChecks(o: {
   return { warnings: report.warnings, env };
 }
 
+function factsForCache(info: WheelInfo, split: SplitFile | null, facts: WheelElfFacts): WheelElfFacts {
+  // Problems name the wheel and entry first (`<wheel>: <entry>: malformed ELF: …`).
+  const label = split ? `${wheelFileName(info.file)}: ${split.entry.name}: ` : '';
+  return {
+    objects: facts.objects.map((o) => ({ ...o, wheel: '', ...(split && { entry: '' }) })),
+    problems: facts.problems.map((p) => (p.startsWith(label) ? p.slice(label.length) : p)),
+  };
+}
+
+function factsFromCache(info: WheelInfo, split: SplitFile | null, cached: WheelElfFacts): WheelElfFacts {
+  const label = split ? `${wheelFileName(info.file)}: ${split.entry.name}: ` : '';
+  return {
+    objects: cached.objects.map((o) => ({ ...o, wheel: info.file, ...(split && { entry: split.entry.name }) })),
+    problems: cached.problems.map((p) => label + p),
+  };
+}
+
 function cmp(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
 function splitPath(value: string | undefined): string[] {
   return value ? value.split(':').filter(Boolean) : [];
+}
+
+function thresholdFromEnv(): number | undefined {
+  const value = process.env[SPLIT_THRESHOLD_ENV];
+  if (value === undefined || value === '') return undefined;
+  if (!/^[1-9]\d*$/.test(value)) throw new UserError(`${SPLIT_THRESHOLD_ENV} must be a whole number of bytes, got "${value}"`);
+  return Number(value);
 }
 
 function wheelFileName(file: string): string {

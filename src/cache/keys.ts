@@ -36,15 +36,18 @@ export function composedLayerKey(partKeys: string[], settings: LayerSettings): s
   return keyOf('composed-layer', [partKeys, ...settingsFields(settings)]);
 }
 
-/** What decides a wheel's layer: the wheel's bytes and name, and where and for which Python it installs. */
-export interface WheelKeyInputs {
-  sha256: string;
-  fileName: string;
-  prefix: string;
-  interpreter: string;
-  pythonVersion: string;
-}
+/**
+ * What decides a wheel layer's bytes (besides the settings). The main layer: the wheel's bytes and name,
+ * where and for which Python it installs, and the split threshold (which files it leaves out). A file
+ * split off into its own layer: only its content (RECORD's hash, checked as it is written), size, path in
+ * the layer and mode — so the same library in another wheel, or another build of the wheel, is a hit.
+ */
+export type WheelKeyInputs =
+  | { piece: 'main'; sha256: string; fileName: string; prefix: string; interpreter: string; pythonVersion: string; splitThreshold: number }
+  | { piece: 'file'; content: string; size: number; path: string; mode: number };
 
 export function wheelLayerKey(wheel: WheelKeyInputs, settings: LayerSettings): string {
-  return keyOf('wheel-layer', [wheel.sha256, wheel.fileName, wheel.prefix, wheel.interpreter, wheel.pythonVersion, ...settingsFields(settings)]);
+  if (wheel.piece === 'file') return keyOf('wheel-file-layer', [wheel.content, wheel.size, wheel.path, wheel.mode, ...settingsFields(settings)]);
+  const { sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold } = wheel;
+  return keyOf('wheel-layer', [sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold, ...settingsFields(settings)]);
 }

@@ -7,6 +7,11 @@
  * Deterministic: entries are sorted by their path in the layer (not the zip's order), every directory is
  * emitted once with 0755, files 0644 or 0755, and the tar writer fixes mtimes and owners — the same wheel,
  * prefix and interpreter give the same layer in every image.
+ *
+ * Giant files (a ROCm torch wheel holds several libraries over 1 GB) are split off into layers of their
+ * own, one file each with its parent directories (see {@link WheelLayer.pieces}): such a layer's bytes
+ * depend only on that file's content, install path and mode, so it keeps its digest when the wheel around
+ * it changes, and a new build of the wheel changes few bytes of the image.
  */
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
@@ -30,10 +35,44 @@ export interface WheelInstallOptions {
    * in the same pass (e.g. `ElfCollector.entry`) and `end` once the file is complete and verified.
    */
   inspect?: (file: { path: string; entry: WheelEntry }) => (ChunkObserver & { end(): void | Promise<void> }) | undefined;
+  /**
+   * Installed files of at least this many bytes get a layer of their own (default {@link SPLIT_THRESHOLD};
+   * `Infinity` keeps the whole install in one layer). Rewritten `#!python` scripts always stay in the main layer.
+   */
+  splitThreshold?: number;
+}
+
+/** Installed files at least this large (uncompressed) are split off into a layer each: 256 MiB. */
+export const SPLIT_THRESHOLD = 256 * 1024 * 1024;
+
+/** One layer of a wheel's install: its main layer, or one giant file split off. */
+export interface WheelLayerPiece {
+  /** `main`, or the split-off file's path in the layer (`opt/python/…/torch/lib/librocblas.so`): stable per wheel. */
+  id: string;
+  source: LayerSource;
+  /** Absolute paths in the image of the files this layer installs, sorted. */
+  files: string[];
+  /** For a split-off file, all that decides its layer besides the tar settings; null for the main layer. */
+  split: SplitFile | null;
+}
+
+/** A file split off into its own layer: that layer holds its parent directories (0755) and the file. */
+export interface SplitFile {
+  /** The wheel's entry: zip name, size, RECORD hash. The layer's bytes are this content. */
+  entry: WheelEntry;
+  /** Path in the layer, relative (`opt/python/lib/python3.11/site-packages/torch/lib/librocblas.so`). */
+  name: string;
+  mode: number;
 }
 
 export interface WheelLayer {
+  /** The whole install in one layer (what `pieces` give with nothing split off). */
   source: LayerSource;
+  /**
+   * The install as the image gets it: the main layer first (every file not split off, launchers,
+   * INSTALLER and RECORD, which lists every file as unsplit), then one layer per split-off file, by path.
+   */
+  pieces: WheelLayerPiece[];
   /** Absolute paths in the image. */
   sitePackages: string;
   binDir: string;
@@ -51,6 +90,7 @@ type PlannedFile =
   | { kind: 'wheel'; name: string; entry: WheelEntry; mode: number; script: boolean }
   | { kind: 'generated'; name: string; mode: number; content: Buffer }
   | { kind: 'record'; name: string };
+type WheelFile = Extract<PlannedFile, { kind: 'wheel' }>;
 
 /** Where each `.data/<key>` goes, as tar names (relative, no leading `/`). */
 interface Scheme {
@@ -69,12 +109,25 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
   const scheme = installScheme(info, options);
   checkInterpreter(options.interpreter);
   const plan = planInstall(info, options, scheme);
-  const sitePackages = '/' + scheme.purelib;
+  const threshold = options.splitThreshold ?? SPLIT_THRESHOLD;
+  if (!(threshold > 0)) throw new UserError(`wheel split threshold must be a positive number of bytes, got ${threshold}`);
+  const splits = plan.filter((f): f is WheelFile => f.kind === 'wheel' && !f.script && f.entry.size >= threshold);
+  const rest = plan.filter((f) => !splits.includes(f as WheelFile));
+  const pieces: WheelLayerPiece[] = [
+    { id: 'main', files: rest.map((f) => '/' + f.name), split: null, source: (sink) => writeInstall(info, options, scheme, plan, rest, sink) },
+    ...splits.map((file) => ({
+      id: file.name,
+      files: ['/' + file.name],
+      split: { entry: file.entry, name: file.name, mode: file.mode },
+      source: (sink: TarSink) => writeInstall(info, options, scheme, plan, [file], sink),
+    })),
+  ];
   return {
-    sitePackages,
+    sitePackages: '/' + scheme.purelib,
     binDir: '/' + scheme.scripts,
     files: plan.map((f) => '/' + f.name),
-    source: (sink) => writeInstall(info, options, scheme, plan, sink),
+    source: (sink) => writeInstall(info, options, scheme, plan, plan, sink),
+    pieces,
   };
 }
 
@@ -174,7 +227,18 @@ interface InstalledRow {
   size: number;
 }
 
-async function writeInstall(info: WheelInfo, options: WheelInstallOptions, scheme: Scheme, plan: PlannedFile[], sink: TarSink): Promise<void> {
+/**
+ * Writes `members` (some or all of `plan`, sorted) and their parent directories. RECORD, when a member,
+ * is made from the whole plan: the wheel's hashes for files installed unchanged, whichever layer has them.
+ */
+async function writeInstall(
+  info: WheelInfo,
+  options: WheelInstallOptions,
+  scheme: Scheme,
+  plan: PlannedFile[],
+  members: PlannedFile[],
+  sink: TarSink,
+): Promise<void> {
   const zip = await ZipReader.open(info.file);
   try {
     const zipEntries = new Map(zip.entries.map((e) => [e.name, e]));
@@ -198,8 +262,8 @@ async function writeInstall(info: WheelInfo, options: WheelInstallOptions, schem
 
     type Item = { name: string; dir: true } | ({ dir: false } & PlannedFile);
     const items: Item[] = [
-      ...directoriesOf(plan).map((name) => ({ name, dir: true as const })),
-      ...plan.map((file) => ({ ...file, dir: false as const })),
+      ...directoriesOf(members).map((name) => ({ name, dir: true as const })),
+      ...members.map((file) => ({ ...file, dir: false as const })),
     ].sort((a, b) => compareNames(a.name, b.name));
 
     for (const item of items) {
@@ -226,7 +290,7 @@ async function writeWheelFile(
   options: WheelInstallOptions,
   zip: ZipReader,
   zipEntry: ZipEntry,
-  file: Extract<PlannedFile, { kind: 'wheel' }>,
+  file: WheelFile,
   sink: TarSink,
 ): Promise<InstalledRow | null> {
   const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry });
