@@ -9,17 +9,17 @@ import { DEFAULT_GZIP_LEVEL, writeLayer } from '../layers/write-layer.js';
 import { storePathsSource } from '../layers/store-path-source.js';
 import { setLayerJobs } from '../layers/jobs.js';
 import type { Compression, LayerBlob } from '../layers/types.js';
-import { emptyRecipe, loadRecipe } from '../recipe/load.js';
+import { emptyRecipe } from '../recipe/schema.js';
 import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
 import { resolveRecipe, toImageConfigSpec } from '../recipe/resolve.js';
 import { rootLayerSource } from '../rootfs/root-layer.js';
 import { assembleImage, manifestDigest } from '../oci/assemble.js';
 import { writeImage, type OutputFormat } from '../oci/write.js';
 import type { Image } from '../oci/image.js';
-import { formatBytes } from '../oci/inspect.js';
+import { formatBytes } from '../util/units.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
-import { prepareWheels, type WheelElfFacts, type WheelLayerPlan } from './wheels.js';
+import type { PreparedWheels, WheelElfFacts, WheelLayerPlan } from './wheels.js';
 import { CacheStore } from '../cache/store.js';
 import { LayerCache } from '../cache/layer-cache.js';
 import { wheelLayerKey, type LayerSettings } from '../cache/keys.js';
@@ -79,6 +79,8 @@ export interface BuildImageResult {
   timings: { closure: number; layers: number; checks: number; output: number };
 }
 
+const NO_WHEELS: PreparedWheels = { layers: [], check: async () => ({ warnings: [], env: {} }) };
+
 /** The mtime when SOURCE_DATE_EPOCH is not set: 1970-01-01T00:00:01Z, as nixpkgs' dockerTools uses. */
 export const DEFAULT_SOURCE_DATE_EPOCH = 1;
 export const DEFAULT_MAX_LAYERS = 100;
@@ -91,7 +93,8 @@ export const DEFAULT_LAYER_STRATEGY: PlanStrategy = 'size-aware';
  * before the output is started, and the output appears atomically, so a failed build leaves none.
  */
 export async function buildImage(options: BuildImageOptions): Promise<BuildImageResult> {
-  const recipe = applyOverrides(options.recipe ? loadRecipe(options.recipe) : emptyRecipe(), options.overrides);
+  // The schema validator and the wheel readers load only when a build needs them (start-up time counts).
+  const recipe = applyOverrides(options.recipe ? (await import('../recipe/load.js')).loadRecipe(options.recipe) : emptyRecipe(), options.overrides);
   const compression: Compression = options.compression ?? recipe.compression ?? 'gzip';
   const maxLayers = options.maxLayers ?? recipe.maxLayers ?? DEFAULT_MAX_LAYERS;
   if (!Number.isInteger(maxLayers) || maxLayers < 2) {
@@ -130,8 +133,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     if (options.cacheDir) options.log(`layer cache: ${options.cacheDir}`);
 
     const resolved = resolveRecipe(recipe, closure, options.recipe);
-    const wheels = await prepareWheels({
-      files: [...resolved.wheels, ...options.wheels],
+    const wheelFiles = [...resolved.wheels, ...options.wheels];
+    const wheels: PreparedWheels = wheelFiles.length === 0 ? NO_WHEELS : await (await import('./wheels.js')).prepareWheels({
+      files: wheelFiles,
       closure,
       recipe: resolved,
       python: options.python,

@@ -1,14 +1,10 @@
 import { Command, Option } from 'commander';
 import { addRecipeOptions, recipeOverridesFrom } from '../recipe/cli-options.js';
-import { TerminalBuildProgress } from './build-progress.js';
-import { buildImage, DEFAULT_SOURCE_DATE_EPOCH } from '../build/build-image.js';
-import { OUTPUT_FORMATS, parseOutputFormat } from '../oci/write.js';
+import { OUTPUT_FORMATS, parseOutputFormat } from '../oci/formats.js';
 import type { Compression } from '../layers/types.js';
 import type { PlanStrategy } from '../layers/plan.js';
 import { UserError } from '../util/errors.js';
 import { addPushOptions, pushOptionsFromFlags, type PushFlags } from '../registry/push-command.js';
-import { pushImage } from '../registry/push.js';
-import { readImage } from '../oci/read.js';
 import { defaultCacheDir } from '../cache/store.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -40,6 +36,8 @@ export function buildImageCommand(): Command {
     if (option.long !== '--tag' && option.long !== '--quiet' && option.long !== '--jobs') command.addOption(option);
   }
   command.action(async (flags: Record<string, unknown>) => {
+    // Loaded when run, not when the CLI starts: a warm build takes about a second, start-up counts.
+    const [{ buildImage, DEFAULT_SOURCE_DATE_EPOCH }, { TerminalBuildProgress }] = await Promise.all([import('../build/build-image.js'), import('./build-progress.js')]);
     const output = flags.output as string;
     const quiet = Boolean(flags.quiet) || output === '-';
     // With the image on stdout, everything else goes to stderr.
@@ -70,7 +68,7 @@ export function buildImageCommand(): Command {
       compression: flags.compression as Compression | undefined,
       maxLayers,
       layerStrategy: flags.layerStrategy as PlanStrategy | undefined,
-      sourceDateEpoch: sourceDateEpoch(),
+      sourceDateEpoch: sourceDateEpoch(DEFAULT_SOURCE_DATE_EPOCH),
       cacheDir,
       jobs,
       log: say,
@@ -112,6 +110,7 @@ export function buildImageCommand(): Command {
       if (output === '-') throw new UserError('--push needs the image in a file or directory, not on standard output');
       const pushFlags = { ...flags, tag: [], quiet: flags.quiet, jobs } as unknown as PushFlags;
       // The build's own blobs are gone with its work directory: push what was written.
+      const [{ pushImage }, { readImage }] = await Promise.all([import('../registry/push.js'), import('../oci/read.js')]);
       await pushImage(await readImage(output), flags.push as string, pushOptionsFromFlags(pushFlags));
     }
   });
@@ -119,9 +118,9 @@ export function buildImageCommand(): Command {
 }
 
 /** SOURCE_DATE_EPOCH (reproducible-builds.org) sets every mtime and `created`. */
-function sourceDateEpoch(): number {
+function sourceDateEpoch(fallback: number): number {
   const text = process.env.SOURCE_DATE_EPOCH;
-  if (text === undefined || text === '') return DEFAULT_SOURCE_DATE_EPOCH;
+  if (text === undefined || text === '') return fallback;
   if (!/^\d+$/.test(text)) throw new UserError(`SOURCE_DATE_EPOCH must be a whole number of seconds, got ${JSON.stringify(text)}`);
   return Number(text);
 }

@@ -1,5 +1,5 @@
 import cliProgress from 'cli-progress';
-import { formatBytes } from '../oci/inspect.js';
+import { formatBytes } from '../util/units.js';
 import type { BuildProgress, BuiltLayer } from '../build/build-image.js';
 
 /**

@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import { cacheStats, parseSize, pruneCache } from '../cache/maintenance.js';
 import { defaultCacheDir } from '../cache/store.js';
-import { formatBytes } from '../oci/inspect.js';
+import { formatBytes } from '../util/units.js';
 
 /** `nix2oci cache stats` and `nix2oci cache prune --max-size SIZE`. */
 export function cacheCommand(): Command {

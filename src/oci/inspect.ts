@@ -2,6 +2,7 @@ import type { Image } from './image.js';
 import { MediaTypes } from './image.js';
 import { scanLayer } from './layer-scan.js';
 import { sha256Digest } from './manifest.js';
+import { formatBytes } from '../util/units.js';
 
 export interface LayerDescription {
   digest: string;
@@ -206,16 +207,4 @@ function shortMediaType(mediaType: string): string {
   if (mediaType === MediaTypes.ociManifest) return 'OCI manifest';
   if (mediaType === MediaTypes.dockerManifest) return 'Docker schema 2 manifest';
   return mediaType;
-}
-
-export function formatBytes(bytes: number): string {
-  if (bytes < 1024) return `${bytes} B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes / 1024;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
 }

@@ -1,5 +1,6 @@
 import cliProgress from 'cli-progress';
 import type { BlobOutcome, BlobProgress } from './blob-upload.js';
+import { formatBytes } from '../util/units.js';
 
 /**
  * What a push tells the user while it runs, on stderr: on a terminal a bar per blob in flight and
@@ -200,16 +201,6 @@ function blobLabel(digest: string, label?: string): string {
   return label ? `${short} ${label}` : short;
 }
 
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${unit === 0 ? Math.round(value) : value.toFixed(1)} ${units[unit]}`;
-}
 
 function formatSeconds(seconds: number): string {
   if (!Number.isFinite(seconds)) return '-';

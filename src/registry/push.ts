@@ -12,10 +12,12 @@ import { RegistryClient } from './client.js';
 import { credentialSecrets, findCredentials } from './credentials.js';
 import { pushManifest } from './manifest-push.js';
 import { allSources, mountSources, sourcesFor, type MountSources } from './mount-sources.js';
-import { chooseProgressMode, createProgress, formatBytes, type ProgressMode, type PushProgress } from './progress.js';
+import { chooseProgressMode, createProgress, type ProgressMode, type PushProgress } from './progress.js';
 import { formatReference, parseReference, parseRepository, parseTag, registryEndpoint, type ImageReference } from './reference.js';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
 import { loadTlsOptions } from './tls.js';
+import { DEFAULT_CHUNK_SIZE, DEFAULT_JOBS } from './push-defaults.js';
+import { formatBytes } from '../util/units.js';
 import { createAgent } from './transport.js';
 
 export interface PushOptions {
@@ -66,8 +68,7 @@ export interface PushResult {
   mounted: string[];
 }
 
-export const DEFAULT_JOBS = 4;
-export const DEFAULT_CHUNK_SIZE = 64 << 20;
+export { DEFAULT_CHUNK_SIZE, DEFAULT_JOBS };
 const DEFAULT_STALL_TIMEOUT_MS = 60_000;
 /** Blobs checked for at once (HEAD requests): a warm push of 100 layers is a few round trips. */
 const EXISTENCE_CHECKS = 16;

@@ -9,3 +9,16 @@ export function parseByteSize(text: string): number | null {
   if (!match) return null;
   return Math.floor(Number(match[1]) * BINARY_UNITS[match[2]!.toLowerCase()]!);
 }
+
+/** `512 B`, `1.5 KiB`, `42 MiB`: binary units, one decimal below 10, as inspect, progress and the build log show sizes. */
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
