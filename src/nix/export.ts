@@ -16,6 +16,7 @@ import { ChunkReader, EndOfDataError, ReadFailedError, closeFd, openForReading, 
 import { parseNar, narMessage, type NarProblem } from './nar.js';
 import { storePathProblem } from './store-path.js';
 import { quote } from './quote.js';
+import { HashReadError, sha256Pieces, type HashResult } from '../util/hash-pool.js';
 
 const EXPORT_MAGIC = 0x4558494en; // "NIXE" in little-endian bytes
 /** Store paths are at most 255 chars; read a little more so a bad one is shown, not just its length. */
@@ -35,9 +36,10 @@ export interface IndexOptions {
 }
 
 /**
- * One streaming pass over an export: parses and validates every NAR, hashes it (sha256), records where it lies,
- * and reads each path's trailer. Memory stays flat whatever the sizes. Paths are returned in file order;
- * a path may appear more than once (the caller merges).
+ * One streaming pass over an export: parses and validates every NAR, records where it lies, and reads each
+ * path's trailer; each NAR is hashed (sha256) on the hash pool's threads as soon as its end is known, so
+ * hashing, the costly part, uses every core while parsing skips over file contents. Memory stays flat
+ * whatever the sizes. Paths are returned in file order; a path may appear more than once (the caller merges).
  */
 export async function indexExport(file: string, opts: IndexOptions = {}): Promise<StorePathInfo[]> {
   const label = opts.label ?? file;
@@ -50,14 +52,15 @@ export async function indexExport(file: string, opts: IndexOptions = {}): Promis
   try {
     const size = await sizeOfFd(fd);
     if (size === 0) throw new UserError(`${label} is empty: not a nix-store --export stream`);
-    let bytesRead = 0;
+    let hashed = 0;
     const onProgress = opts.onProgress;
-    const reader = new ChunkReader(fd, 0, size, {
-      chunkSize: opts.chunkSize ?? INDEX_CHUNK,
-      onRead: onProgress && ((n) => onProgress((bytesRead += n), size)),
-    });
+    const reader = new ChunkReader(fd, 0, size, { chunkSize: opts.chunkSize ?? INDEX_CHUNK });
+    const indexer = new ExportIndexer(reader, file, label, onProgress && ((n) => onProgress((hashed += n), size)));
     try {
-      return await new ExportIndexer(reader, file, label).run();
+      const infos = await indexer.run();
+      // Only NAR bytes are counted as they are hashed; the trailers between them complete the file.
+      onProgress?.(size, size);
+      return infos;
     } finally {
       await reader.close();
     }
@@ -70,10 +73,14 @@ class ExportIndexer {
   /** What the current position belongs to, for messages. */
   #where = '';
 
+  /** Each NAR's hash, being computed off this thread, by its index in the result. */
+  readonly #hashes: Promise<HashResult>[] = [];
+
   constructor(
     readonly r: ChunkReader,
     readonly file: string,
     readonly label: string,
+    readonly onHashed?: (bytes: number) => void,
   ) {}
 
   fail(offset: number, message: string): UserError {
@@ -82,8 +89,16 @@ class ExportIndexer {
 
   async run(): Promise<StorePathInfo[]> {
     try {
-      return await this.#paths();
+      const infos = await this.#paths();
+      const hashes = await Promise.all(this.#hashes);
+      for (const [i, info] of infos.entries()) info.narHash = hashes[i]!.digest.slice('sha256:'.length);
+      return infos;
     } catch (err) {
+      // Hashes still running for a failed index are of no interest, and must not go unhandled.
+      for (const pending of this.#hashes) pending.catch(() => {});
+      if (err instanceof HashReadError) {
+        throw new UserError(`${this.label}: changed while being read: ${err.code === 'SHORT' ? `it now ends at byte ${err.at}` : `read failed at byte ${err.at}: ${err.code}`}`);
+      }
       if (err instanceof EndOfDataError) {
         throw new UserError(`${this.label}: ${this.#where ? `${this.#where}: ` : ''}unexpected end of file at byte ${err.at}`);
       }
@@ -110,8 +125,7 @@ class ExportIndexer {
       this.#where = pending;
       const offset = r.position;
       let problem: NarProblem | null = null;
-      r.startHash();
-      // No visitor: indexing only validates; the reader hashes every byte (skipped contents are read for that).
+      // No visitor: indexing only validates, skipping over file contents; the hash pool reads them.
       await parseNar(r, null, {
         file: this.label,
         label: pending,
@@ -119,8 +133,8 @@ class ExportIndexer {
           problem ??= p;
         },
       });
-      const narHash = r.endHash();
       const narSize = r.position - offset;
+      this.#hashes.push(sha256Pieces([{ file: this.file, start: offset, length: narSize }], this.onHashed));
 
       const magicAt = r.position;
       const magic = await this.#flag();
@@ -155,7 +169,7 @@ class ExportIndexer {
         path,
         references: [...references].sort(),
         deriver,
-        narHash,
+        narHash: '', // filled in once the hash pool is done
         narSize,
         source: { file: this.file, offset },
       });
