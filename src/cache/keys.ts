@@ -6,7 +6,7 @@ import type { Compression } from '../layers/types.js';
  * Bump when the bytes a cached entry stands for would change for the same inputs: the tar writer's
  * encoding, the store-path source's entries or modes, the gzip framing, or the cache's own layout.
  */
-export const CACHE_FORMAT_VERSION = 2;
+export const CACHE_FORMAT_VERSION = 3;
 
 /** Everything besides the content that decides a layer's bytes. */
 export interface LayerSettings {

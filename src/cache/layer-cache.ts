@@ -1,23 +1,28 @@
-import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
-import { once } from 'node:events';
+import { createHash } from 'node:crypto';
+import { copyFile, link, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StorePathInfo } from '../nix/types.js';
 import { storePathsSource } from '../layers/store-path-source.js';
-import type { LayerBlob } from '../layers/types.js';
-import { removeOnExit } from '../util/cleanup.js';
+import type { BytePiece, LayerBlob, LayerFile } from '../layers/types.js';
+import { sha256Pieces } from '../util/hash-pool.js';
 import { UserError } from '../util/errors.js';
 import { composedLayerKey, storePathPartKey, type LayerSettings } from './keys.js';
 import { CacheStore, digestHex, isDigest, isRecord, isSize } from './store.js';
-import { END_OF_ARCHIVE, storedFormSync, tarSegment, tarSegmentBytes, writeSegment, type WrittenSegment } from './segment.js';
+import { END_OF_ARCHIVE, storedFormSync, tarSegment, tarSegmentBytes, writeSegment } from './segment.js';
 
 /**
- * A store path's cached part: its tar segment in stored form (the path is there for people reading
- * the cache). The member's bytes are a blob of their own, or — once the path made a layer alone —
- * lie at `offset` inside that layer's blob `blob`, which a rebuild then hard-links whole.
+ * A store path's cached part: its tar segment in stored form, kept in a blob file that is a whole
+ * layer by itself — the layer head's member, the part's members, the end member — so a path that makes
+ * a layer alone needs nothing but that file. The part's bytes are `size` bytes at `offset` in blob `blob`
+ * (the blob's name is its sha256, which is how the part is checked). `storePath` is for people reading.
  */
-type PartEntry = WrittenSegment & { storePath?: string; blob?: string; offset?: number };
+interface PartEntry {
+  blob: string;
+  offset: number;
+  size: number;
+  tarSize: number;
+  storePath?: string;
+}
 /** A layer composed of parts; its diffID cannot be derived from the parts' hashes, so it is kept. */
 interface LayerEntry {
   digest: string;
@@ -26,7 +31,7 @@ interface LayerEntry {
   uncompressedSize: number;
 }
 interface ComposedEntry extends LayerEntry {
-  /** sha256 of each part the digest was computed over, and of the head and end members together. */
+  /** The blob of each part the layer was composed of, and sha256 of the head and end members together. */
   parts: string[];
   frame: string;
 }
@@ -36,9 +41,7 @@ interface WheelEntry extends LayerEntry {
 }
 
 const isPartEntry = (v: unknown): v is PartEntry =>
-  isRecord(v) && isDigest(v.digest) && isSize(v.size) && isSize(v.tarSize) && (v.blob === undefined || (isDigest(v.blob) && isSize(v.offset)));
-/** The blob file a part's bytes are in. */
-const blobOf = (part: PartEntry) => part.blob ?? part.digest;
+  isRecord(v) && isDigest(v.blob) && isSize(v.offset) && isSize(v.size) && isSize(v.tarSize);
 const isLayerEntry = (v: unknown): v is LayerEntry =>
   isRecord(v) && isDigest(v.digest) && isSize(v.size) && isDigest(v.diffId) && isSize(v.uncompressedSize);
 const isWheelEntry = (v: unknown): v is WheelEntry => isLayerEntry(v) && 'facts' in v;
@@ -61,20 +64,27 @@ export interface CachedLayer {
  * regrouping paths under --max-layers recompresses nothing. The uncompressed tar is exactly what
  * `storePathsSource` writes, so diffIDs do not depend on the cache either.
  *
+ * A layer is never copied together: its blob is a list of pieces (head bytes, ranges of the parts' blob
+ * files, end bytes) that the output writer copies, and the files are hard-linked into the build's work
+ * directory first, so a concurrent `cache prune` cannot take them away. An unchanged layer costs one
+ * hash of its compressed bytes on the hash pool's threads — the check that they are intact.
+ *
  * The layer's diffID is the sha256 of the concatenated tar segments. sha256 cannot be resumed from the
- * parts' hashes (Node exposes no midstate), so for a grouping not seen before the parts are re-tarred
- * from the export into one hash — reading NARs and encoding tar runs near disk speed; compression is the
- * expensive step, and it is skipped. The result is cached per grouping, so an unchanged layer costs
- * one read of its compressed bytes, which is also the check that they are intact.
+ * parts' hashes, so for a grouping not seen before the cached parts are re-tarred from the export into
+ * one hash — reading NARs and encoding tar runs near disk speed; compression is the expensive step, and
+ * it is skipped. The result is cached per grouping.
  */
 export class LayerCache {
   #head: Promise<{ tar: Buffer; stored: Buffer; frame: string }> | null = null;
   #end: Buffer;
+  /** Blob files hard-linked into the work directory so far, by digest. */
+  #linked = new Map<string, Promise<string | null>>();
+  #links = 0;
 
   constructor(
     readonly store: CacheStore,
     readonly settings: LayerSettings,
-    /** Where the layers' blob files go (the build's work directory). */
+    /** Where cached blobs are linked for the build (the build's work directory). */
     readonly workDir: string,
   ) {
     this.#end = storedFormSync(END_OF_ARCHIVE, settings);
@@ -87,33 +97,28 @@ export class LayerCache {
     const layerKey = composedLayerKey(partKeys, this.settings);
     const head = await this.#headPart();
 
-    // A damaged part found while composing is removed and the layer tried again, which rebuilds it.
+    // A damaged or missing part is dropped and the layer tried again, which rebuilds it.
     for (let attempt = 0; attempt < 3; attempt++) {
       const known = await this.store.readEntry('layers', layerKey, isComposedEntry);
       const parts = await Promise.all(partKeys.map((key) => this.store.readEntry('parts', key, isPartEntry)));
       if (known && parts.every((p): p is PartEntry => p !== null)) {
-        // The same verified parts in the same frame are the same bytes: the layer's digest is the known one.
-        const same = known.frame === head.frame && known.parts.length === parts.length && parts.every((p, i) => p.digest === known.parts[i]);
-        if (same && parts.length === 1 && parts[0]!.blob === known.digest) {
-          const linked = await this.#checkOut(known);
-          if (linked) {
-            await Promise.all([this.store.touch('layers', layerKey), this.store.touch('parts', partKeys[0]!)]);
-            return { blob: this.#blob(linked, known), reused: true };
-          }
-          await this.#dropParts(partKeys, parts, [0]);
-          await this.store.removeEntry('layers', layerKey);
-          continue;
-        }
-        const composed = await this.#compose(head.stored, parts, same ? known.digest : null);
-        if (composed.ok && composed.digest === known.digest && composed.size === known.size) {
+        const same = known.frame === head.frame && known.parts.length === parts.length && parts.every((p, i) => p.blob === known.parts[i]);
+        const pieces = same ? await this.#pieces(head.stored, parts) : null;
+        if (pieces && (await this.#intact(pieces, known.digest))) {
           await Promise.all([this.store.touch('layers', layerKey), ...partKeys.map((key) => this.store.touch('parts', key))]);
-          return { blob: this.#blob(composed.file, known), reused: true };
+          return { blob: this.#blob(pieces, known), reused: true };
         }
-        if (composed.ok) await rm(composed.file, { force: true });
-        await this.#dropParts(partKeys, parts, composed.ok ? [] : composed.bad);
-        if (composed.ok) await this.store.removeEntry('layers', layerKey);
+        const bad = await this.#damaged(parts);
+        if (bad.length > 0) await this.#dropParts(partKeys, parts, bad);
+        // Parts intact but the layer not what its entry says: the entry is wrong, and is made again.
+        else await this.store.removeEntry('layers', layerKey);
         continue;
       }
+
+      // Parts found in the cache are checked before a new layer is made of them: its digest is recorded.
+      const cachedParts = parts.flatMap((p, i) => (p ? [i] : []));
+      const damaged = (await this.#damaged(parts)).filter((i) => cachedParts.includes(i));
+      if (damaged.length > 0) await this.#dropParts(partKeys, parts, damaged);
 
       const diff = createHash('sha256').update(head.tar);
       let built = 0;
@@ -129,7 +134,7 @@ export class LayerCache {
           if (tarSize !== cached.tarSize) stale.push(i);
           continue;
         }
-        parts[i] = await this.#writePart(source, partKeys[i]!, info.path, diff);
+        parts[i] = await this.#writePart(source, partKeys[i]!, info.path, diff, head.stored);
         built++;
       }
       if (stale.length > 0) {
@@ -137,22 +142,21 @@ export class LayerCache {
         continue;
       }
       diff.update(END_OF_ARCHIVE);
-      const composed = await this.#compose(head.stored, parts as PartEntry[], null);
-      if (!composed.ok) {
-        await this.#dropParts(partKeys, parts, composed.bad);
-        continue;
-      }
+      const complete = parts as PartEntry[];
+      const pieces = await this.#pieces(head.stored, complete);
+      if (!pieces) continue; // a part went missing meanwhile (a concurrent prune): the next attempt rebuilds it
+      // One part: its blob file is the layer, named by its digest. Several: the composition is hashed.
+      const digest = complete.length === 1 ? complete[0]!.blob : (await sha256Pieces(pieces)).digest;
       const entry: ComposedEntry = {
-        parts: (parts as PartEntry[]).map((p) => p.digest),
+        parts: complete.map((p) => p.blob),
         frame: head.frame,
-        digest: composed.digest,
-        size: composed.size,
+        digest,
+        size: head.stored.length + complete.reduce((n, p) => n + p.size, 0) + this.#end.length,
         diffId: `sha256:${diff.digest('hex')}`,
-        uncompressedSize: head.tar.length + (parts as PartEntry[]).reduce((n, p) => n + p.tarSize, 0) + END_OF_ARCHIVE.length,
+        uncompressedSize: head.tar.length + complete.reduce((n, p) => n + p.tarSize, 0) + END_OF_ARCHIVE.length,
       };
       await this.store.writeEntry('layers', layerKey, entry);
-      if (parts.length === 1) await this.#keepWhole(partKeys[0]!, parts[0]!, composed.file, composed.digest, head.stored.length);
-      return { blob: this.#blob(composed.file, entry), reused: built === 0 };
+      return { blob: this.#blob(pieces, entry), reused: built === 0 };
     }
     throw new UserError(`cache ${this.store.dir}: store path parts keep failing their checks; remove the cache directory or use --no-cache`);
   }
@@ -161,15 +165,17 @@ export class LayerCache {
    * A whole layer cached under `key` (a wheel's), with `facts` the build keeps beside it. On a miss
    * `build` writes the layer into the work directory and its blob is added to the cache.
    */
-  async wholeLayer<F>(key: string, build: () => Promise<{ blob: LayerBlob; facts: F }>): Promise<CachedLayer & { facts: F }> {
+  async wholeLayer<F>(key: string, build: () => Promise<{ blob: LayerFile; facts: F }>): Promise<CachedLayer & { facts: F }> {
     const known = await this.store.readEntry('wheels', key, isWheelEntry);
     if (known) {
-      const file = await this.#checkOut(known);
-      if (file) {
+      const file = await this.#link(known.digest);
+      const pieces: BytePiece[] | null = file ? [{ file, start: 0, length: known.size }] : null;
+      if (pieces && (await this.#intact(pieces, known.digest)) && (await sizeOf(file!)) === known.size) {
         await this.store.touch('wheels', key);
-        return { blob: this.#blob(file, known), reused: true, facts: known.facts as F };
+        return { blob: this.#blob(pieces, known), reused: true, facts: known.facts as F };
       }
       await this.store.removeEntry('wheels', key, known.digest);
+      this.#linked.delete(known.digest);
     }
     const { blob, facts } = await build();
     if (blob.compression !== this.settings.compression) throw new Error('wheel layer written with other settings than the cache’s');
@@ -187,11 +193,12 @@ export class LayerCache {
     return this.#head;
   }
 
-  async #writePart(source: Parameters<typeof writeSegment>[0], key: string, storePath: string, diff: Hash): Promise<PartEntry> {
+  /** Writes a part in its blob file: head member, the path's members, end member (a layer of its own). */
+  async #writePart(source: Parameters<typeof writeSegment>[0], key: string, storePath: string, diff: ReturnType<typeof createHash>, head: Buffer): Promise<PartEntry> {
     const temp = this.store.tempPath();
-    const written = await writeSegment(source, this.settings, temp, diff);
+    const written = await writeSegment(source, this.settings, temp, diff, { before: head, after: this.#end });
     await this.store.adoptBlob(temp, written.digest);
-    const entry: PartEntry = { ...written, storePath };
+    const entry: PartEntry = { blob: written.digest, offset: head.length, size: written.size, tarSize: written.tarSize, storePath };
     await this.store.writeEntry('parts', key, entry);
     return entry;
   }
@@ -199,105 +206,75 @@ export class LayerCache {
   async #dropParts(keys: string[], parts: (PartEntry | null)[], bad: number[]): Promise<void> {
     for (const i of bad) {
       const part = parts[i];
-      await this.store.removeEntry('parts', keys[i]!, part ? blobOf(part) : undefined);
+      await this.store.removeEntry('parts', keys[i]!, part?.blob);
+      if (part) this.#linked.delete(part.blob);
       parts[i] = null;
     }
   }
 
   /**
-   * A path's layer of its own is kept whole, its part pointing inside it, and the part's own blob goes:
-   * an unchanged layer is then a hard link and one hash pass, and the bytes are in the cache once.
+   * The layer's pieces, with the parts' blob files linked into the work directory; null if one is gone.
+   * A single part's blob file is the whole layer.
    */
-  async #keepWhole(key: string, part: PartEntry, file: string, digest: string, offset: number): Promise<void> {
-    if (part.blob === digest) return;
-    await this.store.storeBlobCopy(file, digest);
-    const { blob: _, offset: __, ...own } = part;
-    await this.store.writeEntry('parts', key, { ...own, blob: digest, offset });
-    if (!part.blob) await rm(this.store.blobPath(part.digest), { force: true });
+  async #pieces(head: Buffer, parts: PartEntry[]): Promise<BytePiece[] | null> {
+    const files = await Promise.all(parts.map((p) => this.#link(p.blob)));
+    if (files.some((f) => f === null)) return null;
+    if (parts.length === 1) return [{ file: files[0]!, start: 0, length: head.length + parts[0]!.size + this.#end.length }];
+    return [{ bytes: head }, ...parts.map((p, i) => ({ file: files[i]!, start: p.offset, length: p.size })), { bytes: this.#end }];
   }
 
-  /** A cached whole layer, hard-linked (or copied) into the work directory and checked; null if damaged. */
-  async #checkOut(entry: LayerEntry): Promise<string | null> {
-    const temp = this.#tempFile();
-    const forget = removeOnExit(temp);
+  /** A cached blob hard-linked (or, across file systems, copied) into the work directory; null if missing. */
+  #link(digest: string): Promise<string | null> {
+    let linked = this.#linked.get(digest);
+    if (!linked) {
+      // A new name each time: a blob dropped as damaged and rebuilt must not find its old link.
+      const target = join(this.workDir, `cached-${++this.#links}-${digestHex(digest)}`);
+      const source = this.store.blobPath(digest);
+      linked = link(source, target).then(
+        () => target,
+        async (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return null;
+          await copyFile(source, target);
+          return target;
+        },
+      );
+      this.#linked.set(digest, linked);
+    }
+    return linked;
+  }
+
+  /** True when the pieces hash to `digest` (on the hash pool); false when they do not or cannot be read. */
+  async #intact(pieces: BytePiece[], digest: string): Promise<boolean> {
     try {
-      if (!(await this.store.checkOutBlob(entry.digest, entry.size, temp))) return null;
-      const file = join(this.workDir, digestHex(entry.digest));
-      await rename(temp, file);
-      return file;
-    } finally {
-      forget();
+      return (await sha256Pieces(pieces)).digest === digest;
+    } catch {
+      return false;
     }
   }
 
-  /**
-   * Concatenates head, parts and end into a blob file in the work directory, checking each part's size
-   * and sha256 on the way. Returns the indexes of damaged or missing parts instead when there are any.
-   * With `digest` given (known from verified parts), the whole is not hashed a second time.
-   */
-  async #compose(
-    head: Buffer,
-    parts: PartEntry[],
-    digest: string | null,
-  ): Promise<{ ok: true; file: string; digest: string; size: number } | { ok: false; bad: number[] }> {
-    const temp = this.#tempFile();
-    const forget = removeOnExit(temp);
-    const out = createWriteStream(temp, { flags: 'wx', mode: 0o644, highWaterMark: 1 << 20 });
-    let failure: Error | null = null;
-    out.on('error', (err) => (failure ??= err));
-    const whole = createHash('sha256');
-    let size = 0;
-    const write = async (bytes: Buffer) => {
-      if (!digest) whole.update(bytes);
-      size += bytes.length;
-      if (!out.write(bytes) && !failure) await once(out, 'drain');
-    };
-    const bad: number[] = [];
-    try {
-      await write(head);
-      for (const [i, part] of parts.entries()) {
-        const own = createHash('sha256');
-        let seen = 0;
-        try {
-          const start = part.offset ?? 0;
-          const from = createReadStream(this.store.blobPath(blobOf(part)), { start, end: start + part.size - 1, highWaterMark: 1 << 20 });
-          for await (const chunk of from) {
-            own.update(chunk as Buffer);
-            seen += (chunk as Buffer).length;
-            if (seen > part.size) break;
-            if (bad.length === 0) await write(chunk as Buffer);
-          }
-        } catch {
-          bad.push(i);
-          continue;
-        }
-        if (seen !== part.size || `sha256:${own.digest('hex')}` !== part.digest) bad.push(i);
-      }
-      await write(this.#end);
-      await new Promise<void>((resolve) => out.end(resolve));
-      if (failure) throw new UserError(`cannot write layer in ${this.workDir}: ${(failure as NodeJS.ErrnoException).code ?? String(failure)}`);
-      if (bad.length > 0) {
-        await rm(temp, { force: true });
-        return { ok: false, bad };
-      }
-      const final = digest ?? `sha256:${whole.digest('hex')}`;
-      const file = join(this.workDir, digestHex(final));
-      await rename(temp, file);
-      return { ok: true, file, digest: final, size };
-    } catch (err) {
-      if (!out.closed) out.destroy();
-      await rm(temp, { force: true });
-      throw err;
-    } finally {
-      forget();
-    }
+  /** Indexes of parts whose blob file is missing, too short, or not the bytes its name says. */
+  async #damaged(parts: (PartEntry | null)[]): Promise<number[]> {
+    const bad = await Promise.all(
+      parts.map(async (part) => {
+        if (!part) return false;
+        const file = this.store.blobPath(part.blob);
+        const size = await sizeOf(file);
+        if (size === null || size < part.offset + part.size) return true;
+        return !(await this.#intact([{ file, start: 0, length: size }], part.blob));
+      }),
+    );
+    return bad.flatMap((b, i) => (b ? [i] : []));
   }
 
-  #tempFile(): string {
-    return join(this.workDir, `.compose-${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
+  #blob(pieces: BytePiece[], entry: LayerEntry): LayerBlob {
+    return { pieces, digest: entry.digest, size: entry.size, diffId: entry.diffId, uncompressedSize: entry.uncompressedSize, compression: this.settings.compression };
   }
+}
 
-  #blob(file: string, entry: LayerEntry): LayerBlob {
-    return { file, digest: entry.digest, size: entry.size, diffId: entry.diffId, uncompressedSize: entry.uncompressedSize, compression: this.settings.compression };
+async function sizeOf(file: string): Promise<number | null> {
+  try {
+    return (await stat(file)).size;
+  } catch {
+    return null;
   }
 }

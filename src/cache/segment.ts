@@ -116,24 +116,33 @@ class SegmentSink implements ChunkSink {
 }
 
 export interface WrittenSegment {
-  /** sha256 of the stored bytes (the gzip members, or the raw segment). */
+  /** sha256 of the whole file: `frame.before`, the segment's stored bytes (gzip members, or raw tar), `frame.after`. */
   digest: string;
+  /** Bytes of the segment's stored form, which starts at byte `frame.before.length` of the file. */
   size: number;
   /** Bytes of tar in the segment. */
   tarSize: number;
 }
 
+/** Stored bytes written around a segment, so that the file is a whole layer blob by itself. */
+export interface SegmentFrame {
+  before: Buffer;
+  after: Buffer;
+}
+
 /**
- * Writes a source's tar segment to `file` in its stored form, in one pass: each tar chunk goes to
- * `alsoHash` (the whole layer's diffID) and to the layer writer's parallel gzip (GzipMembers: a member
- * per 4 MiB of tar, deflated on the thread pool within `--jobs` turns, so one huge store path uses every
- * core), whose members are hashed and written in order. Memory stays at a few chunks and members.
+ * Writes a source's tar segment to `file` in its stored form, between `frame.before` and `frame.after`, in
+ * one pass: each tar chunk goes to `alsoHash` (a layer's diffID) and to the layer writer's parallel gzip
+ * (GzipMembers: a member per 4 MiB of tar, deflated on the thread pool within `--jobs` turns, so one huge
+ * store path uses every core), whose members are hashed and written in order. Memory stays at a few
+ * chunks and members.
  */
 export async function writeSegment(
   source: LayerSource,
   settings: LayerSettings,
   file: string,
   alsoHash: Hash | null,
+  frame: SegmentFrame = { before: Buffer.alloc(0), after: Buffer.alloc(0) },
 ): Promise<WrittenSegment> {
   const forget = removeOnExit(file);
   const out = createWriteStream(file, { flags: 'wx', mode: 0o644, highWaterMark: 1 << 20 });
@@ -151,6 +160,7 @@ export async function writeSegment(
     if (out.writableNeedDrain && !failure) await once(out, 'drain');
   };
   const members = settings.compression === 'gzip' ? new GzipMembers(settings.gzipLevel, (member) => emit(member)) : null;
+  emit(frame.before);
 
   try {
     const tarSize = await tarSegment(source, settings.mtime, (bytes, release) => {
@@ -164,12 +174,13 @@ export async function writeSegment(
       });
     });
     await members?.end();
+    emit(frame.after);
     await new Promise<void>((resolve, reject) => {
       out.once('error', reject);
       out.end(resolve);
     });
     if (failure) throw failure;
-    return { digest: `sha256:${storedHash.digest('hex')}`, size, tarSize };
+    return { digest: `sha256:${storedHash.digest('hex')}`, size: size - frame.before.length - frame.after.length, tarSize };
   } catch (err) {
     if (!out.closed) await new Promise<void>((closed) => out.destroy().once('close', () => closed()));
     await rm(file, { force: true });

@@ -1,6 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { link, copyFile, mkdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { link, copyFile, mkdir, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { removeOnExit } from '../util/cleanup.js';
@@ -118,26 +117,6 @@ export class CacheStore {
       await rm(temp, { force: true });
     }
   }
-
-  /**
-   * Gives `target` the bytes of a cached blob (a hard link where possible, else a copy), then checks
-   * its size and sha256. Linking first means a concurrent prune cannot take the bytes away mid-use.
-   * Returns false, leaving no `target`, when the blob is missing or damaged.
-   */
-  async checkOutBlob(digest: string, size: number, target: string): Promise<boolean> {
-    const source = this.blobPath(digest);
-    try {
-      await link(source, target).catch(async (err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT') throw err;
-        await copyFile(source, target);
-      });
-    } catch {
-      return false;
-    }
-    if ((await stat(target)).size === size && (await sha256File(target)) === digest) return true;
-    await rm(target, { force: true });
-    return false;
-  }
 }
 
 /**
@@ -158,13 +137,6 @@ export function unwrapEntry(stored: unknown): unknown {
 export function digestHex(digest: string): string {
   if (!/^sha256:[0-9a-f]{64}$/.test(digest)) throw new Error(`not a sha256 digest: ${digest}`);
   return digest.slice(7);
-}
-
-/** `sha256:<hex>` of a file, streamed. */
-export async function sha256File(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest('hex')}`;
 }
 
 export const isDigest = (v: unknown): v is string => typeof v === 'string' && /^sha256:[0-9a-f]{64}$/.test(v);

@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import type { BytePiece } from '../util/pieces.js';
 
 /**
  * One entry of a layer tar, before it is written. Layers are built from these by every source:
@@ -13,10 +14,12 @@ export type TarEntry =
 
 export type Compression = 'gzip' | 'none';
 
-/** What writing a layer produced: a blob file on disk and its digests. */
+export type { BytePiece } from '../util/pieces.js';
+
+/** A layer's blob: where its (compressed) bytes are, and its digests. */
 export interface LayerBlob {
-  /** Path of the (compressed) blob file. */
-  file: string;
+  /** The blob's bytes, in order: a whole file, or a composed layer's head, part ranges and end. */
+  pieces: BytePiece[];
   /** `sha256:<hex>` of the blob as stored (compressed). */
   digest: string;
   /** Size in bytes of the blob as stored. */
@@ -26,6 +29,11 @@ export interface LayerBlob {
   /** Size in bytes of the uncompressed tar. */
   uncompressedSize: number;
   compression: Compression;
+}
+
+/** A layer written whole to one file (by writeLayer). */
+export interface LayerFile extends LayerBlob {
+  file: string;
 }
 
 /** Receives a layer's entries in the order they are to appear in the tar. `add` consumes a file's body fully. */

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { UserError } from '../util/errors.js';
-import type { Compression, LayerBlob, LayerSource } from './types.js';
+import type { Compression, LayerFile, LayerSource } from './types.js';
 import { TarWriter, type ChunkSink } from './tar-writer.js';
 import { acquireCompressionTurn, releaseCompressionTurn } from './jobs.js';
 import { acquireWorker, releaseWorker, type FromWorker, type LayerWorker, type WorkerListener } from './layer-worker.js';
@@ -33,7 +33,7 @@ export const DEFAULT_GZIP_LEVEL = 6;
  * independently and in parallel; a tar smaller than one part is a single member. Every gzip reader
  * reads such a file as the one concatenated tar.
  */
-export async function writeLayer(source: LayerSource, options: WriteLayerOptions): Promise<LayerBlob> {
+export async function writeLayer(source: LayerSource, options: WriteLayerOptions): Promise<LayerFile> {
   const level = options.gzipLevel ?? DEFAULT_GZIP_LEVEL;
   if (options.compression !== 'gzip' && options.compression !== 'none') {
     throw new UserError(`unknown compression "${String(options.compression)}" (use gzip or none)`);
@@ -52,6 +52,7 @@ export async function writeLayer(source: LayerSource, options: WriteLayerOptions
     const done = await job.end();
     return {
       file: done.file,
+      pieces: [{ file: done.file, start: 0, length: done.size }],
       digest: done.digest,
       size: done.size,
       diffId: done.diffId,

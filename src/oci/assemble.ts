@@ -1,4 +1,5 @@
-import { createReadStream, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
+import { piecesLength, piecesStream } from '../util/pieces.js';
 import type { LayerBlob } from '../layers/types.js';
 import { buildConfig, type HistoryEntry, type ImageConfigSpec } from './config.js';
 import type { OutputFormat } from './formats.js';
@@ -69,7 +70,8 @@ export function assembleImage(options: AssembleOptions): { image: Image; warning
       diffId: blob.diffId,
       uncompressedSize: blob.uncompressedSize,
       contents: sorted,
-      open: (start = 0) => createReadStream(blob.file, { start, highWaterMark: 1 << 20 }),
+      pieces: blob.pieces,
+      open: (start = 0) => piecesStream(blob.pieces, start),
     };
   });
 
@@ -121,6 +123,11 @@ function summarize(contents: string[]): string {
 }
 
 function checkBlobFile(blob: LayerBlob): void {
-  const size = statSync(blob.file).size;
-  if (size !== blob.size) throw new Error(`layer blob ${blob.file} is ${size} bytes, expected ${blob.size}`);
+  const size = piecesLength(blob.pieces);
+  if (size !== blob.size) throw new Error(`layer blob ${blob.digest} has ${size} bytes in its pieces, expected ${blob.size}`);
+  for (const piece of blob.pieces) {
+    if ('bytes' in piece) continue;
+    const fileSize = statSync(piece.file).size;
+    if (fileSize < piece.start + piece.length) throw new Error(`layer blob file ${piece.file} is ${fileSize} bytes, shorter than its piece of ${blob.digest}`);
+  }
 }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { chmod, lstat, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, lstat, mkdtemp, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { basename, dirname, join, resolve } from 'node:path';
 import { removeOnExit } from '../util/cleanup.js';
@@ -12,11 +12,7 @@ import { UserError } from '../util/errors.js';
  * the temporary file is removed and `path` is left as it was.
  */
 export async function writeFileAtomically(path: string, write: (out: Writable) => Promise<void>): Promise<void> {
-  const target = resolve(path);
-  await checkParent(target, path);
-  const existing = await lstat(target).catch(() => undefined);
-  if (existing?.isDirectory()) throw new UserError(`cannot write ${path}: it is a directory`);
-  const temp = join(dirname(target), `.${basename(target)}.${randomBytes(6).toString('hex')}.tmp`);
+  const { target, temp } = await tempBeside(path);
   const forget = removeOnExit(temp);
   const out = createWriteStream(temp, { flags: 'wx', mode: 0o644 });
   // Kept, not thrown: an 'error' event with no listener would end the process.
@@ -45,6 +41,33 @@ export async function writeFileAtomically(path: string, write: (out: Writable) =
       });
     }
     await rm(temp, { force: true });
+    throw err;
+  } finally {
+    forget();
+  }
+}
+
+/**
+ * Like writeFileAtomically, for writers that write by position: `fill` gets the temporary file's handle.
+ */
+export async function writeFileAtomicallyAt(path: string, fill: (out: FileHandle) => Promise<void>): Promise<void> {
+  const { target, temp } = await tempBeside(path);
+  const forget = removeOnExit(temp);
+  let out: FileHandle | undefined;
+  try {
+    out = await open(temp, 'wx', 0o644).catch((err: NodeJS.ErrnoException) => {
+      throw new UserError(`cannot write ${path}: ${err.code ?? err.message}`, { cause: err });
+    });
+    await fill(out);
+    await out.close();
+    out = undefined;
+    // No fsync, as above.
+    await rename(temp, target);
+  } catch (err) {
+    await out?.close().catch(() => undefined);
+    await rm(temp, { force: true });
+    const e = err as NodeJS.ErrnoException;
+    if (e.code && !(err instanceof UserError)) throw new UserError(`cannot write ${path}: ${e.code}`, { cause: err });
     throw err;
   } finally {
     forget();
@@ -92,4 +115,13 @@ export async function writeDirectoryAtomically(path: string, fill: (dir: string)
 async function checkParent(target: string, shown: string): Promise<void> {
   const parent = await stat(dirname(target)).catch(() => undefined);
   if (!parent?.isDirectory()) throw new UserError(`cannot write ${shown}: directory ${dirname(target)} does not exist`);
+}
+
+/** A file output's resolved path and a temporary name beside it (same file system, so rename works). */
+async function tempBeside(path: string): Promise<{ target: string; temp: string }> {
+  const target = resolve(path);
+  await checkParent(target, path);
+  const existing = await lstat(target).catch(() => undefined);
+  if (existing?.isDirectory()) throw new UserError(`cannot write ${path}: it is a directory`);
+  return { target, temp: join(dirname(target), `.${basename(target)}.${randomBytes(6).toString('hex')}.tmp`) };
 }

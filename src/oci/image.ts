@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import type { BytePiece } from '../util/pieces.js';
 
 /**
  * The image model every writer and the registry client consume, after go-containerregistry's
@@ -14,6 +15,8 @@ export interface Descriptor {
 
 export interface Blob {
   descriptor: Descriptor;
+  /** Where the bytes lie, when they are in local files: writers then copy ranges instead of streaming. */
+  pieces?: BytePiece[];
   /** A fresh stream of the blob's bytes from `start` (default 0) to the end. */
   open(start?: number): Readable;
 }

@@ -1,9 +1,11 @@
-import { mkdir, open, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { writeArchiveTar } from './archive-tar.js';
-import { writeDirectoryAtomically, writeFileAtomically } from './atomic.js';
+import { writeDirectoryAtomically, writeFileAtomically, writeFileAtomicallyAt } from './atomic.js';
+import { canPlan, copyRanges, pieceCopies, writeAll, writeArchiveFile } from './archive-file.js';
+import { piecesLength, type BytePiece } from '../util/pieces.js';
 import type { OutputFormat } from './formats.js';
 import type { Blob, Image } from './image.js';
 import { dockerArchiveEntries, ociLayoutEntries, type ArchiveEntry } from './layout.js';
@@ -40,7 +42,8 @@ export async function writeImage(image: Image, options: WriteImageOptions): Prom
     });
     return;
   }
-  await writeFileAtomically(output, (out) => writeArchiveTar(entries, out));
+  if (canPlan(entries)) await writeFileAtomicallyAt(output, (out) => writeArchiveFile(entries, out));
+  else await writeFileAtomically(output, (out) => writeArchiveTar(entries, out));
 }
 
 async function writeEntriesToDirectory(entries: ArchiveEntry[], dir: string): Promise<void> {
@@ -57,6 +60,7 @@ async function writeEntriesToDirectory(entries: ArchiveEntry[], dir: string): Pr
 }
 
 async function writeBlobFile(blob: Blob, path: string): Promise<void> {
+  if (blob.pieces) return writePiecesFile(blob, blob.pieces, path);
   const handle = await open(path, 'wx', 0o644);
   const out = handle.createWriteStream();
   // Kept for the end: a write error between our writes must not be an unhandled 'error' event.
@@ -74,5 +78,31 @@ async function writeBlobFile(blob: Blob, path: string): Promise<void> {
   } catch (err) {
     out.destroy();
     throw failure ?? err;
+  }
+}
+
+/**
+ * A blob that lies whole in one file is hard-linked (blobs are content-addressed and never written to
+ * again); otherwise, or across file systems, its pieces are copied by position.
+ */
+async function writePiecesFile(blob: Blob, pieces: BytePiece[], path: string): Promise<void> {
+  const size = piecesLength(pieces);
+  if (size !== blob.descriptor.size) throw new Error(`blob ${blob.descriptor.digest} has ${size} bytes in its pieces, its descriptor says ${blob.descriptor.size}`);
+  const only = pieces.length === 1 ? pieces[0]! : null;
+  if (only && !('bytes' in only) && only.start === 0 && only.length === blob.descriptor.size) {
+    const linked = await stat(only.file).then(
+      (st) => st.size === only.length && link(only.file, path).then(() => true, () => false),
+      () => false,
+    );
+    if (linked) return;
+  }
+  const out = await open(path, 'wx', 0o644);
+  try {
+    const { copies, bytes } = pieceCopies(pieces);
+    for (const b of bytes) await writeAll(out, b.bytes, b.at);
+    await copyRanges(copies, out);
+    await out.truncate(blob.descriptor.size);
+  } finally {
+    await out.close();
   }
 }

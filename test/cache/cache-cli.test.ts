@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CACHE_FORMAT_VERSION } from '../../src/cache/keys.js';
 import { execFileSync, spawn } from 'node:child_process';
 import { GZIP_MEMBER_HEADER } from '../../src/layers/gzip-members.js';
 import { createHash } from 'node:crypto';
@@ -40,10 +41,10 @@ const short = (p: string) => p.replace(/^\/nix\/store\/[0-9a-z]{32}-/, '');
 
 /** The part entry of one store path, and the blob its bytes are in (its own, or its layer's). */
 function partOf(cache: string, storePath: string): { entry: string; blob: string } {
-  const parts = join(cache, 'v2/parts');
+  const parts = join(cache, `v${CACHE_FORMAT_VERSION}/parts`);
   for (const name of readdirSync(parts)) {
     const value = JSON.parse(readFileSync(join(parts, name), 'utf8')).value;
-    if (value.storePath === storePath) return { entry: join(parts, name), blob: join(cache, 'v2/blobs', (value.blob ?? value.digest).slice(7)) };
+    if (value.storePath === storePath) return { entry: join(parts, name), blob: join(cache, `v${CACHE_FORMAT_VERSION}/blobs`, (value.blob ?? value.digest).slice(7)) };
   }
   throw new Error(`no part for ${storePath} in ${cache}`);
 }
@@ -152,7 +153,7 @@ describe.runIf(tools('nix-build', 'nix-store'))('the layer cache on a real Nix c
   it('a layer entry whose recorded digest was altered is not trusted', () => {
     const cache = fresh('cache');
     const cold = build(v1, cache);
-    const layers = join(cache, 'v2/layers');
+    const layers = join(cache, `v${CACHE_FORMAT_VERSION}/layers`);
     for (const name of readdirSync(layers)) {
       const stored = JSON.parse(readFileSync(join(layers, name), 'utf8'));
       stored.value.digest = `sha256:${'0'.repeat(64)}`;
@@ -183,7 +184,7 @@ describe.runIf(tools('nix-build', 'nix-store'))('the layer cache on a real Nix c
     const after = build(v1, cache);
     expect(after.layers.slice(0, 3).every((l) => l.reused)).toBe(true);
     expect(sha256(after.out)).toBe(sha256(outs[0]!));
-    expect(readdirSync(join(cache, 'v2/tmp'))).toEqual([]);
+    expect(readdirSync(join(cache, `v${CACHE_FORMAT_VERSION}/tmp`))).toEqual([]);
   });
 });
 
@@ -197,7 +198,7 @@ describe.runIf(tools('nix-build', 'nix-store'))('a build killed mid-way', () => 
     const out = fresh('killed') + '.tar';
     const child = spawn(process.execPath, [CLI, 'build-image', '-q', '--closure', closure, '--cache-dir', cache, '--output', out], { cwd: REPO });
     const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
-    const tmp = join(cache, 'v2/tmp');
+    const tmp = join(cache, `v${CACHE_FORMAT_VERSION}/tmp`);
     const deadline = Date.now() + 60_000;
     while (!(existsSync(tmp) && readdirSync(tmp).length > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     child.kill('SIGKILL');
@@ -205,10 +206,10 @@ describe.runIf(tools('nix-build', 'nix-store'))('a build killed mid-way', () => 
     expect(existsSync(out)).toBe(false);
 
     // Whatever the cache holds is whole: every entry's blob has its digest.
-    for (const name of readdirSync(join(cache, 'v2/parts'))) {
-      const entry = JSON.parse(readFileSync(join(cache, 'v2/parts', name), 'utf8')).value;
+    for (const name of readdirSync(join(cache, `v${CACHE_FORMAT_VERSION}/parts`))) {
+      const entry = JSON.parse(readFileSync(join(cache, `v${CACHE_FORMAT_VERSION}/parts`, name), 'utf8')).value;
       const blob = entry.blob ?? entry.digest;
-      expect(`sha256:${sha256(join(cache, 'v2/blobs', blob.slice(7)))}`).toBe(blob);
+      expect(`sha256:${sha256(join(cache, `v${CACHE_FORMAT_VERSION}/blobs`, blob.slice(7)))}`).toBe(blob);
     }
     const next = build(closure, cache);
     const cold = build(closure, fresh('cache'));

@@ -11,7 +11,8 @@ import { writeLayer } from '../../src/layers/write-layer.js';
 import { CacheStore, defaultCacheDir } from '../../src/cache/store.js';
 import { LayerCache } from '../../src/cache/layer-cache.js';
 import { cacheStats, GRACE_MS, parseSize, pruneCache } from '../../src/cache/maintenance.js';
-import type { LayerSettings } from '../../src/cache/keys.js';
+import { CACHE_FORMAT_VERSION, type LayerSettings } from '../../src/cache/keys.js';
+import { blobBytes, blobToFile } from '../helpers/blobs.js';
 import { REPO } from '../helpers/cli.js';
 import { tools } from '../helpers/tools.js';
 
@@ -45,17 +46,18 @@ describe('a layer composed of cached parts', () => {
     expect(composed.blob.diffId).toBe(direct.diffId);
     expect(composed.blob.uncompressedSize).toBe(direct.uncompressedSize);
     // Node, like gzip(1), reads every member of a multi-member stream.
-    expect(gunzipSync(readFileSync(composed.blob.file)).equals(readFileSync(direct.file))).toBe(true);
+    expect(gunzipSync(blobBytes(composed.blob)).equals(readFileSync(direct.file))).toBe(true);
     // head + one member per path + end
-    const members = readFileSync(composed.blob.file).toString('latin1').split('\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03').length - 1;
+    const members = blobBytes(composed.blob).toString('latin1').split('\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03').length - 1;
     expect(members).toBeGreaterThanOrEqual(infos.length + 2);
   });
 
   it.runIf(tools('gzip', 'tar'))('is read whole by gzip and GNU tar', async () => {
     const infos = [...closure.paths.values()];
     const composed = await (await cacheIn(fresh('cache'))).storePathLayer(infos);
-    execFileSync('gzip', ['-t', composed.blob.file]);
-    const listed = execFileSync('tar', ['-tzf', composed.blob.file], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    const file = blobToFile(composed.blob, join(fresh('blob'), 'layer.tar.gz'));
+    execFileSync('gzip', ['-t', file]);
+    const listed = execFileSync('tar', ['-tzf', file], { encoding: 'utf8' }).split('\n').filter(Boolean);
     expect(listed.slice(0, 2)).toEqual(['nix/', 'nix/store/']);
     for (const path of closure.paths.keys()) expect(listed).toContain(`${path.slice(1)}/`);
   });
@@ -72,12 +74,12 @@ describe('a layer composed of cached parts', () => {
     const warm = await (await cacheIn(cacheDir)).storePathLayer([first!]);
     expect(warm.reused).toBe(true);
     expect([fromParts.blob.digest, warm.blob.digest]).toEqual([cold.blob.digest, cold.blob.digest]);
-    expect(readFileSync(warm.blob.file).equals(readFileSync(cold.blob.file))).toBe(true);
-    // The path's bytes are now kept once, inside its layer's blob, which the warm build linked.
-    const entries = readdirSync(join(cacheDir, 'v2/parts')).map((name) => JSON.parse(readFileSync(join(cacheDir, 'v2/parts', name), 'utf8')).value);
+    expect(blobBytes(warm.blob).equals(blobBytes(cold.blob))).toBe(true);
+    // Every part's blob file is a layer of that path alone: the path's bytes are kept once.
+    const entries = readdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/parts`)).map((name) => JSON.parse(readFileSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/parts`, name), 'utf8')).value);
     const own = entries.find((e) => e.storePath === first!.path);
     expect(own.blob).toBe(cold.blob.digest);
-    expect(readdirSync(join(cacheDir, 'v2/blobs'))).not.toContain(own.digest.slice(7));
+    expect(readdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/blobs`))).toHaveLength(3);
   });
 
   it('uncompressed layers compose the same way', async () => {
@@ -96,7 +98,7 @@ describe('a layer composed of cached parts', () => {
     const otherMtime = await (await cacheIn(cacheDir, { ...GZIP, mtime: 2 })).storePathLayer([info]);
     const otherLevel = await (await cacheIn(cacheDir, { ...GZIP, gzipLevel: 1 })).storePathLayer([info]);
     expect([otherMtime.reused, otherLevel.reused]).toEqual([false, false]);
-    expect(readdirSync(join(cacheDir, 'v2/parts'))).toHaveLength(3);
+    expect(readdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/parts`))).toHaveLength(3);
   });
 });
 
@@ -106,7 +108,7 @@ describe('cache maintenance', () => {
     const cache = await cacheIn(cacheDir);
     const infos = [...closure.paths.values()].sort((a, b) => b.narSize - a.narSize);
     for (const info of infos) await cache.storePathLayer([info]);
-    const parts = join(cacheDir, 'v2/parts');
+    const parts = join(cacheDir, `v${CACHE_FORMAT_VERSION}/parts`);
     // Make the biggest path the most recently used; the others older, in order.
     const byPath = new Map(readdirSync(parts).map((name) => [JSON.parse(readFileSync(join(parts, name), 'utf8')).value.storePath as string, join(parts, name)]));
     const base = Date.now() / 1000 - 1000;
@@ -115,7 +117,7 @@ describe('cache maintenance', () => {
     expect(before.entries).toEqual({ parts: 3, layers: 3, wheels: 0 });
     // The biggest path's bytes lie in its layer's blob (the part plus the layer's first and last members).
     const biggest = JSON.parse(readFileSync(byPath.get(infos[0]!.path)!, 'utf8')).value;
-    const biggestSize = statSync(join(cacheDir, 'v2/blobs', biggest.blob.slice(7))).size;
+    const biggestSize = statSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/blobs`, biggest.blob.slice(7))).size;
     expect(biggestSize).toBeGreaterThan(biggest.size);
     const result = await pruneCache(cacheDir, biggestSize + 10);
     expect(result.bytes).toBe(biggestSize);
@@ -130,15 +132,15 @@ describe('cache maintenance', () => {
     await CacheStore.open(cacheDir);
     const old = (Date.now() - 2 * GRACE_MS) / 1000;
     for (const [sub, name] of [['tmp', 'old.tmp'], ['tmp', 'young.tmp'], ['blobs', 'a'.repeat(64)], ['blobs', 'b'.repeat(64)]] as const) {
-      writeFileSync(join(cacheDir, 'v2', sub, name), 'x');
+      writeFileSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}`, sub, name), 'x');
     }
-    utimesSync(join(cacheDir, 'v2/tmp/old.tmp'), old, old);
-    utimesSync(join(cacheDir, 'v2/blobs', 'a'.repeat(64)), old, old);
+    utimesSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/tmp/old.tmp`), old, old);
+    utimesSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/blobs`, 'a'.repeat(64)), old, old);
     const stats = await cacheStats(cacheDir);
     expect([stats.tempFiles, stats.unreferencedBlobs]).toEqual([2, 2]);
     await pruneCache(cacheDir, 1 << 30);
-    expect(readdirSync(join(cacheDir, 'v2/tmp'))).toEqual(['young.tmp']);
-    expect(readdirSync(join(cacheDir, 'v2/blobs'))).toEqual(['b'.repeat(64)]);
+    expect(readdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/tmp`))).toEqual(['young.tmp']);
+    expect(readdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/blobs`))).toEqual(['b'.repeat(64)]);
   });
 
   it('reads sizes with binary units', () => {

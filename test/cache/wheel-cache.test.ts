@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CACHE_FORMAT_VERSION } from '../../src/cache/keys.js';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -65,10 +66,10 @@ describe.runIf(ready)('wheel layers from the cache', () => {
   it('a damaged wheel blob is detected and the layer rebuilt', () => {
     const cache = join(dir, 'cache-d');
     const cold = build(withZlib, cache, [pkg1]);
-    const entries = readdirSync(join(cache, 'v2/wheels'));
+    const entries = readdirSync(join(cache, `v${CACHE_FORMAT_VERSION}/wheels`));
     expect(entries).toHaveLength(1);
-    const { digest } = JSON.parse(readFileSync(join(cache, 'v2/wheels', entries[0]!), 'utf8')).value;
-    const blob = join(cache, 'v2/blobs', digest.slice(7));
+    const { digest } = JSON.parse(readFileSync(join(cache, `v${CACHE_FORMAT_VERSION}/wheels`, entries[0]!), 'utf8')).value;
+    const blob = join(cache, `v${CACHE_FORMAT_VERSION}/blobs`, digest.slice(7));
     const bytes = readFileSync(blob);
     bytes[bytes.length - 20] ^= 1;
     writeFileSync(blob, bytes);

@@ -42,6 +42,8 @@ function withFailingLayer(onOpen?: () => void): Image {
     i === 1
       ? {
           ...layer,
+          // Without pieces, writers stream the blob through `open` (the path for blobs read from archives).
+          pieces: undefined,
           open: () =>
             Readable.from(
               (async function* () {
@@ -75,6 +77,20 @@ describe.each(['oci-archive', 'docker-archive', 'oci-layout'] as OutputFormat[])
     expect(readdirSync(parent)).toEqual([]);
   });
 
+  it('leaves nothing when a blob file is shorter than its pieces say', async () => {
+    const parent = join(dir, `truncated-${format}`);
+    mkdirSync(parent);
+    const [first, ...rest] = image.layers;
+    const piece = first!.pieces![0]!;
+    if ('bytes' in piece) throw new Error('expected a file piece');
+    const copy = join(dir, `truncated-${format}.blob`);
+    writeFileSync(copy, readFileSync(piece.file).subarray(0, piece.length - 100));
+    // One file piece of the whole size, so an oci-layout cannot link it whole either.
+    const broken = { ...image, layers: [{ ...first!, pieces: [{ file: copy, start: 0, length: piece.length }] }, ...rest] };
+    await expect(writeImage(broken, { format, output: join(parent, 'image') })).rejects.toThrow(/ends at byte|bytes/);
+    expect(readdirSync(parent)).toEqual([]);
+  });
+
   it('removes its temporary output when the process is stopped mid-write', async () => {
     const parent = join(dir, `stopped-${format}`);
     mkdirSync(parent);
@@ -92,6 +108,31 @@ describe.each(['oci-archive', 'docker-archive', 'oci-layout'] as OutputFormat[])
 });
 
 describe('writeImage archives', () => {
+  it.each(['oci-archive', 'docker-archive'] as OutputFormat[])('writes %s by position exactly as the streaming writer does, whatever the pieces', async (format) => {
+    // Each layer cut into in-memory bytes and ranges of its file, as a layer composed from cached parts is.
+    const cut = {
+      ...image,
+      layers: image.layers.map((layer) => {
+        const piece = layer.pieces![0]!;
+        if ('bytes' in piece) throw new Error('expected a file piece');
+        const bytes = readFileSync(piece.file);
+        const a = Math.min(100, bytes.length);
+        const b = Math.max(a, bytes.length - 7);
+        return {
+          ...layer,
+          pieces: [{ bytes: bytes.subarray(0, a) }, { file: piece.file, start: a, length: b - a }, { bytes: bytes.subarray(b) }],
+        };
+      }),
+    };
+    const streamed = { ...image, layers: image.layers.map((layer) => ({ ...layer, pieces: undefined })) };
+    const byPosition = join(dir, `position-${format}.tar`);
+    const byStream = join(dir, `stream-${format}.tar`);
+    await writeImage(cut, { format, output: byPosition });
+    await writeImage(streamed, { format, output: byStream });
+    expect(sha256(byPosition)).toBe(sha256(byStream));
+    expect(statSync(byPosition).size).toBe(statSync(byStream).size);
+  });
+
   it.each(['oci-archive', 'docker-archive'] as OutputFormat[])('writes %s byte-identically every time, with fixed tar headers', async (format) => {
     const a = join(dir, `a-${format}.tar`);
     const b = join(dir, `b-${format}.tar`);
