@@ -4,12 +4,12 @@
  */
 import { basename } from 'node:path';
 import { writeLayer, type WriteLayerOptions } from '../layers/write-layer.js';
-import type { LayerBlob } from '../layers/types.js';
+import type { LayerFile } from '../layers/types.js';
 import { wheelLayerSource, type WheelInstallOptions } from './install.js';
 import type { WheelInfo } from './wheel-info.js';
 
 export interface WrittenWheelLayer {
-  blob: LayerBlob;
+  blob: LayerFile;
   /** What the layer holds, for `inspect`: the wheel's file name. */
   contents: string[];
   sitePackages: string;

@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, readdirSync, realpathSync, statSync, existsS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeLayer } from '../../src/layers/write-layer.js';
-import type { LayerBlob } from '../../src/layers/types.js';
+import type { LayerFile } from '../../src/layers/types.js';
 import { ElfCollector } from '../../src/wheels/checks/elf-collector.js';
 import { wheelLayerSource, type WheelInstallOptions } from '../../src/wheels/install.js';
 import { readWheelInfo } from '../../src/wheels/wheel-info.js';
@@ -44,7 +44,7 @@ async function installToLayer(wheel: string, options: WheelInstallOptions = OPTI
   return { info, layer, blob, dir };
 }
 
-function unpack(blob: LayerBlob): string {
+function unpack(blob: LayerFile): string {
   const root = freshDir('nix2oci-unpacked-');
   execFileSync('tar', ['-xf', blob.file, '-C', root, ...(blob.compression === 'gzip' ? ['-z'] : [])]);
   return root;
@@ -56,7 +56,7 @@ function sha256b64(bytes: Buffer): string {
 
 describe('installing pip from Debian’s wheel into a layer', () => {
   let root: string;
-  let blob: LayerBlob;
+  let blob: LayerFile;
   let layer: ReturnType<typeof wheelLayerSource>;
 
   beforeAll(async () => {
