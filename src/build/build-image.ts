@@ -22,6 +22,7 @@ import { UserError } from '../util/errors.js';
 import type { PreparedWheels, WheelElfFacts, WheelLayerPlan } from './wheels.js';
 import { CacheStore } from '../cache/store.js';
 import { LayerCache } from '../cache/layer-cache.js';
+import { exportIndexMemo } from '../cache/export-index.js';
 import { wheelLayerKey, type LayerSettings } from '../cache/keys.js';
 
 export interface BuildImageOptions {
@@ -119,6 +120,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     const closure: Closure = await loadClosure(options.closures, {
       pathInfoFile: options.pathInfo,
       tmpDir: work,
+      memo: options.cacheDir ? exportIndexMemo(store) : undefined,
+      onRecalled: (file) => options.log(`${file}: unchanged since it was last indexed; its index comes from the cache`),
       // Per file: add up across the files given.
       onProgress: (file, read, total) => {
         if (file !== current) {

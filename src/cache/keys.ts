@@ -51,3 +51,8 @@ export function wheelLayerKey(wheel: WheelKeyInputs, settings: LayerSettings): s
   const { sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold } = wheel;
   return keyOf('wheel-layer', [sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold, ...settingsFields(settings)]);
 }
+
+/** An export file's index, by the file's identity (path, device, inode, size, times): see IndexMemo. */
+export function exportIndexKey(identity: string): string {
+  return keyOf('export-index', [identity]);
+}

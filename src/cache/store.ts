@@ -20,8 +20,9 @@ import { CACHE_FORMAT_VERSION } from './keys.js';
  * write the same bytes. Readers never trust a blob: they check its size and sha256 while using it.
  * An entry's mtime is its last use (touched on every hit), which `prune` evicts by.
  */
-export type EntryKind = 'parts' | 'layers' | 'wheels';
-export const ENTRY_KINDS: EntryKind[] = ['parts', 'layers', 'wheels'];
+/** `exports`: indexes of export files (no blob; see src/cache/export-index.ts). */
+export type EntryKind = 'parts' | 'layers' | 'wheels' | 'exports';
+export const ENTRY_KINDS: EntryKind[] = ['parts', 'layers', 'wheels', 'exports'];
 
 export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   const xdg = env.XDG_CACHE_HOME;

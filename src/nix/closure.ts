@@ -3,7 +3,7 @@
  * (every reference present) that agrees with `nix path-info` when a path-info file is given.
  */
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -26,7 +26,25 @@ export interface LoadClosureOptions {
   stdin?: Readable;
   /** Progress of indexing, per file. */
   onProgress?: (file: string, bytesRead: number, totalBytes: number) => void;
+  /** Where indexes of export files are remembered between runs (the layer cache); none by default. */
+  memo?: IndexMemo;
+  /** Told when a file's index came from the memo rather than from reading the file. */
+  onRecalled?: (file: string) => void;
 }
+
+/**
+ * Remembers an export file's index under the file's identity — device, inode, size, modification and
+ * change times in nanoseconds — as git's index and Bazel's digest cache do: a file with the same identity
+ * has not been written since, so its NARs need not be read and hashed again. Any write, rename over it or
+ * copy gives another identity (the change time cannot be set back), and the file is indexed afresh.
+ */
+export interface IndexMemo {
+  recall(identity: string): Promise<RememberedPath[] | null>;
+  remember(identity: string, paths: RememberedPath[]): Promise<void>;
+}
+
+/** A path's index entry without the file name (the file may be reached by another name next time). */
+export type RememberedPath = Omit<StorePathInfo, 'source'> & { offset: number };
 
 /** The name a file has in messages: `stdin` for '-', else the path as given. */
 function labelFor(file: string): string {
@@ -51,10 +69,8 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
     const label = labelFor(given);
     const file = given === '-' ? await spoolStdin(opts) : await seekable(given, opts);
     labels.set(file, label);
-    const infos = await indexExport(file, {
-      label,
-      onProgress: opts.onProgress && ((read, total) => opts.onProgress!(label, read, total)),
-    });
+    const onProgress = opts.onProgress && ((read: number, total: number) => opts.onProgress!(label, read, total));
+    const infos = given === '-' || file !== given || !opts.memo ? await indexExport(file, { label, onProgress }) : await indexRemembered(file, label, opts.memo, onProgress, opts.onRecalled);
     for (const info of infos) {
       const seen = merged.get(info.path);
       if (!seen) {
@@ -144,4 +160,38 @@ async function spool(stream: Readable, opts: LoadClosureOptions): Promise<string
     dir = exitTmpDir;
   }
   return spoolToFile(stream, dir);
+}
+
+/** Indexes a regular file, or takes its index from the memo when the file is the one indexed before. */
+async function indexRemembered(
+  file: string,
+  label: string,
+  memo: IndexMemo,
+  onProgress?: (read: number, total: number) => void,
+  onRecalled?: (file: string) => void,
+): Promise<StorePathInfo[]> {
+  const before = await identityOf(file);
+  if (before === null) return indexExport(file, { label, onProgress });
+  const known = await memo.recall(before.key);
+  if (known) {
+    onRecalled?.(label);
+    onProgress?.(before.size, before.size);
+    return known.map(({ offset, ...info }) => ({ ...info, source: { file, offset } }));
+  }
+  const infos = await indexExport(file, { label, onProgress });
+  // Written to while being read: the index stands for neither version, so it is not remembered.
+  if ((await identityOf(file))?.key === before.key) {
+    await memo.remember(before.key, infos.map(({ source, ...info }) => ({ ...info, offset: source.offset })));
+  }
+  return infos;
+}
+
+async function identityOf(file: string): Promise<{ key: string; size: number } | null> {
+  try {
+    const [st, real] = await Promise.all([stat(file, { bigint: true }), realpath(file)]);
+    if (!st.isFile()) return null;
+    return { key: JSON.stringify([real, st.dev, st.ino, st.size, st.mtimeNs, st.ctimeNs].map(String)), size: Number(st.size) };
+  } catch {
+    return null;
+  }
 }

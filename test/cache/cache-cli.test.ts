@@ -3,7 +3,7 @@ import { CACHE_FORMAT_VERSION } from '../../src/cache/keys.js';
 import { execFileSync, spawn } from 'node:child_process';
 import { GZIP_MEMBER_HEADER } from '../../src/layers/gzip-members.js';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, cliOk, REPO, runCli } from '../helpers/cli.js';
@@ -248,18 +248,50 @@ describe.runIf(tools('podman'))('images built from cached parts', () => {
   });
 });
 
+describe('remembered export indexes', () => {
+  it('an unchanged export is not read again; one changed in place, same size and mtime, is', () => {
+    const closure = fresh('demo') + '.closure';
+    writeFileSync(closure, readFileSync(join(REPO, 'layers/demo/demo.closure')));
+    const cache = fresh('cache');
+    const run = () => {
+      const out = fresh('image') + '.tar';
+      const result = cliOk(['build-image', '--json', '--closure', closure, '--entrypoint', '/bin/sh', '--cache-dir', cache, '--output', out]);
+      return { summary: JSON.parse(result.stdout) as Summary, recalled: result.stderr.includes(`${closure}: unchanged since it was last indexed`) };
+    };
+    const first = run();
+    const second = run();
+    expect([first.recalled, second.recalled]).toEqual([false, true]);
+    expect(second.summary.manifestDigest).toBe(first.summary.manifestDigest);
+    expect(second.summary.reused).toBe(second.summary.layers.length - 1);
+
+    // One byte of a file inside a NAR, in place: the size stays, and the mtime is set back; the change time cannot be.
+    const { mtime, atime } = statSync(closure);
+    const bytes = readFileSync(closure);
+    const at = bytes.indexOf('hello from nix2oci');
+    expect(at).toBeGreaterThan(0);
+    bytes[at] = 'j'.charCodeAt(0);
+    writeFileSync(closure, bytes);
+    utimesSync(closure, atime, mtime);
+    const third = run();
+    expect(third.recalled).toBe(false);
+    expect(third.summary.manifestDigest).not.toBe(first.summary.manifestDigest);
+    // The layer holding the changed path is built again, besides the image root; the rest are reused.
+    expect(third.summary.built).toBe(2);
+  });
+});
+
 describe.runIf(tools('nix-build', 'nix-store'))('nix2oci cache', () => {
   it('stats counts what a build left; prune --max-size 0 empties it, and the next build starts cold', () => {
     const closure = join(REPO, 'layers/demo/demo.closure');
     const cache = fresh('cache');
     build(closure, cache);
     const stats = JSON.parse(cliOk(['cache', 'stats', '--json', '--cache-dir', cache]).stdout);
-    expect(stats.entries).toEqual({ parts: 3, layers: 3, wheels: 0 });
+    expect(stats.entries).toEqual({ parts: 3, layers: 3, wheels: 0, exports: 1 });
     expect(stats.blobs).toBe(3);
     expect(stats.bytes).toBeGreaterThan(100_000);
-    expect(cliOk(['cache', 'stats', '--cache-dir', cache]).stdout).toMatch(/^cache: .*\nsize: .* in 3 blobs \(0 unreferenced\)\nentries: 3 store path parts, 3 composed layers, 0 wheel layers\n/);
+    expect(cliOk(['cache', 'stats', '--cache-dir', cache]).stdout).toMatch(/^cache: .*\nsize: .* in 3 blobs \(0 unreferenced\)\nentries: 3 store path parts, 3 composed layers, 0 wheel layers, 1 export indexes\n/);
 
-    expect(cliOk(['cache', 'prune', '--max-size', '0', '--cache-dir', cache]).stdout).toMatch(/^pruned .*: removed 6 entries and 3 blobs \(.*\); 0 B left\n$/);
+    expect(cliOk(['cache', 'prune', '--max-size', '0', '--cache-dir', cache]).stdout).toMatch(/^pruned .*: removed 7 entries and 3 blobs \(.*\); 0 B left\n$/);
     expect(JSON.parse(cliOk(['cache', 'stats', '--json', '--cache-dir', cache]).stdout)).toMatchObject({ blobs: 0, bytes: 0 });
     expect(build(closure, cache).layers.every((l) => !l.reused)).toBe(true);
   });
