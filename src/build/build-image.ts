@@ -8,6 +8,7 @@ import { planLayers, type PlanStrategy } from '../layers/plan.js';
 import { DEFAULT_GZIP_LEVEL, writeLayer } from '../layers/write-layer.js';
 import { storePathsSource } from '../layers/store-path-source.js';
 import { setLayerJobs } from '../layers/jobs.js';
+import { setHashThreads } from '../util/hash-pool.js';
 import type { Compression, LayerBlob } from '../layers/types.js';
 import { emptyRecipe } from '../recipe/schema.js';
 import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
@@ -112,7 +113,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
   try {
     // Without a cache, layers go through a throwaway one: the same code path gives the same bytes.
     const store = await CacheStore.open(options.cacheDir ?? join(work, 'cache'));
-    const cache = new LayerCache(store, settings, work);
+    // --jobs bounds the layers being tarred and compressed at once (and the threads hashing); lookups
+    // in the cache are not bounded by it: a warm build is many small reads waiting in parallel.
+    const builds = pLimit(jobs);
+    setHashThreads(jobs);
+    const cache = new LayerCache(store, settings, work, (task) => builds(task));
     options.log(`reading ${options.closures.map((f) => (f === '-' ? 'stdin' : f)).join(', ')}`);
     let readBefore = 0;
     let sizeBefore = 0;
@@ -171,7 +176,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     // them (so one huge layer still uses every core); results keep the plan's order.
     setLayerJobs(jobs);
     // After a failure no further layer starts; those running finish before the work directory goes.
-    const pool = pLimit(jobs);
+    const pool = pLimit(Math.max(16, 4 * jobs));
     let failure: { error: unknown } | null = null;
     const limit = (task: () => Promise<BuiltLayer>) =>
       pool(async () => {
@@ -187,9 +192,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     // are those a cache would compose, and one pass (hashed on the writer's thread) is all it takes.
     const direct = compression === 'none' && options.cacheDir === null;
     const writeDirect = async (infos: StorePathInfo[]) => ({
-      blob: await writeLayer(storePathsSource(infos), { compression, dir: work, mtime: options.sourceDateEpoch }),
+      blob: await builds(() => writeLayer(storePathsSource(infos), { compression, dir: work, mtime: options.sourceDateEpoch })),
       reused: false,
     });
+    // The image-root layer is tiny and depends on the recipe: always rebuilt, alongside the others.
+    const root = rootLayerSource(closure, resolved.root);
     const wheelFacts: WheelElfFacts[] = [];
     const tasks: Promise<BuiltLayer>[] = [
       ...plan.map((group, i) => {
@@ -206,6 +213,12 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
           }),
         ),
       ),
+      limit(() =>
+        timed(total - 1, 'image root', root.contents, async () => ({
+          blob: await writeLayer(root.source, { compression, dir: work, mtime: options.sourceDateEpoch }),
+          reused: false,
+        })),
+      ),
     ];
     // Let every started layer settle before failing, so none writes into a removed work directory.
     const settled = await Promise.allSettled(tasks);
@@ -213,20 +226,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     const written = settled.map((r) => (r as PromiseFulfilledResult<BuiltLayer>).value);
     timings.layers = clock.lap();
 
+    for (const w of root.warnings) options.warn(w);
     const checked = await wheels.check(wheelFacts);
     for (const w of checked.warnings) options.warn(w);
     timings.checks = clock.lap();
 
-    // The image-root layer is tiny and depends on the recipe: always rebuilt.
-    const root = rootLayerSource(closure, resolved.root);
-    written.push(
-      await timed(total - 1, 'image root', root.contents, async () => ({
-        blob: await writeLayer(root.source, { compression, dir: work, mtime: options.sourceDateEpoch }),
-        reused: false,
-      })),
-    );
-    for (const w of root.warnings) options.warn(w);
-    timings.layers += clock.lap();
 
     const tags = options.tags.length > 0 ? options.tags : resolved.tags;
     const { image, warnings } = assembleImage({

@@ -81,13 +81,21 @@ export class LayerCache {
   #linked = new Map<string, Promise<string | null>>();
   #links = 0;
 
+  readonly #buildSlot: <T>(task: () => Promise<T>) => Promise<T>;
+
   constructor(
     readonly store: CacheStore,
     readonly settings: LayerSettings,
     /** Where cached blobs are linked for the build (the build's work directory). */
     readonly workDir: string,
+    /**
+     * Runs the part of a layer that tars and compresses, e.g. within `--jobs` at a time. Lookups run
+     * outside it: a warm build is many small reads and hash jobs, and waits on them in parallel.
+     */
+    buildSlot: <T>(task: () => Promise<T>) => Promise<T> = (task) => task(),
   ) {
     this.#end = storedFormSync(END_OF_ARCHIVE, settings);
+    this.#buildSlot = buildSlot;
   }
 
   async storePathLayer(infos: StorePathInfo[]): Promise<CachedLayer> {
@@ -115,50 +123,66 @@ export class LayerCache {
         continue;
       }
 
-      // Parts found in the cache are checked before a new layer is made of them: its digest is recorded.
-      const cachedParts = parts.flatMap((p, i) => (p ? [i] : []));
-      const damaged = (await this.#damaged(parts)).filter((i) => cachedParts.includes(i));
-      if (damaged.length > 0) await this.#dropParts(partKeys, parts, damaged);
-
-      const diff = createHash('sha256').update(head.tar);
-      let built = 0;
-      const stale: number[] = [];
-      for (const [i, info] of sorted.entries()) {
-        const source = storePathsSource([info], { storeDirEntries: false });
-        const cached = parts[i];
-        if (cached) {
-          const tarSize = await tarSegment(source, this.settings.mtime, (bytes, release) => {
-            diff.update(bytes);
-            release();
-          });
-          if (tarSize !== cached.tarSize) stale.push(i);
-          continue;
-        }
-        parts[i] = await this.#writePart(source, partKeys[i]!, info.path, diff, head.stored);
-        built++;
-      }
-      if (stale.length > 0) {
-        await this.#dropParts(partKeys, parts, stale);
-        continue;
-      }
-      diff.update(END_OF_ARCHIVE);
-      const complete = parts as PartEntry[];
-      const pieces = await this.#pieces(head.stored, complete);
-      if (!pieces) continue; // a part went missing meanwhile (a concurrent prune): the next attempt rebuilds it
-      // One part: its blob file is the layer, named by its digest. Several: the composition is hashed.
-      const digest = complete.length === 1 ? complete[0]!.blob : (await sha256Pieces(pieces)).digest;
-      const entry: ComposedEntry = {
-        parts: complete.map((p) => p.blob),
-        frame: head.frame,
-        digest,
-        size: head.stored.length + complete.reduce((n, p) => n + p.size, 0) + this.#end.length,
-        diffId: `sha256:${diff.digest('hex')}`,
-        uncompressedSize: head.tar.length + complete.reduce((n, p) => n + p.tarSize, 0) + END_OF_ARCHIVE.length,
-      };
-      await this.store.writeEntry('layers', layerKey, entry);
-      return { blob: this.#blob(pieces, entry), reused: built === 0 };
+      const made = await this.#buildSlot(() => this.#make(sorted, partKeys, parts, head));
+      if (made === null) continue;
+      await this.store.writeEntry('layers', layerKey, made.entry);
+      return { blob: this.#blob(made.pieces, made.entry), reused: made.built === 0 };
     }
     throw new UserError(`cache ${this.store.dir}: store path parts keep failing their checks; remove the cache directory or use --no-cache`);
+  }
+
+  /**
+   * Makes a layer from its parts, writing those missing (tar → diffID → compress → digest, one pass) and
+   * re-tarring those cached into the diffID. Null when a part proved stale or went missing: it is
+   * dropped, and the caller tries again.
+   */
+  async #make(
+    sorted: StorePathInfo[],
+    partKeys: string[],
+    parts: (PartEntry | null)[],
+    head: { tar: Buffer; stored: Buffer; frame: string },
+  ): Promise<{ entry: ComposedEntry; pieces: BytePiece[]; built: number } | null> {
+    // Parts found in the cache are checked before a new layer is made of them: its digest is recorded.
+    const cachedParts = parts.flatMap((p, i) => (p ? [i] : []));
+    const damaged = (await this.#damaged(parts)).filter((i) => cachedParts.includes(i));
+    if (damaged.length > 0) await this.#dropParts(partKeys, parts, damaged);
+
+    const diff = createHash('sha256').update(head.tar);
+    let built = 0;
+    const stale: number[] = [];
+    for (const [i, info] of sorted.entries()) {
+      const source = storePathsSource([info], { storeDirEntries: false });
+      const cached = parts[i];
+      if (cached) {
+        const tarSize = await tarSegment(source, this.settings.mtime, (bytes, release) => {
+          diff.update(bytes);
+          release();
+        });
+        if (tarSize !== cached.tarSize) stale.push(i);
+        continue;
+      }
+      parts[i] = await this.#writePart(source, partKeys[i]!, info.path, diff, head.stored);
+      built++;
+    }
+    if (stale.length > 0) {
+      await this.#dropParts(partKeys, parts, stale);
+      return null;
+    }
+    diff.update(END_OF_ARCHIVE);
+    const complete = parts as PartEntry[];
+    const pieces = await this.#pieces(head.stored, complete);
+    if (!pieces) return null; // a part went missing meanwhile (a concurrent prune): the next attempt rebuilds it
+    // One part: its blob file is the layer, named by its digest. Several: the composition is hashed.
+    const digest = complete.length === 1 ? complete[0]!.blob : (await sha256Pieces(pieces)).digest;
+    const entry: ComposedEntry = {
+      parts: complete.map((p) => p.blob),
+      frame: head.frame,
+      digest,
+      size: head.stored.length + complete.reduce((n, p) => n + p.size, 0) + this.#end.length,
+      diffId: `sha256:${diff.digest('hex')}`,
+      uncompressedSize: head.tar.length + complete.reduce((n, p) => n + p.tarSize, 0) + END_OF_ARCHIVE.length,
+    };
+    return { entry, pieces, built };
   }
 
   /**
@@ -177,7 +201,7 @@ export class LayerCache {
       await this.store.removeEntry('wheels', key, known.digest);
       this.#linked.delete(known.digest);
     }
-    const { blob, facts } = await build();
+    const { blob, facts } = await this.#buildSlot(build);
     if (blob.compression !== this.settings.compression) throw new Error('wheel layer written with other settings than the cache’s');
     await this.store.storeBlobCopy(blob.file, blob.digest);
     const entry: WheelEntry = { digest: blob.digest, size: blob.size, diffId: blob.diffId, uncompressedSize: blob.uncompressedSize, facts };
