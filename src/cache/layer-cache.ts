@@ -48,6 +48,9 @@ const isWheelEntry = (v: unknown): v is WheelEntry => isLayerEntry(v) && 'facts'
 const isComposedEntry = (v: unknown): v is ComposedEntry =>
   isLayerEntry(v) && Array.isArray((v as ComposedEntry).parts) && (v as ComposedEntry).parts.every(isDigest) && isDigest((v as ComposedEntry).frame);
 
+/** Parts of one layer being compressed at once while the next are tarred (each holds a few MiB). */
+const PARTS_WRITING = 4;
+
 export interface CachedLayer {
   blob: LayerBlob;
   /** True when nothing was tarred into a compressor: every byte came from the cache. */
@@ -150,7 +153,12 @@ export class LayerCache {
     const diff = createHash('sha256').update(head.tar);
     let built = 0;
     const stale: number[] = [];
+    // The tar goes through `diff` in order, one path after the other; a path's compression goes on while
+    // the next paths are tarred, so a layer of many small paths keeps every core busy too.
+    const writing: Promise<void>[] = [];
+    let failed = false;
     for (const [i, info] of sorted.entries()) {
+      if (failed) break;
       const source = storePathsSource([info], { storeDirEntries: false });
       const cached = parts[i];
       if (cached) {
@@ -161,9 +169,21 @@ export class LayerCache {
         if (tarSize !== cached.tarSize) stale.push(i);
         continue;
       }
-      parts[i] = await this.#writePart(source, partKeys[i]!, info.path, diff, head.stored);
+      if (writing.length >= PARTS_WRITING) await writing.shift();
+      let tarred!: () => void;
+      const tarDone = new Promise<void>((resolve) => (tarred = resolve));
+      const written = this.#writePart(source, partKeys[i]!, info.path, diff, head.stored, tarred).then((entry) => {
+        parts[i] = entry;
+      });
+      written.catch(() => (failed = true));
+      writing.push(written);
+      await Promise.race([tarDone, written]);
       built++;
     }
+    // Every write settles before this returns (or throws), so none outlives the build's directories.
+    const outcomes = await Promise.allSettled(writing);
+    const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (failure) throw failure.reason;
     if (stale.length > 0) {
       await this.#dropParts(partKeys, parts, stale);
       return null;
@@ -218,9 +238,16 @@ export class LayerCache {
   }
 
   /** Writes a part in its blob file: head member, the path's members, end member (a layer of its own). */
-  async #writePart(source: Parameters<typeof writeSegment>[0], key: string, storePath: string, diff: ReturnType<typeof createHash>, head: Buffer): Promise<PartEntry> {
+  async #writePart(
+    source: Parameters<typeof writeSegment>[0],
+    key: string,
+    storePath: string,
+    diff: ReturnType<typeof createHash>,
+    head: Buffer,
+    onTarred?: () => void,
+  ): Promise<PartEntry> {
     const temp = this.store.tempPath();
-    const written = await writeSegment(source, this.settings, temp, diff, { before: head, after: this.#end });
+    const written = await writeSegment(source, this.settings, temp, diff, { before: head, after: this.#end }, onTarred);
     await this.store.adoptBlob(temp, written.digest);
     const entry: PartEntry = { blob: written.digest, offset: head.length, size: written.size, tarSize: written.tarSize, storePath };
     await this.store.writeEntry('parts', key, entry);

@@ -143,6 +143,8 @@ export async function writeSegment(
   file: string,
   alsoHash: Hash | null,
   frame: SegmentFrame = { before: Buffer.alloc(0), after: Buffer.alloc(0) },
+  /** Called once the whole tar went through `alsoHash` and into the compressor, before compression ends. */
+  onTarred?: () => void,
 ): Promise<WrittenSegment> {
   const forget = removeOnExit(file);
   const out = createWriteStream(file, { flags: 'wx', mode: 0o644, highWaterMark: 1 << 20 });
@@ -173,6 +175,8 @@ export async function writeSegment(
         release();
       });
     });
+    await members?.flush();
+    onTarred?.();
     await members?.end();
     emit(frame.after);
     await new Promise<void>((resolve, reject) => {

@@ -49,9 +49,14 @@ export class GzipMembers {
     }
   }
 
+  /** Sends what is left to be compressed (an empty stream gets one empty member); resolves once it is under way. */
+  async flush(): Promise<void> {
+    if (this.#used > 0 || this.#nextPart === 0) await this.#dispatch();
+  }
+
   /** Compresses what is left and resolves once every member has been emitted. */
   async end(): Promise<void> {
-    if (this.#used > 0 || this.#nextPart === 0) await this.#dispatch();
+    await this.flush();
     if (this.#inFlight > 0) await new Promise<void>((resolve) => this.#idle.push(resolve));
     if (this.#failure) throw this.#failure;
   }
