@@ -4,10 +4,10 @@
  * few small metadata files; no file body is read here, except for the wheel's own sha256, which
  * is computed by streaming the file once (the key of the layer cache).
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { eq as versionsEqual, valid as validVersion } from '@renovatebot/pep440';
+import { stat } from 'node:fs/promises';
 import { UserError } from '../util/errors.js';
+import { sha256Pieces } from '../util/hash-pool.js';
 import { normalizeName, parseWheelFileName, type WheelTag } from './filename.js';
 import { parseCoreMetadata, parseEntryPoints, parseWheelFile, type EntryPoint } from './metadata.js';
 import { parseRecord, type HashAlgorithm, type RecordRow } from './record.js';
@@ -133,18 +133,16 @@ export async function readWheelInfo(file: string): Promise<WheelInfo> {
   }
 }
 
+/** The wheel's sha256, on the hash pool's threads: a torch wheel is hundreds of MB, hashed beside other work. */
 async function hashFile(file: string): Promise<{ sha256: string; size: number }> {
-  const hash = createHash('sha256');
-  let size = 0;
   try {
-    for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) {
-      hash.update(chunk as Buffer);
-      size += (chunk as Buffer).length;
-    }
+    const size = (await stat(file)).size;
+    const { digest } = await sha256Pieces([{ file, start: 0, length: size }]);
+    return { sha256: digest.slice('sha256:'.length), size };
   } catch (err) {
-    throw new UserError(`${file}: cannot read: ${(err as Error).message}`, { cause: err });
+    const e = err as NodeJS.ErrnoException & { code?: string };
+    throw new UserError(`${file}: cannot read: ${e.code ?? e.message}`, { cause: err });
   }
-  return { sha256: hash.digest('hex'), size };
 }
 
 /** The one top-level `*.dist-info` directory, whose name must match the file name's project. */
