@@ -24,6 +24,9 @@ import type { PreparedWheels, WheelElfFacts, WheelLayerPlan } from './wheels.js'
 import { CacheStore } from '../cache/store.js';
 import { LayerCache } from '../cache/layer-cache.js';
 import { exportIndexMemo } from '../cache/export-index.js';
+import { memoizedListing } from '../cache/listing-memo.js';
+import { listNar } from '../nix/nar.js';
+import { mattersToIndex } from '../wheels/checks/closure-index.js';
 import { wheelLayerKey, type LayerSettings } from '../cache/keys.js';
 
 export interface BuildImageOptions {
@@ -148,6 +151,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       recipe: resolved,
       python: options.python,
       depsCheck: options.depsCheck,
+      list: options.cacheDir ? memoizedListing(store, listNar, mattersToIndex) : undefined,
     });
 
     const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;

@@ -7,7 +7,7 @@ import { DEFAULT_PATH } from '../wheels/layer.js';
 import { SPLIT_THRESHOLD, wheelLayerSource, type SplitFile, type WheelLayer, type WheelLayerPiece } from '../wheels/install.js';
 import { recordHash } from '../wheels/record.js';
 import type { WheelKeyInputs } from '../cache/keys.js';
-import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython } from '../wheels/checks/index.js';
+import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython, type ListNodes } from '../wheels/checks/index.js';
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
 
@@ -71,19 +71,25 @@ export async function prepareWheels(options: {
   python?: string;
   depsCheck: boolean;
   splitThreshold?: number;
+  /** Lists a store path's files for the closure index (default: from the export; a build passes a cached one). */
+  list?: ListNodes;
 }): Promise<PreparedWheels> {
   const { files, closure, recipe } = options;
   const splitThreshold = options.splitThreshold ?? thresholdFromEnv();
   if (files.length === 0) return { layers: [], check: async () => ({ warnings: [], env: {} }) };
 
+  // The wheels are read (and hashed, on the hash pool) while the closure is indexed; errors are still
+  // reported in order: the closure's first, then each wheel's.
+  const reading = files.map((file) => readWheelInfo(file));
+  for (const r of reading) r.catch(() => {});
   const explicitPython = options.python ?? recipe.python.interpreter;
-  const { index, python } = await inspectClosure(closure, { python: explicitPython });
+  const { index, python } = await inspectClosure(closure, { python: explicitPython, list: options.list });
   const platform = PLATFORM_OF_ARCH[recipe.architecture ?? 'amd64'];
   if (!platform) throw new UserError(`wheels: images for architecture ${recipe.architecture} cannot take wheels (amd64 and arm64 can)`);
 
   const infos: WheelInfo[] = [];
-  for (const file of files) {
-    const info = await readWheelInfo(file);
+  for (const [i, file] of files.entries()) {
+    const info = await reading[i]!;
     checkWheelTags(info, { pythonVersion: python.version, implementation: 'cp', platform });
     if (infos.some((other) => other.name === info.name)) {
       throw new UserError(`${file}: a second wheel of ${info.name} (the first is ${infos.find((o) => o.name === info.name)!.file})`);

@@ -56,3 +56,8 @@ export function wheelLayerKey(wheel: WheelKeyInputs, settings: LayerSettings): s
 export function exportIndexKey(identity: string): string {
   return keyOf('export-index', [identity]);
 }
+
+/** A store path's listing for the wheel checks: its NAR hash decides its files. */
+export function narListingKey(info: Pick<StorePathInfo, 'path' | 'narHash'>): string {
+  return keyOf('nar-listing', [info.path, info.narHash]);
+}

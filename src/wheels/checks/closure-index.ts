@@ -73,11 +73,47 @@ export async function indexClosure(closure: Closure, list: ListNodes): Promise<C
     binaries: new Map(),
     pythonHeaders: [],
   };
-  for (const info of closure.paths.values()) {
-    for await (const node of await list(info)) addNode(index, info.path, node);
+  // Listings are fetched several at a time (each is a read of its own), and added in closure order.
+  const infos = [...closure.paths.values()];
+  const listings: Promise<NarNode[]>[] = [];
+  const fetch = (i: number) => {
+    const info = infos[i];
+    if (!info) return;
+    const listing = (async () => {
+      const nodes: NarNode[] = [];
+      for await (const node of await list(info)) nodes.push(node);
+      return nodes;
+    })();
+    listing.catch(() => {});
+    listings[i] = listing;
+  };
+  for (let i = 0; i < LISTINGS_AHEAD; i++) fetch(i);
+  for (const [i, info] of infos.entries()) {
+    const nodes = await listings[i]!;
+    fetch(i + LISTINGS_AHEAD);
+    for (const node of nodes) addNode(index, info.path, node);
   }
   index.libraryDirs.sort();
   return index;
+}
+
+const LISTINGS_AHEAD = 8;
+
+/**
+ * True for the nodes `indexClosure` takes note of; any other node leaves the index as it is. A cached
+ * listing keeps only these (a few per store path instead of every file).
+ */
+export function mattersToIndex(node: NarNode): boolean {
+  const path = node.path;
+  return (
+    path === 'lib' ||
+    path === 'lib64' ||
+    (node.type !== 'directory' && SHARED_LIBRARY.test(path)) ||
+    (path.startsWith('bin/') && !path.includes('/', 4)) ||
+    PYTHON_HEADER.test(path) ||
+    SITE_PACKAGES.test(path) ||
+    IN_SITE_PACKAGES.test(path)
+  );
 }
 
 function addNode(index: ClosureIndex, storePath: string, node: NarNode): void {

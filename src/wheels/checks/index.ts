@@ -30,7 +30,7 @@ import { checkTraps, type TrapName } from './traps.js';
  */
 
 export { ElfCollector, type ElfObject, type EntryTap } from './elf-collector.js';
-export { indexClosure, type ClosureIndex, type ListNodes, type ReadFile } from './closure-index.js';
+export { indexClosure, mattersToIndex, type ClosureIndex, type ListNodes, type ReadFile } from './closure-index.js';
 export { findImagePython, type ImagePython } from './python.js';
 export type { TrapName } from './traps.js';
 
