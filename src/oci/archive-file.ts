@@ -17,6 +17,52 @@ export async function writeArchiveFile(entries: ArchiveEntry[], out: FileHandle)
   await out.truncate(size);
 }
 
+/**
+ * True when `path` already holds exactly the archive `entries` make: then it need not be written again.
+ * Reading both sides from the page cache costs a fraction of writing (and of freeing the old file's
+ * pages, which replacing it does): a rebuild in which nothing changed leaves its output as it was.
+ */
+export async function archiveFileMatches(entries: ArchiveEntry[], path: string): Promise<boolean> {
+  const { small, copies, size } = planArchive(entries);
+  let target: FileHandle;
+  try {
+    target = await openFile(path, 'r');
+  } catch {
+    return false;
+  }
+  try {
+    const st = await target.stat();
+    if (!st.isFile() || st.size !== size) return false;
+    for (const { at, bytes } of small) {
+      const have = Buffer.allocUnsafe(bytes.length);
+      if (!(await readFully(target, have, at)) || !have.equals(bytes)) return false;
+    }
+    let same = true;
+    await forEachChunk(copies, async (chunk, source, buffer) => {
+      const theirs = buffer.subarray(0, chunk.length);
+      const ours = buffer.subarray(chunk.length, 2 * chunk.length);
+      const [a, b] = await Promise.all([readFully(source, theirs, chunk.start), readFully(target, ours, chunk.at)]);
+      if (!a || !b || !theirs.equals(ours)) same = false;
+      return same;
+    });
+    return same;
+  } catch {
+    return false;
+  } finally {
+    await target.close();
+  }
+}
+
+async function readFully(handle: FileHandle, buffer: Buffer, position: number): Promise<boolean> {
+  let done = 0;
+  while (done < buffer.length) {
+    const { bytesRead } = await handle.read(buffer, done, buffer.length - done, position + done);
+    if (bytesRead === 0) return false;
+    done += bytesRead;
+  }
+  return true;
+}
+
 /** True when every blob entry says where its bytes are (so the archive can be written by position). */
 export function canPlan(entries: ArchiveEntry[]): boolean {
   return entries.every((e) => e.kind !== 'blob' || e.blob.pieces !== undefined);
@@ -85,7 +131,7 @@ function planArchive(entries: ArchiveEntry[]): { small: { at: number; bytes: Buf
 }
 
 /** Bytes per read and write, and how many copies run at once (libuv's thread pool runs four). */
-const COPY_CHUNK = 4 << 20;
+const COPY_CHUNK = 1 << 20;
 const COPIES_IN_FLIGHT = 4;
 
 /**
@@ -93,11 +139,31 @@ const COPIES_IN_FLIGHT = 4;
  * one big layer is spread over every lane too. Fails if a source is shorter than its range.
  */
 export async function copyRanges(copies: RangeCopy[], out: FileHandle): Promise<void> {
+  await forEachChunk(copies, async (chunk, source, buffer) => {
+    let copied = 0;
+    while (copied < chunk.length) {
+      const { bytesRead } = await source.read(buffer, 0, chunk.length - copied, chunk.start + copied);
+      if (bytesRead === 0) throw new Error(`${chunk.file} ends at byte ${chunk.start + copied}, before the blob range it should hold`);
+      await writeAll(out, buffer.subarray(0, bytesRead), chunk.at + copied);
+      copied += bytesRead;
+    }
+    return true;
+  });
+}
+
+/**
+ * Runs `visit` on every COPY_CHUNK of the ranges, COPIES_IN_FLIGHT at a time, each lane with a buffer of
+ * two chunks and the source file open. Stops early when a visit returns false; rethrows the first error
+ * once every lane has stopped.
+ */
+async function forEachChunk(
+  copies: RangeCopy[],
+  visit: (chunk: RangeCopy, source: FileHandle, buffer: Buffer) => Promise<boolean>,
+): Promise<void> {
   const chunks: RangeCopy[] = [];
   for (const c of copies) {
     for (let done = 0; done < c.length; done += COPY_CHUNK) {
-      const length = Math.min(COPY_CHUNK, c.length - done);
-      chunks.push({ file: c.file, start: c.start + done, length, at: c.at + done });
+      chunks.push({ file: c.file, start: c.start + done, length: Math.min(COPY_CHUNK, c.length - done), at: c.at + done });
     }
   }
   const handles = new Map<string, Promise<FileHandle>>();
@@ -110,27 +176,20 @@ export async function copyRanges(copies: RangeCopy[], out: FileHandle): Promise<
     return handle;
   };
   let next = 0;
-  let failed = false;
+  let stop = false;
   const lane = async () => {
-    const buffer = Buffer.allocUnsafe(COPY_CHUNK);
-    while (next < chunks.length && !failed) {
+    const buffer = Buffer.allocUnsafe(2 * COPY_CHUNK);
+    while (next < chunks.length && !stop) {
       const chunk = chunks[next++]!;
-      const from = await source(chunk.file);
-      let copied = 0;
-      while (copied < chunk.length) {
-        const { bytesRead } = await from.read(buffer, 0, chunk.length - copied, chunk.start + copied);
-        if (bytesRead === 0) throw new Error(`${chunk.file} ends at byte ${chunk.start + copied}, before the blob range it should hold`);
-        await writeAll(out, buffer.subarray(0, bytesRead), chunk.at + copied);
-        copied += bytesRead;
-      }
+      if (!(await visit(chunk, await source(chunk.file), buffer))) stop = true;
     }
   };
   try {
-    // Every lane settles before the handles close (and before the caller closes `out`).
+    // Every lane settles before the handles close (and before the caller closes its own file).
     const lanes = await Promise.allSettled(
       Array.from({ length: Math.min(COPIES_IN_FLIGHT, chunks.length) }, () =>
         lane().catch((err: unknown) => {
-          failed = true;
+          stop = true;
           throw err;
         }),
       ),

@@ -1,10 +1,10 @@
-import { link, mkdir, open, stat, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { writeArchiveTar } from './archive-tar.js';
 import { writeDirectoryAtomically, writeFileAtomically, writeFileAtomicallyAt } from './atomic.js';
-import { canPlan, copyRanges, pieceCopies, writeAll, writeArchiveFile } from './archive-file.js';
+import { archiveFileMatches, canPlan, copyRanges, pieceCopies, writeAll, writeArchiveFile } from './archive-file.js';
 import { piecesLength, type BytePiece } from '../util/pieces.js';
 import type { OutputFormat } from './formats.js';
 import type { Blob, Image } from './image.js';
@@ -42,8 +42,14 @@ export async function writeImage(image: Image, options: WriteImageOptions): Prom
     });
     return;
   }
-  if (canPlan(entries)) await writeFileAtomicallyAt(output, (out) => writeArchiveFile(entries, out));
-  else await writeFileAtomically(output, (out) => writeArchiveTar(entries, out));
+  if (!canPlan(entries)) return writeFileAtomically(output, (out) => writeArchiveTar(entries, out));
+  // Already these very bytes (a rebuild where nothing changed): left in place, only its mtime renewed.
+  if (await archiveFileMatches(entries, output)) {
+    const now = new Date();
+    await utimes(output, now, now);
+    return;
+  }
+  await writeFileAtomicallyAt(output, (out) => writeArchiveFile(entries, out));
 }
 
 async function writeEntriesToDirectory(entries: ArchiveEntry[], dir: string): Promise<void> {

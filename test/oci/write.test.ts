@@ -108,6 +108,26 @@ describe.each(['oci-archive', 'docker-archive', 'oci-layout'] as OutputFormat[])
 });
 
 describe('writeImage archives', () => {
+  it.each(['oci-archive', 'docker-archive'] as OutputFormat[])('leaves a %s that already holds these bytes in place, and rewrites one that differs', async (format) => {
+    const out = join(dir, `same-${format}.tar`);
+    await writeImage(image, { format, output: out });
+    const first = statSync(out);
+    const bytes = readFileSync(out);
+    await new Promise((r) => setTimeout(r, 20));
+    await writeImage(image, { format, output: out });
+    const second = statSync(out);
+    expect(second.ino).toBe(first.ino);
+    expect(second.mtimeMs).toBeGreaterThan(first.mtimeMs);
+    // One byte changed inside a layer blob: the file is replaced by a whole new one.
+    const damaged = Buffer.from(bytes);
+    damaged[damaged.length - 2048 - 10] ^= 0xff;
+    damaged[Math.floor(damaged.length / 2)] ^= 0xff;
+    writeFileSync(out, damaged);
+    await writeImage(image, { format, output: out });
+    expect(statSync(out).ino).not.toBe(first.ino);
+    expect(readFileSync(out).equals(bytes)).toBe(true);
+  });
+
   it.each(['oci-archive', 'docker-archive'] as OutputFormat[])('writes %s by position exactly as the streaming writer does, whatever the pieces', async (format) => {
     // Each layer cut into in-memory bytes and ranges of its file, as a layer composed from cached parts is.
     const cut = {
