@@ -28,6 +28,7 @@ import { memoizedListing } from '../cache/listing-memo.js';
 import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
 import { wheelLayerKey, type LayerSettings } from '../cache/keys.js';
+import { writeWholeLayer } from '../cache/segment.js';
 
 export interface BuildImageOptions {
   closures: string[];
@@ -219,7 +220,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       ),
       limit(() =>
         timed(total - 1, 'image root', root.contents, async () => ({
-          blob: await writeLayer(root.source, { compression, dir: work, mtime: options.sourceDateEpoch }),
+          blob: await writeWholeLayer(root.source, settings, work),
           reused: false,
         })),
       ),
@@ -262,7 +263,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
  */
 async function cachedWheelLayer(cache: LayerCache, wheel: WheelLayerPlan, settings: LayerSettings, work: string) {
   const done = await cache.wholeLayer<WheelElfFacts>(wheelLayerKey(wheel.key, settings), async () => {
-    const blob = await writeLayer(wheel.source, { compression: settings.compression, dir: work, mtime: settings.mtime, gzipLevel: settings.gzipLevel });
+    const blob = await writeWholeLayer(wheel.source, settings, work);
     return { blob, facts: wheel.factsForCache(await wheel.elfFacts()) };
   });
   return { ...done, facts: wheel.factsFromCache(done.facts) };

@@ -49,7 +49,7 @@ const isComposedEntry = (v: unknown): v is ComposedEntry =>
   isLayerEntry(v) && Array.isArray((v as ComposedEntry).parts) && (v as ComposedEntry).parts.every(isDigest) && isDigest((v as ComposedEntry).frame);
 
 /** Parts of one layer being compressed at once while the next are tarred (each holds a few MiB). */
-const PARTS_WRITING = 4;
+const PARTS_WRITING = 2;
 
 export interface CachedLayer {
   blob: LayerBlob;

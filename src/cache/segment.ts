@@ -1,11 +1,12 @@
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
-import { rm } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import zlib from 'node:zlib';
 import { TarWriter, type ChunkSink } from '../layers/tar-writer.js';
 import { deflateOptions, GzipMembers, GZIP_MEMBER_HEADER } from '../layers/gzip-members.js';
-import type { LayerSource } from '../layers/types.js';
+import type { LayerFile, LayerSource } from '../layers/types.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import type { LayerSettings } from './keys.js';
@@ -47,14 +48,16 @@ export async function tarSegment(
   source: LayerSource,
   mtime: number,
   consume: (bytes: Buffer, release: () => void) => void,
+  /** Keep the end-of-archive blocks: the segment is then a whole tar. */
+  whole = false,
 ): Promise<number> {
   const sink = new SegmentSink(consume);
   const tar = new TarWriter(sink, { mtime });
   await source(tar);
-  sink.limit = tar.bytesWritten;
+  if (!whole) sink.limit = tar.bytesWritten;
   await tar.finish();
   await sink.drained();
-  return sink.limit;
+  return whole ? tar.bytesWritten : sink.limit;
 }
 
 /** Small segments (a few headers) as one buffer. */
@@ -145,6 +148,8 @@ export async function writeSegment(
   frame: SegmentFrame = { before: Buffer.alloc(0), after: Buffer.alloc(0) },
   /** Called once the whole tar went through `alsoHash` and into the compressor, before compression ends. */
   onTarred?: () => void,
+  /** Keep the end-of-archive blocks (a whole layer rather than a part of one). */
+  whole = false,
 ): Promise<WrittenSegment> {
   const forget = removeOnExit(file);
   const out = createWriteStream(file, { flags: 'wx', mode: 0o644, highWaterMark: 1 << 20 });
@@ -174,7 +179,7 @@ export async function writeSegment(
         failure ??= err;
         release();
       });
-    });
+    }, whole);
     await members?.flush();
     onTarred?.();
     await members?.end();
@@ -194,4 +199,30 @@ export async function writeSegment(
   } finally {
     forget();
   }
+}
+
+/**
+ * Writes a whole layer to `<dir>/<digest hex>` on this thread's side, with the same bytes as writeLayer
+ * (the same 4 MiB members): tar → sha256 (diffID) → parallel gzip → sha256 (digest) → file. Used for the
+ * layers a build writes whole (wheels, the image root): no worker thread to start, and no second
+ * JavaScript heap whose garbage (deflate outputs) would add to the peak memory.
+ */
+export async function writeWholeLayer(source: LayerSource, settings: LayerSettings, dir: string): Promise<LayerFile> {
+  const temp = join(dir, `.whole-${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
+  const diff = createHash('sha256');
+  const written = await writeSegment(source, settings, temp, diff, undefined, undefined, true);
+  const file = join(dir, written.digest.slice('sha256:'.length));
+  await rename(temp, file).catch(async (err: unknown) => {
+    await rm(temp, { force: true });
+    throw err;
+  });
+  return {
+    file,
+    pieces: [{ file, start: 0, length: written.size }],
+    digest: written.digest,
+    size: written.size,
+    diffId: `sha256:${diff.digest('hex')}`,
+    uncompressedSize: written.tarSize,
+    compression: settings.compression,
+  };
 }

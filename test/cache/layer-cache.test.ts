@@ -10,6 +10,7 @@ import { storePathsSource } from '../../src/layers/store-path-source.js';
 import { writeLayer } from '../../src/layers/write-layer.js';
 import { CacheStore, defaultCacheDir } from '../../src/cache/store.js';
 import { LayerCache } from '../../src/cache/layer-cache.js';
+import { writeWholeLayer } from '../../src/cache/segment.js';
 import { cacheStats, GRACE_MS, parseSize, pruneCache } from '../../src/cache/maintenance.js';
 import { CACHE_FORMAT_VERSION, type LayerSettings } from '../../src/cache/keys.js';
 import { blobBytes, blobToFile } from '../helpers/blobs.js';
@@ -99,6 +100,17 @@ describe('a layer composed of cached parts', () => {
     const otherLevel = await (await cacheIn(cacheDir, { ...GZIP, gzipLevel: 1 })).storePathLayer([info]);
     expect([otherMtime.reused, otherLevel.reused]).toEqual([false, false]);
     expect(readdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/parts`))).toHaveLength(3);
+  });
+});
+
+describe('writeWholeLayer', () => {
+  it.each(['gzip', 'none'] as const)('writes exactly the bytes writeLayer writes (%s), without a worker thread', async (compression) => {
+    const infos = [...closure.paths.values()];
+    const settings: LayerSettings = { ...GZIP, compression };
+    const here = await writeWholeLayer(storePathsSource(infos), settings, fresh('whole'));
+    const there = await writeLayer(storePathsSource(infos), { compression, dir: fresh('direct'), mtime: 1 });
+    expect({ ...here, file: '', pieces: [] }).toEqual({ ...there, file: '', pieces: [] });
+    expect(readFileSync(here.file).equals(readFileSync(there.file))).toBe(true);
   });
 });
 
