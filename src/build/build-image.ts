@@ -23,7 +23,7 @@ import { UserError } from '../util/errors.js';
 import type { PreparedWheels, WheelElfFacts, WheelLayerPlan } from './wheels.js';
 import { CacheStore } from '../cache/store.js';
 import { LayerCache } from '../cache/layer-cache.js';
-import { exportIndexMemo } from '../cache/export-index.js';
+import { exportIndexMemo, wheelInfoMemo } from '../cache/input-memo.js';
 import { memoizedListing } from '../cache/listing-memo.js';
 import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
@@ -153,6 +153,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       python: options.python,
       depsCheck: options.depsCheck,
       list: options.cacheDir ? memoizedListing(store, listNar, mattersToIndex) : undefined,
+      wheelInfos: options.cacheDir ? wheelInfoMemo(store) : undefined,
     });
 
     const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;

@@ -10,6 +10,7 @@ import type { WheelKeyInputs } from '../cache/keys.js';
 import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython, type ListNodes } from '../wheels/checks/index.js';
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
+import { readRemembered, type InputMemo } from '../util/file-identity.js';
 
 /**
  * One layer of a wheel's install: the wheel's main layer, or a giant file of it split off into a layer
@@ -73,6 +74,8 @@ export async function prepareWheels(options: {
   splitThreshold?: number;
   /** Lists a store path's files for the closure index (default: from the export; a build passes a cached one). */
   list?: ListNodes;
+  /** What was read from each wheel before, by the file's identity: an unchanged wheel is not read again. */
+  wheelInfos?: InputMemo<WheelInfo>;
 }): Promise<PreparedWheels> {
   const { files, closure, recipe } = options;
   const splitThreshold = options.splitThreshold ?? thresholdFromEnv();
@@ -80,7 +83,9 @@ export async function prepareWheels(options: {
 
   // The wheels are read (and hashed, on the hash pool) while the closure is indexed; errors are still
   // reported in order: the closure's first, then each wheel's.
-  const reading = files.map((file) => readWheelInfo(file));
+  const reading = files.map((file) =>
+    readRemembered(file, options.wheelInfos, () => readWheelInfo(file)).then((info) => ({ ...info, file })),
+  );
   for (const r of reading) r.catch(() => {});
   const explicitPython = options.python ?? recipe.python.interpreter;
   const { index, python } = await inspectClosure(closure, { python: explicitPython, list: options.list });

@@ -52,9 +52,9 @@ export function wheelLayerKey(wheel: WheelKeyInputs, settings: LayerSettings): s
   return keyOf('wheel-layer', [sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold, ...settingsFields(settings)]);
 }
 
-/** An export file's index, by the file's identity (path, device, inode, size, times): see IndexMemo. */
-export function exportIndexKey(identity: string): string {
-  return keyOf('export-index', [identity]);
+/** What was read from an input file (`kind`: export-index, wheel-info), by the file's identity. */
+export function inputMemoKey(kind: string, identity: string): string {
+  return keyOf('input', [kind, identity]);
 }
 
 /** A store path's listing for the wheel checks: its NAR hash decides its files. */

@@ -79,7 +79,7 @@ export async function cacheStats(dir: string): Promise<CacheStats> {
   const count = (kind: EntryKind) => inv.entries.filter((e) => e.kind === kind).length;
   return {
     dir,
-    entries: { parts: count('parts'), layers: count('layers'), wheels: count('wheels'), exports: count('exports'), listings: count('listings') },
+    entries: { parts: count('parts'), layers: count('layers'), wheels: count('wheels'), inputs: count('inputs'), listings: count('listings') },
     blobs: inv.blobs.size,
     bytes: [...inv.blobs.values()].reduce((n, b) => n + b.size, 0),
     unreferencedBlobs: [...inv.blobs.keys()].filter((d) => !referenced.has(d)).length,

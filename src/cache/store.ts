@@ -20,9 +20,9 @@ import { CACHE_FORMAT_VERSION } from './keys.js';
  * write the same bytes. Readers never trust a blob: they check its size and sha256 while using it.
  * An entry's mtime is its last use (touched on every hit), which `prune` evicts by.
  */
-/** Entries without blobs: `exports`, indexes of export files; `listings`, store paths' file listings for the wheel checks. */
-export type EntryKind = 'parts' | 'layers' | 'wheels' | 'exports' | 'listings';
-export const ENTRY_KINDS: EntryKind[] = ['parts', 'layers', 'wheels', 'exports', 'listings'];
+/** Entries without blobs: `inputs`, what was read from unchanged input files; `listings`, store paths' file listings. */
+export type EntryKind = 'parts' | 'layers' | 'wheels' | 'inputs' | 'listings';
+export const ENTRY_KINDS: EntryKind[] = ['parts', 'layers', 'wheels', 'inputs', 'listings'];
 
 export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   const xdg = env.XDG_CACHE_HOME;

@@ -3,7 +3,8 @@
  * (every reference present) that agrees with `nix path-info` when a path-info file is given.
  */
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
-import { realpath, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import { fileIdentity, readRemembered, type InputMemo } from '../util/file-identity.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -32,16 +33,8 @@ export interface LoadClosureOptions {
   onRecalled?: (file: string) => void;
 }
 
-/**
- * Remembers an export file's index under the file's identity — device, inode, size, modification and
- * change times in nanoseconds — as git's index and Bazel's digest cache do: a file with the same identity
- * has not been written since, so its NARs need not be read and hashed again. Any write, rename over it or
- * copy gives another identity (the change time cannot be set back), and the file is indexed afresh.
- */
-export interface IndexMemo {
-  recall(identity: string): Promise<RememberedPath[] | null>;
-  remember(identity: string, paths: RememberedPath[]): Promise<void>;
-}
+/** An export file's index, remembered by the file's identity (see fileIdentity): its NARs are not hashed again. */
+export type IndexMemo = InputMemo<RememberedPath[]>;
 
 /** A path's index entry without the file name (the file may be reached by another name next time). */
 export type RememberedPath = Omit<StorePathInfo, 'source'> & { offset: number };
@@ -170,28 +163,19 @@ async function indexRemembered(
   onProgress?: (read: number, total: number) => void,
   onRecalled?: (file: string) => void,
 ): Promise<StorePathInfo[]> {
-  const before = await identityOf(file);
-  if (before === null) return indexExport(file, { label, onProgress });
-  const known = await memo.recall(before.key);
-  if (known) {
-    onRecalled?.(label);
-    onProgress?.(before.size, before.size);
-    return known.map(({ offset, ...info }) => ({ ...info, source: { file, offset } }));
+  let recalled = false;
+  const paths = await readRemembered(
+    file,
+    memo,
+    async () => (await indexExport(file, { label, onProgress })).map(({ source, ...info }) => ({ ...info, offset: source.offset })),
+    () => {
+      recalled = true;
+      onRecalled?.(label);
+    },
+  );
+  if (recalled && onProgress) {
+    const size = (await fileIdentity(file))?.size ?? 0;
+    onProgress(size, size);
   }
-  const infos = await indexExport(file, { label, onProgress });
-  // Written to while being read: the index stands for neither version, so it is not remembered.
-  if ((await identityOf(file))?.key === before.key) {
-    await memo.remember(before.key, infos.map(({ source, ...info }) => ({ ...info, offset: source.offset })));
-  }
-  return infos;
-}
-
-async function identityOf(file: string): Promise<{ key: string; size: number } | null> {
-  try {
-    const [st, real] = await Promise.all([stat(file, { bigint: true }), realpath(file)]);
-    if (!st.isFile()) return null;
-    return { key: JSON.stringify([real, st.dev, st.ino, st.size, st.mtimeNs, st.ctimeNs].map(String)), size: Number(st.size) };
-  } catch {
-    return null;
-  }
+  return paths.map(({ offset, ...info }) => ({ ...info, source: { file, offset } }));
 }

@@ -126,7 +126,7 @@ describe('cache maintenance', () => {
     const base = Date.now() / 1000 - 1000;
     infos.forEach((info, i) => utimesSync(byPath.get(info.path)!, base + (infos.length - i) * 10, base + (infos.length - i) * 10));
     const before = await cacheStats(cacheDir);
-    expect(before.entries).toEqual({ parts: 3, layers: 3, wheels: 0, exports: 0, listings: 0 });
+    expect(before.entries).toEqual({ parts: 3, layers: 3, wheels: 0, inputs: 0, listings: 0 });
     // The biggest path's bytes lie in its layer's blob (the part plus the layer's first and last members).
     const biggest = JSON.parse(readFileSync(byPath.get(infos[0]!.path)!, 'utf8')).value;
     const biggestSize = statSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/blobs`, biggest.blob.slice(7))).size;

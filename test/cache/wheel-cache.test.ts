@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CACHE_FORMAT_VERSION } from '../../src/cache/keys.js';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cliOk, runCli } from '../helpers/cli.js';
@@ -77,6 +77,30 @@ describe.runIf(ready)('wheel layers from the cache', () => {
     expect(wheelLayers(healed)).toEqual({ 'cachedemo-1.0-py3-none-any.whl': false });
     expect(healed.manifestDigest).toBe(cold.manifestDigest);
     expect(wheelLayers(build(withZlib, cache, [pkg1]))).toEqual({ 'cachedemo-1.0-py3-none-any.whl': true });
+  });
+
+  it('an unchanged wheel is not read again, but one changed in place (same size and mtime) is', () => {
+    const cache = join(dir, 'cache-e');
+    // Stored, not deflated, so the module's text can be found and changed in the file.
+    mkdirSync(join(dir, 'changing'));
+    const wheel = makeWheel({ dir: join(dir, 'changing'), name: 'cachedemo', version: '1.0', files: { 'cachedemo/__init__.py': 'VERSION = 1\n' }, compression: 'stored' });
+    const cold = build(withZlib, cache, [wheel]);
+    const warm = build(withZlib, cache, [wheel]);
+    expect(warm.manifestDigest).toBe(cold.manifestDigest);
+    // The closure file and the wheel were each read once, and remembered.
+    expect(JSON.parse(cliOk(['cache', 'stats', '--json', '--cache-dir', cache]).stdout).entries.inputs).toBe(2);
+    // The module's text changed in place, as a corrupted download would be: RECORD's hash no longer
+    // matches. A wheel taken for unchanged would be a cache hit; read again, it fails its check.
+    const { mtime, atime } = statSync(wheel);
+    const bytes = readFileSync(wheel);
+    const at = bytes.indexOf('VERSION = 1');
+    expect(at).toBeGreaterThan(0);
+    bytes[at + 'VERSION = '.length] = '7'.charCodeAt(0);
+    writeFileSync(wheel, bytes);
+    utimesSync(wheel, atime, mtime);
+    const changed = runCli(['build-image', '-q', '--closure', withZlib, '--cache-dir', cache, '--wheel', wheel, '--output', join(dir, 'changed.tar')]);
+    expect(changed.code).toBe(1);
+    expect(changed.stderr).toMatch(/cachedemo\/__init__\.py.*(sha256|hash)/);
   });
 
   it('the library check fails the same way from a cached wheel layer as from a fresh one', () => {
