@@ -16,6 +16,7 @@ import { resolveRecipe, toImageConfigSpec } from '../recipe/resolve.js';
 import { rootLayerSource } from '../rootfs/root-layer.js';
 import { assembleImage, manifestDigest } from '../oci/assemble.js';
 import { writeImage, type OutputFormat } from '../oci/write.js';
+import { BlobCheckError } from '../oci/archive-file.js';
 import type { Image } from '../oci/image.js';
 import { formatBytes } from '../util/units.js';
 import { removeOnExit } from '../util/cleanup.js';
@@ -204,30 +205,28 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     // The image-root layer is tiny and depends on the recipe: always rebuilt, alongside the others.
     const root = rootLayerSource(closure, resolved.root);
     const wheelFacts: WheelElfFacts[] = [];
-    const tasks: Promise<BuiltLayer>[] = [
+    const makers: (() => Promise<BuiltLayer>)[] = [
       ...plan.map((group, i) => {
         const label = group.paths.length === 1 ? storeName(group.paths[0]!) : `${group.paths.length} store paths`;
         const infos = group.paths.map((path) => closure.paths.get(path)!);
-        return limit(() => timed(i, label, group.paths, () => (direct ? writeDirect(infos) : cache.storePathLayer(infos))));
+        return () => timed(i, label, group.paths, () => (direct ? writeDirect(infos) : cache.storePathLayer(infos)));
       }),
-      ...wheels.layers.map((wheel, i) =>
-        limit(() =>
+      ...wheels.layers.map(
+        (wheel, i) => () =>
           timed(plan.length + i, wheel.contents.join(', '), wheel.contents, async () => {
             const done = await cachedWheelLayer(cache, wheel, settings, work);
             wheelFacts[i] = done.facts;
             return done;
           }),
-        ),
       ),
-      limit(() =>
+      () =>
         timed(total - 1, 'image root', root.contents, async () => ({
           blob: await writeWholeLayer(root.source, settings, work),
           reused: false,
         })),
-      ),
     ];
     // Let every started layer settle before failing, so none writes into a removed work directory.
-    const settled = await Promise.allSettled(tasks);
+    const settled = await Promise.allSettled(makers.map((make) => limit(make)));
     if (failure) throw (failure as { error: unknown }).error;
     const written = settled.map((r) => (r as PromiseFulfilledResult<BuiltLayer>).value);
     timings.layers = clock.lap();
@@ -239,15 +238,29 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
 
 
     const tags = options.tags.length > 0 ? options.tags : resolved.tags;
-    const { image, warnings } = assembleImage({
-      layers: written,
-      config: toImageConfigSpec(resolved, checked.env),
-      created: new Date(options.sourceDateEpoch * 1000),
-      tags,
-      format: options.format,
-    });
+    const assemble = () =>
+      assembleImage({
+        layers: written,
+        config: toImageConfigSpec(resolved, checked.env),
+        created: new Date(options.sourceDateEpoch * 1000),
+        tags,
+        format: options.format,
+      });
+    let { image, warnings } = assemble();
     for (const w of warnings) options.warn(w);
-    await writeImage(image, { format: options.format, output: options.output });
+    // Cached layers are checked as the output copies them. One found damaged is dropped from the cache,
+    // made again, and the output written again (the failed attempt left nothing behind).
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await writeImage(image, { format: options.format, output: options.output });
+        break;
+      } catch (err) {
+        if (!(err instanceof BlobCheckError) || attempt > 3 || !(await cache.drop(err.digest))) throw err;
+        options.warn(`the layer cache's copy of ${err.digest} is damaged; it is built again (${err.message})`);
+        for (const [i, layer] of written.entries()) if (layer.blob.digest === err.digest) written[i] = await makers[i]!();
+        ({ image } = assemble());
+      }
+    }
     timings.output = clock.lap();
     return { image, manifestDigest: manifestDigest(image), layers: written, tags: image.tags, timings };
   } finally {

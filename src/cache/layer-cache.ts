@@ -69,8 +69,9 @@ export interface CachedLayer {
  *
  * A layer is never copied together: its blob is a list of pieces (head bytes, ranges of the parts' blob
  * files, end bytes) that the output writer copies, and the files are hard-linked into the build's work
- * directory first, so a concurrent `cache prune` cannot take them away. An unchanged layer costs one
- * hash of its compressed bytes on the hash pool's threads — the check that they are intact.
+ * directory first, so a concurrent `cache prune` cannot take them away. An unchanged layer costs a few
+ * small reads here; its bytes are checked against its digest by whoever reads them (the output writer,
+ * in the same pass that copies them: see LayerBlob.unverified and `drop`).
  *
  * The layer's diffID is the sha256 of the concatenated tar segments. sha256 cannot be resumed from the
  * parts' hashes, so for a grouping not seen before the cached parts are re-tarred from the export into
@@ -83,6 +84,8 @@ export class LayerCache {
   /** Blob files hard-linked into the work directory so far, by digest. */
   #linked = new Map<string, Promise<string | null>>();
   #links = 0;
+  /** For each blob handed out unread, how to drop its entries should it prove damaged. */
+  #served = new Map<string, () => Promise<void>>();
 
   readonly #buildSlot: <T>(task: () => Promise<T>) => Promise<T>;
 
@@ -115,9 +118,16 @@ export class LayerCache {
       if (known && parts.every((p): p is PartEntry => p !== null)) {
         const same = known.frame === head.frame && known.parts.length === parts.length && parts.every((p, i) => p.blob === known.parts[i]);
         const pieces = same ? await this.#pieces(head.stored, parts) : null;
-        if (pieces && (await this.#intact(pieces, known.digest))) {
+        if (pieces && (await fileSizesHold(pieces))) {
           await Promise.all([this.store.touch('layers', layerKey), ...partKeys.map((key) => this.store.touch('parts', key))]);
-          return { blob: this.#blob(pieces, known), reused: true };
+          // Not read here: the output writer checks the bytes against the digest as it copies them, and
+          // a mismatch comes back through `drop`.
+          this.#served.set(known.digest, async () => {
+            const bad = await this.#damaged(parts);
+            if (bad.length > 0) await this.#dropParts(partKeys, parts, bad);
+            else await this.store.removeEntry('layers', layerKey);
+          });
+          return { blob: { ...this.#blob(pieces, known), unverified: true }, reused: true };
         }
         const bad = await this.#damaged(parts);
         if (bad.length > 0) await this.#dropParts(partKeys, parts, bad);
@@ -213,10 +223,10 @@ export class LayerCache {
     const known = await this.store.readEntry('wheels', key, isWheelEntry);
     if (known) {
       const file = await this.#link(known.digest);
-      const pieces: BytePiece[] | null = file ? [{ file, start: 0, length: known.size }] : null;
-      if (pieces && (await this.#intact(pieces, known.digest)) && (await sizeOf(file!)) === known.size) {
+      if (file && (await sizeOf(file)) === known.size) {
         await this.store.touch('wheels', key);
-        return { blob: this.#blob(pieces, known), reused: true, facts: known.facts as F };
+        this.#served.set(known.digest, () => this.store.removeEntry('wheels', key, known.digest));
+        return { blob: { ...this.#blob([{ file, start: 0, length: known.size }], known), unverified: true }, reused: true, facts: known.facts as F };
       }
       await this.store.removeEntry('wheels', key, known.digest);
       this.#linked.delete(known.digest);
@@ -227,6 +237,19 @@ export class LayerCache {
     const entry: WheelEntry = { digest: blob.digest, size: blob.size, diffId: blob.diffId, uncompressedSize: blob.uncompressedSize, facts };
     await this.store.writeEntry('wheels', key, entry);
     return { blob, reused: false, facts };
+  }
+
+  /**
+   * Drops what served a blob that turned out damaged when it was read (see LayerBlob.unverified), so
+   * that asking for the same layer again rebuilds it. False when no layer from this cache had that digest.
+   */
+  async drop(digest: string): Promise<boolean> {
+    const drop = this.#served.get(digest);
+    if (!drop) return false;
+    this.#served.delete(digest);
+    this.#linked.clear();
+    await drop();
+    return true;
   }
 
   #headPart(): Promise<{ tar: Buffer; stored: Buffer; frame: string }> {
@@ -328,4 +351,10 @@ async function sizeOf(file: string): Promise<number | null> {
   } catch {
     return null;
   }
+}
+
+/** Every file piece's file still holds its range (a cheap check; the bytes are checked when read). */
+async function fileSizesHold(pieces: BytePiece[]): Promise<boolean> {
+  const sizes = await Promise.all(pieces.map((p) => ('bytes' in p ? Infinity : sizeOf(p.file))));
+  return pieces.every((p, i) => 'bytes' in p || (sizes[i] ?? -1) >= p.start + p.length);
 }

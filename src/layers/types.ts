@@ -29,6 +29,8 @@ export interface LayerBlob {
   /** Size in bytes of the uncompressed tar. */
   uncompressedSize: number;
   compression: Compression;
+  /** Taken from the cache without being read: whoever reads the bytes checks them against `digest`. */
+  unverified?: boolean;
 }
 
 /** A layer written whole to one file (by writeLayer). */

@@ -1,19 +1,38 @@
 import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { BLOCK_SIZE, Typeflag, encodeHeaders, padToBlock } from '../layers/tar-header.js';
-import type { BytePiece } from '../util/pieces.js';
+import { HashReadError, runPieces, sha256Pieces } from '../util/hash-pool.js';
+import { piecesLength, type BytePiece } from '../util/pieces.js';
+import type { Blob } from './image.js';
 import type { ArchiveEntry } from './layout.js';
 
 /**
+ * A blob whose bytes are not those its digest names: a cached blob damaged on disk. The build drops the
+ * cache entry, makes the layer again and writes the output again; nothing half-written is left.
+ */
+export class BlobCheckError extends Error {
+  constructor(
+    readonly digest: string,
+    why: string,
+  ) {
+    super(`blob ${digest}: ${why}`);
+    this.name = 'BlobCheckError';
+  }
+}
+
+/**
  * Writes an archive (the same bytes as writeArchiveTar) into a file by position instead of as a stream:
- * every entry's header and every blob's size is known up front, so the whole layout is planned first;
- * headers and small files are written at their offsets, and blob bytes are copied from their source
- * files with several reads and writes in flight at once. A warm build's output is then a copy bound by
- * the page cache, not a stream through one thread. Blobs must have `pieces` (see {@link canPlan}).
+ * every entry's header and every blob's size is known up front, so the whole layout is planned first.
+ * Headers and small files are written at their offsets; each blob is copied by a hash pool thread,
+ * which also checks the bytes of a blob marked `verify` (taken from the cache unread) against its
+ * digest in the same pass. Blobs must have `pieces` (see {@link canPlan}).
  */
 export async function writeArchiveFile(entries: ArchiveEntry[], out: FileHandle): Promise<void> {
-  const { small, copies, size } = planArchive(entries);
+  const { small, blobs, size } = planArchive(entries);
   await Promise.all(small.map(({ at, bytes }) => writeAll(out, bytes, at)));
-  await copyRanges(copies, out);
+  await eachBlob(blobs, async ({ blob, at }) => {
+    const result = await runPieces({ pieces: blob.pieces!, hash: blob.verify === true, copyTo: { fd: out.fd, at } });
+    checkDigest(blob, result.digest);
+  });
   await out.truncate(size);
 }
 
@@ -21,9 +40,10 @@ export async function writeArchiveFile(entries: ArchiveEntry[], out: FileHandle)
  * True when `path` already holds exactly the archive `entries` make: then it need not be written again.
  * Reading both sides from the page cache costs a fraction of writing (and of freeing the old file's
  * pages, which replacing it does): a rebuild in which nothing changed leaves its output as it was.
+ * Blobs marked `verify` are checked against their digests in the same pass.
  */
 export async function archiveFileMatches(entries: ArchiveEntry[], path: string): Promise<boolean> {
-  const { small, copies, size } = planArchive(entries);
+  const { small, blobs, size } = planArchive(entries);
   let target: FileHandle;
   try {
     target = await openFile(path, 'r');
@@ -35,32 +55,40 @@ export async function archiveFileMatches(entries: ArchiveEntry[], path: string):
     if (!st.isFile() || st.size !== size) return false;
     for (const { at, bytes } of small) {
       const have = Buffer.allocUnsafe(bytes.length);
-      if (!(await readFully(target, have, at)) || !have.equals(bytes)) return false;
+      const { bytesRead } = await target.read(have, 0, bytes.length, at);
+      if (bytesRead !== bytes.length || !have.equals(bytes)) return false;
     }
     let same = true;
-    await forEachChunk(copies, async (chunk, source, buffer) => {
-      const theirs = buffer.subarray(0, chunk.length);
-      const ours = buffer.subarray(chunk.length, 2 * chunk.length);
-      const [a, b] = await Promise.all([readFully(source, theirs, chunk.start), readFully(target, ours, chunk.at)]);
-      if (!a || !b || !theirs.equals(ours)) same = false;
-      return same;
+    await eachBlob(blobs, async ({ blob, at }) => {
+      if (!same) return;
+      const result = await runPieces({ pieces: blob.pieces!, hash: blob.verify === true, compareWith: { fd: target.fd, at } });
+      if (!result.same) same = false;
+      else checkDigest(blob, result.digest);
     });
     return same;
-  } catch {
+  } catch (err) {
+    if (err instanceof BlobCheckError) throw err;
     return false;
   } finally {
     await target.close();
   }
 }
 
-async function readFully(handle: FileHandle, buffer: Buffer, position: number): Promise<boolean> {
-  let done = 0;
-  while (done < buffer.length) {
-    const { bytesRead } = await handle.read(buffer, done, buffer.length - done, position + done);
-    if (bytesRead === 0) return false;
-    done += bytesRead;
-  }
-  return true;
+/** Writes a blob by itself into `out` (a directory output's blob file), checking it if marked `verify`. */
+export async function writeBlobPieces(blob: Blob, out: FileHandle): Promise<void> {
+  const result = await runPieces({ pieces: blob.pieces!, hash: blob.verify === true, copyTo: { fd: out.fd, at: 0 } }).catch((err: unknown) => {
+    throw asCheckError(blob, err);
+  });
+  checkDigest(blob, result.digest);
+  await out.truncate(blob.descriptor.size);
+}
+
+/** Checks the bytes of the blobs marked `verify` (all at once, on the hash pool) before they are streamed. */
+export async function verifyBlobs(blobs: Blob[]): Promise<void> {
+  await eachBlob(
+    blobs.filter((b) => b.verify && b.pieces).map((blob) => ({ blob, at: 0 })),
+    async ({ blob }) => checkDigest(blob, (await sha256Pieces(blob.pieces!).catch((err: unknown) => { throw asCheckError(blob, err); })).digest),
+  );
 }
 
 /** True when every blob entry says where its bytes are (so the archive can be written by position). */
@@ -68,17 +96,32 @@ export function canPlan(entries: ArchiveEntry[]): boolean {
   return entries.every((e) => e.kind !== 'blob' || e.blob.pieces !== undefined);
 }
 
-/** A range of a source file to copy to `at` in the output. */
-export interface RangeCopy {
-  file: string;
-  start: number;
-  length: number;
-  at: number;
+function checkDigest(blob: Blob, digest: string | null): void {
+  if (blob.verify && digest !== blob.descriptor.digest) throw new BlobCheckError(blob.descriptor.digest, `its bytes hash to ${digest}`);
 }
 
-function planArchive(entries: ArchiveEntry[]): { small: { at: number; bytes: Buffer }[]; copies: RangeCopy[]; size: number } {
+/** A source that cannot be read (a cached blob truncated or gone) is a damaged blob too. */
+function asCheckError(blob: Blob, err: unknown): unknown {
+  if (err instanceof HashReadError && err.file !== '') return new BlobCheckError(blob.descriptor.digest, err.message);
+  return err;
+}
+
+/** Runs `each` for every blob (the hash pool bounds how many run at once); rethrows the first failure once all settled. */
+async function eachBlob(blobs: { blob: Blob; at: number }[], each: (b: { blob: Blob; at: number }) => Promise<void>): Promise<void> {
+  const outcomes = await Promise.allSettled(
+    blobs.map((b) =>
+      each(b).catch((err: unknown) => {
+        throw asCheckError(b.blob, err);
+      }),
+    ),
+  );
+  const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  if (failure) throw failure.reason;
+}
+
+function planArchive(entries: ArchiveEntry[]): { small: { at: number; bytes: Buffer }[]; blobs: { blob: Blob; at: number }[]; size: number } {
   const small: { at: number; bytes: Buffer }[] = [];
-  const copies: RangeCopy[] = [];
+  const blobs: { blob: Blob; at: number }[] = [];
   let at = 0;
   // Headers and small bodies are gathered into runs, so a thousand-entry archive is a few writes.
   let run: Buffer[] = [];
@@ -108,100 +151,21 @@ function planArchive(entries: ArchiveEntry[]): { small: { at: number; bytes: Buf
       pad(entry.bytes.length);
     } else {
       const size = entry.blob.descriptor.size;
+      const pieces = piecesLength(entry.blob.pieces!);
+      if (pieces !== size) throw new Error(`blob ${entry.blob.descriptor.digest} has ${pieces} bytes in its pieces, its descriptor says ${size}`);
       header(entry.name, Typeflag.file, 0o644, size);
-      let seen = 0;
-      for (const piece of entry.blob.pieces!) {
-        if ('bytes' in piece) {
-          put(piece.bytes);
-          seen += piece.bytes.length;
-          continue;
-        }
-        flush();
-        copies.push({ file: piece.file, start: piece.start, length: piece.length, at });
-        at += piece.length;
-        seen += piece.length;
-      }
-      if (seen !== size) throw new Error(`blob ${entry.blob.descriptor.digest} has ${seen} bytes in its pieces, its descriptor says ${size}`);
+      flush();
+      blobs.push({ blob: entry.blob, at });
+      at += size;
       pad(size);
     }
   }
   put(Buffer.alloc(2 * BLOCK_SIZE));
   flush();
-  return { small, copies, size: at };
+  return { small, blobs, size: at };
 }
 
-/** Bytes per read and write, and how many copies run at once (libuv's thread pool runs four). */
-const COPY_CHUNK = 1 << 20;
-const COPIES_IN_FLIGHT = 4;
-
-/**
- * Copies file ranges into `out` at their offsets, several at once. Large ranges are cut into chunks so
- * one big layer is spread over every lane too. Fails if a source is shorter than its range.
- */
-export async function copyRanges(copies: RangeCopy[], out: FileHandle): Promise<void> {
-  await forEachChunk(copies, async (chunk, source, buffer) => {
-    let copied = 0;
-    while (copied < chunk.length) {
-      const { bytesRead } = await source.read(buffer, 0, chunk.length - copied, chunk.start + copied);
-      if (bytesRead === 0) throw new Error(`${chunk.file} ends at byte ${chunk.start + copied}, before the blob range it should hold`);
-      await writeAll(out, buffer.subarray(0, bytesRead), chunk.at + copied);
-      copied += bytesRead;
-    }
-    return true;
-  });
-}
-
-/**
- * Runs `visit` on every COPY_CHUNK of the ranges, COPIES_IN_FLIGHT at a time, each lane with a buffer of
- * two chunks and the source file open. Stops early when a visit returns false; rethrows the first error
- * once every lane has stopped.
- */
-async function forEachChunk(
-  copies: RangeCopy[],
-  visit: (chunk: RangeCopy, source: FileHandle, buffer: Buffer) => Promise<boolean>,
-): Promise<void> {
-  const chunks: RangeCopy[] = [];
-  for (const c of copies) {
-    for (let done = 0; done < c.length; done += COPY_CHUNK) {
-      chunks.push({ file: c.file, start: c.start + done, length: Math.min(COPY_CHUNK, c.length - done), at: c.at + done });
-    }
-  }
-  const handles = new Map<string, Promise<FileHandle>>();
-  const source = (file: string) => {
-    let handle = handles.get(file);
-    if (!handle) {
-      handle = openFile(file, 'r');
-      handles.set(file, handle);
-    }
-    return handle;
-  };
-  let next = 0;
-  let stop = false;
-  const lane = async () => {
-    const buffer = Buffer.allocUnsafe(2 * COPY_CHUNK);
-    while (next < chunks.length && !stop) {
-      const chunk = chunks[next++]!;
-      if (!(await visit(chunk, await source(chunk.file), buffer))) stop = true;
-    }
-  };
-  try {
-    // Every lane settles before the handles close (and before the caller closes its own file).
-    const lanes = await Promise.allSettled(
-      Array.from({ length: Math.min(COPIES_IN_FLIGHT, chunks.length) }, () =>
-        lane().catch((err: unknown) => {
-          stop = true;
-          throw err;
-        }),
-      ),
-    );
-    const failure = lanes.find((l): l is PromiseRejectedResult => l.status === 'rejected');
-    if (failure) throw failure.reason;
-  } finally {
-    await Promise.all([...handles.values()].map((h) => h.then((fh) => fh.close(), () => undefined)));
-  }
-}
-
-async function writeAll(out: FileHandle, bytes: Buffer, at: number): Promise<void> {
+export async function writeAll(out: FileHandle, bytes: Buffer, at: number): Promise<void> {
   let written = 0;
   while (written < bytes.length) {
     const { bytesWritten } = await out.write(bytes, written, bytes.length - written, at + written);
@@ -209,21 +173,4 @@ async function writeAll(out: FileHandle, bytes: Buffer, at: number): Promise<voi
   }
 }
 
-/** The range copies that put a blob's pieces into a file of its own (for directory outputs). */
-export function pieceCopies(pieces: BytePiece[]): { copies: RangeCopy[]; bytes: { at: number; bytes: Buffer }[] } {
-  const copies: RangeCopy[] = [];
-  const bytes: { at: number; bytes: Buffer }[] = [];
-  let at = 0;
-  for (const piece of pieces) {
-    if ('bytes' in piece) {
-      bytes.push({ at, bytes: piece.bytes });
-      at += piece.bytes.length;
-    } else {
-      copies.push({ file: piece.file, start: piece.start, length: piece.length, at });
-      at += piece.length;
-    }
-  }
-  return { copies, bytes };
-}
-
-export { writeAll };
+export type { BytePiece };

@@ -71,6 +71,7 @@ export function assembleImage(options: AssembleOptions): { image: Image; warning
       uncompressedSize: blob.uncompressedSize,
       contents: sorted,
       pieces: blob.pieces,
+      ...(blob.unverified && { verify: true }),
       open: (start = 0) => piecesStream(blob.pieces, start),
     };
   });

@@ -17,6 +17,11 @@ export interface Blob {
   descriptor: Descriptor;
   /** Where the bytes lie, when they are in local files: writers then copy ranges instead of streaming. */
   pieces?: BytePiece[];
+  /**
+   * The bytes were taken from a cache without being read: a writer copying them checks them against the
+   * digest in the same pass, and fails with BlobCheckError when they differ.
+   */
+  verify?: boolean;
   /** A fresh stream of the blob's bytes from `start` (default 0) to the end. */
   open(start?: number): Readable;
 }

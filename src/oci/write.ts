@@ -4,7 +4,7 @@ import type { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { writeArchiveTar } from './archive-tar.js';
 import { writeDirectoryAtomically, writeFileAtomically, writeFileAtomicallyAt } from './atomic.js';
-import { archiveFileMatches, canPlan, copyRanges, pieceCopies, writeAll, writeArchiveFile } from './archive-file.js';
+import { archiveFileMatches, canPlan, verifyBlobs, writeArchiveFile, writeBlobPieces } from './archive-file.js';
 import { piecesLength, type BytePiece } from '../util/pieces.js';
 import type { OutputFormat } from './formats.js';
 import type { Blob, Image } from './image.js';
@@ -35,6 +35,8 @@ export async function writeImage(image: Image, options: WriteImageOptions): Prom
   }
   const entries = format === 'oci-archive' ? ociLayoutEntries(image) : dockerArchiveEntries(image);
   if (output === '-') {
+    // A stream cannot be taken back: blobs from the cache are checked before the first byte goes out.
+    await verifyBlobs(image.layers);
     const stdout = options.stdout ?? process.stdout;
     await writeArchiveTar(entries, stdout).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'EPIPE') throw new UserError('standard output was closed before the archive was written', { cause: err });
@@ -100,14 +102,15 @@ async function writePiecesFile(blob: Blob, pieces: BytePiece[], path: string): P
       (st) => st.size === only.length && link(only.file, path).then(() => true, () => false),
       () => false,
     );
-    if (linked) return;
+    if (linked) {
+      // Linked, not read: a blob from the cache is checked here instead.
+      await verifyBlobs([blob]);
+      return;
+    }
   }
   const out = await open(path, 'wx', 0o644);
   try {
-    const { copies, bytes } = pieceCopies(pieces);
-    for (const b of bytes) await writeAll(out, b.bytes, b.at);
-    await copyRanges(copies, out);
-    await out.truncate(blob.descriptor.size);
+    await writeBlobPieces(blob, out);
   } finally {
     await out.close();
   }

@@ -3,7 +3,7 @@ import { Worker } from 'node:worker_threads';
 import type { BytePiece } from './pieces.js';
 
 /**
- * sha256 of byte ranges of files, on worker threads: one core hashes about 1.1 GB/s, so indexing a
+ * sha256 of byte ranges of files, on worker threads (copying or comparing them on the way if asked): one core hashes about 1.1 GB/s, so indexing a
  * closure of many GB or checking a warm cache's blobs is bound by hashing, and spreading the ranges over
  * every core divides that time. A job is a list of pieces hashed as one stream (a composed layer is a
  * small head, ranges of several files and a small end). Workers read with their own buffers, so the
@@ -13,6 +13,25 @@ import type { BytePiece } from './pieces.js';
 export interface HashResult {
   /** `sha256:<hex>` */
   digest: string;
+}
+
+/** What a job does with the bytes besides hashing them: copy them into an open file, or compare them with one. */
+export interface PieceJob {
+  pieces: BytePiece[];
+  /** Hash the bytes (default true). */
+  hash?: boolean;
+  /** Writes the bytes at `at` in the file open as `fd` (the caller keeps it open until the job ends). */
+  copyTo?: { fd: number; at: number };
+  /** Compares the bytes with those at `at` in the file open as `fd`; stops at the first difference. */
+  compareWith?: { fd: number; at: number };
+  progress?: (bytes: number) => void;
+}
+
+export interface PieceResult {
+  /** `sha256:<hex>`, or null when not hashed or when a comparison stopped early. */
+  digest: string | null;
+  /** False when `compareWith` found a difference (or the file ended first). */
+  same: boolean;
 }
 
 /** Why a piece could not be read: the file is gone or shorter than the range. */
@@ -28,10 +47,10 @@ export class HashReadError extends Error {
   }
 }
 
-type Job = { pieces: BytePiece[]; progress?: (bytes: number) => void; resolve: (r: HashResult) => void; reject: (e: Error) => void };
+type Job = PieceJob & { resolve: (r: PieceResult) => void; reject: (e: Error) => void };
 type FromWorker =
   | { type: 'progress'; bytes: number }
-  | { type: 'done'; hex: string }
+  | { type: 'done'; hex: string | null; same: boolean }
   | { type: 'error'; file: string; code: string; at: number };
 
 /** Bytes read per call, and how often a worker reports progress. */
@@ -44,32 +63,65 @@ const { parentPort } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const fs = require('node:fs');
 const buffer = Buffer.allocUnsafeSlow(${READ_SIZE});
-parentPort.on('message', ({ pieces }) => {
-  const hash = createHash('sha256');
+const theirs = Buffer.allocUnsafeSlow(${READ_SIZE});
+class Stop extends Error {}
+parentPort.on('message', ({ pieces, hash: wanted, copyTo, compareWith }) => {
+  const hash = wanted ? createHash('sha256') : null;
   let unreported = 0;
-  for (const piece of pieces) {
-    if (piece.bytes) { hash.update(piece.bytes); continue; }
-    let fd;
-    let at = piece.start;
-    try {
-      fd = fs.openSync(piece.file, 'r');
-      const end = piece.start + piece.length;
-      while (at < end) {
-        const n = fs.readSync(fd, buffer, 0, Math.min(buffer.length, end - at), at);
-        if (n === 0) throw Object.assign(new Error('short'), { code: 'SHORT' });
-        hash.update(n === buffer.length ? buffer : buffer.subarray(0, n));
-        at += n;
-        unreported += n;
-        if (unreported >= ${PROGRESS_EVERY}) { parentPort.postMessage({ type: 'progress', bytes: unreported }); unreported = 0; }
+  let out = 0;
+  const take = (bytes) => {
+    if (hash) hash.update(bytes);
+    if (copyTo) {
+      try {
+        for (let done = 0; done < bytes.length; ) done += fs.writeSync(copyTo.fd, bytes, done, bytes.length - done, copyTo.at + out + done);
+      } catch (err) {
+        err.output = true;
+        throw err;
       }
-    } catch (err) {
-      if (fd !== undefined) fs.closeSync(fd);
-      return parentPort.postMessage({ type: 'error', file: piece.file, code: err.code || String(err), at });
     }
-    fs.closeSync(fd);
+    if (compareWith) {
+      const other = theirs.subarray(0, bytes.length);
+      let got = 0;
+      while (got < other.length) {
+        const n = fs.readSync(compareWith.fd, other, got, other.length - got, compareWith.at + out + got);
+        if (n === 0) break;
+        got += n;
+      }
+      if (got !== other.length || !other.equals(bytes)) throw new Stop();
+    }
+    out += bytes.length;
+  };
+  try {
+    for (const piece of pieces) {
+      if (piece.bytes) { take(piece.bytes); continue; }
+      let fd;
+      let at = piece.start;
+      try {
+        fd = fs.openSync(piece.file, 'r');
+        const end = piece.start + piece.length;
+        while (at < end) {
+          const n = fs.readSync(fd, buffer, 0, Math.min(buffer.length, end - at), at);
+          if (n === 0) throw Object.assign(new Error('short'), { code: 'SHORT' });
+          take(n === buffer.length ? buffer : buffer.subarray(0, n));
+          at += n;
+          unreported += n;
+          if (unreported >= ${PROGRESS_EVERY}) { parentPort.postMessage({ type: 'progress', bytes: unreported }); unreported = 0; }
+        }
+      } catch (err) {
+        if (err instanceof Stop) throw err;
+        // A failed write, not a failed read: reported as the output's (file '').
+        if (err.output) return parentPort.postMessage({ type: 'error', file: '', code: err.code || String(err), at: copyTo.at + out });
+        return parentPort.postMessage({ type: 'error', file: piece.file, code: err.code || String(err), at });
+      } finally {
+        if (fd !== undefined) fs.closeSync(fd);
+      }
+    }
+  } catch (err) {
+    if (err instanceof Stop) return parentPort.postMessage({ type: 'done', hex: null, same: false });
+    return parentPort.postMessage({ type: 'error', file: '', code: err.code || String(err), at: 0 });
   }
   if (unreported > 0) parentPort.postMessage({ type: 'progress', bytes: unreported });
-  parentPort.postMessage({ type: 'done', hex: hash.digest('hex') });
+  parentPort.postMessage({ type: 'done', hex: hash ? hash.digest('hex') : null, same: true });
 });
 `;
 
@@ -87,7 +139,7 @@ class HashWorker {
       if (m.type === 'progress') return job.progress?.(m.bytes);
       this.job = null;
       this.worker.unref();
-      if (m.type === 'done') job.resolve({ digest: `sha256:${m.hex}` });
+      if (m.type === 'done') job.resolve({ digest: m.hex === null ? null : `sha256:${m.hex}`, same: m.same });
       else job.reject(new HashReadError(m.file, m.code, m.at));
       onIdle(this);
     });
@@ -105,8 +157,8 @@ class HashWorker {
   run(job: Job): void {
     this.job = job;
     this.worker.ref();
-    // Buffers are copied by postMessage; file pieces are only names and numbers.
-    this.worker.postMessage({ pieces: job.pieces });
+    // Buffers are copied by postMessage; file pieces are only names and numbers, and fds are the process's.
+    this.worker.postMessage({ pieces: job.pieces, hash: job.hash !== false, copyTo: job.copyTo, compareWith: job.compareWith });
   }
 }
 
@@ -139,9 +191,19 @@ function start(): void {
 }
 
 /** sha256 of the pieces, in order, as one stream. Rejects with HashReadError if a file range cannot be read. */
-export function sha256Pieces(pieces: BytePiece[], progress?: (bytes: number) => void): Promise<HashResult> {
+export async function sha256Pieces(pieces: BytePiece[], progress?: (bytes: number) => void): Promise<HashResult> {
+  const { digest } = await runPieces({ pieces, progress });
+  return { digest: digest! };
+}
+
+/**
+ * Reads the pieces on a pool thread, hashing them and copying them into a file or comparing them with
+ * one, in one pass. Rejects with HashReadError if a piece cannot be read (`file` is '' when the output
+ * could not be written or read instead).
+ */
+export function runPieces(request: PieceJob): Promise<PieceResult> {
   return new Promise((resolve, reject) => {
-    const job: Job = { pieces, progress, resolve, reject };
+    const job: Job = { ...request, resolve, reject };
     const worker = idle.pop();
     if (worker) return worker.run(job);
     queue.push(job);

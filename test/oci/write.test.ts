@@ -6,6 +6,7 @@ import tar, { type Header } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Image } from '../../src/oci/image.js';
 import { writeImage, type OutputFormat } from '../../src/oci/write.js';
+import { BlobCheckError } from '../../src/oci/archive-file.js';
 import { runCleanups } from '../../src/util/cleanup.js';
 import { UserError } from '../../src/util/errors.js';
 import { demoImage, tempDir } from './fixtures.js';
@@ -59,6 +60,16 @@ function withFailingLayer(onOpen?: () => void): Image {
   return { ...image, layers };
 }
 
+/** An empty output directory named `name`, the image's first layer and its one file piece, and a path for a copy of that file. */
+function firstLayerCopy(name: string) {
+  const parent = join(dir, name);
+  mkdirSync(parent);
+  const [first, ...rest] = image.layers;
+  const piece = first!.pieces![0]!;
+  if ('bytes' in piece) throw new Error('expected a file piece');
+  return { parent, first: first!, rest, piece, copy: join(dir, `${name}.blob`) };
+}
+
 describe.each(['oci-archive', 'docker-archive', 'oci-layout'] as OutputFormat[])('writeImage %s', (format) => {
   it('leaves no output and no temporary file when a blob fails', async () => {
     const out = join(dir, `failing-${format}`);
@@ -78,17 +89,34 @@ describe.each(['oci-archive', 'docker-archive', 'oci-layout'] as OutputFormat[])
   });
 
   it('leaves nothing when a blob file is shorter than its pieces say', async () => {
-    const parent = join(dir, `truncated-${format}`);
-    mkdirSync(parent);
-    const [first, ...rest] = image.layers;
-    const piece = first!.pieces![0]!;
-    if ('bytes' in piece) throw new Error('expected a file piece');
-    const copy = join(dir, `truncated-${format}.blob`);
+    const { parent, first, rest, piece, copy } = firstLayerCopy(`truncated-${format}`);
     writeFileSync(copy, readFileSync(piece.file).subarray(0, piece.length - 100));
     // One file piece of the whole size, so an oci-layout cannot link it whole either.
-    const broken = { ...image, layers: [{ ...first!, pieces: [{ file: copy, start: 0, length: piece.length }] }, ...rest] };
+    const broken = { ...image, layers: [{ ...first, pieces: [{ file: copy, start: 0, length: piece.length }] }, ...rest] };
     await expect(writeImage(broken, { format, output: join(parent, 'image') })).rejects.toThrow(/ends at byte|bytes/);
     expect(readdirSync(parent)).toEqual([]);
+  });
+
+  it('checks a blob marked verify against its digest while copying it, and leaves nothing when it differs', async () => {
+    const { parent, first, rest, piece, copy } = firstLayerCopy(`verify-${format}`);
+    const flipped = Buffer.from(readFileSync(piece.file));
+    flipped[flipped.length - 30] ^= 0x01;
+    writeFileSync(copy, flipped);
+    const damaged = { ...image, layers: [{ ...first, pieces: [{ ...piece, file: copy }], verify: true }, ...rest] };
+    const error = await writeImage(damaged, { format, output: join(parent, 'image') }).catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(BlobCheckError);
+    expect((error as BlobCheckError).digest).toBe(first.descriptor.digest);
+    expect(readdirSync(parent)).toEqual([]);
+    if (format !== 'oci-layout') {
+      // To standard output, nothing is sent before the check.
+      let sent = 0;
+      const stdout = new Writable({ write: (chunk: Buffer, _e, done) => ((sent += chunk.length), done()) });
+      await expect(writeImage(damaged, { format, output: '-', stdout })).rejects.toBeInstanceOf(BlobCheckError);
+      expect(sent).toBe(0);
+    }
+    // The same bytes, intact and marked verify, go through.
+    writeFileSync(copy, readFileSync(piece.file));
+    await writeImage(damaged, { format, output: join(parent, 'image') });
   });
 
   it('removes its temporary output when the process is stopped mid-write', async () => {
