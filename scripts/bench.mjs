@@ -205,7 +205,8 @@ if (existsSync(wheelBench)) {
   await benchWheel({ repo, work, small, report, sha });
 }
 
-// The layer cache (issue 5): cold, nothing changed, one changed store path.
+// The layer cache (issue 5), on an image shaped like the vLLM one (closure, Python, torch and vllm wheels):
+// cold, nothing changed, one changed wheel, one changed store path; each with the bytes a push would upload.
 const cacheBench = join(repo, 'scripts/bench/cache.mjs');
 if (existsSync(cacheBench)) {
   const { benchCache } = await import(cacheBench);
