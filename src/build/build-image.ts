@@ -7,6 +7,7 @@ import type { Closure, StorePathInfo } from '../nix/types.js';
 import { planLayers, type PlanStrategy } from '../layers/plan.js';
 import { DEFAULT_GZIP_LEVEL, writeLayer } from '../layers/write-layer.js';
 import { storePathsSource } from '../layers/store-path-source.js';
+import { countingSource } from '../layers/counting-source.js';
 import { setLayerJobs } from '../layers/jobs.js';
 import { setHashThreads } from '../util/hash-pool.js';
 import type { Compression, LayerBlob } from '../layers/types.js';
@@ -64,8 +65,14 @@ export interface BuildImageOptions {
 
 export interface BuildProgress {
   reading(bytesRead: number, totalBytes: number): void;
-  planned(layers: number): void;
-  layerDone(layer: BuiltLayer): void;
+  /** The layers planned, and about how many bytes of files they hold (NAR sizes, wheels' installed sizes). */
+  planned(layers: number, totalBytes: number): void;
+  /** Layer `index` is being made (a layer found in the cache never starts): about `totalBytes` of files. */
+  layerStarted(index: number, label: string, totalBytes: number): void;
+  /** `bytes` more of layer `index`'s files went into its tar. */
+  layerProgress(index: number, bytes: number): void;
+  /** `expectedBytes` is what `planned` counted for the layer. */
+  layerDone(index: number, layer: BuiltLayer, expectedBytes: number): void;
 }
 
 export interface BuiltLayer {
@@ -161,19 +168,41 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy });
     const timings = { closure: clock.lap(), layers: 0, checks: 0, output: 0 };
     const total = plan.length + wheels.layers.length + 1;
-    options.progress?.planned(total);
+    // About how many bytes of files each layer holds, for progress: a store path's NAR size, a wheel's installed size.
+    const expected = [
+      ...plan.map((group) => group.paths.reduce((n, path) => n + closure.paths.get(path)!.narSize, 0)),
+      ...wheels.layers.map(installedSize),
+      0,
+    ];
+    options.progress?.planned(total, expected.reduce((a, b) => a + b, 0));
     let finished = 0;
     const report = (index: number, layer: BuiltLayer, label: string) => {
       finished++;
-      options.progress?.layerDone(layer);
+      options.progress?.layerDone(index, layer, expected[index] ?? 0);
       options.log(
         `layer ${String(index + 1).padStart(3)}/${total} ${layer.reused ? 'reused' : 'built '} ${layer.blob.digest.slice(7, 19)} ` +
           `${formatBytes(layer.blob.uncompressedSize).padStart(9)} ${label} (${layer.seconds.toFixed(1)} s; ${finished}/${total} done)`,
       );
     };
-    const timed = async (index: number, label: string, contents: string[], make: () => Promise<{ blob: LayerBlob; reused: boolean }>) => {
+    /** Reports a layer's file bytes as they are tarred; the first report says it is being made. */
+    const counter = (index: number, label: string) => {
+      let started = false;
+      return (bytes: number) => {
+        if (!started) {
+          started = true;
+          options.progress?.layerStarted(index, label, expected[index] ?? 0);
+        }
+        options.progress?.layerProgress(index, bytes);
+      };
+    };
+    const timed = async (
+      index: number,
+      label: string,
+      contents: string[],
+      make: (onBytes: (bytes: number) => void) => Promise<{ blob: LayerBlob; reused: boolean }>,
+    ) => {
       const started = performance.now();
-      const { blob, reused } = await make();
+      const { blob, reused } = await make(counter(index, label));
       const layer: BuiltLayer = { blob, contents, reused, seconds: (performance.now() - started) / 1000 };
       report(index, layer, label);
       return layer;
@@ -198,8 +227,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     // Uncompressed layers without a cache are written straight through: the tar is the blob, so the bytes
     // are those a cache would compose, and one pass (hashed on the writer's thread) is all it takes.
     const direct = compression === 'none' && options.cacheDir === null;
-    const writeDirect = async (infos: StorePathInfo[]) => ({
-      blob: await builds(() => writeLayer(storePathsSource(infos), { compression, dir: work, mtime: options.sourceDateEpoch })),
+    const writeDirect = async (infos: StorePathInfo[], onBytes: (bytes: number) => void) => ({
+      blob: await builds(() => writeLayer(countingSource(storePathsSource(infos), onBytes), { compression, dir: work, mtime: options.sourceDateEpoch })),
       reused: false,
     });
     // The image-root layer is tiny and depends on the recipe: always rebuilt, alongside the others.
@@ -209,12 +238,12 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       ...plan.map((group, i) => {
         const label = group.paths.length === 1 ? storeName(group.paths[0]!) : `${group.paths.length} store paths`;
         const infos = group.paths.map((path) => closure.paths.get(path)!);
-        return () => timed(i, label, group.paths, () => (direct ? writeDirect(infos) : cache.storePathLayer(infos)));
+        return () => timed(i, label, group.paths, (onBytes) => (direct ? writeDirect(infos, onBytes) : cache.storePathLayer(infos, onBytes)));
       }),
       ...wheels.layers.map(
         (wheel, i) => () =>
-          timed(plan.length + i, wheel.contents.join(', '), wheel.contents, async () => {
-            const done = await cachedWheelLayer(cache, wheel, settings, work);
+          timed(plan.length + i, wheel.contents.join(', '), wheel.contents, async (onBytes) => {
+            const done = await cachedWheelLayer(cache, { ...wheel, source: countingSource(wheel.source, onBytes) }, settings, work);
             wheelFacts[i] = done.facts;
             return done;
           }),
@@ -297,4 +326,11 @@ function stopwatch(): { lap(): number } {
 
 function storeName(path: string): string {
   return path.replace(/^\/nix\/store\/[0-9a-z]{32}-/, '');
+}
+
+/** About how many bytes of files a wheel layer installs (a split-off file's size, or the rest of the wheel's). */
+function installedSize(plan: WheelLayerPlan): number {
+  if (plan.piece.split) return plan.piece.split.entry.size;
+  const split = new Set(plan.layer.pieces.flatMap((p) => (p.split ? [p.split.entry.name] : [])));
+  return plan.info.entries.reduce((n, e) => n + (e.isDir || split.has(e.name) ? 0 : e.size), 0);
 }

@@ -3,6 +3,7 @@ import { copyFile, link, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StorePathInfo } from '../nix/types.js';
 import { storePathsSource } from '../layers/store-path-source.js';
+import { countingSource } from '../layers/counting-source.js';
 import type { BytePiece, LayerBlob, LayerFile } from '../layers/types.js';
 import { sha256Pieces } from '../util/hash-pool.js';
 import { UserError } from '../util/errors.js';
@@ -104,7 +105,8 @@ export class LayerCache {
     this.#buildSlot = buildSlot;
   }
 
-  async storePathLayer(infos: StorePathInfo[]): Promise<CachedLayer> {
+  /** `onBytes` hears of the file contents tarred, when the layer is (re)made rather than found. */
+  async storePathLayer(infos: StorePathInfo[], onBytes?: (bytes: number) => void): Promise<CachedLayer> {
     storePathsSource(infos); // checks the paths, as a cold write would
     const sorted = [...infos].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
     const partKeys = sorted.map((info) => storePathPartKey(info, this.settings));
@@ -136,7 +138,7 @@ export class LayerCache {
         continue;
       }
 
-      const made = await this.#buildSlot(() => this.#make(sorted, partKeys, parts, head));
+      const made = await this.#buildSlot(() => this.#make(sorted, partKeys, parts, head, onBytes));
       if (made === null) continue;
       await this.store.writeEntry('layers', layerKey, made.entry);
       return { blob: this.#blob(made.pieces, made.entry), reused: made.built === 0 };
@@ -154,6 +156,7 @@ export class LayerCache {
     partKeys: string[],
     parts: (PartEntry | null)[],
     head: { tar: Buffer; stored: Buffer; frame: string },
+    onBytes?: (bytes: number) => void,
   ): Promise<{ entry: ComposedEntry; pieces: BytePiece[]; built: number } | null> {
     // Parts found in the cache are checked before a new layer is made of them: its digest is recorded.
     const cachedParts = parts.flatMap((p, i) => (p ? [i] : []));
@@ -169,7 +172,8 @@ export class LayerCache {
     let failed = false;
     for (const [i, info] of sorted.entries()) {
       if (failed) break;
-      const source = storePathsSource([info], { storeDirEntries: false });
+      const own = storePathsSource([info], { storeDirEntries: false });
+      const source = onBytes ? countingSource(own, onBytes) : own;
       const cached = parts[i];
       if (cached) {
         const tarSize = await tarSegment(source, this.settings.mtime, (bytes, release) => {
