@@ -11,6 +11,8 @@ export const BLOCK_SIZE = 512;
 
 /** The largest value an 11-digit octal field holds: 8 GiB − 1 for sizes, year 2242 for mtimes. */
 const OCTAL_11_MAX = 0o77777777777;
+/** The largest uid or gid ustar's 8-byte field holds; larger ones go in a PAX record. */
+const OCTAL_7_MAX = 0o7777777;
 const NAME_SIZE = 100;
 const PREFIX_SIZE = 155;
 
@@ -22,6 +24,9 @@ export interface HeaderFields {
   size: number;
   mtime: number;
   linkname: string;
+  /** Owner; 0 (root) when left out, as for every store path. */
+  uid?: number;
+  gid?: number;
 }
 
 export const Typeflag = {
@@ -44,6 +49,7 @@ const ASCII = /^[\x01-\x7f]*$/;
  */
 export function writeUstarHeader(target: Buffer, offset: number, fields: HeaderFields): boolean {
   if (fields.size > OCTAL_11_MAX || fields.mtime > OCTAL_11_MAX) return false;
+  if ((fields.uid ?? 0) > OCTAL_7_MAX || (fields.gid ?? 0) > OCTAL_7_MAX) return false;
   if (fields.linkname.length > NAME_SIZE || !ASCII.test(fields.linkname)) return false;
   const split = splitUstarName(fields.name);
   if (!split) return false;
@@ -55,6 +61,8 @@ export function writeUstarHeader(target: Buffer, offset: number, fields: HeaderF
     size: fields.size,
     mtime: fields.mtime,
     linkname: fields.linkname,
+    uid: fields.uid ?? 0,
+    gid: fields.gid ?? 0,
   });
   return true;
 }
@@ -74,11 +82,17 @@ export function encodeHeaders(fields: HeaderFields): Buffer {
   if (!linkFits) pax.push(['linkpath', fields.linkname]);
   if (fields.size > OCTAL_11_MAX) pax.push(['size', String(fields.size)]);
   if (fields.mtime > OCTAL_11_MAX) pax.push(['mtime', String(fields.mtime)]);
+  const uid = fields.uid ?? 0;
+  const gid = fields.gid ?? 0;
+  if (uid > OCTAL_7_MAX) pax.push(['uid', String(uid)]);
+  if (gid > OCTAL_7_MAX) pax.push(['gid', String(gid)]);
   writeBlock(ustar, 0, {
     typeflag: fields.typeflag,
     mode: fields.mode,
     size: fields.size,
     mtime: fields.mtime,
+    uid: uid > OCTAL_7_MAX ? 0 : uid,
+    gid: gid > OCTAL_7_MAX ? 0 : gid,
     name: split?.name ?? asciiFallback(fields.name),
     prefix: split?.prefix ?? '',
     linkname: linkFits ? fields.linkname : asciiFallback(fields.linkname),
@@ -96,6 +110,8 @@ export function encodeHeaders(fields: HeaderFields): Buffer {
     size: data.length,
     mtime: Math.min(fields.mtime, OCTAL_11_MAX),
     linkname: '',
+    uid: 0,
+    gid: 0,
   });
   data.copy(header, BLOCK_SIZE);
   ustar.copy(header, header.length - BLOCK_SIZE);
@@ -123,6 +139,8 @@ interface BlockFields {
   size: number;
   mtime: number;
   linkname: string;
+  uid: number;
+  gid: number;
 }
 
 /** The bytes every header shares: magic and version, uid, gid, devmajor and devminor as zeros. */
@@ -138,6 +156,8 @@ const TEMPLATE = (() => {
   return block;
 })();
 const TEMPLATE_SUM = TEMPLATE.reduce((sum, byte) => sum + byte, 0);
+/** The sum of a template uid or gid field's bytes ('0000000' and a NUL), taken off when one is written. */
+const ZERO_ID_SUM = 7 * 0x30;
 
 /**
  * Fills one header block. The checksum (the sum of all bytes, its own field read as spaces) is the
@@ -148,6 +168,8 @@ function writeBlock(block: Buffer, at: number, f: BlockFields): void {
   let sum = TEMPLATE_SUM;
   sum += writeAscii(block, at, f.name);
   sum += writeOctal(block, at + 100, 8, f.mode);
+  if (f.uid !== 0) sum += writeOctal(block, at + 108, 8, f.uid) - ZERO_ID_SUM;
+  if (f.gid !== 0) sum += writeOctal(block, at + 116, 8, f.gid) - ZERO_ID_SUM;
   sum += writeNumeric12(block, at + 124, f.size);
   sum += writeNumeric12(block, at + 136, f.mtime);
   block[at + 156] = f.typeflag.charCodeAt(0);

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { quote } from '../nix/quote.js';
-import type { TarEntry, TarSink } from './types.js';
+import type { Owner, TarEntry, TarSink } from './types.js';
 import { BLOCK_SIZE, Typeflag, checkMtime, encodeHeaders, padToBlock, writeUstarHeader, type HeaderFields } from './tar-header.js';
 
 /**
@@ -63,7 +63,8 @@ export class TarWriter implements TarSink {
     switch (entry.type) {
       case 'directory':
         checkMode(entry);
-        pending = this.#header(entry.name + '/', Typeflag.directory, entry.mode, 0, '');
+        checkOwner(entry);
+        pending = this.#header(entry.name + '/', Typeflag.directory, entry.mode, 0, '', entry.owner);
         break;
       case 'symlink':
         if (entry.target === '' || entry.target.includes('\0')) {
@@ -82,10 +83,11 @@ export class TarWriter implements TarSink {
       }
       case 'file':
         checkMode(entry);
+        checkOwner(entry);
         if (!Number.isSafeInteger(entry.size) || entry.size < 0) {
           throw new UserError(`layer entry ${quote(entry.name)}: invalid size ${entry.size}`);
         }
-        pending = this.#header(entry.name, Typeflag.file, entry.mode, entry.size, '');
+        pending = this.#header(entry.name, Typeflag.file, entry.mode, entry.size, '', entry.owner);
         if (pending) await pending;
         pending = this.#writeBody(entry.name, entry.size, entry.body);
         break;
@@ -106,8 +108,8 @@ export class TarWriter implements TarSink {
   }
 
   /** Writes a header in place when ustar holds it and the chunk has room, else via encodeHeaders. */
-  #header(name: string, typeflag: Typeflag, mode: number, size: number, linkname: string): Promise<void> | undefined {
-    const fields: HeaderFields = { name, typeflag, mode, size, mtime: this.#mtime, linkname };
+  #header(name: string, typeflag: Typeflag, mode: number, size: number, linkname: string, owner?: Owner): Promise<void> | undefined {
+    const fields: HeaderFields = { name, typeflag, mode, size, mtime: this.#mtime, linkname, ...(owner && { uid: owner.uid, gid: owner.gid }) };
     const chunk = this.#chunk;
     if (chunk && chunk.length - this.#used >= BLOCK_SIZE && writeUstarHeader(chunk, this.#used, fields)) {
       this.#used += BLOCK_SIZE;
@@ -214,6 +216,13 @@ function checkName(name: string): void {
 
 /** A leading or trailing `/`, an empty, `.` or `..` component, or a NUL. */
 const BAD_NAME = /^\/|\/$|\/\/|(^|\/)\.\.?(\/|$)|\0/;
+
+function checkOwner(entry: { name: string; owner?: { uid: number; gid: number } }): void {
+  const o = entry.owner;
+  if (o && !(Number.isSafeInteger(o.uid) && o.uid >= 0 && Number.isSafeInteger(o.gid) && o.gid >= 0)) {
+    throw new UserError(`layer entry ${quote(entry.name)}: invalid owner ${o.uid}:${o.gid}`);
+  }
+}
 
 function checkMode(entry: { name: string; mode: number }): void {
   if (!Number.isInteger(entry.mode) || entry.mode < 0 || entry.mode > 0o7777) {

@@ -7,10 +7,16 @@ import type { BytePiece } from '../util/pieces.js';
  * Names are relative, without a leading `/` (`nix/store/…-bash/bin/bash`); directories have no trailing `/`.
  */
 export type TarEntry =
-  | { type: 'directory'; name: string; mode: number }
-  | { type: 'file'; name: string; mode: number; size: number; body: Buffer | AsyncIterable<Buffer> | Readable }
+  | { type: 'directory'; name: string; mode: number; owner?: Owner }
+  | { type: 'file'; name: string; mode: number; size: number; body: Buffer | AsyncIterable<Buffer> | Readable; owner?: Owner }
   | { type: 'symlink'; name: string; target: string }
   | { type: 'hardlink'; name: string; target: string };
+
+/** Numeric owner of an entry; root (0:0) when left out, as for everything in the store. */
+export interface Owner {
+  uid: number;
+  gid: number;
+}
 
 export type Compression = 'gzip' | 'none';
 

@@ -86,7 +86,8 @@ async function rootEntries(
   tree.addDirectory('etc', 0o755);
   tree.addDirectory('tmp', TMP_MODE);
   for (const user of users) {
-    if (user.home !== '/') tree.addDirectory(user.home, user.uid === 0 ? ROOT_HOME_MODE : HOME_MODE);
+    // A user's home is theirs: a service running as that user writes its caches there (vLLM, Hugging Face).
+    if (user.home !== '/') tree.addDirectory(user.home, user.uid === 0 ? ROOT_HOME_MODE : HOME_MODE, user.uid === 0 ? undefined : { uid: user.uid, gid: user.gid });
   }
   for (const directory of spec.directories) tree.addDirectory(directory.path, directory.mode);
   tree.addFile('etc/passwd', Buffer.from(passwdFile(spec.users)), FILE_MODE);

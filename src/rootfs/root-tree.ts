@@ -1,5 +1,5 @@
 import { posix } from 'node:path';
-import type { TarEntry } from '../layers/types.js';
+import type { Owner, TarEntry } from '../layers/types.js';
 import { UserError } from '../util/errors.js';
 import { compareBytes, type StoreDirectory, type StoreTree } from './store-tree.js';
 
@@ -18,6 +18,8 @@ interface DirectoryNode {
   sources: string[];
   /** Set when the directory must be real: it is ours or holds an entry of ours. */
   mode: number | null;
+  /** Its owner when not root (a user's home). */
+  owner?: Owner;
 }
 
 interface LinkNode {
@@ -62,10 +64,11 @@ const DEFAULT_DIRECTORY_MODE = 0o755;
 export class RootTree {
   readonly #root: DirectoryNode = { kind: 'directory', children: new Map(), sources: [], mode: DEFAULT_DIRECTORY_MODE };
 
-  /** A real directory with `mode`, and its missing parents (0755). A later call for the same path sets its mode. */
-  addDirectory(path: string, mode: number): void {
+  /** A real directory with `mode` (and `owner`, else root), and its missing parents (0755, root). A later call for the same path sets its mode (and owner, if given). */
+  addDirectory(path: string, mode: number, owner?: Owner): void {
     const node = this.#makeDirectories(path, mode);
     node.mode = mode;
+    if (owner) node.owner = owner;
   }
 
   /** A file of ours, e.g. /etc/passwd. */
@@ -234,7 +237,7 @@ export class RootTree {
             if (node.mode === null && node.sources.length === 1) {
               entries.push({ type: 'symlink', name: path, target: `${node.sources[0]}/${path}` });
             } else {
-              entries.push({ type: 'directory', name: path, mode: node.mode ?? DEFAULT_DIRECTORY_MODE });
+              entries.push({ type: 'directory', name: path, mode: node.mode ?? DEFAULT_DIRECTORY_MODE, ...(node.owner && { owner: node.owner }) });
               visit(node, path);
             }
             break;

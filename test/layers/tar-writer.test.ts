@@ -185,6 +185,24 @@ describe('TarWriter', () => {
     }
   });
 
+  it.runIf(tools('tar'))('writes an owner when one is given (root otherwise), in a PAX record when ustar cannot hold it', async () => {
+    const source: LayerSource = async (sink) => {
+      await sink.add({ type: 'directory', name: 'home', mode: 0o755 });
+      await sink.add({ type: 'directory', name: 'home/app', mode: 0o755, owner: { uid: 1000, gid: 1001 } });
+      await sink.add({ type: 'file', name: 'home/app/big-id', mode: 0o644, size: 2, body: body('hi'), owner: { uid: 3_000_000, gid: 5 } });
+    };
+    const tar = await tarToBuffer(source);
+    // tar-stream reads the ustar fields (it ignores a PAX uid, where the ustar field says 0); GNU tar reads both.
+    expect((await tarStreamList(tar)).map((e) => `${e.name} ${e.uid}:${e.gid}`)).toEqual(['home 0:0', 'home/app 1000:1001', 'home/app/big-id 0:5']);
+    const listed = execFileSync('tar', ['--list', '--verbose', '--numeric-owner', '-f', writeTemp('owners.tar', tar)], { encoding: 'utf8' });
+    expect(listed).toMatch(/^drwxr-xr-x 0\/0 .* home\/$/m);
+    expect(listed).toMatch(/^drwxr-xr-x 1000\/1001 .* home\/app\/$/m);
+    expect(listed).toMatch(/^-rw-r--r-- 3000000\/5 .* home\/app\/big-id$/m);
+    await expect(tarToBuffer(async (sink) => sink.add({ type: 'directory', name: 'x', mode: 0o755, owner: { uid: -1, gid: 0 } }))).rejects.toThrow(
+      new UserError("layer entry 'x': invalid owner -1:0"),
+    );
+  });
+
   it('refuses a second entry with the same name, naming it', async () => {
     const source: LayerSource = async (sink) => {
       await sink.add({ type: 'directory', name: 'nix', mode: 0o555 });

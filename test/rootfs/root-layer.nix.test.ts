@@ -140,4 +140,14 @@ describe.runIf(tools('nix-build', 'nix-store', 'tar', 'chroot'))('image-root lay
       '',
     ]);
   });
+
+  it.runIf(process.getuid?.() === 0)('gives a user their home: a process running as them can write there, not elsewhere', () => {
+    // tar -p as root keeps the layer's owners, as a container runtime does (the store was copied in above).
+    expect([lstatSync(join(rootfs, 'home/app')).uid, lstatSync(join(rootfs, 'home/app')).gid]).toEqual([1000, 1000]);
+    expect(lstatSync(join(rootfs, 'data')).uid).toBe(0);
+    const out = execFileSync('chroot', ['--userspec=1000:1000', rootfs, '/bin/sh', '-c', 'echo x > /home/app/cache && echo home-ok; echo x > /data/f 2>/dev/null || echo data-refused'], {
+      encoding: 'utf8',
+    });
+    expect(out).toBe('home-ok\ndata-refused\n');
+  });
 });

@@ -35,7 +35,7 @@ function spec(partial: Partial<RootSpec> = {}): RootSpec {
   return { copyToRoot: [], users: [], directories: [], ...partial };
 }
 
-type Listed = { name: string; type: string; mode?: number; target?: string; body?: string };
+type Listed = { name: string; type: string; mode?: number; target?: string; body?: string; owner?: string };
 
 /** The layer's entries as a tar reader sees them (through the real tar writer). */
 async function layerEntries(paths: string[], rootSpec: RootSpec, fake = nars(paths)): Promise<{ entries: Listed[]; warnings: string[] }> {
@@ -46,6 +46,7 @@ async function layerEntries(paths: string[], rootSpec: RootSpec, fake = nars(pat
     type: e.type,
     ...(e.type === 'symlink' ? { target: e.target } : { mode: e.mode }),
     ...(e.type === 'file' && { body: e.body.toString() }),
+    ...((e.uid !== 0 || e.gid !== 0) && { owner: `${e.uid}:${e.gid}` }),
   }));
   return { entries, warnings: layer.warnings };
 }
@@ -160,13 +161,14 @@ describe('rootLayerSource', () => {
           'worker:x:1002:1000:worker:/home/worker:/bin/sh\nsvc:x:999:999:svc:/:/bin/false\n',
       },
       { name: 'home', type: 'directory', mode: 0o755 },
-      { name: 'home/app', type: 'directory', mode: 0o755 },
-      { name: 'home/worker', type: 'directory', mode: 0o755 },
+      // Homes belong to their users (a service running as one writes its caches there); the rest to root.
+      { name: 'home/app', type: 'directory', mode: 0o755, owner: '1000:1000' },
+      { name: 'home/worker', type: 'directory', mode: 0o755, owner: '1002:1000' },
       { name: 'models', type: 'directory', mode: 0o755 },
       { name: 'models/cache', type: 'directory', mode: 0o1777 },
       base[4],
       { name: 'srv', type: 'directory', mode: 0o755 },
-      { name: 'srv/gpu', type: 'directory', mode: 0o755 },
+      { name: 'srv/gpu', type: 'directory', mode: 0o755, owner: '1001:44' },
       base[5],
     ]);
   });
