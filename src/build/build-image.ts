@@ -119,12 +119,16 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new UserError(`--jobs must be a whole number from 1 to 256, got ${jobs}`);
   const settings: LayerSettings = { compression, gzipLevel: DEFAULT_GZIP_LEVEL, mtime: options.sourceDateEpoch };
 
-  const work = mkdtempSync(join(tmpdir(), 'nix2oci-build-'));
+  // With a cache, the build's work directory is inside it: cached blobs are hard-linked into the work
+  // directory and new layers linked into the cache, which only works on one file system (a /tmp on
+  // tmpfs would otherwise get a copy of every cached layer, in memory).
+  const shared = options.cacheDir ? await CacheStore.open(options.cacheDir) : null;
+  const work = shared ? await shared.makeBuildDir() : mkdtempSync(join(tmpdir(), 'nix2oci-build-'));
   const forget = removeOnExit(work);
   const clock = stopwatch();
   try {
     // Without a cache, layers go through a throwaway one: the same code path gives the same bytes.
-    const store = await CacheStore.open(options.cacheDir ?? join(work, 'cache'));
+    const store = shared ?? (await CacheStore.open(join(work, 'cache')));
     // --jobs bounds the layers being tarred and compressed at once (and the threads hashing); lookups
     // in the cache are not bounded by it: a warm build is many small reads waiting in parallel.
     const builds = pLimit(jobs);

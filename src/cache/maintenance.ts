@@ -105,6 +105,7 @@ export interface PruneResult {
 export async function pruneCache(dir: string, maxBytes: number, now = Date.now()): Promise<PruneResult> {
   const inv = await inventory(dir);
   for (const temp of inv.temps) if (now - temp.mtime > GRACE_MS) await rm(temp.path, { force: true });
+  await removeAbandonedBuilds(inv.store.root, now);
 
   const holders = new Map<string, number>();
   for (const e of inv.entries) if (e.digest) holders.set(e.digest, (holders.get(e.digest) ?? 0) + 1);
@@ -151,4 +152,28 @@ export function parseSize(text: string, flag = '--max-size'): number {
   const size = parseByteSize(text);
   if (size === null) throw new UserError(`${flag} takes a size such as 500M, 10G or 2048 (bytes), got ${JSON.stringify(text)}`);
   return size;
+}
+
+/**
+ * Work directories of builds that were killed (SIGKILL, a lost machine): `builds/<pid>-…` whose process
+ * no longer runs, older than GRACE_MS. A running build's (its pid alive) is never touched.
+ */
+async function removeAbandonedBuilds(root: string, now: number): Promise<void> {
+  const dir = join(root, 'builds');
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const pid = Number(/^(\d+)-/.exec(name)?.[1]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || isRunning(pid)) continue;
+    const info = await stat(join(dir, name)).catch(() => null);
+    if (info && now - info.mtimeMs > GRACE_MS) await rm(join(dir, name), { recursive: true, force: true });
+  }
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it runs, as another user.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

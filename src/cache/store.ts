@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { link, copyFile, mkdir, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import { link, copyFile, mkdir, mkdtemp, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { removeOnExit } from '../util/cleanup.js';
@@ -42,7 +42,7 @@ export class CacheStore {
   static async open(dir: string): Promise<CacheStore> {
     const store = new CacheStore(dir);
     try {
-      for (const sub of ['blobs', 'tmp', ...ENTRY_KINDS]) await mkdir(join(store.root, sub), { recursive: true });
+      for (const sub of ['blobs', 'tmp', 'builds', ...ENTRY_KINDS]) await mkdir(join(store.root, sub), { recursive: true });
     } catch (err) {
       throw new UserError(`cannot use cache directory ${dir}: ${(err as NodeJS.ErrnoException).code ?? String(err)} (pick another with --cache-dir, or --no-cache)`);
     }
@@ -55,6 +55,18 @@ export class CacheStore {
 
   entryPath(kind: EntryKind, key: string): string {
     return join(this.root, kind, `${key}.json`);
+  }
+
+  /**
+   * A new work directory for one build, `builds/<pid>-<random>`: on the blobs' file system, so they can
+   * be hard-linked in and out. The build removes it; `prune` removes one whose process is gone.
+   */
+  async makeBuildDir(): Promise<string> {
+    try {
+      return await mkdtemp(join(this.root, 'builds', `${process.pid}-`));
+    } catch (err) {
+      throw new UserError(`cannot use cache directory ${this.dir}: ${(err as NodeJS.ErrnoException).code ?? String(err)} (pick another with --cache-dir, or --no-cache)`);
+    }
   }
 
   /** A fresh temp file name in the cache (same file system as the blobs, so rename works). */

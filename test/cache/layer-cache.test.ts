@@ -155,6 +155,21 @@ describe('cache maintenance', () => {
     expect(readdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/blobs`))).toEqual(['b'.repeat(64)]);
   });
 
+  it('removes the work directories of builds that are gone, never a running one’s', async () => {
+    const cacheDir = fresh('cache');
+    await CacheStore.open(cacheDir);
+    const builds = join(cacheDir, `v${CACHE_FORMAT_VERSION}/builds`);
+    const old = (Date.now() - 2 * GRACE_MS) / 1000;
+    // 999999999 is above Linux's largest pid: no such process. This process runs.
+    for (const name of ['999999999-killed', `${process.pid}-running`, '999999998-young']) {
+      mkdirSync(join(builds, name));
+      writeFileSync(join(builds, name, 'layer'), 'x');
+      if (name !== '999999998-young') utimesSync(join(builds, name), old, old);
+    }
+    await pruneCache(cacheDir, 1 << 30);
+    expect(readdirSync(builds).sort()).toEqual([`${process.pid}-running`, '999999998-young']);
+  });
+
   it('reads sizes with binary units', () => {
     expect(parseSize('2048')).toBe(2048);
     expect(parseSize('500M')).toBe(500 * 1024 ** 2);
