@@ -10,7 +10,7 @@ import { storePathsSource } from '../layers/store-path-source.js';
 import { countingSource } from '../layers/counting-source.js';
 import { setLayerJobs } from '../layers/jobs.js';
 import { setHashThreads } from '../util/hash-pool.js';
-import type { Compression, LayerBlob } from '../layers/types.js';
+import type { Compression, LayerBlob, LayerSource } from '../layers/types.js';
 import { emptyRecipe } from '../recipe/schema.js';
 import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
 import { resolveRecipe, toImageConfigSpec } from '../recipe/resolve.js';
@@ -189,7 +189,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       );
     };
     /** Reports a layer's file bytes as they are tarred; the first report says it is being made. */
-    const counter = (index: number, label: string) => {
+    const counter = (index: number, label: string): ((bytes: number) => void) | undefined => {
+      // Without a display, nothing counts: no wrapper around every file's bytes.
+      if (!options.progress) return undefined;
       let started = false;
       return (bytes: number) => {
         if (!started) {
@@ -203,7 +205,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       index: number,
       label: string,
       contents: string[],
-      make: (onBytes: (bytes: number) => void) => Promise<{ blob: LayerBlob; reused: boolean }>,
+      make: (onBytes: ((bytes: number) => void) | undefined) => Promise<{ blob: LayerBlob; reused: boolean }>,
     ) => {
       const started = performance.now();
       const { blob, reused } = await make(counter(index, label));
@@ -231,8 +233,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     // Uncompressed layers without a cache are written straight through: the tar is the blob, so the bytes
     // are those a cache would compose, and one pass (hashed on the writer's thread) is all it takes.
     const direct = compression === 'none' && options.cacheDir === null;
-    const writeDirect = async (infos: StorePathInfo[], onBytes: (bytes: number) => void) => ({
-      blob: await builds(() => writeLayer(countingSource(storePathsSource(infos), onBytes), { compression, dir: work, mtime: options.sourceDateEpoch })),
+    const counted = (source: LayerSource, onBytes: ((bytes: number) => void) | undefined) => (onBytes ? countingSource(source, onBytes) : source);
+    const writeDirect = async (infos: StorePathInfo[], onBytes: ((bytes: number) => void) | undefined) => ({
+      blob: await builds(() => writeLayer(counted(storePathsSource(infos), onBytes), { compression, dir: work, mtime: options.sourceDateEpoch })),
       reused: false,
     });
     // The image-root layer is tiny and depends on the recipe: always rebuilt, alongside the others.
@@ -247,7 +250,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       ...wheels.layers.map(
         (wheel, i) => () =>
           timed(plan.length + i, wheel.contents.join(', '), wheel.contents, async (onBytes) => {
-            const done = await cachedWheelLayer(cache, { ...wheel, source: countingSource(wheel.source, onBytes) }, settings, work);
+            const done = await cachedWheelLayer(cache, { ...wheel, source: counted(wheel.source, onBytes) }, settings, work);
             wheelFacts[i] = done.facts;
             return done;
           }),
