@@ -68,7 +68,9 @@ export async function benchWheel({ repo, work, small, report }) {
   const dist = (p) => join(repo, 'dist', p);
   const { readWheelInfo } = await import(dist('wheels/wheel-info.js'));
   const { wheelLayerSource } = await import(dist('wheels/install.js'));
-  const { writeLayer } = await import(dist('layers/write-layer.js'));
+  // The writer build-image uses for wheel layers (and the same for the store paths compared with them).
+  const { writeWholeLayer } = await import(dist('cache/segment.js'));
+  const writeLayer = (source, { compression, dir, mtime }) => writeWholeLayer(source, { compression, gzipLevel: 6, mtime }, dir);
   const { storePathsSource } = await import(dist('layers/store-path-source.js'));
   const { closure, wheelFile } = await benchWheelFile({ repo, work, small });
 
