@@ -3,7 +3,6 @@ import type { LayerSource } from '../layers/types.js';
 import type { ResolvedRecipe } from '../recipe/resolve.js';
 import { readWheelInfo, type WheelInfo } from '../wheels/wheel-info.js';
 import { checkWheelTags, type TagTarget } from '../wheels/tags.js';
-import { DEFAULT_PATH } from '../wheels/layer.js';
 import { SPLIT_THRESHOLD, wheelLayerSource, type SplitFile, type WheelLayer, type WheelLayerPiece } from '../wheels/install.js';
 import { recordHash } from '../wheels/record.js';
 import type { WheelKeyInputs } from '../cache/keys.js';
@@ -53,6 +52,9 @@ export interface PreparedWheels {
   /** Runs the requirement, library and trap checks, given each layer's ELF facts (in `layers` order). */
   check(facts: WheelElfFacts[]): Promise<{ warnings: string[]; env: Record<string, string[]> }>;
 }
+
+/** The PATH container runtimes use when an image sets none (Docker's and containerd's default). */
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 const PLATFORM_OF_ARCH: Record<string, TagTarget['platform']> = { amd64: 'linux_x86_64', arm64: 'linux_aarch64' };
 

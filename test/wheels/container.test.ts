@@ -4,7 +4,8 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkWheelTags } from '../../src/wheels/tags.js';
-import { wheelEnv, writeWheelLayer } from '../../src/wheels/layer.js';
+import { wheelLayerSource } from '../../src/wheels/install.js';
+import { writeWholeLayer } from '../../src/cache/segment.js';
 import { readWheelInfo } from '../../src/wheels/wheel-info.js';
 import { buildPythonClosure, canBuildPythonClosure } from '../helpers/python-closure.js';
 import { tools } from '../helpers/tools.js';
@@ -46,16 +47,17 @@ describe.runIf(tools('podman', 'runc') && canBuildPythonClosure())('wheels insta
     });
     const target = { pythonVersion: '3.11', implementation: 'cp', platform: 'linux_x86_64' } as const;
     const install = { prefix: '/opt/python', pythonVersion: '3.11', interpreter: closure.interpreter };
-    const layers = [];
     for (const wheel of [PIP_WHEEL, demo]) {
       const info = await readWheelInfo(wheel);
       checkWheelTags(info, target);
-      const layer = await writeWheelLayer(info, install, { compression: 'gzip', dir: freshDir('nix2oci-wheel-layer-'), mtime: 1 });
-      execFileSync('tar', ['-xzf', layer.blob.file, '-C', rootfs]);
-      layers.push(layer);
+      const layer = wheelLayerSource(info, install);
+      expect([layer.sitePackages, layer.binDir]).toEqual(['/opt/python/lib/python3.11/site-packages', '/opt/python/bin']);
+      // The writer build-image uses for wheel layers.
+      const blob = await writeWholeLayer(layer.source, { compression: 'gzip', gzipLevel: 6, mtime: 1 }, freshDir('nix2oci-wheel-layer-'));
+      execFileSync('tar', ['-xzf', blob.file, '-C', rootfs]);
     }
-    const env = wheelEnv({ PATH: `${closure.root}/bin` }, layers);
-    expect(env).toEqual({ PATH: `/opt/python/bin:${closure.root}/bin`, PYTHONPATH: '/opt/python/lib/python3.11/site-packages' });
+    // As the build sets them: site-packages on PYTHONPATH, the wheels' bin before the rest of PATH.
+    const env = { PATH: `/opt/python/bin:${closure.root}/bin`, PYTHONPATH: '/opt/python/lib/python3.11/site-packages' };
 
     const conf = join(freshDir('nix2oci-wheel-conf-'), 'containers.conf');
     writeFileSync(conf, '[containers]\ndefault_ulimits = []\n');

@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UserError } from '../../src/util/errors.js';
 import { parseWheelFileName } from '../../src/wheels/filename.js';
-import { wheelEnv } from '../../src/wheels/layer.js';
 import { parseCoreMetadata, parseEntryPoints } from '../../src/wheels/metadata.js';
 import { formatRecordLine, parseRecord } from '../../src/wheels/record.js';
 import { relativeName } from '../../src/wheels/install.js';
@@ -112,25 +111,11 @@ describe('METADATA and entry_points.txt', () => {
   });
 });
 
-describe('install paths and env', () => {
+describe('install paths', () => {
   it('writes RECORD paths relative to site-packages as pip does', () => {
     const site = 'opt/python/lib/python3.11/site-packages';
     expect(relativeName(site, 'opt/python/bin/pip')).toBe('../../../bin/pip');
     expect(relativeName(site, `${site}/pip/__init__.py`)).toBe('pip/__init__.py');
     expect(relativeName(site, 'opt/python/include/python3.11/demo/demo.h')).toBe('../../../include/python3.11/demo/demo.h');
-  });
-
-  it('merges site-packages into PYTHONPATH after the recipe’s entries and bin first on PATH', () => {
-    const layers = [
-      { sitePackages: '/opt/python/lib/python3.11/site-packages', binDir: '/opt/python/bin' },
-      { sitePackages: '/opt/python/lib/python3.11/site-packages', binDir: '/opt/python/bin' },
-    ];
-    expect(wheelEnv({ PYTHONPATH: '/app', PATH: '/nix/store/x-bash/bin', HOME: '/root' }, layers)).toEqual({
-      PYTHONPATH: '/app:/opt/python/lib/python3.11/site-packages',
-      PATH: '/opt/python/bin:/nix/store/x-bash/bin',
-      HOME: '/root',
-    });
-    expect(wheelEnv({}, layers).PATH).toBe('/opt/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin');
-    expect(wheelEnv({ A: '1' }, [])).toEqual({ A: '1' });
   });
 });
