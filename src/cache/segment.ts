@@ -209,7 +209,8 @@ export async function writeSegment(
  */
 export async function writeWholeLayer(source: LayerSource, settings: LayerSettings, dir: string): Promise<LayerFile> {
   const temp = join(dir, `.whole-${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
-  const diff = createHash('sha256');
+  // Uncompressed, the blob is the tar: its digest is its diffID, hashed once.
+  const diff = settings.compression === 'none' ? null : createHash('sha256');
   const written = await writeSegment(source, settings, temp, diff, undefined, undefined, true);
   const file = join(dir, written.digest.slice('sha256:'.length));
   await rename(temp, file).catch(async (err: unknown) => {
@@ -221,7 +222,7 @@ export async function writeWholeLayer(source: LayerSource, settings: LayerSettin
     pieces: [{ file, start: 0, length: written.size }],
     digest: written.digest,
     size: written.size,
-    diffId: `sha256:${diff.digest('hex')}`,
+    diffId: diff ? `sha256:${diff.digest('hex')}` : written.digest,
     uncompressedSize: written.tarSize,
     compression: settings.compression,
   };

@@ -48,6 +48,8 @@ export class BlockReader {
       const n = Math.min(end - position, BLOCK_SIZE - (position % BLOCK_SIZE));
       const bytes = await this.read(position, n);
       position += n;
+      // Read ahead: the next block comes from disk while this one is inflated and hashed.
+      if (position < end) this.#block(Math.floor(position / BLOCK_SIZE)).catch(() => {});
       yield bytes;
     }
   }
