@@ -1,7 +1,7 @@
 import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { BLOCK_SIZE, Typeflag, encodeHeaders, padToBlock } from '../layers/tar-header.js';
 import { HashReadError, runPieces, sha256Pieces } from '../util/hash-pool.js';
-import { piecesLength, type BytePiece } from '../util/pieces.js';
+import { piecesLength } from '../util/pieces.js';
 import type { Blob } from './image.js';
 import type { ArchiveEntry } from './layout.js';
 
@@ -165,7 +165,7 @@ function planArchive(entries: ArchiveEntry[]): { small: { at: number; bytes: Buf
   return { small, blobs, size: at };
 }
 
-export async function writeAll(out: FileHandle, bytes: Buffer, at: number): Promise<void> {
+async function writeAll(out: FileHandle, bytes: Buffer, at: number): Promise<void> {
   let written = 0;
   while (written < bytes.length) {
     const { bytesWritten } = await out.write(bytes, written, bytes.length - written, at + written);
@@ -173,4 +173,3 @@ export async function writeAll(out: FileHandle, bytes: Buffer, at: number): Prom
   }
 }
 
-export type { BytePiece };
