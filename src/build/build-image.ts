@@ -10,7 +10,7 @@ import { storePathsSource } from '../layers/store-path-source.js';
 import { countingSource } from '../layers/counting-source.js';
 import { setLayerJobs } from '../layers/jobs.js';
 import { setHashThreads } from '../util/hash-pool.js';
-import type { Compression, LayerBlob, LayerSource } from '../layers/types.js';
+import type { Compression, LayerBlob } from '../layers/types.js';
 import { emptyRecipe } from '../recipe/schema.js';
 import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
 import { resolveRecipe, toImageConfigSpec } from '../recipe/resolve.js';
@@ -141,7 +141,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     const closure: Closure = await loadClosure(options.closures, {
       pathInfoFile: options.pathInfo,
       tmpDir: work,
-      memo: options.cacheDir ? exportIndexMemo(store) : undefined,
+      memo: shared ? exportIndexMemo(shared) : undefined,
       onRecalled: (file) => options.log(`${file}: unchanged since it was last indexed; its index comes from the cache`),
       // Per file: add up across the files given.
       onProgress: (file, read, total) => {
@@ -164,8 +164,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       recipe: resolved,
       python: options.python,
       depsCheck: options.depsCheck,
-      list: options.cacheDir ? memoizedListing(store, listNar, mattersToIndex) : undefined,
-      wheelInfos: options.cacheDir ? wheelInfoMemo(store) : undefined,
+      list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
+      wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
     });
 
     const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;
@@ -191,14 +191,15 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     /** Reports a layer's file bytes as they are tarred; the first report says it is being made. */
     const counter = (index: number, label: string): ((bytes: number) => void) | undefined => {
       // Without a display, nothing counts: no wrapper around every file's bytes.
-      if (!options.progress) return undefined;
+      const progress = options.progress;
+      if (!progress) return undefined;
       let started = false;
       return (bytes: number) => {
         if (!started) {
           started = true;
-          options.progress?.layerStarted(index, label, expected[index] ?? 0);
+          progress.layerStarted(index, label, expected[index] ?? 0);
         }
-        options.progress?.layerProgress(index, bytes);
+        progress.layerProgress(index, bytes);
       };
     };
     const timed = async (
@@ -233,9 +234,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     // Uncompressed layers without a cache are written straight through: the tar is the blob, so the bytes
     // are those a cache would compose, and one pass (hashed on the writer's thread) is all it takes.
     const direct = compression === 'none' && options.cacheDir === null;
-    const counted = (source: LayerSource, onBytes: ((bytes: number) => void) | undefined) => (onBytes ? countingSource(source, onBytes) : source);
     const writeDirect = async (infos: StorePathInfo[], onBytes: ((bytes: number) => void) | undefined) => ({
-      blob: await builds(() => writeLayer(counted(storePathsSource(infos), onBytes), { compression, dir: work, mtime: options.sourceDateEpoch })),
+      blob: await builds(() => writeLayer(countingSource(storePathsSource(infos), onBytes), { compression, dir: work, mtime: options.sourceDateEpoch })),
       reused: false,
     });
     // The image-root layer is tiny and depends on the recipe: always rebuilt, alongside the others.
@@ -250,7 +250,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       ...wheels.layers.map(
         (wheel, i) => () =>
           timed(plan.length + i, wheel.contents.join(', '), wheel.contents, async (onBytes) => {
-            const done = await cachedWheelLayer(cache, { ...wheel, source: counted(wheel.source, onBytes) }, settings, work);
+            const done = await cachedWheelLayer(cache, { ...wheel, source: countingSource(wheel.source, onBytes) }, settings, work);
             wheelFacts[i] = done.facts;
             return done;
           }),
@@ -271,7 +271,6 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     const checked = await wheels.check(wheelFacts);
     for (const w of checked.warnings) options.warn(w);
     timings.checks = clock.lap();
-
 
     const tags = options.tags.length > 0 ? options.tags : resolved.tags;
     const assemble = () =>

@@ -124,17 +124,10 @@ export class LayerCache {
           await Promise.all([this.store.touch('layers', layerKey), ...partKeys.map((key) => this.store.touch('parts', key))]);
           // Not read here: the output writer checks the bytes against the digest as it copies them, and
           // a mismatch comes back through `drop`.
-          this.#served.set(known.digest, async () => {
-            const bad = await this.#damaged(parts);
-            if (bad.length > 0) await this.#dropParts(partKeys, parts, bad);
-            else await this.store.removeEntry('layers', layerKey);
-          });
+          this.#served.set(known.digest, () => this.#dropDamaged(layerKey, partKeys, parts));
           return { blob: { ...this.#blob(pieces, known), unverified: true }, reused: true };
         }
-        const bad = await this.#damaged(parts);
-        if (bad.length > 0) await this.#dropParts(partKeys, parts, bad);
-        // Parts intact but the layer not what its entry says: the entry is wrong, and is made again.
-        else await this.store.removeEntry('layers', layerKey);
+        await this.#dropDamaged(layerKey, partKeys, parts);
         continue;
       }
 
@@ -159,21 +152,18 @@ export class LayerCache {
     onBytes?: (bytes: number) => void,
   ): Promise<{ entry: ComposedEntry; pieces: BytePiece[]; built: number } | null> {
     // Parts found in the cache are checked before a new layer is made of them: its digest is recorded.
-    const cachedParts = parts.flatMap((p, i) => (p ? [i] : []));
-    const damaged = (await this.#damaged(parts)).filter((i) => cachedParts.includes(i));
-    if (damaged.length > 0) await this.#dropParts(partKeys, parts, damaged);
+    await this.#dropParts(partKeys, parts, await this.#damaged(parts));
 
     const diff = createHash('sha256').update(head.tar);
     let built = 0;
     const stale: number[] = [];
     // The tar goes through `diff` in order, one path after the other; a path's compression goes on while
     // the next paths are tarred, so a layer of many small paths keeps every core busy too.
-    const writing: Promise<void>[] = [];
+    const writes: Promise<void>[] = [];
     let failed = false;
     for (const [i, info] of sorted.entries()) {
       if (failed) break;
-      const own = storePathsSource([info], { storeDirEntries: false });
-      const source = onBytes ? countingSource(own, onBytes) : own;
+      const source = countingSource(storePathsSource([info], { storeDirEntries: false }), onBytes);
       const cached = parts[i];
       if (cached) {
         const tarSize = await tarSegment(source, this.settings.mtime, (bytes, release) => {
@@ -183,19 +173,20 @@ export class LayerCache {
         if (tarSize !== cached.tarSize) stale.push(i);
         continue;
       }
-      if (writing.length >= PARTS_WRITING) await writing.shift();
+      // At most PARTS_WRITING at once; a failure is noted in `failed` and rethrown once all have settled.
+      if (writes.length >= PARTS_WRITING) await writes[writes.length - PARTS_WRITING]!.catch(() => {});
       let tarred!: () => void;
       const tarDone = new Promise<void>((resolve) => (tarred = resolve));
       const written = this.#writePart(source, partKeys[i]!, info.path, diff, head.stored, tarred).then((entry) => {
         parts[i] = entry;
       });
       written.catch(() => (failed = true));
-      writing.push(written);
+      writes.push(written);
       await Promise.race([tarDone, written]);
       built++;
     }
     // Every write settles before this returns (or throws), so none outlives the build's directories.
-    const outcomes = await Promise.allSettled(writing);
+    const outcomes = await Promise.allSettled(writes);
     const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
     if (failure) throw failure.reason;
     if (stale.length > 0) {
@@ -274,11 +265,18 @@ export class LayerCache {
     onTarred?: () => void,
   ): Promise<PartEntry> {
     const temp = this.store.tempPath();
-    const written = await writeSegment(source, this.settings, temp, diff, { before: head, after: this.#end }, onTarred);
+    const written = await writeSegment(source, this.settings, temp, { alsoHash: diff, frame: { before: head, after: this.#end }, onTarred });
     await this.store.adoptBlob(temp, written.digest);
     const entry: PartEntry = { blob: written.digest, offset: head.length, size: written.size, tarSize: written.tarSize, storePath };
     await this.store.writeEntry('parts', key, entry);
     return entry;
+  }
+
+  /** A layer whose bytes proved wrong: its damaged parts go, or, when they are all intact, its entry. */
+  async #dropDamaged(layerKey: string, partKeys: string[], parts: (PartEntry | null)[]): Promise<void> {
+    const bad = await this.#damaged(parts);
+    if (bad.length > 0) await this.#dropParts(partKeys, parts, bad);
+    else await this.store.removeEntry('layers', layerKey);
   }
 
   async #dropParts(keys: string[], parts: (PartEntry | null)[], bad: number[]): Promise<void> {

@@ -127,11 +127,18 @@ export interface WrittenSegment {
   tarSize: number;
 }
 
-/** Stored bytes written around a segment, so that the file is a whole layer blob by itself. */
-export interface SegmentFrame {
-  before: Buffer;
-  after: Buffer;
+export interface WriteSegmentOptions {
+  /** Also fed every byte of the tar (a layer's diffID). */
+  alsoHash?: Hash | null;
+  /** Stored bytes written around the segment, so that the file is a whole layer blob by itself. */
+  frame?: { before: Buffer; after: Buffer };
+  /** Called once the whole tar went through `alsoHash` and into the compressor, before compression ends. */
+  onTarred?: () => void;
+  /** Keep the end-of-archive blocks (a whole layer rather than a part of one). */
+  whole?: boolean;
 }
+
+const NO_FRAME = { before: Buffer.alloc(0), after: Buffer.alloc(0) };
 
 /**
  * Writes a source's tar segment to `file` in its stored form, between `frame.before` and `frame.after`, in
@@ -144,12 +151,7 @@ export async function writeSegment(
   source: LayerSource,
   settings: LayerSettings,
   file: string,
-  alsoHash: Hash | null,
-  frame: SegmentFrame = { before: Buffer.alloc(0), after: Buffer.alloc(0) },
-  /** Called once the whole tar went through `alsoHash` and into the compressor, before compression ends. */
-  onTarred?: () => void,
-  /** Keep the end-of-archive blocks (a whole layer rather than a part of one). */
-  whole = false,
+  { alsoHash = null, frame = NO_FRAME, onTarred, whole = false }: WriteSegmentOptions = {},
 ): Promise<WrittenSegment> {
   const forget = removeOnExit(file);
   const out = createWriteStream(file, { flags: 'wx', mode: 0o644, highWaterMark: 1 << 20 });
@@ -211,7 +213,7 @@ export async function writeWholeLayer(source: LayerSource, settings: LayerSettin
   const temp = join(dir, `.whole-${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
   // Uncompressed, the blob is the tar: its digest is its diffID, hashed once.
   const diff = settings.compression === 'none' ? null : createHash('sha256');
-  const written = await writeSegment(source, settings, temp, diff, undefined, undefined, true);
+  const written = await writeSegment(source, settings, temp, { alsoHash: diff, whole: true });
   const file = join(dir, written.digest.slice('sha256:'.length));
   await rename(temp, file).catch(async (err: unknown) => {
     await rm(temp, { force: true });

@@ -4,7 +4,7 @@
  */
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { fileIdentity, readRemembered, type InputMemo } from '../util/file-identity.js';
+import { readRemembered, type InputMemo } from '../util/file-identity.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -63,7 +63,8 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
     const file = given === '-' ? await spoolStdin(opts) : await seekable(given, opts);
     labels.set(file, label);
     const onProgress = opts.onProgress && ((read: number, total: number) => opts.onProgress!(label, read, total));
-    const infos = given === '-' || file !== given || !opts.memo ? await indexExport(file, { label, onProgress }) : await indexRemembered(file, label, opts.memo, onProgress, opts.onRecalled);
+    // Only a file read in place can be remembered: stdin and pipes are spooled to a new file each time.
+    const infos = file !== given ? await indexExport(file, { label, onProgress }) : await indexRemembered(file, label, opts.memo, onProgress, opts.onRecalled);
     for (const info of infos) {
       const seen = merged.get(info.path);
       if (!seen) {
@@ -159,23 +160,18 @@ async function spool(stream: Readable, opts: LoadClosureOptions): Promise<string
 async function indexRemembered(
   file: string,
   label: string,
-  memo: IndexMemo,
+  memo: IndexMemo | undefined,
   onProgress?: (read: number, total: number) => void,
   onRecalled?: (file: string) => void,
 ): Promise<StorePathInfo[]> {
-  let recalled = false;
   const paths = await readRemembered(
     file,
     memo,
     async () => (await indexExport(file, { label, onProgress })).map(({ source, ...info }) => ({ ...info, offset: source.offset })),
-    () => {
-      recalled = true;
+    ({ size }) => {
       onRecalled?.(label);
+      onProgress?.(size, size);
     },
   );
-  if (recalled && onProgress) {
-    const size = (await fileIdentity(file))?.size ?? 0;
-    onProgress(size, size);
-  }
   return paths.map(({ offset, ...info }) => ({ ...info, source: { file, offset } }));
 }

@@ -1,7 +1,7 @@
 import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { BLOCK_SIZE, Typeflag, encodeHeaders, padToBlock } from '../layers/tar-header.js';
 import { HashReadError, runPieces, sha256Pieces } from '../util/hash-pool.js';
-import { piecesLength } from '../util/pieces.js';
+import { checkPiecesLength } from '../util/pieces.js';
 import type { Blob } from './image.js';
 import type { ArchiveEntry } from './layout.js';
 
@@ -87,7 +87,7 @@ export async function writeBlobPieces(blob: Blob, out: FileHandle): Promise<void
 export async function verifyBlobs(blobs: Blob[]): Promise<void> {
   await eachBlob(
     blobs.filter((b) => b.verify && b.pieces).map((blob) => ({ blob, at: 0 })),
-    async ({ blob }) => checkDigest(blob, (await sha256Pieces(blob.pieces!).catch((err: unknown) => { throw asCheckError(blob, err); })).digest),
+    async ({ blob }) => checkDigest(blob, (await sha256Pieces(blob.pieces!)).digest),
   );
 }
 
@@ -151,8 +151,7 @@ function planArchive(entries: ArchiveEntry[]): { small: { at: number; bytes: Buf
       pad(entry.bytes.length);
     } else {
       const size = entry.blob.descriptor.size;
-      const pieces = piecesLength(entry.blob.pieces!);
-      if (pieces !== size) throw new Error(`blob ${entry.blob.descriptor.digest} has ${pieces} bytes in its pieces, its descriptor says ${size}`);
+      checkPiecesLength(entry.blob.pieces!, size, entry.blob.descriptor.digest);
       header(entry.name, Typeflag.file, 0o644, size);
       flush();
       blobs.push({ blob: entry.blob, at });

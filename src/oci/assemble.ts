@@ -1,5 +1,5 @@
 import { statSync } from 'node:fs';
-import { piecesLength, piecesStream } from '../util/pieces.js';
+import { checkPiecesLength, piecesStream } from '../util/pieces.js';
 import type { LayerBlob } from '../layers/types.js';
 import { buildConfig, type HistoryEntry, type ImageConfigSpec } from './config.js';
 import type { OutputFormat } from './formats.js';
@@ -124,8 +124,7 @@ function summarize(contents: string[]): string {
 }
 
 function checkBlobFile(blob: LayerBlob): void {
-  const size = piecesLength(blob.pieces);
-  if (size !== blob.size) throw new Error(`layer blob ${blob.digest} has ${size} bytes in its pieces, expected ${blob.size}`);
+  checkPiecesLength(blob.pieces, blob.size, blob.digest);
   for (const piece of blob.pieces) {
     if ('bytes' in piece) continue;
     const fileSize = statSync(piece.file).size;

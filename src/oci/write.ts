@@ -5,7 +5,7 @@ import { UserError } from '../util/errors.js';
 import { writeArchiveTar } from './archive-tar.js';
 import { writeDirectoryAtomically, writeFileAtomically, writeFileAtomicallyAt } from './atomic.js';
 import { archiveFileMatches, canPlan, verifyBlobs, writeArchiveFile, writeBlobPieces } from './archive-file.js';
-import { piecesLength, type BytePiece } from '../util/pieces.js';
+import { checkPiecesLength, type BytePiece } from '../util/pieces.js';
 import type { OutputFormat } from './formats.js';
 import type { Blob, Image } from './image.js';
 import { dockerArchiveEntries, ociLayoutEntries, type ArchiveEntry } from './layout.js';
@@ -24,7 +24,8 @@ export interface WriteImageOptions {
 
 /**
  * Writes an image in one of the output formats. Files and directories appear atomically: an error or
- * an interrupted process leaves no output and no temporary file. Blobs are streamed from their source.
+ * an interrupted process leaves no output and no temporary file. Blobs whose `pieces` are known are
+ * copied by position (archives) or hard-linked (layouts); others are streamed from their source.
  */
 export async function writeImage(image: Image, options: WriteImageOptions): Promise<void> {
   const { format, output } = options;
@@ -94,8 +95,7 @@ async function writeBlobFile(blob: Blob, path: string): Promise<void> {
  * again); otherwise, or across file systems, its pieces are copied by position.
  */
 async function writePiecesFile(blob: Blob, pieces: BytePiece[], path: string): Promise<void> {
-  const size = piecesLength(pieces);
-  if (size !== blob.descriptor.size) throw new Error(`blob ${blob.descriptor.digest} has ${size} bytes in its pieces, its descriptor says ${blob.descriptor.size}`);
+  checkPiecesLength(pieces, blob.descriptor.size, blob.descriptor.digest);
   const only = pieces.length === 1 ? pieces[0]! : null;
   if (only && !('bytes' in only) && only.start === 0 && only.length === blob.descriptor.size) {
     const linked = await stat(only.file).then(

@@ -30,13 +30,13 @@ export async function readRemembered<T>(
   file: string,
   memo: InputMemo<T> | undefined,
   read: () => Promise<T>,
-  onRecalled?: () => void,
+  onRecalled?: (identity: { key: string; size: number }) => void,
 ): Promise<T> {
   const before = memo ? await fileIdentity(file) : null;
   if (!memo || !before) return read();
   const known = await memo.recall(before.key);
   if (known !== null) {
-    onRecalled?.();
+    onRecalled?.(before);
     return known;
   }
   const value = await read();

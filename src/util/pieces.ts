@@ -12,6 +12,12 @@ export function piecesLength(pieces: readonly BytePiece[]): number {
   return pieces.reduce((n, p) => n + ('bytes' in p ? p.bytes.length : p.length), 0);
 }
 
+/** Throws unless the pieces hold exactly `size` bytes (what the blob `digest`'s descriptor says). */
+export function checkPiecesLength(pieces: readonly BytePiece[], size: number, digest: string): void {
+  const length = piecesLength(pieces);
+  if (length !== size) throw new Error(`blob ${digest} has ${length} bytes in its pieces, its descriptor says ${size}`);
+}
+
 /** The pieces' bytes from `start` on, as one stream (file ranges read 1 MiB at a time). */
 export function piecesStream(pieces: readonly BytePiece[], start = 0): Readable {
   let skip = start;
