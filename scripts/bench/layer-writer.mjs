@@ -6,10 +6,10 @@
 // Prints {"tarBytes","blobBytes","digest"} as JSON. Needs dist/ (npm run build).
 import { createDeflateRaw } from 'node:zlib';
 import { loadClosure } from '../../dist/nix/closure.js';
-import { setLayerJobs } from '../../dist/layers/jobs.js';
-import { writeLayer } from '../../dist/layers/write-layer.js';
-import { storePathsSource } from '../../dist/layers/store-path-source.js';
-import { TarWriter } from '../../dist/layers/tar-writer.js';
+import { setLayerJobs } from '../../dist/layer/jobs.js';
+import { writeLayer } from '../../dist/layer/write.js';
+import { storePathsSource } from '../../dist/layer/store-paths.js';
+import { TarWriter } from '../../dist/tar/writer.js';
 
 const [closureFile, outDir, jobs, mode] = process.argv.slice(2);
 const closure = await loadClosure([closureFile], { tmpDir: outDir });

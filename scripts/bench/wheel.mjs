@@ -69,9 +69,9 @@ export async function benchWheel({ repo, work, small, report }) {
   const { readWheelInfo } = await import(dist('wheels/wheel-info.js'));
   const { wheelLayerSource } = await import(dist('wheels/install.js'));
   // The writer build-image uses for wheel layers (and the same for the store paths compared with them).
-  const { writeWholeLayer } = await import(dist('cache/segment.js'));
+  const { writeWholeLayer } = await import(dist('layer/segment.js'));
   const writeLayer = (source, { compression, dir, mtime }) => writeWholeLayer(source, { compression, gzipLevel: 6, mtime }, dir);
-  const { storePathsSource } = await import(dist('layers/store-path-source.js'));
+  const { storePathsSource } = await import(dist('layer/store-paths.js'));
   const { closure, wheelFile } = await benchWheelFile({ repo, work, small });
 
   const dir = mkdtempSync(join(work, 'wheel-'));

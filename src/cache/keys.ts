@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { StorePathInfo } from '../nix/types.js';
-import type { Compression } from '../layers/types.js';
+import type { Compression } from '../layer/types.js';
 
 /**
  * Bump when the bytes a cached entry stands for would change for the same inputs: the tar writer's

@@ -2,14 +2,14 @@ import { createHash } from 'node:crypto';
 import { copyFile, link, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StorePathInfo } from '../nix/types.js';
-import { storePathsSource } from '../layers/store-path-source.js';
-import { countingSource } from '../layers/counting-source.js';
-import type { BytePiece, LayerBlob, LayerFile } from '../layers/types.js';
+import { storePathsSource } from '../layer/store-paths.js';
+import { countingSource } from '../layer/counting-source.js';
+import type { BytePiece, LayerBlob, LayerFile } from '../layer/types.js';
 import { sha256Pieces } from '../util/hash-pool.js';
 import { UserError } from '../util/errors.js';
 import { composedLayerKey, storePathPartKey, type LayerSettings } from './keys.js';
 import { CacheStore, digestHex, isDigest, isRecord, isSize } from './store.js';
-import { END_OF_ARCHIVE, storedFormSync, tarSegment, tarSegmentBytes, writeSegment } from './segment.js';
+import { END_OF_ARCHIVE, storedFormSync, tarSegment, tarSegmentBytes, writeSegment } from '../layer/segment.js';
 
 /**
  * A store path's cached part: its tar segment in stored form, kept in a blob file that is a whole

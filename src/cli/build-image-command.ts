@@ -1,10 +1,10 @@
 import { Command, Option } from 'commander';
-import { addRecipeOptions, recipeOverridesFrom } from '../recipe/cli-options.js';
-import { OUTPUT_FORMATS, parseOutputFormat } from '../oci/formats.js';
-import type { Compression } from '../layers/types.js';
-import type { PlanStrategy } from '../layers/plan.js';
+import { addRecipeOptions, recipeOverridesFrom } from './recipe-options.js';
+import { OUTPUT_FORMATS, parseOutputFormat } from '../output/formats.js';
+import type { Compression } from '../layer/types.js';
+import type { PlanStrategy } from '../plan/plan.js';
 import { UserError } from '../util/errors.js';
-import { addPushOptions, pushOptionsFromFlags, type PushFlags } from '../registry/push-command.js';
+import { addPushOptions, pushOptionsFromFlags, type PushFlags } from './push-command.js';
 import { defaultCacheDir } from '../cache/store.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
@@ -37,7 +37,7 @@ export function buildImageCommand(): Command {
   }
   command.action(async (flags: Record<string, unknown>) => {
     // Loaded when run, not when the CLI starts: a warm build takes about a second, start-up counts.
-    const [{ buildImage, DEFAULT_SOURCE_DATE_EPOCH }, { TerminalBuildProgress }] = await Promise.all([import('../build/build-image.js'), import('./build-progress.js')]);
+    const [{ buildImage, DEFAULT_SOURCE_DATE_EPOCH }, { TerminalBuildProgress }] = await Promise.all([import('../pipeline/build-image.js'), import('./build-progress.js')]);
     const output = flags.output as string;
     const quiet = Boolean(flags.quiet) || output === '-';
     // With the image on stdout, everything else goes to stderr.
@@ -110,7 +110,7 @@ export function buildImageCommand(): Command {
       if (output === '-') throw new UserError('--push needs the image in a file or directory, not on standard output');
       const pushFlags = { ...flags, tag: [], quiet: flags.quiet, jobs } as unknown as PushFlags;
       // The build's own blobs are gone with its work directory: push what was written.
-      const [{ pushImage }, { readImage }] = await Promise.all([import('../registry/push.js'), import('../oci/read.js')]);
+      const [{ pushImage }, { readImage }] = await Promise.all([import('../registry/push.js'), import('../output/read.js')]);
       await pushImage(await readImage(output), flags.push as string, pushOptionsFromFlags(pushFlags));
     }
   });

@@ -1,6 +1,6 @@
 import cliProgress from 'cli-progress';
 import { formatBytes } from '../util/units.js';
-import type { BuildProgress, BuiltLayer } from '../build/build-image.js';
+import type { BuildProgress, BuiltLayer } from '../pipeline/build-image.js';
 
 /**
  * Progress of a build on a terminal: a bar for reading the closure (bytes, rate, ETA), one for all the

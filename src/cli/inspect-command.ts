@@ -8,7 +8,7 @@ export function inspectCommand(): Command {
     .option('--json', 'print the description as JSON')
     .option('--no-scan', 'do not read layers to find what the manifest does not record')
     .action(async (path: string, flags: { image?: string; json?: boolean; scan: boolean }) => {
-      const [{ readImage }, { describeImage, formatImageDescription }] = await Promise.all([import('../oci/read.js'), import('../oci/inspect.js')]);
+      const [{ readImage }, { describeImage, formatImageDescription }] = await Promise.all([import('../output/read.js'), import('./inspect.js')]);
       const image = await readImage(path, { tag: flags.image });
       const description = await describeImage(image, { scan: flags.scan });
       const text = flags.json ? JSON.stringify(description, null, 2) : formatImageDescription(description);

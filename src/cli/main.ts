@@ -3,7 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { isUserError } from '../util/errors.js';
 import { buildImageCommand } from './build-image-command.js';
 import { inspectCommand } from './inspect-command.js';
-import { pushCommand } from '../registry/push-command.js';
+import { pushCommand } from './push-command.js';
 import { cacheCommand } from './cache-command.js';
 import { runCleanups } from '../util/cleanup.js';
 

@@ -15,7 +15,7 @@ import { UserError } from '../util/errors.js';
 import { ChunkReader, EndOfDataError, ReadFailedError, closeFd, openForReading, sizeOfFd } from './chunk-reader.js';
 import { parseNar, narMessage, type NarProblem } from './nar.js';
 import { storePathProblem } from './store-path.js';
-import { quote } from './quote.js';
+import { quote } from '../util/quote.js';
 import { HashReadError, sha256Pieces, type HashResult } from '../util/hash-pool.js';
 
 const EXPORT_MAGIC = 0x4558494en; // "NIXE" in little-endian bytes

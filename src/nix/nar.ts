@@ -16,7 +16,7 @@ import { endianness } from 'node:os';
 import type { NarNode, NarVisitor, StorePathInfo } from './types.js';
 import { UserError } from '../util/errors.js';
 import { ChunkReader, EndOfDataError, ReadFailedError, closeFd, openForReading } from './chunk-reader.js';
-import { quote } from './quote.js';
+import { quote } from '../util/quote.js';
 
 /** Linux's NAME_MAX: no file system Nix runs on takes a longer entry name. */
 const MAX_NAME_BYTES = 255;

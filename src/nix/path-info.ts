@@ -8,7 +8,7 @@ import { UserError } from '../util/errors.js';
 import type { StorePathInfo } from './types.js';
 import { sha256ToHex } from './nar-hash.js';
 import { storePathProblem } from './store-path.js';
-import { quote } from './quote.js';
+import { quote } from '../util/quote.js';
 
 export interface PathInfoEntry {
   /** As written in the file, for messages. */

@@ -1,5 +1,5 @@
 import { UserError } from '../util/errors.js';
-import { quote } from './quote.js';
+import { quote } from '../util/quote.js';
 
 export const STORE_DIR = '/nix/store';
 

@@ -1,4 +1,4 @@
-import { platformOfNixSystem } from '../oci/config.js';
+import { platformOfNixSystem } from '../model/config.js';
 import { UserError } from '../util/errors.js';
 import { checkRecipe } from './check.js';
 import { ARCHITECTURES, Patterns, type Architecture, type Recipe, type RecipeHealthcheck } from './schema.js';

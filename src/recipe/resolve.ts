@@ -1,5 +1,5 @@
 import { dirname, resolve as resolvePath } from 'node:path';
-import type { ImageConfigSpec } from '../oci/config.js';
+import type { ImageConfigSpec } from '../model/config.js';
 import type { Closure } from '../nix/types.js';
 import type { RootSpec } from '../rootfs/root-layer.js';
 import { UserError } from '../util/errors.js';

@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import type { Blob } from '../oci/image.js';
+import type { Blob } from '../model/image.js';
 import { UserError } from '../util/errors.js';
 import { describeFailure, type RegistryClient } from './client.js';
 import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';

@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { UserError } from '../util/errors.js';
-import { DOCKER_HUB } from './reference.js';
+import { DOCKER_HUB } from '../model/reference.js';
 
 /**
  * Where a push's credentials come from, in the order podman and skopeo look:

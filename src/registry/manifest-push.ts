@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Image } from '../oci/image.js';
+import type { Image } from '../model/image.js';
 import { UserError } from '../util/errors.js';
 import { describeFailure, type RegistryClient } from './client.js';
 import { firstHeader } from './transport.js';

@@ -1,5 +1,5 @@
-import type { Image } from '../oci/image.js';
-import { parseReference } from './reference.js';
+import type { Image } from '../model/image.js';
+import { parseReference } from '../model/reference.js';
 
 /**
  * Annotation naming repositories (on the same registry) that likely hold some of the image's blobs,

@@ -1,4 +1,4 @@
-import type { LayerSource, TarEntry } from '../layers/types.js';
+import type { LayerSource, TarEntry } from '../layer/types.js';
 import type { Closure, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../recipe/store-names.js';
 import { UserError } from '../util/errors.js';

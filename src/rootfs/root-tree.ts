@@ -1,5 +1,5 @@
 import { posix } from 'node:path';
-import type { Owner, TarEntry } from '../layers/types.js';
+import type { Owner, TarEntry } from '../layer/types.js';
 import { UserError } from '../util/errors.js';
 import { compareBytes, type StoreDirectory, type StoreTree } from './store-tree.js';
 

@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
-import type { LayerSource, TarSink } from '../layers/types.js';
+import type { LayerSource, TarSink } from '../layer/types.js';
 import { UserError } from '../util/errors.js';
 import { recordHash, formatRecordLine } from './record.js';
 import { checkInterpreter, launcherScript, readScriptHead } from './scripts.js';

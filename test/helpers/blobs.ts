@@ -1,5 +1,5 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { LayerBlob } from '../../src/layers/types.js';
+import type { LayerBlob } from '../../src/layer/types.js';
 
 /** A layer blob's bytes, put together from its pieces (test sizes only: it is held in memory). */
 export function blobBytes(blob: Pick<LayerBlob, 'pieces'>): Buffer {

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { UserError } from '../../src/util/errors.js';
 import { storePathName, storePathProblem, isStorePath } from '../../src/nix/closure.js';
 import { sha256ToHex } from '../../src/nix/nar-hash.js';
-import { quote } from '../../src/nix/quote.js';
+import { quote } from '../../src/util/quote.js';
 import { tools } from '../helpers/tools.js';
 
 const HASH = '0dpnhxl4nrzl63dwzm2frzkbjw9qqapz';

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
-import { addRecipeOptions, recipeOverridesFrom } from '../../src/recipe/cli-options.js';
+import { addRecipeOptions, recipeOverridesFrom } from '../../src/cli/recipe-options.js';
 import { applyOverrides } from '../../src/recipe/overrides.js';
 
 function parse(args: string[]): ReturnType<typeof recipeOverridesFrom> {

@@ -4,7 +4,7 @@ import { loadRecipe } from '../../src/recipe/load.js';
 import { applyOverrides } from '../../src/recipe/overrides.js';
 import { resolveRecipe, toImageConfigSpec } from '../../src/recipe/resolve.js';
 import { rootLayerSource } from '../../src/rootfs/root-layer.js';
-import { tarStreamList, tarToBuffer } from '../layers/tar-tools.js';
+import { tarStreamList, tarToBuffer } from '../tar/tar-tools.js';
 
 /** The demo recipe against the demo closure the repository ships (no Nix needed). */
 describe('the demo recipe', () => {

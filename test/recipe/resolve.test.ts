@@ -1,6 +1,6 @@
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { buildConfig } from '../../src/oci/config.js';
+import { buildConfig } from '../../src/model/config.js';
 import { resolveRecipe, toImageConfigSpec } from '../../src/recipe/resolve.js';
 import type { Recipe } from '../../src/recipe/schema.js';
 import { matchStorePaths, packageName, storePathName } from '../../src/recipe/store-names.js';

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { parseRange } from '../../src/registry/blob-upload.js';
 import { parseChallenges } from '../../src/registry/challenge.js';
-import { parseBoolean, parseSize } from '../../src/registry/flags.js';
-import { formatReference, parseReference, registryEndpoint } from '../../src/registry/reference.js';
+import { parseBoolean, parseSize } from '../../src/cli/flags.js';
+import { formatReference, parseReference, registryEndpoint } from '../../src/model/reference.js';
 import { DEFAULT_RETRY_POLICY, isRetriableStatus, parseRetryAfter, retryDelay } from '../../src/registry/retry.js';
 import { isUserError } from '../../src/util/errors.js';
 

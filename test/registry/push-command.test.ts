@@ -26,7 +26,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'htpasswd'))('nix2oci push', (
 
   beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'nix2oci-push-cli-'));
-    [outDir, registry] = await Promise.all([compileForChild(['src/registry/push-command.ts']), startRegistry()]);
+    [outDir, registry] = await Promise.all([compileForChild(['src/cli/push-command.ts']), startRegistry()]);
     image = await writeTestImage(join(work, 'image'), { layers: [busyboxLayer(), randomLayer('cli', 40_000)] });
     layout = join(work, 'layout');
     writeOciLayout(layout, image);

@@ -12,7 +12,7 @@ import { assembleImage, busyboxLayer, randomLayer, sha256, writeTestImage, type 
 import { podmanPullAndRun, skopeoCopyBack, skopeoInspect } from './support/verify.js';
 import { capture } from './support/capture.js';
 import { buildDemoImage, DEMO_OUTPUT } from './support/demo-image.js';
-import type { Image } from '../../src/oci/image.js';
+import type { Image } from '../../src/model/image.js';
 
 const plain = { tlsVerify: false } as const;
 

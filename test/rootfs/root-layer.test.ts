@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import type { TarEntry, TarSink } from '../../src/layers/types.js';
+import type { TarEntry, TarSink } from '../../src/layer/types.js';
 import { rootLayerSource, type RootSpec } from '../../src/rootfs/root-layer.js';
 import { findEntries } from '../../src/rootfs/store-tree.js';
 import { UserError } from '../../src/util/errors.js';
-import { tarStreamList, tarToBuffer } from '../layers/tar-tools.js';
+import { tarStreamList, tarToBuffer } from '../tar/tar-tools.js';
 import { fakeClosure, fakeStorePath } from '../recipe/fake-closure.js';
 import { FakeNars, type FakeTree } from './fake-nar.js';
 

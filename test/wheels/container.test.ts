@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkWheelTags } from '../../src/wheels/tags.js';
 import { wheelLayerSource } from '../../src/wheels/install.js';
-import { writeWholeLayer } from '../../src/cache/segment.js';
+import { writeWholeLayer } from '../../src/layer/segment.js';
 import { readWheelInfo } from '../../src/wheels/wheel-info.js';
 import { buildPythonClosure, canBuildPythonClosure } from '../helpers/python-closure.js';
 import { tools } from '../helpers/tools.js';

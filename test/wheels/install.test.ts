@@ -4,13 +4,13 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, readdirSync, realpathSync, statSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeLayer } from '../../src/layers/write-layer.js';
-import type { LayerFile } from '../../src/layers/types.js';
+import { writeLayer } from '../../src/layer/write.js';
+import type { LayerFile } from '../../src/layer/types.js';
 import { ElfCollector } from '../../src/wheels/checks/elf-collector.js';
 import { wheelLayerSource, type WheelInstallOptions } from '../../src/wheels/install.js';
 import { readWheelInfo } from '../../src/wheels/wheel-info.js';
 import { makeWheel } from '../helpers/wheels.js';
-import { gnuTarList } from '../layers/tar-tools.js';
+import { gnuTarList } from '../tar/tar-tools.js';
 
 const PIP_WHEEL = readdirSync('/usr/share/python-wheels')
   .filter((f) => /^pip-.*\.whl$/.test(f))

@@ -1,7 +1,7 @@
 import { join, resolve } from 'node:path';
-import { buildImage, DEFAULT_SOURCE_DATE_EPOCH } from '../../../src/build/build-image.js';
-import type { Image } from '../../../src/oci/image.js';
-import { readImage } from '../../../src/oci/read.js';
+import { buildImage, DEFAULT_SOURCE_DATE_EPOCH } from '../../../src/pipeline/build-image.js';
+import type { Image } from '../../../src/model/image.js';
+import { readImage } from '../../../src/output/read.js';
 
 const demo = resolve(import.meta.dirname, '../../../layers/demo');
 

@@ -5,7 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import { PassThrough, Transform } from 'node:stream';
 import { createGzip } from 'node:zlib';
 import tar, { type Header } from 'tar-stream';
-import { MediaTypes, type Descriptor, type Image, type Layer } from '../../../src/oci/image.js';
+import { MediaTypes, type Descriptor, type Image, type Layer } from '../../../src/model/image.js';
 
 /**
  * Small real images for the push tests, written as blob files (as build-image would) and opened

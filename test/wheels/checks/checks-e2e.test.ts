@@ -5,7 +5,7 @@ import { buildPythonClosure, canBuildPythonClosure, exportPythonClosure, type Py
 import { debianWheels, makeVllmStandInWheel, makeZlibExtensionWheel, ZLIB_EXTENSION_ENTRY } from '../../helpers/vllm-wheels.js';
 import { loadClosure } from '../../../src/nix/closure.js';
 import type { Closure } from '../../../src/nix/types.js';
-import type { TarSink } from '../../../src/layers/types.js';
+import type { TarSink } from '../../../src/layer/types.js';
 import { readWheelInfo, type WheelInfo } from '../../../src/wheels/wheel-info.js';
 import { wheelLayerSource } from '../../../src/wheels/install.js';
 import { checkWheels, ElfCollector, inspectClosure } from '../../../src/wheels/checks/index.js';

@@ -1,0 +1,58 @@
+import { readNar } from '../nix/nar.js';
+import { storePathProblem } from '../nix/store-path.js';
+import { quote } from '../util/quote.js';
+import type { NarVisitor, StorePathInfo } from '../nix/types.js';
+import { UserError } from '../util/errors.js';
+import type { LayerSource, TarSink } from './types.js';
+
+/** Modes as the Nix store has them: everything read-only, executables and directories searchable. */
+export const StoreModes = {
+  directory: 0o555,
+  file: 0o444,
+  executable: 0o555,
+} as const;
+
+export interface StorePathsSourceOptions {
+  /** Emit the `nix` and `nix/store` directory entries first (default true). */
+  storeDirEntries?: boolean;
+}
+
+/**
+ * The layer entries for some store paths: `nix/` and `nix/store/` (mode 0555), then each store path's
+ * tree, paths in sorted order, each in NAR order (depth first, names sorted), under
+ * `nix/store/<hash>-<name>/`, with the store's modes and symlink targets as they are.
+ * The entries depend only on the paths given, so a path alone in a layer always gives the same layer.
+ */
+export function storePathsSource(paths: StorePathInfo[], options: StorePathsSourceOptions = {}): LayerSource {
+  const sorted = [...paths].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  for (const [i, info] of sorted.entries()) {
+    const problem = storePathProblem(info.path);
+    if (problem) throw new UserError(`cannot put ${quote(info.path)} in a layer: ${problem}`);
+    if (i > 0 && sorted[i - 1]!.path === info.path) throw new Error(`store path ${info.path} given twice for one layer`);
+  }
+  return async (sink) => {
+    if (options.storeDirEntries ?? true) {
+      await sink.add({ type: 'directory', name: 'nix', mode: StoreModes.directory });
+      await sink.add({ type: 'directory', name: 'nix/store', mode: StoreModes.directory });
+    }
+    for (const info of sorted) await readNar(info, storePathVisitor(info, sink));
+  };
+}
+
+/** Turns one store path's NAR nodes into tar entries. */
+function storePathVisitor(info: StorePathInfo, sink: TarSink): NarVisitor {
+  const root = info.path.slice(1); // `/nix/store/…` → `nix/store/…`
+  const nameOf = (path: string) => (path === '' ? root : `${root}/${path}`);
+  return {
+    directory: (node) => sink.add({ type: 'directory', name: nameOf(node.path), mode: StoreModes.directory }),
+    regular: (node, contents) =>
+      sink.add({
+        type: 'file',
+        name: nameOf(node.path),
+        mode: node.executable ? StoreModes.executable : StoreModes.file,
+        size: node.size,
+        body: contents,
+      }),
+    symlink: (node) => sink.add({ type: 'symlink', name: nameOf(node.path), target: node.target }),
+  };
+}

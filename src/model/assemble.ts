@@ -1,0 +1,133 @@
+import { statSync } from 'node:fs';
+import { checkPiecesLength, piecesStream } from '../util/pieces.js';
+import type { LayerBlob } from '../layer/types.js';
+import { buildConfig, type HistoryEntry, type ImageConfigSpec } from './config.js';
+import type { OutputFormat } from '../output/formats.js';
+import type { Descriptor, Image, Layer } from './image.js';
+import { configMediaType, layerMediaType, manifestMediaType, serializeManifest, sha256Digest, type ManifestFormat } from './manifest.js';
+import { normalizeTag } from './names.js';
+
+/** Layer descriptor annotation: what the layer holds (store paths, wheel names, `image-root`), sorted, one per line. */
+export const CONTENTS_ANNOTATION = 'dev.nix2oci.contents';
+/** Layer descriptor annotation: the uncompressed tar's size in bytes, so `inspect` need not decompress. */
+export const UNCOMPRESSED_SIZE_ANNOTATION = 'dev.nix2oci.uncompressed-size';
+/**
+ * Above this many bytes the contents annotation is left out (registries cap manifests at a few MiB);
+ * `inspect` then lists the layer's store paths by reading its tar.
+ */
+export const MAX_CONTENTS_ANNOTATION = 64 * 1024;
+
+export interface AssembleLayer {
+  blob: LayerBlob;
+  /** Store paths (or wheel file names, or `image-root`) the layer holds. */
+  contents: string[];
+  /** Extra layer descriptor annotations (OCI manifests only: Docker's schema 2 has none). */
+  annotations?: Record<string, string>;
+}
+
+export interface AssembleOptions {
+  /** Bottom layer first. */
+  layers: AssembleLayer[];
+  config: ImageConfigSpec;
+  /** The config's `created` and its history's; from SOURCE_DATE_EPOCH. */
+  created: Date;
+  /** `NAME[:TAG]`; `:latest` is added where the tag is missing. */
+  tags: string[];
+  /** Media types to use; by default Docker's for a docker-archive, OCI's otherwise. */
+  manifestFormat?: ManifestFormat;
+  /** The output the image is for: picks the manifest format and which warnings apply. */
+  format?: OutputFormat;
+}
+
+/**
+ * Builds config and manifest around layer blobs already on disk. Pure apart from checking each blob
+ * file's size: the same inputs give the same manifest bytes, and so the same image digest.
+ */
+export function assembleImage(options: AssembleOptions): { image: Image; warnings: string[] } {
+  const format: ManifestFormat = options.manifestFormat ?? (options.format === 'docker-archive' ? 'docker' : 'oci');
+  const warnings = configWarnings(options.config, options.format ?? (format === 'docker' ? 'docker-archive' : 'oci-archive'));
+
+  const layers: Layer[] = options.layers.map(({ blob, contents, annotations }) => {
+    checkBlobFile(blob);
+    const sorted = [...new Set(contents)].sort();
+    const listed = sorted.join('\n');
+    // Docker's schema 2 has no descriptor annotations; the contents then live only in `Layer.contents`.
+    const annotated = format === 'oci';
+    const descriptor: Descriptor = {
+      mediaType: layerMediaType(format, blob.compression),
+      digest: blob.digest,
+      size: blob.size,
+      ...(annotated && {
+        annotations: {
+          ...annotations,
+          ...(listed !== '' && Buffer.byteLength(listed) <= MAX_CONTENTS_ANNOTATION && { [CONTENTS_ANNOTATION]: listed }),
+          [UNCOMPRESSED_SIZE_ANNOTATION]: String(blob.uncompressedSize),
+        },
+      }),
+    };
+    return {
+      descriptor,
+      diffId: blob.diffId,
+      uncompressedSize: blob.uncompressedSize,
+      contents: sorted,
+      pieces: blob.pieces,
+      ...(blob.unverified && { verify: true }),
+      open: (start = 0) => piecesStream(blob.pieces, start),
+    };
+  });
+
+  const history: HistoryEntry[] = options.layers.map((l) => ({ createdBy: 'nix2oci', comment: summarize(l.contents) }));
+  const configBytes = buildConfig(
+    options.config,
+    layers.map((l) => l.diffId),
+    { created: options.created, history },
+  );
+  const configDescriptor: Descriptor = {
+    mediaType: configMediaType(format),
+    digest: sha256Digest(configBytes),
+    size: configBytes.length,
+  };
+  const manifestBytes = serializeManifest(
+    format,
+    configDescriptor,
+    layers.map((l) => l.descriptor),
+  );
+  const tags = [...new Set(options.tags.map(normalizeTag))];
+  return {
+    image: { manifestBytes, manifestMediaType: manifestMediaType(format), configBytes, configDescriptor, layers, tags },
+    warnings,
+  };
+}
+
+/** Image digest: the sha256 of the manifest bytes. */
+export function manifestDigest(image: Image): string {
+  return sha256Digest(image.manifestBytes);
+}
+
+/**
+ * What an output format loses of the config. Docker reads `Healthcheck` from any image config, but
+ * podman (checked with 4.3) only honours it in images with Docker media types.
+ */
+export function configWarnings(config: ImageConfigSpec, format: OutputFormat): string[] {
+  if (config.healthcheck !== undefined && format !== 'docker-archive') {
+    return [
+      `the healthcheck is kept in the image config, which Docker honours, but podman ignores it in ${format} images; use --format docker-archive for podman`,
+    ];
+  }
+  return [];
+}
+
+function summarize(contents: string[]): string {
+  const names = [...new Set(contents)].sort().map((c) => c.replace(/^\/nix\/store\/[0-9a-df-np-sv-z]{32}-/, ''));
+  if (names.length <= 3) return names.join(', ');
+  return `${names.slice(0, 3).join(', ')} and ${names.length - 3} more`;
+}
+
+function checkBlobFile(blob: LayerBlob): void {
+  checkPiecesLength(blob.pieces, blob.size, blob.digest);
+  for (const piece of blob.pieces) {
+    if ('bytes' in piece) continue;
+    const fileSize = statSync(piece.file).size;
+    if (fileSize < piece.start + piece.length) throw new Error(`layer blob file ${piece.file} is ${fileSize} bytes, shorter than its piece of ${blob.digest}`);
+  }
+}

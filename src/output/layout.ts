@@ -1,0 +1,130 @@
+import type { Blob, Descriptor, Image } from '../model/image.js';
+import { MediaTypes } from '../model/image.js';
+import { descriptorJson, digestHex, sha256Digest } from '../model/manifest.js';
+import { qualifiedName } from '../model/names.js';
+
+/**
+ * The files of an output, independent of whether they go into a tar or a directory.
+ * Names are relative, directories without a trailing `/`; lists are sorted by name so every writer
+ * produces them in the same order.
+ */
+export type ArchiveEntry =
+  | { kind: 'directory'; name: string }
+  | { kind: 'bytes'; name: string; bytes: Buffer }
+  | { kind: 'blob'; name: string; blob: Blob };
+
+/** Index annotation podman, skopeo and the OCI spec read as the image's name. */
+export const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
+/** Index annotation containerd (and so containerd-backed `docker load`) reads as the full image name. */
+export const CONTAINERD_NAME_ANNOTATION = 'io.containerd.image.name';
+
+/** Docker's `manifest.json` in an archive: one entry per image. */
+export interface DockerArchiveManifestEntry {
+  Config: string;
+  RepoTags: string[] | null;
+  Layers: string[];
+}
+
+/**
+ * An OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`) that also carries Docker's
+ * `manifest.json` pointing at the same blob files, so `docker load` and `podman load` both accept it
+ * (Docker 25 writes the same shape with `docker save`).
+ *
+ * `org.opencontainers.image.ref.name` holds the whole name (`nix2oci/demo:latest`): podman 4.3 and skopeo
+ * take the image name from it as written; containerd reads `io.containerd.image.name` (fully qualified).
+ * An index holds one descriptor per tag, all naming the same manifest.
+ */
+export function ociLayoutEntries(image: Image): ArchiveEntry[] {
+  const manifestDescriptor: Descriptor = {
+    mediaType: image.manifestMediaType,
+    digest: sha256Digest(image.manifestBytes),
+    size: image.manifestBytes.length,
+  };
+  const platform = platformOf(image.configBytes);
+  const named = image.tags.map((tag) => ({
+    ...manifestDescriptor,
+    annotations: { [CONTAINERD_NAME_ANNOTATION]: qualifiedName(tag), [REF_NAME_ANNOTATION]: tag },
+  }));
+  const index = {
+    schemaVersion: 2,
+    mediaType: MediaTypes.ociIndex,
+    manifests: (named.length > 0 ? named : [manifestDescriptor]).map((d) => ({
+      ...descriptorJson(d),
+      ...(platform && { platform }),
+    })),
+  };
+  const blobPath = (digest: string) => `blobs/sha256/${digestHex(digest)}`;
+  const entries: ArchiveEntry[] = [
+    { kind: 'directory', name: 'blobs' },
+    { kind: 'directory', name: 'blobs/sha256' },
+    { kind: 'bytes', name: blobPath(manifestDescriptor.digest), bytes: image.manifestBytes },
+    { kind: 'bytes', name: blobPath(image.configDescriptor.digest), bytes: image.configBytes },
+    ...image.layers.map((layer): ArchiveEntry => ({ kind: 'blob', name: blobPath(layer.descriptor.digest), blob: layer })),
+    { kind: 'bytes', name: 'index.json', bytes: json(index) },
+    {
+      kind: 'bytes',
+      name: 'manifest.json',
+      bytes: dockerManifestJson(
+        blobPath(image.configDescriptor.digest),
+        image.tags,
+        image.layers.map((l) => blobPath(l.descriptor.digest)),
+      ),
+    },
+    { kind: 'bytes', name: 'oci-layout', bytes: json({ imageLayoutVersion: '1.0.0' }) },
+  ];
+  return sortUnique(entries);
+}
+
+/**
+ * Docker's archive format as `docker load` has read it since 1.10: `manifest.json`, the config as
+ * `<hex>.json` and each layer as `<hex>.tar` (or `.tar.gz`, which docker and podman decompress on load).
+ * It has no manifest: readers rebuild one from the config and the layer files.
+ */
+export function dockerArchiveEntries(image: Image): ArchiveEntry[] {
+  const configName = `${digestHex(image.configDescriptor.digest)}.json`;
+  const layerName = (d: Descriptor) => `${digestHex(d.digest)}${d.mediaType.endsWith('gzip') ? '.tar.gz' : '.tar'}`;
+  const entries: ArchiveEntry[] = [
+    { kind: 'bytes', name: configName, bytes: image.configBytes },
+    ...image.layers.map((layer): ArchiveEntry => ({ kind: 'blob', name: layerName(layer.descriptor), blob: layer })),
+    {
+      kind: 'bytes',
+      name: 'manifest.json',
+      bytes: dockerManifestJson(
+        configName,
+        image.tags,
+        image.layers.map((l) => layerName(l.descriptor)),
+      ),
+    },
+  ];
+  return sortUnique(entries);
+}
+
+function dockerManifestJson(config: string, tags: string[], layers: string[]): Buffer {
+  const entry: DockerArchiveManifestEntry = { Config: config, RepoTags: tags, Layers: layers };
+  return json([entry]);
+}
+
+function platformOf(configBytes: Buffer): { architecture: string; os: string; variant?: string } | undefined {
+  try {
+    const config = JSON.parse(configBytes.toString('utf8')) as { architecture?: unknown; os?: unknown; variant?: unknown };
+    if (typeof config.architecture !== 'string' || typeof config.os !== 'string') return undefined;
+    return {
+      architecture: config.architecture,
+      os: config.os,
+      ...(typeof config.variant === 'string' && { variant: config.variant }),
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+function json(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value), 'utf8');
+}
+
+/** Sorted by name; a blob that appears twice (the same layer used twice) is written once. */
+function sortUnique(entries: ArchiveEntry[]): ArchiveEntry[] {
+  const byName = new Map<string, ArchiveEntry>();
+  for (const entry of entries) if (!byName.has(entry.name)) byName.set(entry.name, entry);
+  return [...byName.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}

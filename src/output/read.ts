@@ -1,0 +1,401 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { UserError } from '../util/errors.js';
+import { CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../model/assemble.js';
+import { MediaTypes, type Descriptor, type Image, type Layer } from '../model/image.js';
+import { CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION, type DockerArchiveManifestEntry } from './layout.js';
+import { configMediaType, digestHex, formatOfManifest, serializeManifest, sha256Digest } from '../model/manifest.js';
+import { sameImageName } from '../model/names.js';
+import { indexTar, type TarMember } from '../tar/reader.js';
+
+export interface ReadImageOptions {
+  /** Which image to take when the archive holds several: a name as recorded (`nix2oci/demo:latest`). */
+  tag?: string;
+}
+
+/** Registries refuse manifests over 4 MiB; configs and indexes get some more room. */
+const MAX_MANIFEST = 4 << 20;
+const MAX_METADATA = 16 << 20;
+
+/**
+ * Reads an image from an oci-archive, docker-archive or OCI layout directory (detected from what it
+ * holds). Only metadata is read; layer blobs are opened on demand, as byte ranges of the archive.
+ */
+export async function readImage(path: string, options: ReadImageOptions = {}): Promise<Image> {
+  const info = await stat(path).catch((err: NodeJS.ErrnoException) => {
+    throw new UserError(`cannot read image ${path}: ${err.code === 'ENOENT' ? 'no such file or directory' : (err.code ?? err.message)}`);
+  });
+  const store = info.isDirectory() ? await directoryStore(path) : await tarStore(path);
+  if (store.has('index.json') && (store.has('oci-layout') || !store.has('manifest.json'))) return readOci(store, options);
+  if (store.has('manifest.json')) return readDockerArchive(store, options);
+  throw new UserError(
+    `${path} is not an OCI archive, Docker archive or OCI layout: it has no index.json or manifest.json at its top level`,
+  );
+}
+
+/** The files of an archive or layout directory, by relative name. */
+interface Store {
+  path: string;
+  has(name: string): boolean;
+  /** Size in bytes, or undefined when there is no such regular file. */
+  size(name: string): number | undefined;
+  open(name: string, start?: number): Readable;
+  /** The first `length` bytes (fewer if the file is shorter). */
+  head(name: string, length: number): Promise<Buffer>;
+  /** Looks the names up so that `has` and `size` can answer for them (a directory is not indexed up front). */
+  lookup(names: string[]): Promise<void>;
+}
+
+async function tarStore(file: string): Promise<Store> {
+  const members = await indexTar(file);
+  const regular = (name: string): TarMember | undefined => {
+    const member = members.get(normalizeName(name));
+    return member?.type === 'file' ? member : undefined;
+  };
+  return {
+    path: file,
+    has: (name) => regular(name) !== undefined,
+    size: (name) => regular(name)?.size,
+    open(name, start = 0) {
+      const member = regular(name)!;
+      if (start >= member.size) return Readable.from([]);
+      return createReadStream(file, { start: member.offset + start, end: member.offset + member.size - 1 });
+    },
+    async head(name, length) {
+      const member = regular(name)!;
+      const buf = Buffer.alloc(Math.min(length, member.size));
+      const handle = await open(file, 'r');
+      try {
+        await handle.read(buf, 0, buf.length, member.offset);
+      } finally {
+        await handle.close();
+      }
+      return buf;
+    },
+    lookup: async () => {},
+  };
+}
+
+async function directoryStore(dir: string): Promise<Store> {
+  const sizes = new Map<string, number | undefined>();
+  const store: Store = {
+    path: dir,
+    has: (name) => sizes.get(name) !== undefined,
+    size: (name) => sizes.get(name),
+    open: (name, start = 0) => createReadStream(join(dir, name), { start }),
+    async head(name, length) {
+      const handle = await open(join(dir, name), 'r');
+      try {
+        const buf = Buffer.alloc(length);
+        const { bytesRead } = await handle.read(buf, 0, length, 0);
+        return buf.subarray(0, bytesRead);
+      } finally {
+        await handle.close();
+      }
+    },
+    async lookup(names) {
+      for (const name of names) {
+        if (sizes.has(name)) continue;
+        const info = await stat(join(dir, name)).catch(() => undefined);
+        sizes.set(name, info?.isFile() ? info.size : undefined);
+      }
+    },
+  };
+  await store.lookup(['index.json', 'oci-layout', 'manifest.json']);
+  return store;
+}
+
+async function readSmall(store: Store, name: string, limit: number, what: string): Promise<Buffer> {
+  await store.lookup([name]);
+  const size = store.size(name);
+  if (size === undefined) throw new UserError(`${store.path}: ${what} ${name} is missing`);
+  if (size > limit) throw new UserError(`${store.path}: ${what} ${name} is ${size} bytes, more than the ${limit} allowed`);
+  const chunks: Buffer[] = [];
+  for await (const chunk of store.open(name)) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+function parseJson<T>(bytes: Buffer, where: string): T {
+  try {
+    return JSON.parse(bytes.toString('utf8')) as T;
+  } catch (err) {
+    throw new UserError(`${where} is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/** manifest.json may name files `./<name>`; archives index them without the prefix. */
+function normalizeName(name: string): string {
+  return name.replace(/^(\.\/)+/, '');
+}
+
+const blobName = (digest: string) => `blobs/sha256/${digestHex(digest)}`;
+
+function checkDescriptor(value: unknown, where: string): Descriptor {
+  const d = value as Partial<Descriptor> | null;
+  if (
+    !d ||
+    typeof d.mediaType !== 'string' ||
+    typeof d.digest !== 'string' ||
+    !/^sha256:[0-9a-f]{64}$/.test(d.digest) ||
+    !Number.isSafeInteger(d.size) ||
+    (d.size as number) < 0
+  ) {
+    throw new UserError(`${where}: invalid descriptor ${JSON.stringify(value)?.slice(0, 200)} (need mediaType, a sha256 digest and a size)`);
+  }
+  return d as Descriptor;
+}
+
+interface IndexJson {
+  schemaVersion?: number;
+  manifests?: unknown[];
+}
+
+/** A manifest found through index.json, with the names recorded for it. */
+interface Candidate {
+  descriptor: Descriptor;
+  names: string[];
+}
+
+async function readOci(store: Store, options: ReadImageOptions): Promise<Image> {
+  const where = `${store.path}: index.json`;
+  const index = parseJson<IndexJson>(await readSmall(store, 'index.json', MAX_METADATA, 'index'), where);
+  if (index.schemaVersion !== 2 || !Array.isArray(index.manifests)) throw new UserError(`${where} is not an OCI image index`);
+
+  const candidates = new Map<string, Candidate>();
+  for (const [i, raw] of index.manifests.entries()) {
+    const descriptor = checkDescriptor(raw, `${where} manifests[${i}]`);
+    const found =
+      descriptor.mediaType === MediaTypes.ociIndex || descriptor.mediaType === 'application/vnd.docker.distribution.manifest.list.v2+json'
+        ? await manifestOfNestedIndex(store, descriptor)
+        : descriptor;
+    const candidate = candidates.get(found.digest) ?? { descriptor: found, names: [] };
+    const name = recordedName(descriptor.annotations);
+    if (name !== undefined && !candidate.names.includes(name)) candidate.names.push(name);
+    candidates.set(found.digest, candidate);
+  }
+  if (candidates.size === 0) throw new UserError(`${where} lists no image`);
+
+  let chosen: Candidate;
+  if (options.tag !== undefined) {
+    const match = [...candidates.values()].find((c) => c.names.some((n) => sameImageName(n, options.tag!)));
+    if (!match) throw new UserError(`${store.path} holds no image named ${options.tag} (it has: ${listNames(candidates)})`);
+    chosen = match;
+  } else if (candidates.size > 1) {
+    throw new UserError(`${store.path} holds ${candidates.size} images; choose one by name (${listNames(candidates)})`);
+  } else {
+    chosen = [...candidates.values()][0]!;
+  }
+
+  let tags = chosen.names;
+  if (tags.length === 0 && store.has('manifest.json')) {
+    // An index without names (as some tools write) may sit beside a docker manifest.json that has them.
+    tags = await dockerRepoTagsFor(store, chosen.descriptor);
+  }
+  return readManifest(store, chosen.descriptor, tags);
+}
+
+/** The manifest for this machine's platform (or the only one) from a nested index, as Docker 25's save writes. */
+async function manifestOfNestedIndex(store: Store, descriptor: Descriptor): Promise<Descriptor> {
+  const where = `${store.path}: ${blobName(descriptor.digest)}`;
+  const bytes = await readBlobSmall(store, descriptor, MAX_METADATA, 'image index');
+  const nested = parseJson<IndexJson>(bytes, where);
+  const manifests = (nested.manifests ?? []).map((m, i) => checkDescriptor(m, `${where} manifests[${i}]`));
+  await store.lookup(manifests.map((m) => blobName(m.digest)));
+  const present = manifests.filter((m) => store.has(blobName(m.digest)));
+  if (present.length === 1) return present[0]!;
+  const arch = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' }[
+    process.arch as string
+  ];
+  const native = present.filter((m) => {
+    const platform = (m as Descriptor & { platform?: { architecture?: string; os?: string } }).platform;
+    return platform?.os === 'linux' && platform.architecture === arch;
+  });
+  if (native.length === 1) return native[0]!;
+  throw new UserError(`${where} is a multi-platform index with ${present.length} images present; nix2oci reads single-platform images`);
+}
+
+function recordedName(annotations: Record<string, string> | undefined): string | undefined {
+  const refName = annotations?.[REF_NAME_ANNOTATION];
+  const containerdName = annotations?.[CONTAINERD_NAME_ANNOTATION];
+  // ref.name holds a whole name when podman, skopeo or nix2oci wrote it, only a tag when containerd did.
+  if (refName !== undefined && (refName.includes(':') || refName.includes('/'))) return refName;
+  return containerdName ?? refName;
+}
+
+function listNames(candidates: Map<string, Candidate>): string {
+  return [...candidates.values()].map((c) => (c.names.length > 0 ? c.names.join(', ') : `unnamed ${c.descriptor.digest}`)).join('; ');
+}
+
+async function dockerRepoTagsFor(store: Store, manifest: Descriptor): Promise<string[]> {
+  try {
+    const entries = parseJson<DockerArchiveManifestEntry[]>(await readSmall(store, 'manifest.json', MAX_METADATA, 'manifest'), '');
+    const bytes = await readBlobSmall(store, manifest, MAX_MANIFEST, 'manifest');
+    const config = (JSON.parse(bytes.toString('utf8')) as { config?: { digest?: string } }).config?.digest;
+    const entry = entries.find((e) => config !== undefined && e.Config === blobName(config));
+    return entry?.RepoTags ?? [];
+  } catch {
+    return [];
+  }
+}
+
+/** A small blob (manifest, config, index), checked against its digest and size. */
+async function readBlobSmall(store: Store, descriptor: Descriptor, limit: number, what: string): Promise<Buffer> {
+  const name = blobName(descriptor.digest);
+  const bytes = await readSmall(store, name, limit, what);
+  if (bytes.length !== descriptor.size || sha256Digest(bytes) !== descriptor.digest) {
+    throw new UserError(`${store.path}: ${what} ${name} does not match its descriptor (size ${bytes.length}, expected ${descriptor.size}, or a different digest)`);
+  }
+  return bytes;
+}
+
+interface ManifestJson {
+  schemaVersion?: number;
+  mediaType?: string;
+  config?: unknown;
+  layers?: unknown[];
+}
+
+interface ConfigJson {
+  rootfs?: { type?: string; diff_ids?: unknown };
+}
+
+async function readManifest(store: Store, descriptor: Descriptor, tags: string[]): Promise<Image> {
+  const name = blobName(descriptor.digest);
+  const where = `${store.path}: manifest ${name}`;
+  const manifestBytes = await readBlobSmall(store, descriptor, MAX_MANIFEST, 'manifest');
+  const manifest = parseJson<ManifestJson>(manifestBytes, where);
+  const mediaType = manifest.mediaType ?? descriptor.mediaType;
+  if (manifest.schemaVersion !== 2 || formatOfManifest(mediaType) === undefined) {
+    throw new UserError(`${where} has media type ${mediaType}; nix2oci reads OCI and Docker schema 2 image manifests`);
+  }
+  const configDescriptor = checkDescriptor(manifest.config, `${where} config`);
+  const configBytes = await readBlobSmall(store, configDescriptor, MAX_METADATA, 'config');
+  const layerDescriptors = (manifest.layers ?? []).map((l, i) => checkDescriptor(l, `${where} layers[${i}]`));
+  const diffIds = diffIdsOf(configBytes, `${store.path}: config ${blobName(configDescriptor.digest)}`, layerDescriptors.length);
+  await store.lookup(layerDescriptors.map((d) => blobName(d.digest)));
+
+  const layers = layerDescriptors.map((descriptor, i): Layer => {
+    const blob = blobName(descriptor.digest);
+    const size = store.size(blob);
+    if (size === undefined) throw new UserError(`${store.path}: layer ${i + 1} blob ${blob} is missing`);
+    if (size !== descriptor.size) throw new UserError(`${store.path}: layer ${i + 1} blob ${blob} is ${size} bytes, its descriptor says ${descriptor.size}`);
+    const contents = descriptor.annotations?.[CONTENTS_ANNOTATION]?.split('\n').filter(Boolean);
+    const annotatedSize = Number(descriptor.annotations?.[UNCOMPRESSED_SIZE_ANNOTATION]);
+    const uncompressedSize = isUncompressed(descriptor.mediaType)
+      ? descriptor.size
+      : Number.isSafeInteger(annotatedSize) && annotatedSize >= 0
+        ? annotatedSize
+        : undefined;
+    return {
+      descriptor,
+      diffId: diffIds[i]!,
+      ...(uncompressedSize !== undefined && { uncompressedSize }),
+      ...(contents !== undefined && { contents }),
+      open: (start) => store.open(blob, start),
+    };
+  });
+  return { manifestBytes, manifestMediaType: mediaType, configBytes, configDescriptor, layers, tags };
+}
+
+function isUncompressed(mediaType: string): boolean {
+  return mediaType === MediaTypes.ociLayer || mediaType === MediaTypes.dockerLayer;
+}
+
+function diffIdsOf(configBytes: Buffer, where: string, layerCount: number): string[] {
+  const config = parseJson<ConfigJson>(configBytes, where);
+  const diffIds = config.rootfs?.diff_ids;
+  if (!Array.isArray(diffIds) || diffIds.some((d) => typeof d !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(d))) {
+    throw new UserError(`${where} has no valid rootfs.diff_ids`);
+  }
+  if (diffIds.length !== layerCount) {
+    throw new UserError(`${where} lists ${diffIds.length} layer diff IDs but the image has ${layerCount} layers`);
+  }
+  return diffIds as string[];
+}
+
+async function readDockerArchive(store: Store, options: ReadImageOptions): Promise<Image> {
+  const where = `${store.path}: manifest.json`;
+  const entries = parseJson<DockerArchiveManifestEntry[]>(await readSmall(store, 'manifest.json', MAX_METADATA, 'manifest'), where);
+  if (!Array.isArray(entries) || entries.length === 0) throw new UserError(`${where} lists no image`);
+  let entry: DockerArchiveManifestEntry;
+  if (options.tag !== undefined) {
+    const match = entries.find((e) => e.RepoTags?.some((n) => sameImageName(n, options.tag!)));
+    if (!match) throw new UserError(`${store.path} holds no image named ${options.tag}`);
+    entry = match;
+  } else if (entries.length > 1) {
+    const names = entries.map((e, i) => e.RepoTags?.join(', ') || `image ${i + 1}`).join('; ');
+    throw new UserError(`${store.path} holds ${entries.length} images; choose one by name (${names})`);
+  } else {
+    entry = entries[0]!;
+  }
+  if (typeof entry.Config !== 'string' || !Array.isArray(entry.Layers) || entry.Layers.some((l) => typeof l !== 'string')) {
+    throw new UserError(`${where}: an entry needs Config and Layers`);
+  }
+  for (const name of [entry.Config, ...entry.Layers]) {
+    // Names come from the archive: never let one reach outside it (a layout directory is read by path).
+    if (name.startsWith('/') || name.split('/').includes('..')) throw new UserError(`${where} names a file outside the archive: ${name}`);
+  }
+
+  const configBytes = await readSmall(store, entry.Config, MAX_METADATA, 'config');
+  const configDescriptor: Descriptor = {
+    mediaType: configMediaType('docker'),
+    digest: sha256Digest(configBytes),
+    size: configBytes.length,
+  };
+  const diffIds = diffIdsOf(configBytes, `${store.path}: config ${entry.Config}`, entry.Layers.length);
+  await store.lookup(entry.Layers);
+
+  const layers: Layer[] = [];
+  for (const [i, name] of entry.Layers.entries()) {
+    const size = store.size(name);
+    if (size === undefined) throw new UserError(`${store.path}: layer ${i + 1} file ${name} is missing`);
+    const magic = await store.head(name, 4);
+    const gzip = magic[0] === 0x1f && magic[1] === 0x8b;
+    if (magic.length === 4 && magic.readUInt32BE(0) === 0x28b52ffd) {
+      throw new UserError(`${store.path}: layer ${name} is zstd-compressed, which docker archives do not support`);
+    }
+    // An uncompressed layer's digest is its diff ID; a compressed one's is in its content-addressed name, or computed.
+    const digest = gzip ? (contentAddressedDigest(name) ?? (await digestOf(store.open(name)))) : diffIds[i]!;
+    const descriptor: Descriptor = {
+      mediaType: gzip ? MediaTypes.dockerLayerGzip : MediaTypes.dockerLayer,
+      digest,
+      size,
+    };
+    layers.push({
+      descriptor,
+      diffId: diffIds[i]!,
+      ...(!gzip && { uncompressedSize: size }),
+      open: (start) => store.open(name, start),
+    });
+  }
+  const manifestBytes = serializeManifest(
+    'docker',
+    configDescriptor,
+    layers.map((l) => l.descriptor),
+  );
+  return {
+    manifestBytes,
+    manifestMediaType: MediaTypes.dockerManifest,
+    configBytes,
+    configDescriptor,
+    layers,
+    tags: entry.RepoTags ?? [],
+  };
+}
+
+/** `blobs/sha256/<hex>` (Docker 25) or `<hex>.tar.gz` (nix2oci) name their content's digest. */
+function contentAddressedDigest(name: string): string | undefined {
+  const match = /^(?:blobs\/sha256\/([0-9a-f]{64})|([0-9a-f]{64})\.tar(?:\.gz)?)$/.exec(name);
+  const hex = match?.[1] ?? match?.[2];
+  return hex !== undefined ? `sha256:${hex}` : undefined;
+}
+
+async function digestOf(stream: Readable): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of stream) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
+}
+

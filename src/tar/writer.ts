@@ -1,0 +1,231 @@
+import type { Readable } from 'node:stream';
+import { UserError } from '../util/errors.js';
+import { quote } from '../util/quote.js';
+import type { Owner, TarEntry, TarSink } from '../layer/types.js';
+import { BLOCK_SIZE, Typeflag, checkMtime, encodeHeaders, padToBlock, writeUstarHeader, type HeaderFields } from './header.js';
+
+/**
+ * Where a TarWriter's bytes go, in large chunks. The writer fills a buffer it acquired and submits it;
+ * ownership passes back and forth, so a sink can hand buffers to another thread without copying.
+ */
+export interface ChunkSink {
+  /** An empty buffer to fill (its old contents are garbage). */
+  acquire(): Buffer | Promise<Buffer>;
+  /** Takes the first `length` bytes of `chunk`; the writer no longer touches `chunk` afterwards. */
+  submit(chunk: Buffer, length: number): void | Promise<void>;
+}
+
+export interface TarWriterOptions {
+  /** Seconds since the epoch, written as every entry's mtime. */
+  mtime: number;
+}
+
+/** A deterministic tar encoder: entries in the order added, fixed mtime, owner 0:0, modes as given. */
+export class TarWriter implements TarSink {
+  readonly #out: ChunkSink;
+  readonly #mtime: number;
+  /** Archive names written so far and their kind, to refuse duplicates and dangling hardlinks. */
+  readonly #names = new Map<string, TarEntry['type']>();
+  #chunk: Buffer | null = null;
+  #used = 0;
+  #bytes = 0;
+  #finished = false;
+  #busy = false;
+
+  constructor(out: ChunkSink, options: TarWriterOptions) {
+    checkMtime(options.mtime);
+    this.#out = out;
+    this.#mtime = options.mtime;
+  }
+
+  /** Bytes of tar written so far, end-of-archive blocks included once finished. */
+  get bytesWritten(): number {
+    return this.#bytes;
+  }
+
+  async add(entry: TarEntry): Promise<void> {
+    if (this.#finished) throw new Error('TarWriter.add after finish');
+    if (this.#busy) throw new Error('TarWriter.add called before the previous add finished');
+    this.#busy = true;
+    try {
+      await this.#add(entry);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async #add(entry: TarEntry): Promise<void> {
+    checkName(entry.name);
+    if (this.#names.has(entry.name)) throw new UserError(`layer has two entries named ${quote(entry.name)}`);
+
+    // Awaits only where a chunk changed hands: most entries need no trip through the event loop.
+    let pending: Promise<void> | undefined;
+    switch (entry.type) {
+      case 'directory':
+        checkMode(entry);
+        checkOwner(entry);
+        pending = this.#header(entry.name + '/', Typeflag.directory, entry.mode, 0, '', entry.owner);
+        break;
+      case 'symlink':
+        if (entry.target === '' || entry.target.includes('\0')) {
+          throw new UserError(`layer entry ${quote(entry.name)}: symlink target must be non-empty and without NUL bytes`);
+        }
+        pending = this.#header(entry.name, Typeflag.symlink, 0o777, 0, entry.target);
+        break;
+      case 'hardlink': {
+        const kind = this.#names.get(entry.target);
+        if (kind !== 'file' && kind !== 'hardlink') {
+          throw new UserError(`layer entry ${quote(entry.name)}: hard link target ${quote(entry.target)} is not a file earlier in the layer`);
+        }
+        // A hard link shares its target's inode; its own mode field is ignored by extractors.
+        pending = this.#header(entry.name, Typeflag.hardlink, 0o444, 0, entry.target);
+        break;
+      }
+      case 'file':
+        checkMode(entry);
+        checkOwner(entry);
+        if (!Number.isSafeInteger(entry.size) || entry.size < 0) {
+          throw new UserError(`layer entry ${quote(entry.name)}: invalid size ${entry.size}`);
+        }
+        pending = this.#header(entry.name, Typeflag.file, entry.mode, entry.size, '', entry.owner);
+        if (pending) await pending;
+        pending = this.#writeBody(entry.name, entry.size, entry.body);
+        break;
+      default:
+        throw new Error(`unknown tar entry type ${(entry as { type: string }).type}`);
+    }
+    if (pending) await pending;
+    this.#names.set(entry.name, entry.type);
+  }
+
+  /** Writes the end-of-archive marker (two zero blocks) and hands the last chunk to the sink. */
+  async finish(): Promise<void> {
+    if (this.#finished) return;
+    this.#finished = true;
+    await this.#zeros(2 * BLOCK_SIZE);
+    if (this.#chunk && this.#used > 0) await this.#submit();
+    this.#chunk = null;
+  }
+
+  /** Writes a header in place when ustar holds it and the chunk has room, else via encodeHeaders. */
+  #header(name: string, typeflag: Typeflag, mode: number, size: number, linkname: string, owner?: Owner): Promise<void> | undefined {
+    const fields: HeaderFields = { name, typeflag, mode, size, mtime: this.#mtime, linkname, ...(owner && { uid: owner.uid, gid: owner.gid }) };
+    const chunk = this.#chunk;
+    if (chunk && chunk.length - this.#used >= BLOCK_SIZE && writeUstarHeader(chunk, this.#used, fields)) {
+      this.#used += BLOCK_SIZE;
+      this.#bytes += BLOCK_SIZE;
+      return undefined;
+    }
+    return this.#write(encodeHeaders(fields));
+  }
+
+  #writeBody(name: string, size: number, body: Buffer | AsyncIterable<Buffer> | Readable): Promise<void> | undefined {
+    if (Buffer.isBuffer(body)) {
+      if (body.length !== size) return Promise.reject(bodySizeError(name, size, body.length));
+      const pending = this.#write(body);
+      return pending ? pending.then(() => this.#pad(size)) : this.#pad(size);
+    }
+    return this.#writeStreamedBody(name, size, body);
+  }
+
+  async #writeStreamedBody(name: string, size: number, body: AsyncIterable<Buffer> | Readable): Promise<void> {
+    let seen = 0;
+    for await (const piece of body as AsyncIterable<Buffer>) {
+      seen += piece.length;
+      if (seen > size) break;
+      const pending = this.#write(piece);
+      if (pending) await pending;
+    }
+    if (seen !== size) throw bodySizeError(name, size, seen);
+    const pending = this.#pad(size);
+    if (pending) await pending;
+  }
+
+  /** Zeros after a body, up to the next block. */
+  #pad(size: number): Promise<void> | undefined {
+    const count = padToBlock(size) - size;
+    if (count === 0) return undefined;
+    const chunk = this.#chunk;
+    if (chunk && chunk.length - this.#used >= count) {
+      chunk.fill(0, this.#used, this.#used + count);
+      this.#used += count;
+      this.#bytes += count;
+      return undefined;
+    }
+    return this.#zeros(count);
+  }
+
+  /** Copies bytes into the current chunk; returns a promise only when a chunk had to change hands. */
+  #write(bytes: Buffer): Promise<void> | undefined {
+    this.#bytes += bytes.length;
+    const chunk = this.#chunk;
+    if (chunk && chunk.length - this.#used >= bytes.length) {
+      bytes.copy(chunk, this.#used);
+      this.#used += bytes.length;
+      return undefined;
+    }
+    return this.#writeSlow(bytes);
+  }
+
+  async #writeSlow(bytes: Buffer): Promise<void> {
+    let offset = 0;
+    while (offset < bytes.length) {
+      if (!this.#chunk) {
+        this.#chunk = await this.#out.acquire();
+        this.#used = 0;
+      }
+      const copied = bytes.copy(this.#chunk, this.#used, offset);
+      this.#used += copied;
+      offset += copied;
+      if (this.#used === this.#chunk.length) await this.#submit();
+    }
+  }
+
+  async #zeros(count: number): Promise<void> {
+    this.#bytes += count;
+    while (count > 0) {
+      if (!this.#chunk) {
+        this.#chunk = await this.#out.acquire();
+        this.#used = 0;
+      }
+      const n = Math.min(count, this.#chunk.length - this.#used);
+      this.#chunk.fill(0, this.#used, this.#used + n);
+      this.#used += n;
+      count -= n;
+      if (this.#used === this.#chunk.length) await this.#submit();
+    }
+  }
+
+  async #submit(): Promise<void> {
+    const chunk = this.#chunk!;
+    const used = this.#used;
+    this.#chunk = null;
+    this.#used = 0;
+    await this.#out.submit(chunk, used);
+  }
+}
+
+function bodySizeError(name: string, size: number, seen: number): UserError {
+  return new UserError(`layer entry ${quote(name)}: file has ${seen > size ? 'more than' : 'only'} ${seen} bytes, its header says ${size}`);
+}
+
+/** Names are relative and normalised: no leading or trailing `/`, no empty, `.` or `..` component, no NUL. */
+function checkName(name: string): void {
+  if (name === '' || BAD_NAME.test(name)) throw new UserError(`layer entry name ${quote(name)} is not a normalised relative path`);
+}
+
+/** A leading or trailing `/`, an empty, `.` or `..` component, or a NUL. */
+const BAD_NAME = /^\/|\/$|\/\/|(^|\/)\.\.?(\/|$)|\0/;
+
+function checkOwner(entry: { name: string; owner?: { uid: number; gid: number } }): void {
+  const o = entry.owner;
+  if (o && !(Number.isSafeInteger(o.uid) && o.uid >= 0 && Number.isSafeInteger(o.gid) && o.gid >= 0)) {
+    throw new UserError(`layer entry ${quote(entry.name)}: invalid owner ${o.uid}:${o.gid}`);
+  }
+}
+
+function checkMode(entry: { name: string; mode: number }): void {
+  if (!Number.isInteger(entry.mode) || entry.mode < 0 || entry.mode > 0o7777) {
+    throw new UserError(`layer entry ${quote(entry.name)}: invalid mode ${entry.mode}`);
+  }
+}
