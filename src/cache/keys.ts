@@ -1,20 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { StorePathInfo } from '../nix/types.js';
-import type { Compression } from '../layer/types.js';
-
-/**
- * Bump when the bytes a cached entry stands for would change for the same inputs: the tar writer's
- * encoding, the store-path source's entries or modes, the gzip framing, or the cache's own layout.
- */
-export const CACHE_FORMAT_VERSION = 3;
-
-/** Everything besides the content that decides a layer's bytes. */
-export interface LayerSettings {
-  compression: Compression;
-  gzipLevel: number;
-  /** Seconds since the epoch, every entry's mtime. */
-  mtime: number;
-}
+import { CACHE_FORMAT_VERSION, type LayerFormat } from '../layer/format.js';
 
 function keyOf(kind: string, fields: unknown[]): string {
   return createHash('sha256')
@@ -22,17 +8,17 @@ function keyOf(kind: string, fields: unknown[]): string {
     .digest('hex');
 }
 
-function settingsFields(s: LayerSettings): unknown[] {
+function settingsFields(s: LayerFormat): unknown[] {
   return [s.compression, s.compression === 'gzip' ? s.gzipLevel : 0, s.mtime];
 }
 
 /** A store path's part: its NAR hash fully determines its files, the path their names. */
-export function storePathPartKey(info: Pick<StorePathInfo, 'path' | 'narHash'>, settings: LayerSettings): string {
+export function storePathPartKey(info: Pick<StorePathInfo, 'path' | 'narHash'>, settings: LayerFormat): string {
   return keyOf('store-path-part', [info.path, info.narHash, ...settingsFields(settings)]);
 }
 
 /** A layer composed of parts, in order: same parts, same layer. */
-export function composedLayerKey(partKeys: string[], settings: LayerSettings): string {
+export function composedLayerKey(partKeys: string[], settings: LayerFormat): string {
   return keyOf('composed-layer', [partKeys, ...settingsFields(settings)]);
 }
 
@@ -46,7 +32,7 @@ export type WheelKeyInputs =
   | { piece: 'main'; sha256: string; fileName: string; prefix: string; interpreter: string; pythonVersion: string; splitThreshold: number }
   | { piece: 'file'; content: string; size: number; path: string; mode: number };
 
-export function wheelLayerKey(wheel: WheelKeyInputs, settings: LayerSettings): string {
+export function wheelLayerKey(wheel: WheelKeyInputs, settings: LayerFormat): string {
   if (wheel.piece === 'file') return keyOf('wheel-file-layer', [wheel.content, wheel.size, wheel.path, wheel.mode, ...settingsFields(settings)]);
   const { sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold } = wheel;
   return keyOf('wheel-layer', [sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold, ...settingsFields(settings)]);

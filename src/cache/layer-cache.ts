@@ -1,15 +1,19 @@
 import { createHash } from 'node:crypto';
-import { copyFile, link, stat } from 'node:fs/promises';
+import { copyFile, link, open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StorePathInfo } from '../nix/types.js';
-import { storePathsSource } from '../layer/store-paths.js';
+import { storePathsFrame, storePathsSource } from '../layer/store-paths.js';
 import { countingSource } from '../layer/counting-source.js';
-import type { BytePiece, LayerBlob, LayerFile } from '../layer/types.js';
-import { sha256Pieces } from '../util/hash-pool.js';
+import type { LayerSource } from '../layer/types.js';
+import { codecOf, type Turns } from '../layer/codec.js';
+import { END_OF_ARCHIVE, type LayerFormat } from '../layer/format.js';
+import { tarSegment, writeLayer, writeLayerFile, type LayerFile } from '../layer/writer.js';
+import { layerOf, type Layer } from '../model/image.js';
+import type { HashPool } from '../util/hash-pool.js';
+import type { BytePiece } from '../util/pieces.js';
 import { UserError } from '../util/errors.js';
-import { composedLayerKey, storePathPartKey, type LayerSettings } from './keys.js';
+import { composedLayerKey, storePathPartKey } from './keys.js';
 import { CacheStore, digestHex, isDigest, isRecord, isSize } from './store.js';
-import { END_OF_ARCHIVE, storedFormSync, tarSegment, tarSegmentBytes, writeSegment } from '../layer/segment.js';
 
 /**
  * A store path's cached part: its tar segment in stored form, kept in a blob file that is a whole
@@ -52,27 +56,28 @@ const isComposedEntry = (v: unknown): v is ComposedEntry =>
 /** Parts of one layer being compressed at once while the next are tarred (each holds a few MiB). */
 const PARTS_WRITING = 2;
 
-export interface CachedLayer {
-  blob: LayerBlob;
-  /** True when nothing was tarred into a compressor: every byte came from the cache. */
+/** A layer the cache served or made; `reused` when every byte came from the cache (nothing was compressed). */
+export interface Served {
+  layer: Layer;
   reused: boolean;
 }
 
 /**
- * Builds layers through the cache. A store-path layer is composed of parts, one per store path:
+ * Wraps layer production with the cache. A store-path layer is composed of parts, one per store path:
  *
- *   [member: `nix/`, `nix/store/` headers] [members: path 1's entries] … [member: the end-of-archive blocks]
+ *   [frame: `nix/`, `nix/store/` headers] [frames: path 1's entries] … [frame: the end-of-archive blocks]
  *
- * Each part is a store path's tar segment compressed as gzip members of its own, cached by the path's NAR
- * hash and the settings. A layer of one path is the same blob however the cache was filled, and
- * regrouping paths under --max-layers recompresses nothing. The uncompressed tar is exactly what
- * `storePathsSource` writes, so diffIDs do not depend on the cache either.
+ * Each part is a store path's tar segment compressed as frames of its own, cached by the path's NAR hash
+ * and the format. A layer of one path is the same blob however the cache was filled, and regrouping
+ * paths under --max-layers recompresses nothing. The uncompressed tar is exactly what
+ * `storePathsSource` writes, so diffIDs do not depend on the cache either. Other layers (wheels) are
+ * cached whole under a key of what decides their bytes.
  *
- * A layer is never copied together: its blob is a list of pieces (head bytes, ranges of the parts' blob
- * files, end bytes) that the output writer copies, and the files are hard-linked into the build's work
- * directory first, so a concurrent `cache prune` cannot take them away. An unchanged layer costs a few
- * small reads here; its bytes are checked against its digest by whoever reads them (the output writer,
- * in the same pass that copies them: see LayerBlob.unverified and `drop`).
+ * A served layer is never copied together: its bytes are pieces (head bytes, ranges of the parts' blob
+ * files, end bytes), the files hard-linked into the build's work directory so that a concurrent
+ * `cache prune` cannot take them away. A hit costs a few small reads; its bytes are checked against its
+ * digest by whoever reads them, in the pass that copies them, and a damaged blob is mended in one
+ * place: the layer's `unverified.repair` drops what served it and makes the layer again.
  *
  * The layer's diffID is the sha256 of the concatenated tar segments. sha256 cannot be resumed from the
  * parts' hashes, so for a grouping not seen before the cached parts are re-tarred from the export into
@@ -85,33 +90,42 @@ export class LayerCache {
   /** Blob files hard-linked into the work directory so far, by digest. */
   #linked = new Map<string, Promise<string | null>>();
   #links = 0;
-  /** For each blob handed out unread, how to drop its entries should it prove damaged. */
-  #served = new Map<string, () => Promise<void>>();
-
-  readonly #buildSlot: <T>(task: () => Promise<T>) => Promise<T>;
+  readonly #stored: (bytes: Buffer) => Buffer;
 
   constructor(
     readonly store: CacheStore,
-    readonly settings: LayerSettings,
+    readonly format: LayerFormat,
     /** Where cached blobs are linked for the build (the build's work directory). */
     readonly workDir: string,
-    /**
-     * Runs the part of a layer that tars and compresses, e.g. within `--jobs` at a time. Lookups run
-     * outside it: a warm build is many small reads and hash jobs, and waits on them in parallel.
-     */
-    buildSlot: <T>(task: () => Promise<T>) => Promise<T> = (task) => task(),
+    readonly options: {
+      /** Compression turns shared by the build's layers (`--jobs`). */
+      turns?: Turns;
+      /** Checks blobs and hashes compositions. */
+      hashes: HashPool;
+      /**
+       * Runs the part of a layer that tars and compresses, e.g. within `--jobs` at a time. Lookups run
+       * outside it: a warm build is many small reads and hash jobs, and waits on them in parallel.
+       */
+      buildSlot?: <T>(task: () => Promise<T>) => Promise<T>;
+    },
   ) {
-    this.#end = storedFormSync(END_OF_ARCHIVE, settings);
-    this.#buildSlot = buildSlot;
+    const codec = codecOf(format);
+    this.#stored = codec ? (bytes) => codec.frameSync(bytes) : (bytes) => bytes;
+    this.#end = this.#stored(END_OF_ARCHIVE);
+  }
+
+  #slot<T>(task: () => Promise<T>): Promise<T> {
+    return this.options.buildSlot ? this.options.buildSlot(task) : task();
   }
 
   /** `onBytes` hears of the file contents tarred, when the layer is (re)made rather than found. */
-  async storePathLayer(infos: StorePathInfo[], onBytes?: (bytes: number) => void): Promise<CachedLayer> {
+  async storePathLayer(infos: StorePathInfo[], onBytes?: (bytes: number) => void): Promise<Served> {
     storePathsSource(infos); // checks the paths, as a cold write would
     const sorted = [...infos].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-    const partKeys = sorted.map((info) => storePathPartKey(info, this.settings));
-    const layerKey = composedLayerKey(partKeys, this.settings);
+    const partKeys = sorted.map((info) => storePathPartKey(info, this.format));
+    const layerKey = composedLayerKey(partKeys, this.format);
     const head = await this.#headPart();
+    const contents = sorted.map((info) => info.path);
 
     // A damaged or missing part is dropped and the layer tried again, which rebuilds it.
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -122,19 +136,21 @@ export class LayerCache {
         const pieces = same ? await this.#pieces(head.stored, parts) : null;
         if (pieces && (await fileSizesHold(pieces))) {
           await Promise.all([this.store.touch('layers', layerKey), ...partKeys.map((key) => this.store.touch('parts', key))]);
-          // Not read here: the output writer checks the bytes against the digest as it copies them, and
-          // a mismatch comes back through `drop`.
-          this.#served.set(known.digest, () => this.#dropDamaged(layerKey, partKeys, parts));
-          return { blob: { ...this.#blob(pieces, known), unverified: true }, reused: true };
+          // Not read here: whoever reads the bytes checks them, and asks `repair` when they are damaged.
+          const repair = async () => {
+            await this.#dropDamaged(layerKey, partKeys, parts);
+            return this.#remade(await this.storePathLayer(infos, onBytes), known.digest);
+          };
+          return { layer: this.#layer(pieces, known, contents, repair), reused: true };
         }
         await this.#dropDamaged(layerKey, partKeys, parts);
         continue;
       }
 
-      const made = await this.#buildSlot(() => this.#make(sorted, partKeys, parts, head, onBytes));
+      const made = await this.#slot(() => this.#make(sorted, partKeys, parts, head, onBytes));
       if (made === null) continue;
       await this.store.writeEntry('layers', layerKey, made.entry);
-      return { blob: this.#blob(made.pieces, made.entry), reused: made.built === 0 };
+      return { layer: this.#layer(made.pieces, made.entry, contents), reused: made.built === 0 };
     }
     throw new UserError(`cache ${this.store.dir}: store path parts keep failing their checks; remove the cache directory or use --no-cache`);
   }
@@ -166,10 +182,7 @@ export class LayerCache {
       const source = countingSource(storePathsSource([info], { storeDirEntries: false }), onBytes);
       const cached = parts[i];
       if (cached) {
-        const tarSize = await tarSegment(source, this.settings.mtime, (bytes, release) => {
-          diff.update(bytes);
-          release();
-        });
+        const tarSize = await tarSegment(source, this.format.mtime, (bytes) => diff.update(bytes));
         if (tarSize !== cached.tarSize) stale.push(i);
         continue;
       }
@@ -198,7 +211,7 @@ export class LayerCache {
     const pieces = await this.#pieces(head.stored, complete);
     if (!pieces) return null; // a part went missing meanwhile (a concurrent prune): the next attempt rebuilds it
     // One part: its blob file is the layer, named by its digest. Several: the composition is hashed.
-    const digest = complete.length === 1 ? complete[0]!.blob : (await sha256Pieces(pieces)).digest;
+    const digest = complete.length === 1 ? complete[0]!.blob : (await this.options.hashes.sha256(pieces)).digest;
     const entry: ComposedEntry = {
       parts: complete.map((p) => p.blob),
       frame: head.frame,
@@ -212,60 +225,69 @@ export class LayerCache {
 
   /**
    * A whole layer cached under `key` (a wheel's), with `facts` the build keeps beside it. On a miss
-   * `build` writes the layer into the work directory and its blob is added to the cache.
+   * `source` is written into the cache and `facts` asked for once it has been.
    */
-  async wholeLayer<F>(key: string, build: () => Promise<{ blob: LayerFile; facts: F }>): Promise<CachedLayer & { facts: F }> {
+  async wholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>): Promise<Served & { facts: F }> {
     const known = await this.store.readEntry('wheels', key, isWheelEntry);
     if (known) {
       const file = await this.#link(known.digest);
       if (file && (await sizeOf(file)) === known.size) {
         await this.store.touch('wheels', key);
-        this.#served.set(known.digest, () => this.store.removeEntry('wheels', key, known.digest));
-        return { blob: { ...this.#blob([{ file, start: 0, length: known.size }], known), unverified: true }, reused: true, facts: known.facts as F };
+        const repair = async () => {
+          await this.store.removeEntry('wheels', key, known.digest);
+          this.#linked.delete(known.digest);
+          return this.#remade(await this.wholeLayer(key, contents, source, facts), known.digest);
+        };
+        return { layer: this.#layer([{ file, start: 0, length: known.size }], known, contents, repair), reused: true, facts: known.facts as F };
       }
       await this.store.removeEntry('wheels', key, known.digest);
       this.#linked.delete(known.digest);
     }
-    const { blob, facts } = await this.#buildSlot(build);
-    if (blob.compression !== this.settings.compression) throw new Error('wheel layer written with other settings than the cache’s');
-    await this.store.storeBlobCopy(blob.file, blob.digest);
-    const entry: WheelEntry = { digest: blob.digest, size: blob.size, diffId: blob.diffId, uncompressedSize: blob.uncompressedSize, facts };
+    const written: LayerFile = await this.#slot(() => writeLayerFile(source, this.format, this.store.tempDir, { turns: this.options.turns }));
+    await this.store.adoptBlob(written.file, written.digest);
+    const found = await facts();
+    const entry: WheelEntry = { digest: written.digest, size: written.size, diffId: written.diffId, uncompressedSize: written.tarSize, facts: found };
     await this.store.writeEntry('wheels', key, entry);
-    return { blob, reused: false, facts };
+    const file = await this.#link(written.digest);
+    if (!file) throw new Error(`cache blob ${written.digest} vanished as it was stored`);
+    return { layer: this.#layer([{ file, start: 0, length: written.size }], entry, contents), reused: false, facts: found };
   }
 
-  /**
-   * Drops what served a blob that turned out damaged when it was read (see LayerBlob.unverified), so
-   * that asking for the same layer again rebuilds it. False when no layer from this cache had that digest.
-   */
-  async drop(digest: string): Promise<boolean> {
-    const drop = this.#served.get(digest);
-    if (!drop) return false;
-    this.#served.delete(digest);
-    this.#linked.clear();
-    await drop();
-    return true;
+  /** The pieces of a layer made again after its cached bytes proved damaged: they must be the same layer. */
+  #remade(again: Served, digest: string): BytePiece[] {
+    if (again.layer.descriptor.digest !== digest) {
+      throw new Error(`layer ${digest} was made again as ${again.layer.descriptor.digest}: its inputs changed during the build`);
+    }
+    return again.layer.pieces!;
   }
 
   #headPart(): Promise<{ tar: Buffer; stored: Buffer; frame: string }> {
-    this.#head ??= tarSegmentBytes(storePathsSource([]), this.settings.mtime).then((tar) => {
-      const stored = storedFormSync(tar, this.settings);
-      return { tar, stored, frame: `sha256:${createHash('sha256').update(stored).update(this.#end).digest('hex')}` };
-    });
+    this.#head ??= storePathsFrame(this.format).then(({ head, end }) => ({
+      ...head,
+      frame: `sha256:${createHash('sha256').update(head.stored).update(end.stored).digest('hex')}`,
+    }));
     return this.#head;
   }
 
-  /** Writes a part in its blob file: head member, the path's members, end member (a layer of its own). */
-  async #writePart(
-    source: Parameters<typeof writeSegment>[0],
-    key: string,
-    storePath: string,
-    diff: ReturnType<typeof createHash>,
-    head: Buffer,
-    onTarred?: () => void,
-  ): Promise<PartEntry> {
+  /** Writes a part in its blob file: head frame, the path's frames, end frame (a layer of its own). */
+  async #writePart(source: LayerSource, key: string, storePath: string, diff: ReturnType<typeof createHash>, head: Buffer, onTarred?: () => void): Promise<PartEntry> {
     const temp = this.store.tempPath();
-    const written = await writeSegment(source, this.settings, temp, { alsoHash: diff, frame: { before: head, after: this.#end }, onTarred });
+    const handle = await open(temp, 'wx', 0o644);
+    let written;
+    try {
+      written = await writeLayer(source, this.format, { handle, at: 0, path: temp }, {
+        whole: false,
+        alsoHash: diff,
+        frame: { before: head, after: this.#end },
+        onTarred,
+        turns: this.options.turns,
+      });
+    } catch (err) {
+      await handle.close();
+      await this.store.discard(temp);
+      throw err;
+    }
+    await handle.close();
     await this.store.adoptBlob(temp, written.digest);
     const entry: PartEntry = { blob: written.digest, offset: head.length, size: written.size, tarSize: written.tarSize, storePath };
     await this.store.writeEntry('parts', key, entry);
@@ -274,6 +296,7 @@ export class LayerCache {
 
   /** A layer whose bytes proved wrong: its damaged parts go, or, when they are all intact, its entry. */
   async #dropDamaged(layerKey: string, partKeys: string[], parts: (PartEntry | null)[]): Promise<void> {
+    this.#linked.clear();
     const bad = await this.#damaged(parts);
     if (bad.length > 0) await this.#dropParts(partKeys, parts, bad);
     else await this.store.removeEntry('layers', layerKey);
@@ -322,7 +345,7 @@ export class LayerCache {
   /** True when the pieces hash to `digest` (on the hash pool); false when they do not or cannot be read. */
   async #intact(pieces: BytePiece[], digest: string): Promise<boolean> {
     try {
-      return (await sha256Pieces(pieces)).digest === digest;
+      return (await this.options.hashes.sha256(pieces)).digest === digest;
     } catch {
       return false;
     }
@@ -342,8 +365,17 @@ export class LayerCache {
     return bad.flatMap((b, i) => (b ? [i] : []));
   }
 
-  #blob(pieces: BytePiece[], entry: LayerEntry): LayerBlob {
-    return { pieces, digest: entry.digest, size: entry.size, diffId: entry.diffId, uncompressedSize: entry.uncompressedSize, compression: this.settings.compression };
+  #layer(pieces: BytePiece[], entry: LayerEntry, contents: string[], repair?: () => Promise<BytePiece[]>): Layer {
+    return layerOf({
+      digest: entry.digest,
+      size: entry.size,
+      diffId: entry.diffId,
+      uncompressedSize: entry.uncompressedSize,
+      compression: this.format.compression,
+      pieces,
+      contents,
+      ...(repair && { unverified: { repair } }),
+    });
   }
 }
 

@@ -1,10 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { link, copyFile, mkdir, mkdtemp, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
-import { CACHE_FORMAT_VERSION } from './keys.js';
+import { CACHE_FORMAT_VERSION } from '../layer/format.js';
 
 /**
  * The on-disk cache: content-addressed blobs and small JSON entries naming them.
@@ -69,6 +69,11 @@ export class CacheStore {
     }
   }
 
+  /** Where files being written wait (same file system as the blobs, so rename works). */
+  get tempDir(): string {
+    return join(this.root, 'tmp');
+  }
+
   /** A fresh temp file name in the cache (same file system as the blobs, so rename works). */
   tempPath(): string {
     return join(this.root, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}.tmp`);
@@ -118,17 +123,9 @@ export class CacheStore {
     await rename(temp, this.blobPath(digest));
   }
 
-  /** Puts a copy of `file` (sha256 `digest`) into the blob store: a hard link where possible. */
-  async storeBlobCopy(file: string, digest: string): Promise<void> {
-    const temp = this.tempPath();
-    const forget = removeOnExit(temp);
-    try {
-      await link(file, temp).catch(() => copyFile(file, temp));
-      await rename(temp, this.blobPath(digest));
-    } finally {
-      forget();
-      await rm(temp, { force: true });
-    }
+  /** Removes a temp file that will not be adopted. */
+  async discard(temp: string): Promise<void> {
+    await rm(temp, { force: true });
   }
 }
 

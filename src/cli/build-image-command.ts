@@ -1,9 +1,10 @@
 import { Command, Option } from 'commander';
 import { addRecipeOptions, recipeOverridesFrom } from './recipe-options.js';
 import { OUTPUT_FORMATS, parseOutputFormat } from '../output/formats.js';
-import type { Compression } from '../layer/types.js';
+import type { Compression } from '../layer/format.js';
 import type { PlanStrategy } from '../plan/plan.js';
 import { UserError } from '../util/errors.js';
+import { parseByteSize } from '../util/units.js';
 import { addPushOptions, pushOptionsFromFlags, type PushFlags } from './push-command.js';
 import { defaultCacheDir } from '../cache/store.js';
 
@@ -15,7 +16,7 @@ export function buildImageCommand(): Command {
     .addOption(new Option('--closure <file>', 'a nix-store --export stream; repeatable; - for stdin').argParser(collect).makeOptionMandatory())
     .option('--path-info <file>', 'JSON of `nix path-info --json --recursive`: verify each path\'s NAR hash and size')
     .option('--recipe <file>', 'image recipe (JSON), e.g. layers/demo/image.json')
-    .requiredOption('-o, --output <path>', 'where to write the image; - for standard output')
+    .option('-o, --output <path>', 'where to write the image; - for standard output (optional with --push)')
     .addOption(new Option('--format <format>', 'output format').choices(OUTPUT_FORMATS).default('oci-archive'))
     .addOption(new Option('-t, --tag <name:tag>', 'name to record in the archive (repeatable); default: the recipe\'s name and tag').argParser(collect))
     .addOption(new Option('--compression <kind>', 'layer compression (default: the recipe\'s, else gzip)').choices(['gzip', 'none']))
@@ -24,6 +25,7 @@ export function buildImageCommand(): Command {
     .addOption(new Option('--wheel <file>', 'a Python wheel to install (repeatable; adds to the recipe\'s)').argParser(collect))
     .option('--python <path>', 'the image\'s Python: a store path or its bin/python3.X (default: found in the closure)')
     .option('--no-deps-check', 'skip the wheels\' requirements check')
+    .option('--wheel-split-size <size>', 'wheel files of at least SIZE get a layer of their own (default 256M)')
     .option('--push <ref>', 'push the built image to HOST[:PORT]/REPO[:TAG] (push options below apply)')
     .option('--cache-dir <dir>', 'the layer cache (default: $XDG_CACHE_HOME/nix2oci, else ~/.cache/nix2oci)')
     .option('--no-cache', 'build every layer afresh, leaving no cache behind')
@@ -38,7 +40,9 @@ export function buildImageCommand(): Command {
   command.action(async (flags: Record<string, unknown>) => {
     // Loaded when run, not when the CLI starts: a warm build takes about a second, start-up counts.
     const [{ buildImage, DEFAULT_SOURCE_DATE_EPOCH }, { TerminalBuildProgress }] = await Promise.all([import('../pipeline/build-image.js'), import('./build-progress.js')]);
-    const output = flags.output as string;
+    const output = (flags.output as string | undefined) ?? null;
+    if (output === null && flags.push === undefined) throw new UserError('build-image needs --output PATH, --push REF, or both');
+    if (output === '-' && flags.push !== undefined) throw new UserError('--push cannot be combined with --output - (standard output)');
     const quiet = Boolean(flags.quiet) || output === '-';
     // With the image on stdout, everything else goes to stderr.
     // On a terminal, bars show the progress and the per-layer lines are left out; elsewhere, plain lines.
@@ -54,7 +58,6 @@ export function buildImageCommand(): Command {
     const started = Date.now();
     const result = await buildImage({
       progress: bars,
-      stopProgress: () => bars?.stop(),
       closures: flags.closure as string[],
       pathInfo: flags.pathInfo as string | undefined,
       recipe: flags.recipe as string | undefined,
@@ -62,6 +65,7 @@ export function buildImageCommand(): Command {
       wheels: (flags.wheel as string[] | undefined) ?? [],
       python: flags.python as string | undefined,
       depsCheck: flags.depsCheck !== false,
+      wheelSplitSize: flags.wheelSplitSize !== undefined ? parseSizeFlag(flags.wheelSplitSize as string, '--wheel-split-size') : undefined,
       output,
       format: parseOutputFormat(flags.format as string),
       tags: (flags.tag as string[] | undefined) ?? [],
@@ -87,18 +91,18 @@ export function buildImageCommand(): Command {
           cache: cacheDir,
           reused: result.layers.filter((l) => l.reused).length,
           built: result.layers.filter((l) => !l.reused).length,
-          layers: result.layers.map(({ blob, contents, reused, seconds }) => ({
-            digest: blob.digest,
-            size: blob.size,
-            diffId: blob.diffId,
-            uncompressedSize: blob.uncompressedSize,
-            contents,
+          layers: result.layers.map(({ layer, reused, seconds }) => ({
+            digest: layer.descriptor.digest,
+            size: layer.descriptor.size,
+            diffId: layer.diffId,
+            uncompressedSize: layer.uncompressedSize,
+            contents: layer.contents,
             reused,
             seconds,
           })),
         }, null, 2)}\n`,
       );
-    } else if (output !== '-') {
+    } else if (output !== '-' && output !== null) {
       const done = (line: string) => {
         if (!quiet) process.stderr.write(`${line}\n`);
       };
@@ -106,12 +110,15 @@ export function buildImageCommand(): Command {
       done(`wrote ${output} (${result.layers.length} layers, ${reused} reused, ${seconds.toFixed(1)} s), image ${result.manifestDigest}`);
       if (flags.format !== 'oci-layout') done(`load it with: podman load -i ${output}`);
     }
-    if (flags.push !== undefined) {
-      if (output === '-') throw new UserError('--push needs the image in a file or directory, not on standard output');
-      const pushFlags = { ...flags, tag: [], quiet: flags.quiet, jobs } as unknown as PushFlags;
-      // The build's own blobs are gone with its work directory: push what was written.
-      const [{ pushImage }, { readImage }] = await Promise.all([import('../registry/push.js'), import('../output/read.js')]);
-      await pushImage(await readImage(output), flags.push as string, pushOptionsFromFlags(pushFlags));
+    try {
+      if (flags.push !== undefined) {
+        const pushFlags = { ...flags, tag: [], quiet: flags.quiet, jobs } as unknown as PushFlags;
+        // The built image's layers are still where the build left them: nothing is written and read back.
+        const { pushImage } = await import('../registry/push.js');
+        await pushImage(result.image, flags.push as string, pushOptionsFromFlags(pushFlags));
+      }
+    } finally {
+      result.dispose();
     }
   });
   return command;
@@ -123,6 +130,12 @@ function sourceDateEpoch(fallback: number): number {
   if (text === undefined || text === '') return fallback;
   if (!/^\d+$/.test(text)) throw new UserError(`SOURCE_DATE_EPOCH must be a whole number of seconds, got ${JSON.stringify(text)}`);
   return Number(text);
+}
+
+function parseSizeFlag(text: string, flag: string): number {
+  const size = parseByteSize(text);
+  if (size === null || size === 0) throw new UserError(`${flag} takes a size such as 64M or 1G, got ${JSON.stringify(text)}`);
+  return size;
 }
 
 function parseWholeNumber(text: string, flag: string): number {

@@ -1,6 +1,6 @@
 import cliProgress from 'cli-progress';
 import { formatBytes } from '../util/units.js';
-import type { BuildProgress, BuiltLayer } from '../pipeline/build-image.js';
+import type { BuildProgress, LayerReport } from '../pipeline/build-image.js';
 
 /**
  * Progress of a build on a terminal: a bar for reading the closure (bytes, rate, ETA), one for all the
@@ -64,7 +64,7 @@ export class TerminalBuildProgress implements BuildProgress {
     this.#overall();
   }
 
-  layerDone(index: number, layer: BuiltLayer, expectedBytes: number): void {
+  layerDone(index: number, layer: LayerReport, expectedBytes: number): void {
     const building = this.#building.get(index);
     if (building) {
       this.#bars.remove(building.bar);

@@ -4,6 +4,10 @@ import { quote } from '../util/quote.js';
 import type { NarVisitor, StorePathInfo } from '../nix/types.js';
 import { UserError } from '../util/errors.js';
 import type { LayerSource, TarSink } from './types.js';
+import { codecOf, type Turns } from './codec.js';
+import { countingSource } from './counting-source.js';
+import { END_OF_ARCHIVE, type LayerFormat } from './format.js';
+import { tarSegmentBytes, writeComposedLayer, type LayerOutput, type Written } from './writer.js';
 
 /** Modes as the Nix store has them: everything read-only, executables and directories searchable. */
 export const StoreModes = {
@@ -55,4 +59,36 @@ function storePathVisitor(info: StorePathInfo, sink: TarSink): NarVisitor {
       }),
     symlink: (node) => sink.add({ type: 'symlink', name: nameOf(node.path), target: node.target }),
   };
+}
+
+/** A store-path layer's first and last bytes, tar and stored: `nix/` and `nix/store/`, and the end-of-archive blocks. */
+export interface StorePathsFrame {
+  head: { tar: Buffer; stored: Buffer };
+  end: { tar: Buffer; stored: Buffer };
+}
+
+/** The frame of every store-path layer in a format (each is compressed as a frame of its own). */
+export async function storePathsFrame(format: LayerFormat): Promise<StorePathsFrame> {
+  const codec = codecOf(format);
+  const stored = (tar: Buffer) => (codec ? codec.frameSync(tar) : tar);
+  const head = await tarSegmentBytes(storePathsSource([]), format.mtime);
+  return { head: { tar: head, stored: stored(head) }, end: { tar: END_OF_ARCHIVE, stored: stored(END_OF_ARCHIVE) } };
+}
+
+/**
+ * Writes a layer of store paths straight to `out`: the frame's head, each path as a segment of its own,
+ * the frame's end. The same bytes as the layer cache composes from its parts, so a layer's digest does
+ * not depend on whether a cache was used.
+ */
+export function writeStorePathsLayer(
+  paths: StorePathInfo[],
+  frame: StorePathsFrame,
+  format: LayerFormat,
+  out: LayerOutput,
+  options: { turns?: Turns; onBytes?: (bytes: number) => void } = {},
+): Promise<Written> {
+  storePathsSource(paths); // checks the paths
+  const sorted = [...paths].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  const segments = sorted.map((info) => countingSource(storePathsSource([info], { storeDirEntries: false }), options.onBytes));
+  return writeComposedLayer(frame.head, segments, frame.end, format, out, options.turns);
 }

@@ -1,6 +1,5 @@
 import { statSync } from 'node:fs';
-import { checkPiecesLength, piecesStream } from '../util/pieces.js';
-import type { LayerBlob } from '../layer/types.js';
+import { checkPiecesLength } from '../util/pieces.js';
 import { buildConfig, type HistoryEntry, type ImageConfigSpec } from './config.js';
 import type { OutputFormat } from '../output/formats.js';
 import type { Descriptor, Image, Layer } from './image.js';
@@ -17,17 +16,9 @@ export const UNCOMPRESSED_SIZE_ANNOTATION = 'dev.nix2oci.uncompressed-size';
  */
 export const MAX_CONTENTS_ANNOTATION = 64 * 1024;
 
-export interface AssembleLayer {
-  blob: LayerBlob;
-  /** Store paths (or wheel file names, or `image-root`) the layer holds. */
-  contents: string[];
-  /** Extra layer descriptor annotations (OCI manifests only: Docker's schema 2 has none). */
-  annotations?: Record<string, string>;
-}
-
 export interface AssembleOptions {
   /** Bottom layer first. */
-  layers: AssembleLayer[];
+  layers: Layer[];
   config: ImageConfigSpec;
   /** The config's `created` and its history's; from SOURCE_DATE_EPOCH. */
   created: Date;
@@ -47,36 +38,25 @@ export function assembleImage(options: AssembleOptions): { image: Image; warning
   const format: ManifestFormat = options.manifestFormat ?? (options.format === 'docker-archive' ? 'docker' : 'oci');
   const warnings = configWarnings(options.config, options.format ?? (format === 'docker' ? 'docker-archive' : 'oci-archive'));
 
-  const layers: Layer[] = options.layers.map(({ blob, contents, annotations }) => {
-    checkBlobFile(blob);
-    const sorted = [...new Set(contents)].sort();
-    const listed = sorted.join('\n');
+  const layers: Layer[] = options.layers.map((layer) => {
+    if (layer.pieces) checkBlobFile(layer);
+    const listed = layer.contents.join('\n');
     // Docker's schema 2 has no descriptor annotations; the contents then live only in `Layer.contents`.
-    const annotated = format === 'oci';
     const descriptor: Descriptor = {
-      mediaType: layerMediaType(format, blob.compression),
-      digest: blob.digest,
-      size: blob.size,
-      ...(annotated && {
+      mediaType: layerMediaType(format, layer.compression),
+      digest: layer.descriptor.digest,
+      size: layer.descriptor.size,
+      ...(format === 'oci' && {
         annotations: {
-          ...annotations,
           ...(listed !== '' && Buffer.byteLength(listed) <= MAX_CONTENTS_ANNOTATION && { [CONTENTS_ANNOTATION]: listed }),
-          [UNCOMPRESSED_SIZE_ANNOTATION]: String(blob.uncompressedSize),
+          [UNCOMPRESSED_SIZE_ANNOTATION]: String(layer.uncompressedSize),
         },
       }),
     };
-    return {
-      descriptor,
-      diffId: blob.diffId,
-      uncompressedSize: blob.uncompressedSize,
-      contents: sorted,
-      pieces: blob.pieces,
-      ...(blob.unverified && { verify: true }),
-      open: (start = 0) => piecesStream(blob.pieces, start),
-    };
+    return { ...layer, descriptor };
   });
 
-  const history: HistoryEntry[] = options.layers.map((l) => ({ createdBy: 'nix2oci', comment: summarize(l.contents) }));
+  const history: HistoryEntry[] = layers.map((l) => ({ createdBy: 'nix2oci', comment: summarize(l.contents) }));
   const configBytes = buildConfig(
     options.config,
     layers.map((l) => l.diffId),
@@ -123,11 +103,12 @@ function summarize(contents: string[]): string {
   return `${names.slice(0, 3).join(', ')} and ${names.length - 3} more`;
 }
 
-function checkBlobFile(blob: LayerBlob): void {
-  checkPiecesLength(blob.pieces, blob.size, blob.digest);
-  for (const piece of blob.pieces) {
+function checkBlobFile(layer: Layer): void {
+  const { digest, size } = layer.descriptor;
+  checkPiecesLength(layer.pieces!, size, digest);
+  for (const piece of layer.pieces!) {
     if ('bytes' in piece) continue;
     const fileSize = statSync(piece.file).size;
-    if (fileSize < piece.start + piece.length) throw new Error(`layer blob file ${piece.file} is ${fileSize} bytes, shorter than its piece of ${blob.digest}`);
+    if (fileSize < piece.start + piece.length) throw new Error(`layer blob file ${piece.file} is ${fileSize} bytes, shorter than its piece of ${digest}`);
   }
 }

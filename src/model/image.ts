@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { BytePiece } from '../util/pieces.js';
+import { piecesStream, type BytePiece } from '../util/pieces.js';
 
 /**
  * The image model every writer and the registry client consume, after go-containerregistry's
@@ -18,20 +18,61 @@ export interface Blob {
   /** Where the bytes lie, when they are in local files: writers then copy ranges instead of streaming. */
   pieces?: BytePiece[];
   /**
-   * The bytes were taken from a cache without being read: a writer copying them checks them against the
-   * digest in the same pass, and fails with BlobCheckError when they differ.
+   * The bytes were taken from a cache without being read. Whoever reads them checks them against the
+   * digest in the same pass; when they differ, `repair` drops what served them and makes the blob again
+   * (the same bytes: layers are deterministic), and the reader uses the pieces it returns.
    */
-  verify?: boolean;
+  unverified?: { repair(): Promise<BytePiece[]> };
   /** A fresh stream of the blob's bytes from `start` (default 0) to the end. */
   open(start?: number): Readable;
 }
 
+/** A layer's compression, as its media type says it. */
+export type Compression = 'gzip' | 'none';
+
+/**
+ * The one record of a layer, from the writer or the cache that made it, through assembly, to every
+ * output and the registry: its blob, its diffID, and what it holds.
+ */
 export interface Layer extends Blob {
   /** `sha256:<hex>` of the uncompressed tar. */
   diffId: string;
+  /** Bytes of the uncompressed tar (unknown for some layers read from archives). */
   uncompressedSize?: number;
-  /** Store paths (or wheel file names, or `image-root`) this layer holds, for `inspect`. */
-  contents?: string[];
+  compression: Compression;
+  /** Store paths (or wheel file names, or `image-root`) this layer holds, sorted; for `inspect`. */
+  contents: string[];
+}
+
+/** A layer's compression from its media type (OCI's or Docker's). */
+export function compressionOf(mediaType: string): Compression {
+  return /gzip$/.test(mediaType) ? 'gzip' : 'none';
+}
+
+/** A layer whose bytes are `pieces` (local files and small buffers), with the OCI media type of its compression. */
+export function layerOf(fields: {
+  digest: string;
+  size: number;
+  diffId: string;
+  uncompressedSize: number;
+  compression: Compression;
+  pieces: BytePiece[];
+  contents: string[];
+  unverified?: Blob['unverified'];
+}): Layer {
+  return {
+    descriptor: { mediaType: fields.compression === 'gzip' ? MediaTypes.ociLayerGzip : MediaTypes.ociLayer, digest: fields.digest, size: fields.size },
+    diffId: fields.diffId,
+    uncompressedSize: fields.uncompressedSize,
+    compression: fields.compression,
+    contents: [...new Set(fields.contents)].sort(),
+    pieces: fields.pieces,
+    ...(fields.unverified && { unverified: fields.unverified }),
+    // `this`, not a captured record: a copy with another descriptor, or repaired pieces, reads its own.
+    open(this: Blob, start = 0) {
+      return piecesStream(this.pieces!, start);
+    },
+  };
 }
 
 export interface Image {

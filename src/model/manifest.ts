@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Compression } from '../layer/types.js';
+import type { Compression } from './image.js';
 import { MediaTypes, type Descriptor } from './image.js';
 
 /** Which media types an image uses: OCI's, or Docker's schema 2 (what a docker-archive implies). */

@@ -16,7 +16,7 @@ import { ChunkReader, EndOfDataError, ReadFailedError, closeFd, openForReading, 
 import { parseNar, narMessage, type NarProblem } from './nar.js';
 import { storePathProblem } from './store-path.js';
 import { quote } from '../util/quote.js';
-import { HashReadError, sha256Pieces, type HashResult } from '../util/hash-pool.js';
+import { HashReadError, type HashPool, type HashResult } from '../util/hash-pool.js';
 
 const EXPORT_MAGIC = 0x4558494en; // "NIXE" in little-endian bytes
 /** Store paths are at most 255 chars; read a little more so a bad one is shown, not just its length. */
@@ -33,6 +33,11 @@ export interface IndexOptions {
   chunkSize?: number;
   /** Called after each read with the bytes read so far and the file's size. */
   onProgress?: (bytesRead: number, totalBytes: number) => void;
+  /**
+   * Hashes each NAR (its `narHash`); null leaves `narHash` empty, for a build that nothing checks or
+   * keys by it (no cache, no path-info, one export): reading an export is then parsing alone.
+   */
+  hashes: HashPool | null;
 }
 
 /**
@@ -41,7 +46,7 @@ export interface IndexOptions {
  * hashing, the costly part, uses every core while parsing skips over file contents. Memory stays flat
  * whatever the sizes. Paths are returned in file order; a path may appear more than once (the caller merges).
  */
-export async function indexExport(file: string, opts: IndexOptions = {}): Promise<StorePathInfo[]> {
+export async function indexExport(file: string, opts: IndexOptions): Promise<StorePathInfo[]> {
   const label = opts.label ?? file;
   let fd: number;
   try {
@@ -55,7 +60,7 @@ export async function indexExport(file: string, opts: IndexOptions = {}): Promis
     let hashed = 0;
     const onProgress = opts.onProgress;
     const reader = new ChunkReader(fd, 0, size, { chunkSize: opts.chunkSize ?? INDEX_CHUNK });
-    const indexer = new ExportIndexer(reader, file, label, onProgress && ((n) => onProgress((hashed += n), size)));
+    const indexer = new ExportIndexer(reader, file, label, opts.hashes, onProgress && ((n) => onProgress((hashed += n), size)));
     try {
       const infos = await indexer.run();
       // Only NAR bytes are counted as they are hashed; the trailers between them complete the file.
@@ -80,6 +85,7 @@ class ExportIndexer {
     readonly r: ChunkReader,
     readonly file: string,
     readonly label: string,
+    readonly hashes: HashPool | null,
     readonly onHashed?: (bytes: number) => void,
   ) {}
 
@@ -134,7 +140,12 @@ class ExportIndexer {
         },
       });
       const narSize = r.position - offset;
-      this.#hashes.push(sha256Pieces([{ file: this.file, start: offset, length: narSize }], this.onHashed));
+      if (this.hashes) {
+        this.#hashes.push(this.hashes.sha256([{ file: this.file, start: offset, length: narSize }], this.onHashed));
+      } else {
+        this.#hashes.push(Promise.resolve({ digest: 'sha256:' }));
+        this.onHashed?.(narSize);
+      }
 
       const magicAt = r.position;
       const magic = await this.#flag();

@@ -1,13 +1,14 @@
 import { open as openFile, type FileHandle } from 'node:fs/promises';
-import { BLOCK_SIZE, Typeflag, encodeHeaders, padToBlock } from '../tar/header.js';
-import { HashReadError, runPieces, sha256Pieces } from '../util/hash-pool.js';
-import { checkPiecesLength } from '../util/pieces.js';
+import { BLOCK_SIZE, Typeflag, blobHeader, encodeHeaders, padToBlock } from '../tar/header.js';
+import { HashReadError, type HashPool } from '../util/hash-pool.js';
+import { checkPiecesLength, type BytePiece } from '../util/pieces.js';
+import { writeAll, type LayerOutput } from '../layer/writer.js';
 import type { Blob } from '../model/image.js';
 import type { ArchiveEntry } from './layout.js';
 
 /**
- * A blob whose bytes are not those its digest names: a cached blob damaged on disk. The build drops the
- * cache entry, makes the layer again and writes the output again; nothing half-written is left.
+ * A blob whose bytes are not those its digest names, and that could not be mended (it has no `repair`,
+ * or the repaired bytes were wrong too). Nothing half-written is left: the output is abandoned.
  */
 export class BlobCheckError extends Error {
   constructor(
@@ -20,29 +21,137 @@ export class BlobCheckError extends Error {
 }
 
 /**
- * Writes an archive (the same bytes as writeArchiveTar) into a file by position instead of as a stream:
- * every entry's header and every blob's size is known up front, so the whole layout is planned first.
- * Headers and small files are written at their offsets; each blob is copied by a hash pool thread,
- * which also checks the bytes of a blob marked `verify` (taken from the cache unread) against its
- * digest in the same pass. Blobs must have `pieces` (see {@link canPlan}).
+ * An archive written into a file by position, member after member: headers and small files as they
+ * come, a blob with known bytes copied at its place by a hash pool thread (several at once, checked in
+ * the same pass when they came from a cache unread), and a layer being made written straight into its
+ * place (`layerOutput`) with its one-block header filled in once its size and digest are known.
+ * The same entries give the same bytes as writeArchiveTar streams.
  */
-export async function writeArchiveFile(entries: ArchiveEntry[], out: FileHandle): Promise<void> {
-  const { small, blobs, size } = planArchive(entries);
-  await Promise.all(small.map(({ at, bytes }) => writeAll(out, bytes, at)));
-  await eachBlob(blobs, async ({ blob, at }) => {
-    const result = await runPieces({ pieces: blob.pieces!, hash: blob.verify === true, copyTo: { fd: out.fd, at } });
-    checkDigest(blob, result.digest);
+export class ArchiveFile {
+  #at = 0;
+  readonly #copies: Promise<void>[] = [];
+  readonly #names = new Set<string>();
+
+  constructor(
+    readonly handle: FileHandle,
+    /** The file's path, for messages. */
+    readonly path: string,
+    readonly hashes: HashPool,
+  ) {}
+
+  /** Bytes planned so far: where the next member starts. */
+  get size(): number {
+    return this.#at;
+  }
+
+  async add(entry: ArchiveEntry): Promise<void> {
+    if (this.#names.has(entry.name)) return;
+    this.#names.add(entry.name);
+    if (entry.kind === 'directory') return this.#small(header(`${entry.name}/`, Typeflag.directory, 0o755, 0));
+    if (entry.kind === 'bytes') return this.#small(Buffer.concat([header(entry.name, Typeflag.file, 0o644, entry.bytes.length), padded(entry.bytes)]));
+    this.#blob(entry.name, entry.blob);
+  }
+
+  /**
+   * Where a layer being made goes: its bytes from `out.at` on. Call `placed` with its member name and
+   * size once it is written (or `discard` if it turned out to be a blob already in the archive).
+   */
+  layerOutput(): { out: LayerOutput; placed(name: string, size: number): Promise<BytePiece[]>; discard(): void } {
+    const headerAt = this.#at;
+    const out = { handle: this.handle, at: headerAt + BLOCK_SIZE, path: this.path };
+    return {
+      out,
+      placed: async (name, size) => {
+        this.#names.add(name);
+        await writeAll(this.handle, blobHeader(name, size), headerAt);
+        await this.#pad(out.at + size);
+        this.#at = out.at + padToBlock(size);
+        return [{ file: this.path, start: out.at, length: size }];
+      },
+      discard: () => undefined,
+    };
+  }
+
+  /** True when an entry of this name was written already. */
+  has(name: string): boolean {
+    return this.#names.has(name);
+  }
+
+  /** Ends the archive (end-of-archive blocks) once every copy is done; the file's exact size. */
+  async finish(): Promise<number> {
+    await settleAll(this.#copies);
+    await this.#small(Buffer.alloc(2 * BLOCK_SIZE));
+    await this.handle.truncate(this.#at);
+    return this.#at;
+  }
+
+  async #small(bytes: Buffer): Promise<void> {
+    const at = this.#at;
+    this.#at += bytes.length;
+    await writeAll(this.handle, bytes, at);
+  }
+
+  #blob(name: string, blob: Blob): void {
+    const { size, digest } = blob.descriptor;
+    if (!blob.pieces) throw new Error(`blob ${digest} has no local bytes to copy into ${this.path}`);
+    checkPiecesLength(blob.pieces, size, digest);
+    const at = this.#at;
+    this.#at += BLOCK_SIZE + padToBlock(size);
+    this.#copies.push(
+      (async () => {
+        await writeAll(this.handle, blobHeader(name, size), at);
+        await copyChecked(blob, (pieces) => this.hashes.run({ pieces, hash: blob.unverified !== undefined, copyTo: { fd: this.handle.fd, at: at + BLOCK_SIZE } }));
+        await this.#pad(at + BLOCK_SIZE + size);
+      })(),
+    );
+  }
+
+  /** Zeroes from `end` to the next block boundary (the file may hold other bytes there from a discarded write). */
+  async #pad(end: number): Promise<void> {
+    const count = padToBlock(end) - end;
+    if (count > 0) await writeAll(this.handle, Buffer.alloc(count), end);
+  }
+}
+
+/**
+ * Runs `pass` over a blob's pieces (a copy, a comparison) and, when the blob came from a cache unread,
+ * checks the digest the pass computed. A damaged blob is mended in one place: its `repair` makes it
+ * again, the pass runs once more on the new pieces, and the blob reads those from then on.
+ */
+export async function copyChecked(blob: Blob, pass: (pieces: BytePiece[]) => Promise<{ digest: string | null }>): Promise<void> {
+  const { digest } = blob.descriptor;
+  let why: string;
+  try {
+    const result = await pass(blob.pieces!);
+    if (!blob.unverified || result.digest === digest) return;
+    why = `its bytes hash to ${result.digest}`;
+  } catch (err) {
+    if (!(err instanceof HashReadError) || err.file === '') throw err;
+    why = err.message;
+  }
+  const repair = blob.unverified!.repair;
+  const pieces = await repair().catch((err: unknown) => {
+    throw new BlobCheckError(digest, `${why}; making it again failed: ${(err as Error).message}`);
   });
-  await out.truncate(size);
+  const again = await pass(pieces);
+  if (again.digest !== null && again.digest !== digest) throw new BlobCheckError(digest, `its bytes hash to ${again.digest} after it was made again`);
+  blob.pieces = pieces;
+  delete blob.unverified;
+}
+
+/** Checks (and mends) every blob that came from a cache unread, before it is streamed where nothing can be taken back. */
+export async function verifyBlobs(blobs: Blob[], hashes: HashPool): Promise<void> {
+  await settleAll(blobs.filter((b) => b.unverified && b.pieces).map((blob) => copyChecked(blob, (pieces) => hashes.sha256(pieces))));
 }
 
 /**
  * True when `path` already holds exactly the archive `entries` make: then it need not be written again.
  * Reading both sides from the page cache costs a fraction of writing (and of freeing the old file's
  * pages, which replacing it does): a rebuild in which nothing changed leaves its output as it was.
- * Blobs marked `verify` are checked against their digests in the same pass.
+ * Blobs that came from a cache unread are checked in the same pass.
  */
-export async function archiveFileMatches(entries: ArchiveEntry[], path: string): Promise<boolean> {
+export async function archiveFileMatches(entries: ArchiveEntry[], path: string, hashes: HashPool): Promise<boolean> {
+  if (!entries.every((e) => e.kind !== 'blob' || e.blob.pieces)) return false;
   const { small, blobs, size } = planArchive(entries);
   let target: FileHandle;
   try {
@@ -59,12 +168,17 @@ export async function archiveFileMatches(entries: ArchiveEntry[], path: string):
       if (bytesRead !== bytes.length || !have.equals(bytes)) return false;
     }
     let same = true;
-    await eachBlob(blobs, async ({ blob, at }) => {
-      if (!same) return;
-      const result = await runPieces({ pieces: blob.pieces!, hash: blob.verify === true, compareWith: { fd: target.fd, at } });
-      if (!result.same) same = false;
-      else checkDigest(blob, result.digest);
-    });
+    await settleAll(
+      blobs.map(({ blob, at }) =>
+        copyChecked(blob, async (pieces) => {
+          if (!same) return { digest: blob.descriptor.digest };
+          const result = await hashes.run({ pieces, hash: blob.unverified !== undefined, compareWith: { fd: target.fd, at } });
+          if (!result.same) same = false;
+          // A mismatch of the comparison is no damage: the output differs, and is written anew.
+          return { digest: result.same ? result.digest : blob.descriptor.digest };
+        }),
+      ),
+    );
     return same;
   } catch (err) {
     if (err instanceof BlobCheckError) throw err;
@@ -74,101 +188,42 @@ export async function archiveFileMatches(entries: ArchiveEntry[], path: string):
   }
 }
 
-/** Writes a blob by itself into `out` (a directory output's blob file), checking it if marked `verify`. */
-export async function writeBlobPieces(blob: Blob, out: FileHandle): Promise<void> {
-  const result = await runPieces({ pieces: blob.pieces!, hash: blob.verify === true, copyTo: { fd: out.fd, at: 0 } }).catch((err: unknown) => {
-    throw asCheckError(blob, err);
-  });
-  checkDigest(blob, result.digest);
-  await out.truncate(blob.descriptor.size);
-}
-
-/** Checks the bytes of the blobs marked `verify` (all at once, on the hash pool) before they are streamed. */
-export async function verifyBlobs(blobs: Blob[]): Promise<void> {
-  await eachBlob(
-    blobs.filter((b) => b.verify && b.pieces).map((blob) => ({ blob, at: 0 })),
-    async ({ blob }) => checkDigest(blob, (await sha256Pieces(blob.pieces!)).digest),
-  );
-}
-
-/** True when every blob entry says where its bytes are (so the archive can be written by position). */
-export function canPlan(entries: ArchiveEntry[]): boolean {
-  return entries.every((e) => e.kind !== 'blob' || e.blob.pieces !== undefined);
-}
-
-function checkDigest(blob: Blob, digest: string | null): void {
-  if (blob.verify && digest !== blob.descriptor.digest) throw new BlobCheckError(blob.descriptor.digest, `its bytes hash to ${digest}`);
-}
-
-/** A source that cannot be read (a cached blob truncated or gone) is a damaged blob too. */
-function asCheckError(blob: Blob, err: unknown): unknown {
-  if (err instanceof HashReadError && err.file !== '') return new BlobCheckError(blob.descriptor.digest, err.message);
-  return err;
-}
-
-/** Runs `each` for every blob (the hash pool bounds how many run at once); rethrows the first failure once all settled. */
-async function eachBlob(blobs: { blob: Blob; at: number }[], each: (b: { blob: Blob; at: number }) => Promise<void>): Promise<void> {
-  const outcomes = await Promise.allSettled(
-    blobs.map((b) =>
-      each(b).catch((err: unknown) => {
-        throw asCheckError(b.blob, err);
-      }),
-    ),
-  );
-  const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-  if (failure) throw failure.reason;
-}
-
+/** The archive's layout by position, as ArchiveFile writes it: headers and small files, and where each blob goes. */
 function planArchive(entries: ArchiveEntry[]): { small: { at: number; bytes: Buffer }[]; blobs: { blob: Blob; at: number }[]; size: number } {
   const small: { at: number; bytes: Buffer }[] = [];
   const blobs: { blob: Blob; at: number }[] = [];
   let at = 0;
-  // Headers and small bodies are gathered into runs, so a thousand-entry archive is a few writes.
-  let run: Buffer[] = [];
-  let runAt = 0;
   const put = (bytes: Buffer) => {
-    if (run.length === 0) runAt = at;
-    run.push(bytes);
+    small.push({ at, bytes });
     at += bytes.length;
   };
-  const flush = () => {
-    if (run.length > 0) small.push({ at: runAt, bytes: Buffer.concat(run) });
-    run = [];
-  };
-  const pad = (size: number) => {
-    const count = padToBlock(size) - size;
-    if (count > 0) put(Buffer.alloc(count));
-  };
-  const header = (name: string, typeflag: Typeflag, mode: number, size: number) =>
-    put(encodeHeaders({ name, typeflag, mode, size, mtime: 0, linkname: '' }));
-
   for (const entry of entries) {
-    if (entry.kind === 'directory') {
-      header(`${entry.name}/`, Typeflag.directory, 0o755, 0);
-    } else if (entry.kind === 'bytes') {
-      header(entry.name, Typeflag.file, 0o644, entry.bytes.length);
-      put(entry.bytes);
-      pad(entry.bytes.length);
-    } else {
+    if (entry.kind === 'directory') put(header(`${entry.name}/`, Typeflag.directory, 0o755, 0));
+    else if (entry.kind === 'bytes') put(Buffer.concat([header(entry.name, Typeflag.file, 0o644, entry.bytes.length), padded(entry.bytes)]));
+    else {
       const size = entry.blob.descriptor.size;
-      checkPiecesLength(entry.blob.pieces!, size, entry.blob.descriptor.digest);
-      header(entry.name, Typeflag.file, 0o644, size);
-      flush();
+      put(blobHeader(entry.name, size));
       blobs.push({ blob: entry.blob, at });
       at += size;
-      pad(size);
+      if (padToBlock(size) > size) put(Buffer.alloc(padToBlock(size) - size));
     }
   }
   put(Buffer.alloc(2 * BLOCK_SIZE));
-  flush();
   return { small, blobs, size: at };
 }
 
-async function writeAll(out: FileHandle, bytes: Buffer, at: number): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) {
-    const { bytesWritten } = await out.write(bytes, written, bytes.length - written, at + written);
-    written += bytesWritten;
-  }
+function header(name: string, typeflag: Typeflag, mode: number, size: number): Buffer {
+  return encodeHeaders({ name, typeflag, mode, size, mtime: 0, linkname: '' });
 }
 
+function padded(bytes: Buffer): Buffer {
+  const pad = padToBlock(bytes.length) - bytes.length;
+  return pad > 0 ? Buffer.concat([bytes, Buffer.alloc(pad)]) : bytes;
+}
+
+/** Waits for every promise; rethrows the first failure once all have settled (none outlives the output). */
+async function settleAll(promises: Promise<unknown>[]): Promise<void> {
+  const outcomes = await Promise.allSettled(promises);
+  const failure = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  if (failure) throw failure.reason;
+}

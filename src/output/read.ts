@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../model/assemble.js';
-import { MediaTypes, type Descriptor, type Image, type Layer } from '../model/image.js';
+import { compressionOf, MediaTypes, type Descriptor, type Image, type Layer } from '../model/image.js';
 import { CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION, type DockerArchiveManifestEntry } from './layout.js';
 import { configMediaType, digestHex, formatOfManifest, serializeManifest, sha256Digest } from '../model/manifest.js';
 import { sameImageName } from '../model/names.js';
@@ -292,8 +292,9 @@ async function readManifest(store: Store, descriptor: Descriptor, tags: string[]
     return {
       descriptor,
       diffId: diffIds[i]!,
+      compression: compressionOf(descriptor.mediaType),
       ...(uncompressedSize !== undefined && { uncompressedSize }),
-      ...(contents !== undefined && { contents }),
+      contents: contents ?? [],
       open: (start) => store.open(blob, start),
     };
   });
@@ -367,6 +368,8 @@ async function readDockerArchive(store: Store, options: ReadImageOptions): Promi
     layers.push({
       descriptor,
       diffId: diffIds[i]!,
+      compression: gzip ? 'gzip' : 'none',
+      contents: [],
       ...(!gzip && { uncompressedSize: size }),
       open: (start) => store.open(name, start),
     });

@@ -1,75 +1,316 @@
-import { link, mkdir, open, stat, utimes, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
-import { writeArchiveTar } from './archive-tar.js';
-import { writeDirectoryAtomically, writeFileAtomically, writeFileAtomicallyAt } from '../util/atomic.js';
-import { archiveFileMatches, canPlan, verifyBlobs, writeArchiveFile, writeBlobPieces } from './archive-file.js';
-import { checkPiecesLength, type BytePiece } from '../util/pieces.js';
-import type { OutputFormat } from './formats.js';
-import type { Blob, Image } from '../model/image.js';
-import { dockerArchiveEntries, ociLayoutEntries, type ArchiveEntry } from './layout.js';
 import { copyInto } from '../util/streams.js';
+import { PendingDirectory, PendingFile, writeDirectoryAtomically } from '../util/atomic.js';
+import { defaultHashPool, type HashPool } from '../util/hash-pool.js';
+import { checkPiecesLength, type BytePiece } from '../util/pieces.js';
+import { writeBlobFile, type LayerOutput, type Written } from '../layer/writer.js';
+import { layerOf, type Blob, type Compression, type Image, type Layer } from '../model/image.js';
+import { writeArchiveTar } from './archive-tar.js';
+import { ArchiveFile, archiveFileMatches, copyChecked, verifyBlobs } from './archive-file.js';
+import type { OutputFormat } from './formats.js';
+import { archiveEntries, archiveLayout, blobPath, ociLayoutEntries, type ArchiveEntry } from './layout.js';
 
 export type { OutputFormat } from './formats.js';
 export { OUTPUT_FORMATS, parseOutputFormat } from './formats.js';
 
-export interface WriteImageOptions {
+export interface OutputOptions {
   format: OutputFormat;
-  /** A file or directory path, or `-` for standard output (archives only). */
-  output: string;
+  /** A file or directory path, or `-` for standard output (archives only); null for none (a push alone). */
+  output: string | null;
   /** Where `-` writes (default process.stdout). */
   stdout?: Writable | NodeJS.WritableStream;
+  hashes?: HashPool;
+  /** Where layers wait that cannot go to their final place yet (default: a temp directory is not made: required when layers are written). */
+  workDir?: string;
+}
+
+/** What a layer being written is, besides its bytes. */
+export interface LayerMeta {
+  contents: string[];
+  compression: Compression;
 }
 
 /**
- * Writes an image in one of the output formats. Files and directories appear atomically: an error or
- * an interrupted process leaves no output and no temporary file. Blobs whose `pieces` are known are
- * copied by position (archives) or hard-linked (layouts); others are streamed from their source.
+ * An image being written to its output. Layers made by the build go straight to their final place
+ * where it is known (`writeLayer`); then `finish` writes the rest (layers that already had bytes, the
+ * config, the manifest, the indexes) and makes the output appear whole, atomically. An error or an
+ * interrupted process leaves no output and no temporary file.
  */
-export async function writeImage(image: Image, options: WriteImageOptions): Promise<void> {
+export interface ImageOutput {
+  /**
+   * Writes layer `index` (of the image's layers, in order) with `write`, into its place in the output
+   * when it is its turn, else into a work file until its turn comes.
+   */
+  writeLayer(index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer>;
+  finish(image: Image): Promise<void>;
+  abandon(): Promise<void>;
+}
+
+export async function openOutput(options: OutputOptions): Promise<ImageOutput> {
+  const hashes = options.hashes ?? defaultHashPool();
   const { format, output } = options;
-  if (format === 'oci-layout') {
-    if (output === '-') throw new UserError('--format oci-layout writes a directory and cannot go to standard output; use oci-archive');
-    await writeDirectoryAtomically(output, (dir) => writeEntriesToDirectory(ociLayoutEntries(image), dir));
-    return;
-  }
-  const entries = format === 'oci-archive' ? ociLayoutEntries(image) : dockerArchiveEntries(image);
-  if (output === '-') {
-    // A stream cannot be taken back: blobs from the cache are checked before the first byte goes out.
-    await verifyBlobs(image.layers);
-    const stdout = options.stdout ?? process.stdout;
-    await writeArchiveTar(entries, stdout).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'EPIPE') throw new UserError('standard output was closed before the archive was written', { cause: err });
-      throw err;
-    });
-    return;
-  }
-  if (!canPlan(entries)) return writeFileAtomically(output, (out) => writeArchiveTar(entries, out));
+  if (output === '-' && format === 'oci-layout') throw new UserError('--format oci-layout writes a directory and cannot go to standard output; use oci-archive');
+  if (output === null || output === '-') return new WorkOutput(options.workDir, hashes, output === '-' ? { format: format as 'oci-archive' | 'docker-archive', stdout: options.stdout ?? process.stdout } : null);
+  if (format === 'oci-layout') return LayoutOutput.create(output, hashes);
+  return ArchiveOutput.create(output, format, hashes, options.workDir);
+}
+
+/** Writes an image whose layers all have their bytes already (from a cache, a work directory, an archive). */
+export async function writeImage(image: Image, options: OutputOptions): Promise<void> {
+  const { format, output } = options;
+  const hashes = options.hashes ?? defaultHashPool();
   // Already these very bytes (a rebuild where nothing changed): left in place, only its mtime renewed.
-  if (await archiveFileMatches(entries, output)) {
+  if (output && output !== '-' && format !== 'oci-layout' && (await archiveFileMatches(archiveEntries(image, format), output, hashes))) {
     const now = new Date();
     await utimes(output, now, now);
     return;
   }
-  await writeFileAtomicallyAt(output, (out) => writeArchiveFile(entries, out));
+  const out = await openOutput(options);
+  try {
+    await out.finish(image);
+  } catch (err) {
+    await out.abandon();
+    throw err;
+  }
 }
 
-async function writeEntriesToDirectory(entries: ArchiveEntry[], dir: string): Promise<void> {
+/**
+ * An archive file, its layers written into it in order. The layer whose turn it is writes straight into
+ * its place; one made ahead of its turn (so that every core is busy) waits in a work file and is copied
+ * in when its turn comes, compressed, so only its compressed bytes are copied. Uncompressed layers gain
+ * nothing from running ahead (the writing is the work), so builds give them one at a time.
+ */
+class ArchiveOutput implements ImageOutput {
+  #next = 0;
+  #direct = false;
+  readonly #ahead = new Map<number, Layer>();
+  /** Layers whose bytes are in the archive being written, by member name. */
+  readonly #inArchive = new Map<string, BytePiece[]>();
+
+  private constructor(
+    readonly pending: PendingFile,
+    readonly archive: ArchiveFile,
+    readonly format: 'oci-archive' | 'docker-archive',
+    readonly workDir: string | undefined,
+  ) {}
+
+  static async create(path: string, format: 'oci-archive' | 'docker-archive', hashes: HashPool, workDir: string | undefined): Promise<ArchiveOutput> {
+    const pending = await PendingFile.open(path);
+    const output = new ArchiveOutput(pending, new ArchiveFile(pending.handle, pending.temp, hashes), format, workDir);
+    try {
+      for (const entry of archiveLayout(format).leading) await output.archive.add(entry);
+    } catch (err) {
+      await pending.abandon();
+      throw err;
+    }
+    return output;
+  }
+
+  async writeLayer(index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer> {
+    if (index !== this.#next || this.#direct) {
+      if (!this.workDir) throw new Error('a layer ahead of its turn needs a work directory');
+      const file = await writeBlobFile(this.workDir, write);
+      const layer = recordOf(file, meta, file.pieces);
+      this.#ahead.set(index, layer);
+      await this.#placeAhead();
+      return layer;
+    }
+    this.#direct = true;
+    let layer: Layer;
+    try {
+      const slot = this.archive.layerOutput();
+      const written = await write(slot.out);
+      layer = recordOf(written, meta, []);
+      const name = archiveLayout(this.format).layerName(layer);
+      const known = this.#inArchive.get(name);
+      if (known) {
+        slot.discard();
+        layer.pieces = known;
+      } else {
+        layer.pieces = await slot.placed(name, written.size);
+        this.#inArchive.set(name, layer.pieces);
+      }
+      this.#next++;
+    } finally {
+      this.#direct = false;
+    }
+    await this.#placeAhead();
+    return layer;
+  }
+
+  /** Copies in the layers made ahead whose turn has come. */
+  async #placeAhead(): Promise<void> {
+    while (!this.#direct && this.#ahead.has(this.#next)) {
+      const layer = this.#ahead.get(this.#next)!;
+      this.#ahead.delete(this.#next);
+      this.#next++;
+      const name = archiveLayout(this.format).layerName(layer);
+      if (!this.archive.has(name)) await this.archive.add({ kind: 'blob', name, blob: layer });
+    }
+  }
+
+  async finish(image: Image): Promise<void> {
+    const layout = archiveLayout(this.format);
+    for (const layer of image.layers) {
+      const name = layout.layerName(layer);
+      if (!this.archive.has(name)) await this.archive.add({ kind: 'blob', name, blob: layer });
+    }
+    for (const entry of layout.trailing(image)) await this.archive.add(entry);
+    await this.archive.finish();
+    await this.pending.commit();
+    // Layers written into the archive are read from it from now on (a push after the build).
+    repoint(image.layers, this.pending.temp, this.pending.target);
+  }
+
+  async abandon(): Promise<void> {
+    await this.pending.abandon();
+  }
+}
+
+/** An OCI layout directory: every layer written straight into its blob file, in any order. */
+class LayoutOutput implements ImageOutput {
+
+  private constructor(
+    readonly pending: PendingDirectory,
+    readonly hashes: HashPool,
+  ) {}
+
+  static async create(path: string, hashes: HashPool): Promise<LayoutOutput> {
+    const pending = await PendingDirectory.create(path);
+    await mkdir(join(pending.temp, 'blobs/sha256'), { recursive: true });
+    return new LayoutOutput(pending, hashes);
+  }
+
+  get blobs(): string {
+    return join(this.pending.temp, 'blobs/sha256');
+  }
+
+  async writeLayer(_index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer> {
+    const file = await writeBlobFile(this.blobs, write);
+    return recordOf(file, meta, file.pieces);
+  }
+
+  async finish(image: Image): Promise<void> {
+    await writeEntriesToDirectory(ociLayoutEntries(image), this.pending.temp, this.hashes);
+    await this.pending.commit();
+    repoint(image.layers, this.pending.temp, this.pending.target);
+  }
+
+  async abandon(): Promise<void> {
+    await this.pending.abandon();
+  }
+}
+
+/** No file output: layers wait in the work directory (for a push), or the archive is streamed to stdout. */
+class WorkOutput implements ImageOutput {
+
+  constructor(
+    readonly workDir: string | undefined,
+    readonly hashes: HashPool,
+    readonly stream: { format: 'oci-archive' | 'docker-archive'; stdout: Writable | NodeJS.WritableStream } | null,
+  ) {}
+
+  async writeLayer(_index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer> {
+    if (!this.workDir) throw new Error('layers without an output need a work directory');
+    const file = await writeBlobFile(this.workDir, write);
+    return recordOf(file, meta, file.pieces);
+  }
+
+  async finish(image: Image): Promise<void> {
+    if (!this.stream) return;
+    // A stream cannot be taken back: blobs from the cache are checked before the first byte goes out.
+    await verifyBlobs(image.layers, this.hashes);
+    await writeArchiveTar(archiveEntries(image, this.stream.format), this.stream.stdout).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') throw new UserError('standard output was closed before the archive was written', { cause: err });
+      throw err;
+    });
+  }
+
+  async abandon(): Promise<void> {}
+}
+
+function recordOf(written: Written, meta: LayerMeta, pieces: BytePiece[]): Layer {
+  return layerOf({
+    digest: written.digest,
+    size: written.size,
+    diffId: written.diffId,
+    uncompressedSize: written.tarSize,
+    compression: meta.compression,
+    pieces,
+    contents: meta.contents,
+  });
+}
+
+/** Pieces in files under `from` now lie under `to` (an output renamed into place). */
+function repoint(blobs: Blob[], from: string, to: string): void {
+  for (const blob of blobs) {
+    blob.pieces = blob.pieces?.map((p) => ('file' in p && (p.file === from || p.file.startsWith(`${from}/`)) ? { ...p, file: to + p.file.slice(from.length) } : p));
+  }
+}
+
+async function writeEntriesToDirectory(entries: ArchiveEntry[], dir: string, hashes: HashPool): Promise<void> {
   for (const entry of entries) {
     const path = join(dir, entry.name);
     if (entry.kind === 'directory') {
       await mkdir(path, { recursive: true });
     } else if (entry.kind === 'bytes') {
       await writeFile(path, entry.bytes, { mode: 0o644 });
-    } else {
-      await writeBlobFile(entry.blob, path);
+    } else if (!(await exists(path))) {
+      await writeBlobFileFrom(entry.blob, path, hashes);
     }
   }
 }
 
-async function writeBlobFile(blob: Blob, path: string): Promise<void> {
-  if (blob.pieces) return writePiecesFile(blob, blob.pieces, path);
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * A blob that lies whole in one file is hard-linked (blobs are content-addressed and never written to
+ * again), and checked if it came from a cache unread; otherwise, or across file systems, its pieces are
+ * copied (and checked) in one pass; a blob without local bytes is streamed.
+ */
+async function writeBlobFileFrom(blob: Blob, path: string, hashes: HashPool): Promise<void> {
+  const { size, digest } = blob.descriptor;
+  if (!blob.pieces) return streamBlobFile(blob, path);
+  checkPiecesLength(blob.pieces, size, digest);
+  const only = blob.pieces.length === 1 ? blob.pieces[0]! : null;
+  if (only && !('bytes' in only) && only.start === 0 && only.length === size) {
+    const linked = await stat(only.file).then(
+      (st) => st.size === only.length && link(only.file, path).then(() => true, () => false),
+      () => false,
+    );
+    if (linked) {
+      if (blob.unverified) {
+        await copyChecked(blob, async (pieces) => {
+          if (pieces !== blob.pieces) await copyPieces(pieces, path, hashes, true);
+          return hashes.sha256(pieces);
+        });
+      }
+      return;
+    }
+  }
+  await copyChecked(blob, (pieces) => copyPieces(pieces, path, hashes, blob.unverified !== undefined));
+}
+
+/** Writes the pieces to `path` (replacing what is there), hashing them on the way if asked. */
+async function copyPieces(pieces: BytePiece[], path: string, hashes: HashPool, hash: boolean): Promise<{ digest: string | null }> {
+  await rm(path, { force: true });
+  const out = await open(path, 'wx', 0o644);
+  try {
+    return await hashes.run({ pieces, hash, copyTo: { fd: out.fd, at: 0 } });
+  } finally {
+    await out.close();
+  }
+}
+
+async function streamBlobFile(blob: Blob, path: string): Promise<void> {
   const handle = await open(path, 'wx', 0o644);
   const out = handle.createWriteStream();
   // Kept for the end: a write error between our writes must not be an unhandled 'error' event.
@@ -90,28 +331,4 @@ async function writeBlobFile(blob: Blob, path: string): Promise<void> {
   }
 }
 
-/**
- * A blob that lies whole in one file is hard-linked (blobs are content-addressed and never written to
- * again); otherwise, or across file systems, its pieces are copied by position.
- */
-async function writePiecesFile(blob: Blob, pieces: BytePiece[], path: string): Promise<void> {
-  checkPiecesLength(pieces, blob.descriptor.size, blob.descriptor.digest);
-  const only = pieces.length === 1 ? pieces[0]! : null;
-  if (only && !('bytes' in only) && only.start === 0 && only.length === blob.descriptor.size) {
-    const linked = await stat(only.file).then(
-      (st) => st.size === only.length && link(only.file, path).then(() => true, () => false),
-      () => false,
-    );
-    if (linked) {
-      // Linked, not read: a blob from the cache is checked here instead.
-      await verifyBlobs([blob]);
-      return;
-    }
-  }
-  const out = await open(path, 'wx', 0o644);
-  try {
-    await writeBlobPieces(blob, out);
-  } finally {
-    await out.close();
-  }
-}
+export { blobPath };

@@ -9,6 +9,7 @@ import type { WheelKeyInputs } from '../cache/keys.js';
 import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython, type ListNodes } from '../wheels/checks/index.js';
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
+import type { HashPool } from '../util/hash-pool.js';
 import { readRemembered, type InputMemo } from '../util/file-identity.js';
 
 /**
@@ -58,13 +59,10 @@ export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 
 const PLATFORM_OF_ARCH: Record<string, TagTarget['platform']> = { amd64: 'linux_x86_64', arm64: 'linux_aarch64' };
 
-/** Overrides the split threshold (bytes) of wheel installs; for tests with small files. */
-export const SPLIT_THRESHOLD_ENV = 'NIX2OCI_WHEEL_SPLIT_THRESHOLD';
-
 /**
  * Reads and checks each wheel (zip whole, RECORD, tags for the image's Python) and plans its layers: a
- * main layer, and one per file of at least `splitThreshold` bytes (default SPLIT_THRESHOLD, or
- * $NIX2OCI_WHEEL_SPLIT_THRESHOLD). Shared objects are read for the library check in the same pass that
+ * main layer, and one per file of at least `splitThreshold` bytes (default SPLIT_THRESHOLD, `--wheel-split-size`).
+ * Shared objects are read for the library check in the same pass that
  * writes each layer.
  */
 export async function prepareWheels(options: {
@@ -74,19 +72,21 @@ export async function prepareWheels(options: {
   python?: string;
   depsCheck: boolean;
   splitThreshold?: number;
+  /** Hashes the wheel files (the build's pool). */
+  hashes?: HashPool;
   /** Lists a store path's files for the closure index (default: from the export; a build passes a cached one). */
   list?: ListNodes;
   /** What was read from each wheel before, by the file's identity: an unchanged wheel is not read again. */
   wheelInfos?: InputMemo<WheelInfo>;
 }): Promise<PreparedWheels> {
   const { files, closure, recipe } = options;
-  const splitThreshold = options.splitThreshold ?? thresholdFromEnv();
+  const splitThreshold = options.splitThreshold;
   if (files.length === 0) return { layers: [], check: async () => ({ warnings: [], env: {} }) };
 
   // The wheels are read (and hashed, on the hash pool) while the closure is indexed; errors are still
   // reported in order: the closure's first, then each wheel's.
   const reading = files.map((file) =>
-    readRemembered(file, options.wheelInfos, () => readWheelInfo(file)).then((info) => ({ ...info, file })),
+    readRemembered(file, options.wheelInfos, () => readWheelInfo(file, options.hashes)).then((info) => ({ ...info, file })),
   );
   for (const r of reading) r.catch(() => {});
   const explicitPython = options.python ?? recipe.python.interpreter;
@@ -207,12 +207,6 @@ function splitPath(value: string | undefined): string[] {
   return value ? value.split(':').filter(Boolean) : [];
 }
 
-function thresholdFromEnv(): number | undefined {
-  const value = process.env[SPLIT_THRESHOLD_ENV];
-  if (value === undefined || value === '') return undefined;
-  if (!/^[1-9]\d*$/.test(value)) throw new UserError(`${SPLIT_THRESHOLD_ENV} must be a whole number of bytes, got "${value}"`);
-  return Number(value);
-}
 
 function wheelFileName(file: string): string {
   return file.slice(file.lastIndexOf('/') + 1);

@@ -68,6 +68,20 @@ export function writeUstarHeader(target: Buffer, offset: number, fields: HeaderF
 }
 
 /**
+ * The one header block of an archive member that holds a blob (`blobs/sha256/<hex>`, `<hex>.tar.gz`):
+ * mode 0644, mtime 0, its size in base-256 beyond 8 GiB rather than in a PAX header, so the header is
+ * 512 bytes whatever the size, and can be reserved before a layer written behind it knows its size.
+ * Go's archive/tar (podman, skopeo, containerd, Docker), GNU tar and bsdtar read base-256 sizes.
+ */
+export function blobHeader(name: string, size: number): Buffer {
+  const split = splitUstarName(name);
+  if (!split) throw new Error(`blob member name ${name} does not fit a ustar header`);
+  const block = Buffer.alloc(BLOCK_SIZE);
+  writeBlock(block, 0, { name: split.name, prefix: split.prefix, typeflag: Typeflag.file, mode: 0o644, size, mtime: 0, linkname: '', uid: 0, gid: 0 });
+  return block;
+}
+
+/**
  * The header blocks for one entry: a PAX header (with its data) when needed, then the ustar header.
  * The result is a whole number of 512-byte blocks.
  */

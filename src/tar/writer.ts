@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { quote } from '../util/quote.js';
-import type { Owner, TarEntry, TarSink } from '../layer/types.js';
+import type { Owner, TarEntry, TarSink } from './entry.js';
 import { BLOCK_SIZE, Typeflag, checkMtime, encodeHeaders, padToBlock, writeUstarHeader, type HeaderFields } from './header.js';
 
 /**

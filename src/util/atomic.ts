@@ -48,67 +48,18 @@ export async function writeFileAtomically(path: string, write: (out: Writable) =
 }
 
 /**
- * Like writeFileAtomically, for writers that write by position: `fill` gets the temporary file's handle.
- */
-export async function writeFileAtomicallyAt(path: string, fill: (out: FileHandle) => Promise<void>): Promise<void> {
-  const { target, temp } = await tempBeside(path);
-  const forget = removeOnExit(temp);
-  let out: FileHandle | undefined;
-  try {
-    out = await open(temp, 'wx', 0o644).catch((err: NodeJS.ErrnoException) => {
-      throw new UserError(`cannot write ${path}: ${err.code ?? err.message}`, { cause: err });
-    });
-    await fill(out);
-    await out.close();
-    out = undefined;
-    // No fsync, as above.
-    await rename(temp, target);
-  } catch (err) {
-    await out?.close().catch(() => undefined);
-    await rm(temp, { force: true });
-    const e = err as NodeJS.ErrnoException;
-    if (e.code && !(err instanceof UserError)) throw new UserError(`cannot write ${path}: ${e.code}`, { cause: err });
-    throw err;
-  } finally {
-    forget();
-  }
-}
-
-/**
  * Fills a temporary directory beside `path`, then renames it into place. An existing output is
  * replaced only if it is an OCI layout (or empty), never an unrelated directory. The old layout is
  * moved aside and removed after the new one is in place.
  */
 export async function writeDirectoryAtomically(path: string, fill: (dir: string) => Promise<void>): Promise<void> {
-  const target = resolve(path);
-  await checkParent(target, path);
-  const existing = await lstat(target).catch(() => undefined);
-  if (existing) {
-    if (!existing.isDirectory()) throw new UserError(`cannot write an OCI layout to ${path}: it exists and is not a directory`);
-    const names = await readdir(target);
-    if (names.length > 0 && !names.includes('oci-layout')) {
-      throw new UserError(`cannot write an OCI layout to ${path}: it is a directory that is not an OCI layout; remove it or pick another path`);
-    }
-  }
-  const temp = await mkdtemp(join(dirname(target), `.${basename(target)}.tmp-`));
-  // mkdtemp makes it private; the output is an ordinary directory.
-  await chmod(temp, 0o755);
-  const forget = removeOnExit(temp);
+  const pending = await PendingDirectory.create(path);
   try {
-    await fill(temp);
-    if (existing) {
-      const old = `${temp}.old`;
-      await rename(target, old);
-      await rename(temp, target);
-      await rm(old, { recursive: true, force: true });
-    } else {
-      await rename(temp, target);
-    }
+    await fill(pending.temp);
+    await pending.commit();
   } catch (err) {
-    await rm(temp, { recursive: true, force: true });
+    await pending.abandon();
     throw err;
-  } finally {
-    forget();
   }
 }
 
@@ -124,4 +75,88 @@ async function tempBeside(path: string): Promise<{ target: string; temp: string 
   const existing = await lstat(target).catch(() => undefined);
   if (existing?.isDirectory()) throw new UserError(`cannot write ${path}: it is a directory`);
   return { target, temp: join(dirname(target), `.${basename(target)}.${randomBytes(6).toString('hex')}.tmp`) };
+}
+
+/**
+ * A file output being written by position over several steps (an archive whose layers are written into
+ * it as they are made): a temp file beside `path`, renamed into place by `commit`, removed by `abandon`
+ * or if the process is stopped.
+ */
+export class PendingFile {
+  private constructor(
+    readonly target: string,
+    readonly temp: string,
+    readonly handle: FileHandle,
+    private readonly forget: () => void,
+  ) {}
+
+  static async open(path: string): Promise<PendingFile> {
+    const { target, temp } = await tempBeside(path);
+    const forget = removeOnExit(temp);
+    const handle = await open(temp, 'wx', 0o644).catch((err: NodeJS.ErrnoException) => {
+      forget();
+      throw new UserError(`cannot write ${path}: ${err.code ?? err.message}`, { cause: err });
+    });
+    return new PendingFile(target, temp, handle, forget);
+  }
+
+  async commit(): Promise<void> {
+    await this.handle.close();
+    // No fsync, as above.
+    await rename(this.temp, this.target);
+    this.forget();
+  }
+
+  async abandon(): Promise<void> {
+    await this.handle.close().catch(() => undefined);
+    await rm(this.temp, { force: true });
+    this.forget();
+  }
+}
+
+/**
+ * A directory output filled over several steps: a temp directory beside `path`, renamed into place by
+ * `commit` (replacing an existing OCI layout, never an unrelated directory), removed by `abandon`.
+ */
+export class PendingDirectory {
+  private constructor(
+    readonly target: string,
+    readonly temp: string,
+    private readonly replaces: boolean,
+    private readonly forget: () => void,
+  ) {}
+
+  static async create(path: string): Promise<PendingDirectory> {
+    const target = resolve(path);
+    await checkParent(target, path);
+    const existing = await lstat(target).catch(() => undefined);
+    if (existing) {
+      if (!existing.isDirectory()) throw new UserError(`cannot write an OCI layout to ${path}: it exists and is not a directory`);
+      const names = await readdir(target);
+      if (names.length > 0 && !names.includes('oci-layout')) {
+        throw new UserError(`cannot write an OCI layout to ${path}: it is a directory that is not an OCI layout; remove it or pick another path`);
+      }
+    }
+    const temp = await mkdtemp(join(dirname(target), `.${basename(target)}.tmp-`));
+    // mkdtemp makes it private; the output is an ordinary directory.
+    await chmod(temp, 0o755);
+    return new PendingDirectory(target, temp, existing !== undefined, removeOnExit(temp));
+  }
+
+  async commit(): Promise<void> {
+    if (this.replaces) {
+      const old = `${this.temp}.old`;
+      await rename(this.target, old);
+      await rename(this.temp, this.target);
+      await rm(old, { recursive: true, force: true });
+    } else {
+      await rename(this.temp, this.target);
+    }
+    this.forget();
+  }
+
+  async abandon(): Promise<void> {
+    await rm(this.temp, { recursive: true, force: true });
+    this.forget();
+  }
 }

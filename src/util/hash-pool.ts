@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { BytePiece } from './pieces.js';
+import { hashWorkerMain, type WorkerJob, type WorkerReply } from './hash-worker.js';
 
 /**
  * sha256 of byte ranges of files, on worker threads (copying or comparing them on the way if asked): one core hashes about 1.1 GB/s, so indexing a
@@ -48,82 +49,14 @@ export class HashReadError extends Error {
 }
 
 type Job = PieceJob & { resolve: (r: PieceResult) => void; reject: (e: Error) => void };
-type FromWorker =
-  | { type: 'progress'; bytes: number }
-  | { type: 'done'; hex: string | null; same: boolean }
-  | { type: 'error'; file: string; code: string; at: number };
+type FromWorker = WorkerReply;
 
 /** Bytes read per call, and how often a worker reports progress. */
 const READ_SIZE = 1 << 20;
 const PROGRESS_EVERY = 32 << 20;
 
-const WORKER_SOURCE = `
-'use strict';
-const { parentPort } = require('node:worker_threads');
-const { createHash } = require('node:crypto');
-const fs = require('node:fs');
-const buffer = Buffer.allocUnsafeSlow(${READ_SIZE});
-const theirs = Buffer.allocUnsafeSlow(${READ_SIZE});
-class Stop extends Error {}
-parentPort.on('message', ({ pieces, hash: wanted, copyTo, compareWith }) => {
-  const hash = wanted ? createHash('sha256') : null;
-  let unreported = 0;
-  let out = 0;
-  const take = (bytes) => {
-    if (hash) hash.update(bytes);
-    if (copyTo) {
-      try {
-        for (let done = 0; done < bytes.length; ) done += fs.writeSync(copyTo.fd, bytes, done, bytes.length - done, copyTo.at + out + done);
-      } catch (err) {
-        err.output = true;
-        throw err;
-      }
-    }
-    if (compareWith) {
-      const other = theirs.subarray(0, bytes.length);
-      let got = 0;
-      while (got < other.length) {
-        const n = fs.readSync(compareWith.fd, other, got, other.length - got, compareWith.at + out + got);
-        if (n === 0) break;
-        got += n;
-      }
-      if (got !== other.length || !other.equals(bytes)) throw new Stop();
-    }
-    out += bytes.length;
-  };
-  try {
-    for (const piece of pieces) {
-      if (piece.bytes) { take(piece.bytes); continue; }
-      let fd;
-      let at = piece.start;
-      try {
-        fd = fs.openSync(piece.file, 'r');
-        const end = piece.start + piece.length;
-        while (at < end) {
-          const n = fs.readSync(fd, buffer, 0, Math.min(buffer.length, end - at), at);
-          if (n === 0) throw Object.assign(new Error('short'), { code: 'SHORT' });
-          take(n === buffer.length ? buffer : buffer.subarray(0, n));
-          at += n;
-          unreported += n;
-          if (unreported >= ${PROGRESS_EVERY}) { parentPort.postMessage({ type: 'progress', bytes: unreported }); unreported = 0; }
-        }
-      } catch (err) {
-        if (err instanceof Stop) throw err;
-        // A failed write, not a failed read: reported as the output's (file '').
-        if (err.output) return parentPort.postMessage({ type: 'error', file: '', code: err.code || String(err), at: copyTo.at + out });
-        return parentPort.postMessage({ type: 'error', file: piece.file, code: err.code || String(err), at });
-      } finally {
-        if (fd !== undefined) fs.closeSync(fd);
-      }
-    }
-  } catch (err) {
-    if (err instanceof Stop) return parentPort.postMessage({ type: 'done', hex: null, same: false });
-    return parentPort.postMessage({ type: 'error', file: '', code: err.code || String(err), at: 0 });
-  }
-  if (unreported > 0) parentPort.postMessage({ type: 'progress', bytes: unreported });
-  parentPort.postMessage({ type: 'done', hex: hash ? hash.digest('hex') : null, same: true });
-});
-`;
+/** The worker's program as source text (see hashWorkerMain): self-contained, type-checked. */
+const WORKER_SOURCE = `'use strict';\n(${hashWorkerMain.toString()})(${READ_SIZE}, ${PROGRESS_EVERY});\n`;
 
 class HashWorker {
   readonly worker: Worker;
@@ -158,55 +91,67 @@ class HashWorker {
     this.job = job;
     this.worker.ref();
     // Buffers are copied by postMessage; file pieces are only names and numbers, and fds are the process's.
-    this.worker.postMessage({ pieces: job.pieces, hash: job.hash !== false, copyTo: job.copyTo, compareWith: job.compareWith });
+    const message: WorkerJob = { pieces: job.pieces, hash: job.hash !== false, copyTo: job.copyTo, compareWith: job.compareWith };
+    this.worker.postMessage(message);
   }
 }
 
-const idle: HashWorker[] = [];
-const queue: Job[] = [];
-let live = 0;
-let size = availableParallelism();
-
-/** How many threads hash at once (default: the number of CPUs; build-image sets it from --jobs). */
-export function setHashThreads(count: number): void {
-  size = Math.max(1, count);
-}
-
-function next(worker: HashWorker): void {
-  const job = queue.shift();
-  if (job) worker.run(job);
-  else idle.push(worker);
-}
-
-function dead(worker: HashWorker): void {
-  live--;
-  const i = idle.indexOf(worker);
-  if (i >= 0) idle.splice(i, 1);
-  if (queue.length > 0) start();
-}
-
-function start(): void {
-  live++;
-  next(new HashWorker(next, dead));
-}
-
-/** sha256 of the pieces, in order, as one stream. Rejects with HashReadError if a file range cannot be read. */
-export async function sha256Pieces(pieces: BytePiece[], progress?: (bytes: number) => void): Promise<HashResult> {
-  const { digest } = await runPieces({ pieces, progress });
-  return { digest: digest! };
-}
-
 /**
- * Reads the pieces on a pool thread, hashing them and copying them into a file or comparing them with
- * one, in one pass. Rejects with HashReadError if a piece cannot be read (`file` is '' when the output
- * could not be written or read instead).
+ * A pool of hash workers: one per build (its size from --jobs), passed to whatever hashes or copies
+ * file ranges. Threads start on demand and are unref'd while idle.
  */
-export function runPieces(request: PieceJob): Promise<PieceResult> {
-  return new Promise((resolve, reject) => {
-    const job: Job = { ...request, resolve, reject };
-    const worker = idle.pop();
-    if (worker) return worker.run(job);
-    queue.push(job);
-    if (live < size) start();
-  });
+export class HashPool {
+  readonly #idle: HashWorker[] = [];
+  readonly #queue: Job[] = [];
+  #live = 0;
+
+  constructor(readonly threads: number = availableParallelism()) {
+    if (!Number.isInteger(threads) || threads < 1) throw new Error(`hash pool threads must be a whole number of at least 1, got ${threads}`);
+  }
+
+  /** sha256 of the pieces, in order, as one stream. Rejects with HashReadError if a file range cannot be read. */
+  async sha256(pieces: BytePiece[], progress?: (bytes: number) => void): Promise<HashResult> {
+    const { digest } = await this.run({ pieces, progress });
+    return { digest: digest! };
+  }
+
+  /**
+   * Reads the pieces on a pool thread, hashing them and copying them into a file or comparing them with
+   * one, in one pass. Rejects with HashReadError if a piece cannot be read (`file` is '' when the output
+   * could not be written or read instead).
+   */
+  run(request: PieceJob): Promise<PieceResult> {
+    return new Promise((resolve, reject) => {
+      const job: Job = { ...request, resolve, reject };
+      const worker = this.#idle.pop();
+      if (worker) return worker.run(job);
+      this.#queue.push(job);
+      if (this.#live < this.threads) this.#start();
+    });
+  }
+
+  #next = (worker: HashWorker): void => {
+    const job = this.#queue.shift();
+    if (job) worker.run(job);
+    else this.#idle.push(worker);
+  };
+
+  #dead = (worker: HashWorker): void => {
+    this.#live--;
+    const i = this.#idle.indexOf(worker);
+    if (i >= 0) this.#idle.splice(i, 1);
+    if (this.#queue.length > 0) this.#start();
+  };
+
+  #start(): void {
+    this.#live++;
+    this.#next(new HashWorker(this.#next, this.#dead));
+  }
+}
+
+let shared: HashPool | undefined;
+/** A pool of one thread per CPU, for callers that are not given one (a build passes its own). */
+export function defaultHashPool(): HashPool {
+  shared ??= new HashPool();
+  return shared;
 }

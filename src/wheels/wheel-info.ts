@@ -7,7 +7,7 @@
 import { eq as versionsEqual, valid as validVersion } from '@renovatebot/pep440';
 import { stat } from 'node:fs/promises';
 import { UserError } from '../util/errors.js';
-import { sha256Pieces } from '../util/hash-pool.js';
+import { defaultHashPool, type HashPool } from '../util/hash-pool.js';
 import { normalizeName, parseWheelFileName, type WheelTag } from './filename.js';
 import { parseCoreMetadata, parseEntryPoints, parseWheelFile, type EntryPoint } from './metadata.js';
 import { parseRecord, type HashAlgorithm, type RecordRow } from './record.js';
@@ -74,9 +74,9 @@ export function isRecordFile(name: string, distInfoDir: string): boolean {
  * (every file listed with a hash and the size the zip says) and entry_points.txt.
  * Every problem is a UserError naming the file and, where there is one, the entry.
  */
-export async function readWheelInfo(file: string): Promise<WheelInfo> {
+export async function readWheelInfo(file: string, hashes: HashPool = defaultHashPool()): Promise<WheelInfo> {
   const fileName = parseWheelFileName(file);
-  const hashing = hashFile(file);
+  const hashing = hashFile(file, hashes);
   // The hash stream fails on its own for a missing file; keep that rejection handled until awaited.
   hashing.catch(() => {});
   const zip = await ZipReader.open(file);
@@ -134,10 +134,10 @@ export async function readWheelInfo(file: string): Promise<WheelInfo> {
 }
 
 /** The wheel's sha256, on the hash pool's threads: a torch wheel is hundreds of MB, hashed beside other work. */
-async function hashFile(file: string): Promise<{ sha256: string; size: number }> {
+async function hashFile(file: string, hashes: HashPool): Promise<{ sha256: string; size: number }> {
   try {
     const size = (await stat(file)).size;
-    const { digest } = await sha256Pieces([{ file, start: 0, length: size }]);
+    const { digest } = await hashes.sha256([{ file, start: 0, length: size }]);
     return { sha256: digest.slice('sha256:'.length), size };
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { code?: string };

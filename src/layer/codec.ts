@@ -1,0 +1,67 @@
+import zlib from 'node:zlib';
+import { UserError } from '../util/errors.js';
+import { deflateOptions, GZIP_MEMBER_HEADER, type LayerFormat } from './format.js';
+
+/**
+ * A compression as the layer writer uses it: tar parts in, self-contained frames out. Frames of
+ * consecutive parts concatenate into one valid stream, so parts compress independently, in parallel,
+ * and a layer can be composed of frames compressed at other times. gzip today; zstd frames have the
+ * same property and fit the same two methods.
+ */
+export interface Codec {
+  /** Compresses one part on the thread pool into a whole frame. */
+  frame(part: Buffer): Promise<Buffer>;
+  /** The same for small in-memory bytes (a layer's first and last blocks), on this thread. */
+  frameSync(bytes: Buffer): Buffer;
+}
+
+/** The codec of a layer format; null for uncompressed layers (the blob is the tar). */
+export function codecOf(format: LayerFormat): Codec | null {
+  return format.compression === 'gzip' ? gzipCodec(format.gzipLevel) : null;
+}
+
+function gzipCodec(level: number): Codec {
+  const options = deflateOptions(level);
+  const member = (input: Buffer, deflated: Buffer) => {
+    const trailer = Buffer.alloc(8);
+    trailer.writeUInt32LE(zlib.crc32(input) >>> 0, 0);
+    trailer.writeUInt32LE(input.length % 0x100000000, 4);
+    return Buffer.concat([GZIP_MEMBER_HEADER, deflated, trailer]);
+  };
+  return {
+    frame: (part) =>
+      new Promise((resolve, reject) => {
+        zlib.deflateRaw(part, options, (err, deflated) => (err ? reject(err) : resolve(member(part, deflated))));
+      }),
+    frameSync: (bytes) => member(bytes, zlib.deflateRawSync(bytes, options)),
+  };
+}
+
+/**
+ * How many parts compress at once across every layer being written (`--jobs`), and so how many cores
+ * compression uses. Each part in flight holds one PART_SIZE buffer and a zlib state (~300 KiB), so
+ * memory is bounded by this count whatever the size or number of layers. One per build, passed down.
+ */
+export class Turns {
+  #inFlight = 0;
+  readonly #waiting: (() => void)[] = [];
+
+  constructor(readonly count: number) {
+    if (!Number.isInteger(count) || count < 1) throw new UserError(`--jobs must be a whole number of at least 1, got ${count}`);
+  }
+
+  /** Takes a turn: synchronously (undefined) when one is free, else a promise of one. */
+  take(): Promise<void> | undefined {
+    if (this.#inFlight < this.count) {
+      this.#inFlight++;
+      return undefined;
+    }
+    return new Promise((resolve) => this.#waiting.push(resolve));
+  }
+
+  give(): void {
+    const next = this.#waiting.shift();
+    if (next) next();
+    else this.#inFlight--;
+  }
+}

@@ -1,0 +1,468 @@
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { TarWriter, type ChunkSink } from '../tar/writer.js';
+import { removeOnExit } from '../util/cleanup.js';
+import { UserError } from '../util/errors.js';
+import type { BytePiece } from '../util/pieces.js';
+import { codecOf, Turns, type Codec } from './codec.js';
+import { checkLayerFormat, PART_SIZE, type LayerFormat } from './format.js';
+import type { LayerSource } from './types.js';
+
+/**
+ * The layer writer: a source's entries → deterministic tar → sha256 (diffID) → compression in parallel
+ * parts → sha256 (digest) → bytes at their final place, in one pass. Every layer nix2oci makes goes
+ * through here, whatever its kind (store paths, wheels, image root) and wherever it goes (a cache
+ * blob file, a region of an archive being written, a layout's blob file, a work file). Nothing is
+ * tarred or compressed twice and no layer is held in memory: a few MiB of chunks and parts at most.
+ */
+
+/** Where a layer's bytes go: from byte `at` of an open file on, in order. */
+export interface LayerOutput {
+  handle: FileHandle;
+  at: number;
+  /** For error messages. */
+  path: string;
+}
+
+export interface WriteOptions {
+  /** Compression turns shared by every layer of the build (`--jobs`); default: this layer's own 4. */
+  turns?: Turns;
+  /**
+   * Keep the tar's end-of-archive blocks (default true). A segment without them is a run of entries
+   * that concatenates with others into one tar: the cache keeps a store path's part that way.
+   */
+  whole?: boolean;
+  /** Stored bytes written around the segment (a cached part's layer head and end), hashed with it. */
+  frame?: { before: Buffer; after: Buffer };
+  /** Also fed every byte of tar, in order: a composed layer's diffID across its parts. */
+  alsoHash?: Hash;
+  /** Called once the whole tar went into the compressor, before compression ends (the next can start tarring). */
+  onTarred?: () => void;
+}
+
+/** What was written. */
+export interface Written {
+  /** `sha256:<hex>` of everything written: the frame's bytes and the segment's stored bytes. */
+  digest: string;
+  /** Bytes of the segment's stored form (without the frame). */
+  size: number;
+  /** `sha256:<hex>` of a whole layer's tar (its diffID); uncompressed, the same as `digest`. Empty for a segment. */
+  diffId: string;
+  /** Bytes of tar in the segment. */
+  tarSize: number;
+}
+
+/** Tar chunks in flight: bounds memory to a few MiB whatever the layer's size. */
+const CHUNK_SIZE = 1 << 20;
+const CHUNKS_IN_FLIGHT = 8;
+/** Compressed parts of one layer in flight at most (each holds a PART_SIZE buffer until compressed). */
+const PARTS_IN_FLIGHT = 4;
+/** Bytes queued for the disk before the writer waits: a slow disk must not let them pile up. */
+const WRITE_BACKLOG = 16 << 20;
+
+export async function writeLayer(source: LayerSource, format: LayerFormat, out: LayerOutput, options: WriteOptions = {}): Promise<Written> {
+  const { whole = true, frame, alsoHash, onTarred } = options;
+  const session = new Session(format, out, options.turns);
+  try {
+    // A whole layer's diffID: uncompressed, its blob is its tar, hashed once. A segment has none of its own.
+    const tarHash = whole && session.codec ? createHash('sha256') : null;
+    if (frame) session.stored(frame.before);
+    const tarSize = await session.segment(source, whole, [tarHash, alsoHash], onTarred);
+    if (frame) session.stored(frame.after);
+    const { digest, size } = await session.end();
+    const diffId = tarHash ? `sha256:${tarHash.digest('hex')}` : whole ? digest : '';
+    return { digest, size: size - (frame ? frame.before.length + frame.after.length : 0), diffId, tarSize };
+  } catch (err) {
+    await session.abandon();
+    throw asUserError(err, out.path);
+  }
+}
+
+/**
+ * A layer composed of segments, framed the way the layer cache keeps store paths: the head's stored
+ * bytes (its own frame), each segment compressed into frames of its own (frames restart at every
+ * segment), the end's stored bytes. The same bytes as the cache's composition of the same segments,
+ * written in one pass straight to `out`.
+ */
+export async function writeComposedLayer(
+  head: { tar: Buffer; stored: Buffer },
+  segments: LayerSource[],
+  end: { tar: Buffer; stored: Buffer },
+  format: LayerFormat,
+  out: LayerOutput,
+  turns?: Turns,
+): Promise<Written> {
+  const session = new Session(format, out, turns);
+  try {
+    const diff = createHash('sha256').update(head.tar);
+    session.stored(head.stored);
+    let tarSize = head.tar.length;
+    for (const segment of segments) tarSize += await session.segment(segment, false, [diff]);
+    diff.update(end.tar);
+    session.stored(end.stored);
+    const { digest, size } = await session.end();
+    return { digest, size, diffId: `sha256:${diff.digest('hex')}`, tarSize: tarSize + end.tar.length };
+  } catch (err) {
+    await session.abandon();
+    throw asUserError(err, out.path);
+  }
+}
+
+/** One layer being written: its stored bytes hashed and written in order, segment after segment. */
+class Session {
+  readonly codec: Codec | null;
+  readonly #file: FileSink;
+  readonly #hash = createHash('sha256');
+  readonly #turns: Turns;
+
+  constructor(
+    readonly format: LayerFormat,
+    out: LayerOutput,
+    turns: Turns | undefined,
+  ) {
+    checkLayerFormat(format);
+    this.codec = codecOf(format);
+    this.#file = new FileSink(out);
+    this.#turns = turns ?? new Turns(PARTS_IN_FLIGHT);
+  }
+
+  /** Stored bytes as they are (a frame made elsewhere); `done` once they are in the file. */
+  stored(bytes: Buffer, done?: () => void): void {
+    this.#hash.update(bytes);
+    this.#file.write(bytes, done);
+  }
+
+  /** Tars a source into the layer, through `hashes` (the diffID's) and the compression; returns its tar bytes. */
+  async segment(source: LayerSource, whole: boolean, hashes: (Hash | null | undefined)[], onTarred?: () => void): Promise<number> {
+    const file = this.#file;
+    const parts = this.codec ? new Parts(this.codec, this.#turns, (frame) => this.stored(frame)) : null;
+    const tarSize = await tarInto(
+      source,
+      this.format.mtime,
+      whole,
+      (bytes, release) => {
+        for (const hash of hashes) hash?.update(bytes);
+        if (!parts) return this.stored(bytes, release);
+        // The chunk goes back to the tar writer once copied into a part; parts wait for the disk.
+        parts.write(bytes).then(() => file.room()).then(release, (err: unknown) => {
+          file.fail(err);
+          release();
+        });
+      },
+      () => file.failure(),
+    );
+    await parts?.flush();
+    onTarred?.();
+    await parts?.end();
+    return tarSize;
+  }
+
+  /** Waits for every write; the digest and size of all stored bytes. */
+  async end(): Promise<{ digest: string; size: number }> {
+    await this.#file.end();
+    return { digest: `sha256:${this.#hash.digest('hex')}`, size: this.#file.written };
+  }
+
+  /** After a failure: lets the writes in flight settle (the caller removes or reuses the file). */
+  async abandon(): Promise<void> {
+    await this.#file.end().catch(() => undefined);
+  }
+}
+
+/** A layer written whole to its own file, named by its digest in `dir`. */
+export interface LayerFile extends Written {
+  file: string;
+  pieces: BytePiece[];
+}
+
+/** Writes a whole layer to `<dir>/<digest hex>` (see writeBlobFile). */
+export function writeLayerFile(source: LayerSource, format: LayerFormat, dir: string, options: Omit<WriteOptions, 'whole' | 'frame'> = {}): Promise<LayerFile> {
+  return writeBlobFile(dir, (out) => writeLayer(source, format, out, options));
+}
+
+/**
+ * Runs `write` into a temp file in `dir` and renames the file to its digest's hex once complete
+ * (removed on failure or interruption): a layer with a file of its own (a work file, a cache blob, a
+ * layout's blob).
+ */
+export async function writeBlobFile(dir: string, write: (out: LayerOutput) => Promise<Written>): Promise<LayerFile> {
+  const temp = join(dir, `.layer-${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
+  const forget = removeOnExit(temp);
+  try {
+    const handle = await open(temp, 'wx', 0o644).catch((err: NodeJS.ErrnoException) => {
+      throw new UserError(`cannot write a layer in ${dir}: ${err.code ?? err.message}`, { cause: err });
+    });
+    let written: Written;
+    try {
+      written = await write({ handle, at: 0, path: temp });
+    } finally {
+      await handle.close();
+    }
+    const file = join(dir, written.digest.slice('sha256:'.length));
+    await rename(temp, file);
+    return { ...written, file, pieces: [{ file, start: 0, length: written.size }] };
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw asUserError(err, temp);
+  } finally {
+    forget();
+  }
+}
+
+/** A file system error while writing is the user's to fix (a full disk, a read-only directory): one line. */
+function asUserError(err: unknown, path: string): unknown {
+  const e = err as NodeJS.ErrnoException;
+  if (e?.code && !(err instanceof UserError) && typeof e.syscall === 'string') return new UserError(`cannot write ${path}: ${e.code}`, { cause: err });
+  return err;
+}
+
+/**
+ * The tar of a source as a segment (without the end-of-archive blocks), chunk by chunk to `consume`,
+ * which must be done with each chunk when it returns. For hashing a segment again without writing it.
+ */
+export function tarSegment(source: LayerSource, mtime: number, consume: (bytes: Buffer) => void): Promise<number> {
+  return tarInto(source, mtime, false, (bytes, release) => {
+    consume(bytes);
+    release();
+  }, () => null);
+}
+
+/** A small segment (a few headers) as one buffer. */
+export async function tarSegmentBytes(source: LayerSource, mtime: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  await tarSegment(source, mtime, (bytes) => chunks.push(Buffer.from(bytes)));
+  return Buffer.concat(chunks);
+}
+
+/**
+ * Runs a source through the tar writer and hands each chunk of tar to `consume` in order (without the
+ * end-of-archive blocks unless `whole`). `consume` may keep the chunk until it calls `release`.
+ * Returns the bytes of tar handed over.
+ */
+async function tarInto(
+  source: LayerSource,
+  mtime: number,
+  whole: boolean,
+  consume: (bytes: Buffer, release: () => void) => void,
+  failure: () => unknown,
+): Promise<number> {
+  const sink = new Chunks(consume, failure);
+  const tar = new TarWriter(sink, { mtime });
+  await source(tar);
+  if (!whole) sink.limit = tar.bytesWritten;
+  await tar.finish();
+  await sink.drained();
+  const failed = failure();
+  if (failed) throw failed;
+  return whole ? tar.bytesWritten : sink.limit;
+}
+
+/** Hands out a few reusable chunks to the tar writer; drops whatever lies past `limit` (the end blocks). */
+class Chunks implements ChunkSink {
+  limit = Number.POSITIVE_INFINITY;
+  #offset = 0;
+  #allocated = 0;
+  #free: Buffer[] = [];
+  #waiters: ((b: Buffer) => void)[] = [];
+  #idle: (() => void)[] = [];
+
+  constructor(
+    private readonly consume: (bytes: Buffer, release: () => void) => void,
+    private readonly failure: () => unknown,
+  ) {}
+
+  acquire(): Buffer | Promise<Buffer> {
+    const failed = this.failure();
+    if (failed) throw failed;
+    const chunk = this.#free.pop();
+    if (chunk) return chunk;
+    if (this.#allocated < CHUNKS_IN_FLIGHT) {
+      this.#allocated++;
+      return Buffer.allocUnsafeSlow(CHUNK_SIZE);
+    }
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  submit(chunk: Buffer, length: number): void {
+    const kept = Math.max(0, Math.min(length, this.limit - this.#offset));
+    this.#offset += length;
+    if (kept === 0) return this.#release(chunk);
+    let released = false;
+    this.consume(chunk.subarray(0, kept), () => {
+      if (!released) {
+        released = true;
+        this.#release(chunk);
+      }
+    });
+  }
+
+  /** Resolves once every chunk came back, i.e. everything submitted was consumed. */
+  drained(): Promise<void> {
+    if (this.#free.length === this.#allocated) return Promise.resolve();
+    return new Promise((resolve) => this.#idle.push(resolve));
+  }
+
+  #release(chunk: Buffer): void {
+    const waiter = this.#waiters.shift();
+    if (waiter) return waiter(chunk);
+    this.#free.push(chunk);
+    if (this.#free.length === this.#allocated) for (const done of this.#idle.splice(0)) done();
+  }
+}
+
+/**
+ * Cuts the tar into PART_SIZE parts, compresses each alone with a turn (so `--jobs` bounds every
+ * layer's parts together, and one huge layer still uses every core), and emits the frames in order.
+ */
+class Parts {
+  #part: Buffer | null = null;
+  #used = 0;
+  #spare: Buffer[] = [];
+  #next = 0;
+  #nextEmit = 0;
+  #done = new Map<number, Buffer>();
+  #inFlight = 0;
+  #slotWaiters: (() => void)[] = [];
+  #failure: unknown = null;
+  #idle: (() => void)[] = [];
+
+  constructor(
+    private readonly codec: Codec,
+    private readonly turns: Turns,
+    private readonly emit: (frame: Buffer) => void,
+  ) {}
+
+  /** Takes the bytes (copied); resolves once there is room for more. */
+  async write(bytes: Buffer): Promise<void> {
+    let offset = 0;
+    while (offset < bytes.length) {
+      if (this.#failure) throw this.#failure;
+      this.#part ??= this.#spare.pop() ?? Buffer.allocUnsafeSlow(PART_SIZE);
+      const copied = bytes.copy(this.#part, this.#used, offset);
+      this.#used += copied;
+      offset += copied;
+      if (this.#used === PART_SIZE) await this.#dispatch();
+    }
+  }
+
+  /** Sends what is left to be compressed (an empty tar still gets one frame); resolves once under way. */
+  async flush(): Promise<void> {
+    if (this.#used > 0 || this.#next === 0) await this.#dispatch();
+  }
+
+  /** Resolves once every frame has been emitted. */
+  async end(): Promise<void> {
+    await this.flush();
+    if (this.#inFlight > 0) await new Promise<void>((resolve) => this.#idle.push(resolve));
+    if (this.#failure) throw this.#failure;
+  }
+
+  async #dispatch(): Promise<void> {
+    const part = this.#part ?? Buffer.alloc(0);
+    const length = this.#used;
+    this.#part = null;
+    this.#used = 0;
+    while (this.#inFlight >= PARTS_IN_FLIGHT) await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
+    const turn = this.turns.take();
+    if (turn) await turn;
+    if (this.#failure) {
+      this.turns.give();
+      throw this.#failure;
+    }
+    const seq = this.#next++;
+    this.#inFlight++;
+    this.codec.frame(part.subarray(0, length)).then(
+      (framed) => this.#finished(seq, part, framed),
+      (err: unknown) => {
+        this.#failure ??= err;
+        this.#finished(seq, part, Buffer.alloc(0));
+      },
+    );
+  }
+
+  #finished(seq: number, part: Buffer, framed: Buffer): void {
+    this.turns.give();
+    if (part.length === PART_SIZE) this.#spare.push(part);
+    this.#done.set(seq, framed);
+    // In order; a part counts as in flight until its frame is emitted, so frames waiting behind a slow
+    // earlier part stay bounded too.
+    for (let frame = this.#done.get(this.#nextEmit); frame; frame = this.#done.get(this.#nextEmit)) {
+      this.#done.delete(this.#nextEmit++);
+      try {
+        if (!this.#failure) this.emit(frame);
+      } catch (err) {
+        this.#failure ??= err;
+      }
+      this.#inFlight--;
+      this.#slotWaiters.shift()?.();
+    }
+    if (this.#inFlight === 0) for (const done of this.#idle.splice(0)) done();
+  }
+}
+
+/** Writes in order at consecutive positions of an open file, one write at a time, with a bounded backlog. */
+class FileSink {
+  #position: number;
+  #queued = 0;
+  #chain: Promise<void> = Promise.resolve();
+  #failure: unknown = null;
+  #roomWaiters: (() => void)[] = [];
+
+  constructor(private readonly out: LayerOutput) {
+    this.#position = out.at;
+  }
+
+  /** Bytes handed to write so far. */
+  get written(): number {
+    return this.#position - this.out.at;
+  }
+
+  failure(): unknown {
+    return this.#failure;
+  }
+
+  fail(err: unknown): void {
+    this.#failure ??= err;
+    for (const wake of this.#roomWaiters.splice(0)) wake();
+  }
+
+  /** Queues the bytes (which must not change until `done` runs, once they are in the file). */
+  write(bytes: Buffer, done?: () => void): void {
+    const at = this.#position;
+    this.#position += bytes.length;
+    this.#queued += bytes.length;
+    this.#chain = this.#chain.then(async () => {
+      try {
+        if (!this.#failure) await writeAll(this.out.handle, bytes, at);
+      } catch (err) {
+        this.fail(err);
+      } finally {
+        this.#queued -= bytes.length;
+        if (this.#queued < WRITE_BACKLOG) for (const wake of this.#roomWaiters.splice(0)) wake();
+        done?.();
+      }
+    });
+  }
+
+  /** Resolves once the backlog is below its bound. */
+  async room(): Promise<void> {
+    while (this.#queued >= WRITE_BACKLOG && !this.#failure) await new Promise<void>((resolve) => this.#roomWaiters.push(resolve));
+    if (this.#failure) throw this.#failure;
+  }
+
+  /** Resolves once every queued write is done; throws the first failure. */
+  async end(): Promise<void> {
+    await this.#chain;
+    if (this.#failure) throw this.#failure;
+  }
+}
+
+/** Writes all of `bytes` at `at` (a write may take fewer bytes than asked). */
+export async function writeAll(handle: FileHandle, bytes: Buffer, at: number): Promise<void> {
+  let written = 0;
+  while (written < bytes.length) {
+    const { bytesWritten } = await handle.write(bytes, written, bytes.length - written, at + written);
+    written += bytesWritten;
+  }
+}

@@ -1,0 +1,100 @@
+import type { BytePiece } from './pieces.js';
+
+/** What the main thread asks of a hash worker: one job at a time. */
+export interface WorkerJob {
+  pieces: BytePiece[];
+  hash: boolean;
+  copyTo?: { fd: number; at: number };
+  compareWith?: { fd: number; at: number };
+}
+
+/** What a hash worker answers. */
+export type WorkerReply =
+  | { type: 'progress'; bytes: number }
+  | { type: 'done'; hex: string | null; same: boolean }
+  | { type: 'error'; file: string; code: string; at: number };
+
+/**
+ * A hash worker's whole program. It runs as the worker's source (`new Worker(source, { eval: true })`),
+ * so it runs the same from dist/ and from the TypeScript sources under the test runner, and it is
+ * type-checked here: it must use nothing from outside its own body but `require` and Buffer.
+ */
+export function hashWorkerMain(readSize: number, progressEvery: number): void {
+  const { parentPort } = require('node:worker_threads') as typeof import('node:worker_threads');
+  const { createHash } = require('node:crypto') as typeof import('node:crypto');
+  const fs = require('node:fs') as typeof import('node:fs');
+  const port = parentPort!;
+  const buffer = Buffer.allocUnsafeSlow(readSize);
+  const theirs = Buffer.allocUnsafeSlow(readSize);
+  const reply = (message: WorkerReply) => port.postMessage(message);
+  /** A comparison found a difference: the job ends early, not in error. */
+  const STOP = Symbol('stop');
+  type Failure = NodeJS.ErrnoException & { output?: boolean };
+
+  port.on('message', ({ pieces, hash: wanted, copyTo, compareWith }: WorkerJob) => {
+    const hash = wanted ? createHash('sha256') : null;
+    let unreported = 0;
+    let out = 0;
+    const take = (bytes: Buffer) => {
+      hash?.update(bytes);
+      if (copyTo) {
+        try {
+          for (let done = 0; done < bytes.length; ) done += fs.writeSync(copyTo.fd, bytes, done, bytes.length - done, copyTo.at + out + done);
+        } catch (err) {
+          (err as Failure).output = true;
+          throw err;
+        }
+      }
+      if (compareWith) {
+        const other = theirs.subarray(0, bytes.length);
+        let got = 0;
+        while (got < other.length) {
+          const n = fs.readSync(compareWith.fd, other, got, other.length - got, compareWith.at + out + got);
+          if (n === 0) break;
+          got += n;
+        }
+        if (got !== other.length || !other.equals(bytes)) throw STOP;
+      }
+      out += bytes.length;
+    };
+    try {
+      for (const piece of pieces) {
+        if ('bytes' in piece) {
+          // Buffers arrive as Uint8Arrays after postMessage.
+          take(Buffer.from(piece.bytes.buffer, piece.bytes.byteOffset, piece.bytes.byteLength));
+          continue;
+        }
+        let fd: number | undefined;
+        let at = piece.start;
+        try {
+          fd = fs.openSync(piece.file, 'r');
+          const end = piece.start + piece.length;
+          while (at < end) {
+            const n = fs.readSync(fd, buffer, 0, Math.min(buffer.length, end - at), at);
+            if (n === 0) throw Object.assign(new Error('short'), { code: 'SHORT' });
+            take(n === buffer.length ? buffer : buffer.subarray(0, n));
+            at += n;
+            unreported += n;
+            if (unreported >= progressEvery) {
+              reply({ type: 'progress', bytes: unreported });
+              unreported = 0;
+            }
+          }
+        } catch (err) {
+          if (err === STOP) throw err;
+          const failure = err as Failure;
+          // A failed write, not a failed read: reported as the output's (file '').
+          if (failure.output) return reply({ type: 'error', file: '', code: failure.code ?? String(err), at: copyTo!.at + out });
+          return reply({ type: 'error', file: piece.file, code: failure.code ?? String(err), at });
+        } finally {
+          if (fd !== undefined) fs.closeSync(fd);
+        }
+      }
+    } catch (err) {
+      if (err === STOP) return reply({ type: 'done', hex: null, same: false });
+      return reply({ type: 'error', file: '', code: (err as Failure).code ?? String(err), at: 0 });
+    }
+    if (unreported > 0) reply({ type: 'progress', bytes: unreported });
+    reply({ type: 'done', hex: hash ? hash.digest('hex') : null, same: true });
+  });
+}
