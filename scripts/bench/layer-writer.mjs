@@ -6,8 +6,8 @@
 // Prints {"tarBytes","blobBytes","digest"} as JSON. Needs dist/ (npm run build).
 import { createDeflateRaw } from 'node:zlib';
 import { loadClosure } from '../../dist/nix/closure.js';
-import { setLayerJobs } from '../../dist/layer/jobs.js';
-import { writeLayer } from '../../dist/layer/write.js';
+import { Turns } from '../../dist/layer/codec.js';
+import { writeLayerFile } from '../../dist/layer/writer.js';
 import { storePathsSource } from '../../dist/layer/store-paths.js';
 import { TarWriter } from '../../dist/tar/writer.js';
 
@@ -34,7 +34,6 @@ if (mode === 'single') {
   await ended;
   console.log(JSON.stringify({ tarBytes: tar.bytesWritten, blobBytes }));
 } else {
-  setLayerJobs(Number(jobs));
-  const blob = await writeLayer(source, { compression: 'gzip', dir: outDir, mtime: 1 });
-  console.log(JSON.stringify({ tarBytes: blob.uncompressedSize, blobBytes: blob.size, digest: blob.digest }));
+  const blob = await writeLayerFile(source, { compression: 'gzip', gzipLevel: 6, mtime: 1 }, outDir, { turns: new Turns(Number(jobs)) });
+  console.log(JSON.stringify({ tarBytes: blob.tarSize, blobBytes: blob.size, digest: blob.digest }));
 }

@@ -69,8 +69,11 @@ export async function benchWheel({ repo, work, small, report }) {
   const { readWheelInfo } = await import(dist('wheels/wheel-info.js'));
   const { wheelLayerSource } = await import(dist('wheels/install.js'));
   // The writer build-image uses for wheel layers (and the same for the store paths compared with them).
-  const { writeWholeLayer } = await import(dist('layer/segment.js'));
-  const writeLayer = (source, { compression, dir, mtime }) => writeWholeLayer(source, { compression, gzipLevel: 6, mtime }, dir);
+  const { writeLayerFile } = await import(dist('layer/writer.js'));
+  const writeLayer = async (source, { compression, dir, mtime }) => {
+    const file = await writeLayerFile(source, { compression, gzipLevel: 6, mtime }, dir);
+    return { ...file, uncompressedSize: file.tarSize };
+  };
   const { storePathsSource } = await import(dist('layer/store-paths.js'));
   const { closure, wheelFile } = await benchWheelFile({ repo, work, small });
 

@@ -70,16 +70,16 @@ export async function describeImage(image: Image, options: DescribeOptions = {})
       size: d.size,
       ...(layer.uncompressedSize !== undefined && { uncompressedSize: layer.uncompressedSize }),
       diffId: layer.diffId,
-      contents: layer.contents ?? [],
-      contentsFrom: layer.contents !== undefined ? 'annotation' : 'unknown',
+      contents: layer.contents,
+      contentsFrom: layer.contents.length > 0 ? 'annotation' : 'unknown',
     };
-    if (scan && (layer.contents === undefined || layer.uncompressedSize === undefined)) {
+    if (scan && (layer.contents.length === 0 || layer.uncompressedSize === undefined)) {
       const result = await scanLayer(layer.open(), `layer ${i + 1} (${d.digest})`).catch((err: Error) => err);
       if (result instanceof Error) {
         described.problems = [result.message];
       } else {
         described.uncompressedSize = result.uncompressedSize;
-        if (layer.contents === undefined) {
+        if (layer.contents.length === 0) {
           described.contents = result.storePaths;
           described.contentsFrom = 'scan';
         }

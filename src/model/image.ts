@@ -70,7 +70,7 @@ export function layerOf(fields: {
     ...(fields.unverified && { unverified: fields.unverified }),
     // `this`, not a captured record: a copy with another descriptor, or repaired pieces, reads its own.
     open(this: Blob, start = 0) {
-      return piecesStream(this.pieces!, start);
+      return piecesStream(this.pieces ?? fields.pieces, start);
     },
   };
 }

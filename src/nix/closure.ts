@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Closure, StorePathInfo } from './types.js';
 import { UserError } from '../util/errors.js';
-import type { HashPool } from '../util/hash-pool.js';
+import { defaultHashPool, type HashPool } from '../util/hash-pool.js';
 import { indexExport, spoolToFile } from './export.js';
 import { checkAgainstPathInfo, readPathInfo, sriOf } from './path-info.js';
 
@@ -33,10 +33,11 @@ export interface LoadClosureOptions {
   /** Told when a file's index came from the memo rather than from reading the file. */
   onRecalled?: (file: string) => void;
   /**
-   * Hashes the NARs. Null skips hashing when nothing needs the hashes: then no path-info file, no memo
-   * and only one export may be given (each of those compares or keys by NAR hash).
+   * Hashes the NARs (default: a pool of one thread per CPU). Null skips hashing when nothing needs the
+   * hashes: then no path-info file, no memo and only one export may be given (each of those compares or
+   * keys by NAR hash).
    */
-  hashes: HashPool | null;
+  hashes?: HashPool | null;
 }
 
 /** An export file's index, remembered by the file's identity (see fileIdentity): its NARs are not hashed again. */
@@ -55,10 +56,10 @@ function labelFor(file: string): string {
  * and checks the closure.
  * A path in several files must have the same NAR (hash) and references in each; the first file's copy is used.
  */
-export async function loadClosure(files: string[], opts: LoadClosureOptions): Promise<Closure> {
+export async function loadClosure(files: string[], opts: LoadClosureOptions = {}): Promise<Closure> {
   if (files.length === 0) throw new UserError('no closure files given: pass one or more nix-store --export files (or - for stdin)');
   if (files.filter((f) => f === '-').length > 1) throw new UserError("stdin ('-') can be given only once");
-  if (!opts.hashes && (opts.pathInfoFile !== undefined || opts.memo || files.length > 1)) throw new Error('loadClosure: NAR hashes are needed here');
+  if (opts.hashes === null && (opts.pathInfoFile !== undefined || opts.memo || files.length > 1)) throw new Error('loadClosure: NAR hashes are needed here');
 
   // Read first, so a bad path-info file fails before gigabytes are indexed.
   const pathInfo = opts.pathInfoFile === undefined ? null : await readPathInfo(opts.pathInfoFile);
@@ -71,7 +72,7 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions): Pr
     labels.set(file, label);
     const onProgress = opts.onProgress && ((read: number, total: number) => opts.onProgress!(label, read, total));
     // Only a file read in place can be remembered: stdin and pipes are spooled to a new file each time.
-    const infos = file !== given ? await indexExport(file, { label, onProgress, hashes: opts.hashes }) : await indexRemembered(file, label, opts.hashes, opts.memo, onProgress, opts.onRecalled);
+    const infos = file !== given ? await indexExport(file, { label, onProgress, hashes: opts.hashes === undefined ? defaultHashPool() : opts.hashes }) : await indexRemembered(file, label, opts.hashes === undefined ? defaultHashPool() : opts.hashes, opts.memo, onProgress, opts.onRecalled);
     for (const info of infos) {
       const seen = merged.get(info.path);
       if (!seen) {

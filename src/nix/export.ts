@@ -16,7 +16,7 @@ import { ChunkReader, EndOfDataError, ReadFailedError, closeFd, openForReading, 
 import { parseNar, narMessage, type NarProblem } from './nar.js';
 import { storePathProblem } from './store-path.js';
 import { quote } from '../util/quote.js';
-import { HashReadError, type HashPool, type HashResult } from '../util/hash-pool.js';
+import { defaultHashPool, HashReadError, type HashPool, type HashResult } from '../util/hash-pool.js';
 
 const EXPORT_MAGIC = 0x4558494en; // "NIXE" in little-endian bytes
 /** Store paths are at most 255 chars; read a little more so a bad one is shown, not just its length. */
@@ -34,10 +34,10 @@ export interface IndexOptions {
   /** Called after each read with the bytes read so far and the file's size. */
   onProgress?: (bytesRead: number, totalBytes: number) => void;
   /**
-   * Hashes each NAR (its `narHash`); null leaves `narHash` empty, for a build that nothing checks or
+   * Hashes each NAR (its `narHash`; default: a pool of one thread per CPU); null leaves `narHash` empty, for a build that nothing checks or
    * keys by it (no cache, no path-info, one export): reading an export is then parsing alone.
    */
-  hashes: HashPool | null;
+  hashes?: HashPool | null;
 }
 
 /**
@@ -46,7 +46,7 @@ export interface IndexOptions {
  * hashing, the costly part, uses every core while parsing skips over file contents. Memory stays flat
  * whatever the sizes. Paths are returned in file order; a path may appear more than once (the caller merges).
  */
-export async function indexExport(file: string, opts: IndexOptions): Promise<StorePathInfo[]> {
+export async function indexExport(file: string, opts: IndexOptions = {}): Promise<StorePathInfo[]> {
   const label = opts.label ?? file;
   let fd: number;
   try {
@@ -60,7 +60,7 @@ export async function indexExport(file: string, opts: IndexOptions): Promise<Sto
     let hashed = 0;
     const onProgress = opts.onProgress;
     const reader = new ChunkReader(fd, 0, size, { chunkSize: opts.chunkSize ?? INDEX_CHUNK });
-    const indexer = new ExportIndexer(reader, file, label, opts.hashes, onProgress && ((n) => onProgress((hashed += n), size)));
+    const indexer = new ExportIndexer(reader, file, label, opts.hashes === undefined ? defaultHashPool() : opts.hashes, onProgress && ((n) => onProgress((hashed += n), size)));
     try {
       const infos = await indexer.run();
       // Only NAR bytes are counted as they are hashed; the trailers between them complete the file.

@@ -93,17 +93,38 @@ export class ArchiveFile {
 
   #blob(name: string, blob: Blob): void {
     const { size, digest } = blob.descriptor;
-    if (!blob.pieces) throw new Error(`blob ${digest} has no local bytes to copy into ${this.path}`);
-    checkPiecesLength(blob.pieces, size, digest);
+    if (blob.pieces) checkPiecesLength(blob.pieces, size, digest);
     const at = this.#at;
     this.#at += BLOCK_SIZE + padToBlock(size);
-    this.#copies.push(
-      (async () => {
-        await writeAll(this.handle, blobHeader(name, size), at);
+    const copy = (async () => {
+      await writeAll(this.handle, blobHeader(name, size), at);
+      if (blob.pieces) {
         await copyChecked(blob, (pieces) => this.hashes.run({ pieces, hash: blob.unverified !== undefined, copyTo: { fd: this.handle.fd, at: at + BLOCK_SIZE } }));
-        await this.#pad(at + BLOCK_SIZE + size);
-      })(),
-    );
+      } else {
+        await this.#stream(blob, at + BLOCK_SIZE);
+      }
+      await this.#pad(at + BLOCK_SIZE + size);
+    })();
+    // Rethrown by finish (or settle) once every copy has ended.
+    copy.catch(() => undefined);
+    this.#copies.push(copy);
+  }
+
+  /** A blob without local bytes (read from an archive or layout): streamed from its source into place. */
+  async #stream(blob: Blob, at: number): Promise<void> {
+    let written = 0;
+    for await (const chunk of blob.open()) {
+      const bytes = chunk as Buffer;
+      if (written + bytes.length > blob.descriptor.size) break;
+      await writeAll(this.handle, bytes, at + written);
+      written += bytes.length;
+    }
+    if (written !== blob.descriptor.size) throw new Error(`blob ${blob.descriptor.digest} gave ${written} bytes or more, its descriptor says ${blob.descriptor.size}`);
+  }
+
+  /** Waits for every copy under way (after a failure, before the file is closed). */
+  async settle(): Promise<void> {
+    await Promise.allSettled(this.#copies);
   }
 
   /** Zeroes from `end` to the next block boundary (the file may hold other bytes there from a discarded write). */
@@ -127,9 +148,10 @@ export async function copyChecked(blob: Blob, pass: (pieces: BytePiece[]) => Pro
     why = `its bytes hash to ${result.digest}`;
   } catch (err) {
     if (!(err instanceof HashReadError) || err.file === '') throw err;
+    if (!blob.unverified) throw new BlobCheckError(digest, err.message);
     why = err.message;
   }
-  const repair = blob.unverified!.repair;
+  const repair = blob.unverified.repair;
   const pieces = await repair().catch((err: unknown) => {
     throw new BlobCheckError(digest, `${why}; making it again failed: ${(err as Error).message}`);
   });

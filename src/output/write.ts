@@ -166,6 +166,7 @@ class ArchiveOutput implements ImageOutput {
   }
 
   async abandon(): Promise<void> {
+    await this.archive.settle();
     await this.pending.abandon();
   }
 }

@@ -258,7 +258,14 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     if (output) await output.finish(image);
     else await writeImage(image, { format: options.format, output: options.output, hashes, workDir: work });
     timings.output = clock.lap();
-    for (const [i, r] of reports.entries()) r.layer = image.layers[i]!;
+    for (const [i, r] of reports.entries()) {
+      // A cached layer whose bytes proved damaged as the output read them was made again there.
+      if (r.reused && r.layer.unverified && !image.layers[i]!.unverified && r.layer.pieces !== image.layers[i]!.pieces) {
+        r.reused = false;
+        options.warn(`the layer cache's copy of ${r.layer.descriptor.digest} was damaged; it was made again`);
+      }
+      r.layer = image.layers[i]!;
+    }
     return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, dispose };
   } catch (err) {
     await output?.abandon();

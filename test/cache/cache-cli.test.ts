@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CACHE_FORMAT_VERSION } from '../../src/cache/keys.js';
+import { CACHE_FORMAT_VERSION } from '../../src/layer/format.js';
 import { execFileSync, spawn } from 'node:child_process';
-import { GZIP_MEMBER_HEADER } from '../../src/layer/gzip.js';
+import { GZIP_MEMBER_HEADER } from '../../src/layer/format.js';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

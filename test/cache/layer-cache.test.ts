@@ -7,18 +7,20 @@ import { gunzipSync } from 'node:zlib';
 import { loadClosure } from '../../src/nix/closure.js';
 import type { Closure } from '../../src/nix/types.js';
 import { storePathsSource } from '../../src/layer/store-paths.js';
-import { writeLayer } from '../../src/layer/write.js';
+import { writeLayer } from '../helpers/layers.js';
 import { CacheStore, defaultCacheDir } from '../../src/cache/store.js';
 import { LayerCache } from '../../src/cache/layer-cache.js';
-import { writeWholeLayer } from '../../src/layer/segment.js';
+import { storePathsFrame, writeStorePathsLayer } from '../../src/layer/store-paths.js';
+import { open } from 'node:fs/promises';
+import { defaultHashPool } from '../../src/util/hash-pool.js';
 import { cacheStats, GRACE_MS, parseSize, pruneCache } from '../../src/cache/maintenance.js';
-import { CACHE_FORMAT_VERSION, type LayerSettings } from '../../src/cache/keys.js';
+import { CACHE_FORMAT_VERSION, type LayerFormat } from '../../src/layer/format.js';
 import { blobBytes, blobToFile } from '../helpers/blobs.js';
 import { REPO } from '../helpers/cli.js';
 import { tools } from '../helpers/tools.js';
 
 const CLOSURE = join(REPO, 'layers/demo/demo.closure');
-const GZIP: LayerSettings = { compression: 'gzip', gzipLevel: 6, mtime: 1 };
+const GZIP: LayerFormat = { compression: 'gzip', gzipLevel: 6, mtime: 1 };
 
 let dir: string;
 let closure: Closure;
@@ -35,8 +37,8 @@ beforeAll(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function cacheIn(cacheDir: string, settings: LayerSettings = GZIP): Promise<LayerCache> {
-  return new LayerCache(await CacheStore.open(cacheDir), settings, fresh('work'));
+async function cacheIn(cacheDir: string, settings: LayerFormat = GZIP): Promise<LayerCache> {
+  return new LayerCache(await CacheStore.open(cacheDir), settings, fresh('work'), { hashes: defaultHashPool() });
 }
 
 describe('a layer composed of cached parts', () => {
@@ -44,19 +46,19 @@ describe('a layer composed of cached parts', () => {
     const infos = [...closure.paths.values()];
     const composed = await (await cacheIn(fresh('cache'))).storePathLayer(infos);
     const direct = await writeLayer(storePathsSource(infos), { compression: 'none', dir: fresh('direct'), mtime: 1 });
-    expect(composed.blob.diffId).toBe(direct.diffId);
-    expect(composed.blob.uncompressedSize).toBe(direct.uncompressedSize);
+    expect(composed.layer.diffId).toBe(direct.diffId);
+    expect(composed.layer.uncompressedSize).toBe(direct.uncompressedSize);
     // Node, like gzip(1), reads every member of a multi-member stream.
-    expect(gunzipSync(blobBytes(composed.blob)).equals(readFileSync(direct.file))).toBe(true);
+    expect(gunzipSync(blobBytes(composed.layer)).equals(readFileSync(direct.file))).toBe(true);
     // head + one member per path + end
-    const members = blobBytes(composed.blob).toString('latin1').split('\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03').length - 1;
+    const members = blobBytes(composed.layer).toString('latin1').split('\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03').length - 1;
     expect(members).toBeGreaterThanOrEqual(infos.length + 2);
   });
 
   it.runIf(tools('gzip', 'tar'))('is read whole by gzip and GNU tar', async () => {
     const infos = [...closure.paths.values()];
     const composed = await (await cacheIn(fresh('cache'))).storePathLayer(infos);
-    const file = blobToFile(composed.blob, join(fresh('blob'), 'layer.tar.gz'));
+    const file = blobToFile(composed.layer, join(fresh('blob'), 'layer.tar.gz'));
     execFileSync('gzip', ['-t', file]);
     const listed = execFileSync('tar', ['-tzf', file], { encoding: 'utf8' }).split('\n').filter(Boolean);
     expect(listed.slice(0, 2)).toEqual(['nix/', 'nix/store/']);
@@ -74,22 +76,22 @@ describe('a layer composed of cached parts', () => {
     expect(fromParts.reused).toBe(true);
     const warm = await (await cacheIn(cacheDir)).storePathLayer([first!]);
     expect(warm.reused).toBe(true);
-    expect([fromParts.blob.digest, warm.blob.digest]).toEqual([cold.blob.digest, cold.blob.digest]);
-    expect(blobBytes(warm.blob).equals(blobBytes(cold.blob))).toBe(true);
+    expect([fromParts.layer.descriptor.digest, warm.layer.descriptor.digest]).toEqual([cold.layer.descriptor.digest, cold.layer.descriptor.digest]);
+    expect(blobBytes(warm.layer).equals(blobBytes(cold.layer))).toBe(true);
     // Every part's blob file is a layer of that path alone: the path's bytes are kept once.
     const entries = readdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/parts`)).map((name) => JSON.parse(readFileSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/parts`, name), 'utf8')).value);
     const own = entries.find((e) => e.storePath === first!.path);
-    expect(own.blob).toBe(cold.blob.digest);
+    expect(own.blob).toBe(cold.layer.descriptor.digest);
     expect(readdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/blobs`))).toHaveLength(3);
   });
 
   it('uncompressed layers compose the same way', async () => {
     const infos = [...closure.paths.values()];
-    const settings: LayerSettings = { compression: 'none', gzipLevel: 6, mtime: 1 };
+    const settings: LayerFormat = { compression: 'none', gzipLevel: 6, mtime: 1 };
     const composed = await (await cacheIn(fresh('cache'), settings)).storePathLayer(infos);
     const direct = await writeLayer(storePathsSource(infos), { compression: 'none', dir: fresh('direct'), mtime: 1 });
-    expect(composed.blob.digest).toBe(direct.digest);
-    expect(composed.blob.diffId).toBe(direct.diffId);
+    expect(composed.layer.descriptor.digest).toBe(direct.digest);
+    expect(composed.layer.diffId).toBe(direct.diffId);
   });
 
   it('keys on the settings: another mtime or level is another part', async () => {
@@ -103,14 +105,21 @@ describe('a layer composed of cached parts', () => {
   });
 });
 
-describe('writeWholeLayer', () => {
-  it.each(['gzip', 'none'] as const)('writes exactly the bytes writeLayer writes (%s), without a worker thread', async (compression) => {
+describe('a store-path layer written straight to an output', () => {
+  it.each(['gzip', 'none'] as const)('is the cache\'s composition of the same paths, byte for byte (%s)', async (compression) => {
     const infos = [...closure.paths.values()];
-    const settings: LayerSettings = { ...GZIP, compression };
-    const here = await writeWholeLayer(storePathsSource(infos), settings, fresh('whole'));
-    const there = await writeLayer(storePathsSource(infos), { compression, dir: fresh('direct'), mtime: 1 });
-    expect({ ...here, file: '', pieces: [] }).toEqual({ ...there, file: '', pieces: [] });
-    expect(readFileSync(here.file).equals(readFileSync(there.file))).toBe(true);
+    const format: LayerFormat = { ...GZIP, compression };
+    const served = await (await cacheIn(fresh('cache'), format)).storePathLayer(infos);
+    const file = join(fresh('direct'), 'layer');
+    const handle = await open(file, 'w');
+    const written = await writeStorePathsLayer(infos, await storePathsFrame(format), format, { handle, at: 0, path: file });
+    await handle.close();
+    expect({ digest: written.digest, diffId: written.diffId, size: written.size }).toEqual({
+      digest: served.layer.descriptor.digest,
+      diffId: served.layer.diffId,
+      size: served.layer.descriptor.size,
+    });
+    expect(readFileSync(file).equals(blobBytes(served.layer))).toBe(true);
   });
 });
 

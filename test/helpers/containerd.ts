@@ -4,7 +4,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
-import { GZIP_MEMBER_HEADER } from '../../src/layer/gzip.js';
+import { GZIP_MEMBER_HEADER } from '../../src/layer/format.js';
 import { cliOk } from './cli.js';
 import { exportClosure, nixBuild, pathInfoJson } from './nix.js';
 import { useScratchDirs } from './scratch.js';

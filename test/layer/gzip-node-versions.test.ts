@@ -44,8 +44,8 @@ const script = `
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeLayer } from './layer/write.js';
-import { PART_SIZE } from './layer/worker.js';
+import { writeLayerFile } from './layer/writer.js';
+import { PART_SIZE } from './layer/format.js';
 
 function* inputs() {
   let x = 2463534242;
@@ -74,8 +74,8 @@ const source = async (sink) => {
 const result = { node: process.version, zlib: process.versions.zlib, layers: {} };
 for (const gzipLevel of [1, 6, 9]) {
   const dir = mkdtempSync(join(tmpdir(), 'nix2oci-gz-'));
-  const blob = await writeLayer(source, { compression: 'gzip', dir, mtime: 1, gzipLevel });
-  result.layers[gzipLevel] = { digest: blob.digest, size: blob.size, diffId: blob.diffId, parts: Math.ceil(blob.uncompressedSize / PART_SIZE) };
+  const blob = await writeLayerFile(source, { compression: 'gzip', gzipLevel, mtime: 1 }, dir);
+  result.layers[gzipLevel] = { digest: blob.digest, size: blob.size, diffId: blob.diffId, parts: Math.ceil(blob.tarSize / PART_SIZE) };
   rmSync(dir, { recursive: true });
 }
 console.log(JSON.stringify(result));
@@ -94,7 +94,7 @@ describe('gzip layers across Node releases', () => {
         '--outDir', compiled, '--rootDir', join(repo, 'src'),
         '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022',
         '--strict', '--skipLibCheck', '--types', 'node', '--typeRoots', join(repo, 'node_modules/@types'),
-        join(repo, 'src/layer/write.ts'),
+        join(repo, 'src/layer/writer.ts'),
       ],
       { stdio: 'inherit' },
     );

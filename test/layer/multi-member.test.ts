@@ -5,9 +5,10 @@ import { createReadStream, mkdtempSync, readFileSync, readdirSync, rmSync, statS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 as zlibCrc32, deflateRawSync, gunzipSync } from 'node:zlib';
-import { writeLayer } from '../../src/layer/write.js';
-import { PART_SIZE } from '../../src/layer/worker.js';
-import { layerJobs, setLayerJobs } from '../../src/layer/jobs.js';
+import { writeLayer } from '../helpers/layers.js';
+import { PART_SIZE } from '../../src/layer/format.js';
+import { Turns } from '../../src/layer/codec.js';
+import { asLayer } from '../helpers/layers.js';
 import type { LayerSource } from '../../src/layer/types.js';
 import { assembleImage } from '../../src/model/assemble.js';
 import { writeImage } from '../../src/output/write.js';
@@ -91,21 +92,14 @@ describe('gzip layers of several parts', () => {
   });
 
   it('gives the same bytes whatever the number of jobs, for one layer or several at once', async () => {
-    const saved = layerJobs();
-    try {
-      setLayerJobs(1);
-      const one = await writeLayer(bigSource, { compression: 'gzip', dir: freshDir(), mtime: 1 });
-      setLayerJobs(3);
-      const many = await Promise.all([1, 2, 3].map(() => writeLayer(bigSource, { compression: 'gzip', dir: freshDir(), mtime: 1 })));
-      const perLayer = await writeLayer(bigSource, { compression: 'gzip', dir: freshDir(), mtime: 1, jobs: 1 });
-      for (const blob of [...many, perLayer]) expect({ digest: blob.digest, diffId: blob.diffId }).toEqual({ digest: one.digest, diffId: one.diffId });
-    } finally {
-      setLayerJobs(saved);
-    }
+    const one = await writeLayer(bigSource, { compression: 'gzip', dir: freshDir(), mtime: 1, jobs: 1 });
+    const many = await Promise.all([1, 2, 3].map(() => writeLayer(bigSource, { compression: 'gzip', dir: freshDir(), mtime: 1, jobs: 3 })));
+    const own = await writeLayer(bigSource, { compression: 'gzip', dir: freshDir(), mtime: 1 });
+    for (const blob of [...many, own]) expect({ digest: blob.digest, diffId: blob.diffId }).toEqual({ digest: one.digest, diffId: one.diffId });
   });
 
   it('refuses a jobs bound that is not a whole number of at least 1', async () => {
-    expect(() => setLayerJobs(0)).toThrow(UserError);
+    expect(() => new Turns(0)).toThrow(UserError);
     await expect(writeLayer(bigSource, { compression: 'gzip', dir: freshDir(), mtime: 1, jobs: 1.5 })).rejects.toThrow(/jobs must be/);
   });
 
@@ -144,7 +138,7 @@ async function manyMemberImage(dir: string): Promise<{ layout: string; archive: 
   execFileSync('mkdir', ['-p', blobs]);
   const blob = await writeLayer(source, { compression: 'gzip', dir: blobs, mtime: 1 });
   const config = { architecture: 'amd64', os: 'linux', env: [], entrypoint: ['/bin/busybox'], exposedPorts: [], volumes: [], labels: {} };
-  const { image } = assembleImage({ layers: [{ blob, contents: ['busybox+data'] }], config, created: new Date(1000), tags: ['nix2oci/members:test'] });
+  const { image } = assembleImage({ layers: [asLayer(blob, ['busybox+data'])], config, created: new Date(1000), tags: ['nix2oci/members:test'] });
   const layout = join(dir, 'layout');
   const archive = join(dir, 'image.tar');
   await writeImage(image, { format: 'oci-layout', output: layout });

@@ -9,7 +9,7 @@ import { loadClosure } from '../../src/nix/closure.js';
 import type { Closure } from '../../src/nix/types.js';
 import { planLayers } from '../../src/plan/plan.js';
 import { storePathsSource } from '../../src/layer/store-paths.js';
-import { writeLayer } from '../../src/layer/write.js';
+import { writeLayer } from '../helpers/layers.js';
 import { exportClosure, nixBuild } from '../helpers/nix.js';
 import { tools } from '../helpers/tools.js';
 import { gnuTarList } from '../tar/tar-tools.js';

@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { writeLayer } from '../../src/layer/write.js';
+import { writeLayer } from '../helpers/layers.js';
 import type { LayerSource } from '../../src/layer/types.js';
 import { UserError } from '../../src/util/errors.js';
 import { tarToBuffer, tarStreamList } from '../tar/tar-tools.js';
@@ -135,7 +135,7 @@ describe('writeLayer', () => {
   it('reports an unwritable directory as a UserError naming it', async () => {
     const dir = join(freshDir(), 'missing');
     await expect(writeLayer(sampleSource(), { compression: 'gzip', dir, mtime: 1 })).rejects.toThrow(UserError);
-    await expect(writeLayer(sampleSource(), { compression: 'none', dir, mtime: 1 })).rejects.toThrow(`cannot write layer in ${dir}`);
+    await expect(writeLayer(sampleSource(), { compression: 'none', dir, mtime: 1 })).rejects.toThrow(`cannot write a layer in ${dir}`);
   });
 
   it('refuses a bad gzip level or compression', async () => {

@@ -24,14 +24,14 @@ describe('assembleImage', () => {
     expect(Object.keys(manifest)).toEqual(['schemaVersion', 'mediaType', 'config', 'layers']);
     expect(manifest.mediaType).toBe(MediaTypes.ociManifest);
     expect(manifest.config).toEqual({ mediaType: MediaTypes.ociConfig, digest: image.configDescriptor.digest, size: image.configBytes.length });
-    expect(manifest.layers.map((l: { digest: string }) => l.digest)).toEqual(layers.map((l) => l.blob.digest));
+    expect(manifest.layers.map((l: { digest: string }) => l.digest)).toEqual(layers.map((l) => l.descriptor.digest));
     expect(manifest.layers[0].mediaType).toBe(MediaTypes.ociLayerGzip);
     expect(manifest.layers[1].annotations).toEqual({
       [CONTENTS_ANNOTATION]: [...layers[1]!.contents].sort().join('\n'),
-      [UNCOMPRESSED_SIZE_ANNOTATION]: String(layers[1]!.blob.uncompressedSize),
+      [UNCOMPRESSED_SIZE_ANNOTATION]: String(layers[1]!.uncompressedSize),
     });
     const config = JSON.parse(image.configBytes.toString());
-    expect(config.rootfs.diff_ids).toEqual(layers.map((l) => l.blob.diffId));
+    expect(config.rootfs.diff_ids).toEqual(layers.map((l) => l.diffId));
     expect(config.history).toHaveLength(2);
     expect(image.tags).toEqual(['nix2oci/demo:latest']);
     expect(image.layers[0]!.contents).toEqual(layers[0]!.contents);
@@ -66,7 +66,7 @@ describe('assembleImage', () => {
   it('leaves out a contents annotation too large for a manifest', () => {
     const many = Array.from({ length: 2000 }, (_, i) => `/nix/store/${storeName(String(i), `package-${i}`)}`);
     expect(many.join('\n').length).toBeGreaterThan(MAX_CONTENTS_ANNOTATION);
-    const { image } = assembleImage({ layers: [{ blob: layers[0]!.blob, contents: many }], config: demoConfig(), created, tags: [] });
+    const { image } = assembleImage({ layers: [{ ...layers[0]!, contents: many }], config: demoConfig(), created, tags: [] });
     expect(image.layers[0]!.descriptor.annotations).not.toHaveProperty(CONTENTS_ANNOTATION);
     expect(image.layers[0]!.contents).toHaveLength(2000);
   });
@@ -80,10 +80,10 @@ describe('assembleImage', () => {
     const { image } = assembleImage({ layers, config: demoConfig(), created, tags: [] });
     let bytes = 0;
     for await (const chunk of image.layers[1]!.open()) bytes += (chunk as Buffer).length;
-    expect(bytes).toBe(layers[1]!.blob.size);
+    expect(bytes).toBe(layers[1]!.descriptor.size);
     let tail = 0;
     for await (const chunk of image.layers[1]!.open(100)) tail += (chunk as Buffer).length;
-    expect(tail).toBe(layers[1]!.blob.size - 100);
+    expect(tail).toBe(layers[1]!.descriptor.size - 100);
   });
 });
 

@@ -3,8 +3,9 @@ import { createHash } from 'node:crypto';
 import { createReadStream, mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Compression, LayerBlob, LayerSource } from '../../src/layer/types.js';
-import { writeLayer } from '../../src/layer/write.js';
+import type { LayerSource } from '../../src/layer/types.js';
+import type { Compression } from '../../src/layer/format.js';
+import { asLayer, writeLayer } from '../helpers/layers.js';
 import { assembleImage, type AssembleOptions } from '../../src/model/assemble.js';
 import type { ImageConfigSpec } from '../../src/model/config.js';
 import type { Image } from '../../src/model/image.js';
@@ -25,7 +26,7 @@ export type FixtureEntry =
   | { type: 'symlink'; name: string; target: string };
 
 /** Writes a layer blob with the project's layer writer (deterministic tar, optionally gzip, both digests). */
-export async function makeLayer(dir: string, entries: FixtureEntry[], compression: Compression = 'gzip'): Promise<LayerBlob> {
+export async function makeLayer(dir: string, entries: FixtureEntry[], compression: Compression = 'gzip'): ReturnType<typeof writeLayer> {
   const source: LayerSource = async (sink) => {
     for (const e of entries) {
       if (e.type === 'directory') await sink.add({ type: 'directory', name: e.name, mode: e.mode ?? 0o755 });
@@ -75,8 +76,8 @@ export async function demoLayers(dir: string, compression: Compression = 'gzip')
     compression,
   );
   return [
-    { blob: busybox, contents: [BUSYBOX_PATH] },
-    { blob: rest, contents: [DATA_PATH, 'image-root'] },
+    asLayer(busybox, [BUSYBOX_PATH]),
+    asLayer(rest, [DATA_PATH, 'image-root']),
   ];
 }
 

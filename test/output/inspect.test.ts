@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { manifestDigest } from '../../src/model/assemble.js';
 import { describeImage, formatImageDescription } from '../../src/cli/inspect.js';
+import { asLayer } from '../helpers/layers.js';
 import { readImage } from '../../src/output/read.js';
 import { writeImage } from '../../src/output/write.js';
 import { BUSYBOX_PATH, DATA_PATH, demoImage, demoLayers, makeLayer, tempDir } from './fixtures.js';
@@ -24,8 +25,8 @@ describe('describeImage', () => {
     expect(described).toMatchObject({
       manifestDigest: manifestDigest(image),
       tags: ['nix2oci-test/inspect:1'],
-      size: layers[0]!.blob.size + layers[1]!.blob.size,
-      uncompressedSize: layers[0]!.blob.uncompressedSize + layers[1]!.blob.uncompressedSize,
+      size: layers[0]!.descriptor.size + layers[1]!.descriptor.size,
+      uncompressedSize: layers[0]!.uncompressedSize! + layers[1]!.uncompressedSize!,
       config: {
         digest: image.configDescriptor.digest,
         architecture: 'amd64',
@@ -37,11 +38,11 @@ describe('describeImage', () => {
     });
     expect(described.layers).toEqual([
       {
-        digest: layers[0]!.blob.digest,
+        digest: layers[0]!.descriptor.digest,
         mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
-        size: layers[0]!.blob.size,
-        uncompressedSize: layers[0]!.blob.uncompressedSize,
-        diffId: layers[0]!.blob.diffId,
+        size: layers[0]!.descriptor.size,
+        uncompressedSize: layers[0]!.uncompressedSize,
+        diffId: layers[0]!.diffId,
         contents: [BUSYBOX_PATH],
         contentsFrom: 'annotation',
       },
@@ -57,8 +58,8 @@ describe('describeImage', () => {
     await writeImage(image, { format: 'docker-archive', output: file });
     const described = await describeImage(await readImage(file));
     expect(described.layers.map((l) => [l.contentsFrom, l.contents, l.uncompressedSize, l.problems])).toEqual([
-      ['scan', [BUSYBOX_PATH], layers[0]!.blob.uncompressedSize, undefined],
-      ['scan', [DATA_PATH], layers[1]!.blob.uncompressedSize, undefined],
+      ['scan', [BUSYBOX_PATH], layers[0]!.uncompressedSize, undefined],
+      ['scan', [DATA_PATH], layers[1]!.uncompressedSize, undefined],
     ]);
     expect(described.layers[1]!.topLevel).toEqual(['bin', 'nix', 'tmp']);
 
@@ -69,7 +70,7 @@ describe('describeImage', () => {
 
   it('reports a layer whose content does not match the diffID in the config', async () => {
     const { image } = await demoImage(dir, { layers, format: 'docker-archive' });
-    const wrong = { ...image, layers: [{ ...image.layers[0]!, diffId: layers[1]!.blob.diffId, contents: undefined }, image.layers[1]!] };
+    const wrong = { ...image, layers: [{ ...image.layers[0]!, diffId: layers[1]!.diffId, contents: [] }, image.layers[1]!] };
     const described = await describeImage(wrong);
     expect(described.layers[0]!.problems).toEqual([expect.stringMatching(/uncompressed layer's digest is sha256:[0-9a-f]{64}, but the config says/)]);
   });
@@ -79,8 +80,8 @@ describe('describeImage', () => {
       { type: 'directory', name: 'etc' },
       { type: 'file', name: 'etc/passwd', text: 'root:x:0:0::/root:/bin/sh\n' },
     ]);
-    const { image } = await demoImage(dir, { layers: [{ blob: root, contents: [] }], format: 'docker-archive' });
-    const described = await describeImage({ ...image, layers: image.layers.map((l) => ({ ...l, contents: undefined })) });
+    const { image } = await demoImage(dir, { layers: [asLayer(root, [])], format: 'docker-archive' });
+    const described = await describeImage({ ...image, layers: image.layers.map((l) => ({ ...l, contents: [] })) });
     expect(formatImageDescription(described)).toContain('(no store paths; top level: etc)');
   });
 });
@@ -95,8 +96,8 @@ describe('formatImageDescription', () => {
     expect(text).toContain(`Entrypoint  ["${BUSYBOX_PATH}/bin/busybox"]`);
     expect(text).toContain('Ports       53/udp, 8000/tcp');
     expect(text).toMatch(/^Layers: 2 \(1\.\d MiB, 1\.\d MiB uncompressed\)$/m);
-    expect(text).toContain(`  1  ${layers[0]!.blob.digest}  `);
-    expect(text).toContain(`     diffID ${layers[0]!.blob.diffId}`);
+    expect(text).toContain(`  1  ${layers[0]!.descriptor.digest}  `);
+    expect(text).toContain(`     diffID ${layers[0]!.diffId}`);
     expect(text).toContain(`     ${BUSYBOX_PATH}\n`);
     expect(text.endsWith('\n')).toBe(true);
   });

@@ -1,3 +1,4 @@
+import { createWriteStream } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, createReadStream } from 'node:fs';
 import { join } from 'node:path';
@@ -102,7 +103,8 @@ describe.each(['oci-archive', 'docker-archive', 'oci-layout'] as OutputFormat[])
     const flipped = Buffer.from(readFileSync(piece.file));
     flipped[flipped.length - 30] ^= 0x01;
     writeFileSync(copy, flipped);
-    const damaged = { ...image, layers: [{ ...first, pieces: [{ ...piece, file: copy }], verify: true }, ...rest] };
+    const cannotRepair = { repair: async (): Promise<never> => { throw new Error('its inputs are gone'); } };
+    const damaged = { ...image, layers: [{ ...first, pieces: [{ ...piece, file: copy }], unverified: cannotRepair }, ...rest] };
     const error = await writeImage(damaged, { format, output: join(parent, 'image') }).catch((err: unknown) => err);
     expect(error).toBeInstanceOf(BlobCheckError);
     expect((error as BlobCheckError).digest).toBe(first.descriptor.digest);
@@ -175,8 +177,14 @@ describe('writeImage archives', () => {
     const streamed = { ...image, layers: image.layers.map((layer) => ({ ...layer, pieces: undefined })) };
     const byPosition = join(dir, `position-${format}.tar`);
     const byStream = join(dir, `stream-${format}.tar`);
+    const fromSources = join(dir, `sources-${format}.tar`);
     await writeImage(cut, { format, output: byPosition });
-    await writeImage(streamed, { format, output: byStream });
+    // The streaming writer (standard output), and blobs streamed from their sources into place.
+    const stdout = createWriteStream(byStream);
+    await writeImage(image, { format, output: '-', stdout });
+    await new Promise((done) => stdout.end(done));
+    await writeImage(streamed, { format, output: fromSources });
+    expect(sha256(fromSources)).toBe(sha256(byStream));
     expect(sha256(byPosition)).toBe(sha256(byStream));
     expect(statSync(byPosition).size).toBe(statSync(byStream).size);
   });
@@ -189,7 +197,10 @@ describe('writeImage archives', () => {
     expect(sha256(a)).toBe(sha256(b));
     const headers = await tarHeaders(a);
     const names = headers.map((h) => h.name.replace(/\/$/, ''));
-    expect(names).toEqual([...names].sort());
+    // Layers in the image's order (each written straight into its place as it is made), then the rest.
+    const layerNames = names.filter((n) => image.layers.some((l) => n.includes(l.descriptor.digest.slice(7))));
+    expect(layerNames).toEqual(image.layers.map((l) => (format === 'oci-archive' ? `blobs/sha256/${l.descriptor.digest.slice(7)}` : `${l.descriptor.digest.slice(7)}.tar.gz`)));
+    expect(names.indexOf(layerNames.at(-1)!)).toBeLessThan(names.indexOf('manifest.json'));
     for (const h of headers) {
       expect(h.mtime?.getTime()).toBe(0);
       expect([h.uid, h.gid, h.uname, h.gname]).toEqual([0, 0, '', '']);

@@ -3,7 +3,7 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeLayer } from '../../src/layer/write.js';
+import { writeLayer } from '../helpers/layers.js';
 import { loadClosure } from '../../src/nix/closure.js';
 import type { Closure } from '../../src/nix/types.js';
 import { parseRecipe } from '../../src/recipe/load.js';

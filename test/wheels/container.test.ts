@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkWheelTags } from '../../src/wheels/tags.js';
 import { wheelLayerSource } from '../../src/wheels/install.js';
-import { writeWholeLayer } from '../../src/layer/segment.js';
+import { writeLayerFile } from '../../src/layer/writer.js';
 import { readWheelInfo } from '../../src/wheels/wheel-info.js';
 import { buildPythonClosure, canBuildPythonClosure } from '../helpers/python-closure.js';
 import { tools } from '../helpers/tools.js';
@@ -53,7 +53,7 @@ describe.runIf(tools('podman', 'runc') && canBuildPythonClosure())('wheels insta
       const layer = wheelLayerSource(info, install);
       expect([layer.sitePackages, layer.binDir]).toEqual(['/opt/python/lib/python3.11/site-packages', '/opt/python/bin']);
       // The writer build-image uses for wheel layers.
-      const blob = await writeWholeLayer(layer.source, { compression: 'gzip', gzipLevel: 6, mtime: 1 }, freshDir('nix2oci-wheel-layer-'));
+      const blob = await writeLayerFile(layer.source, { compression: 'gzip', gzipLevel: 6, mtime: 1 }, freshDir('nix2oci-wheel-layer-'));
       execFileSync('tar', ['-xzf', blob.file, '-C', rootfs]);
     }
     // As the build sets them: site-packages on PYTHONPATH, the wheels' bin before the rest of PATH.

@@ -4,8 +4,8 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, readdirSync, realpathSync, statSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeLayer } from '../../src/layer/write.js';
-import type { LayerFile } from '../../src/layer/types.js';
+import { writeLayer } from '../helpers/layers.js';
+import type { LayerFile } from '../../src/layer/writer.js';
 import { ElfCollector } from '../../src/wheels/checks/elf-collector.js';
 import { wheelLayerSource, type WheelInstallOptions } from '../../src/wheels/install.js';
 import { readWheelInfo } from '../../src/wheels/wheel-info.js';
@@ -44,7 +44,7 @@ async function installToLayer(wheel: string, options: WheelInstallOptions = OPTI
   return { info, layer, blob, dir };
 }
 
-function unpack(blob: LayerFile): string {
+function unpack(blob: LayerFile & { compression: string }): string {
   const root = freshDir('nix2oci-unpacked-');
   execFileSync('tar', ['-xf', blob.file, '-C', root, ...(blob.compression === 'gzip' ? ['-z'] : [])]);
   return root;
@@ -56,7 +56,7 @@ function sha256b64(bytes: Buffer): string {
 
 describe('installing pip from Debian’s wheel into a layer', () => {
   let root: string;
-  let blob: LayerFile;
+  let blob: LayerFile & { compression: string };
   let layer: ReturnType<typeof wheelLayerSource>;
 
   beforeAll(async () => {

@@ -5,8 +5,8 @@ import { createReadStream, lstatSync, mkdirSync, readdirSync, readFileSync, writ
 import { createGunzip } from 'node:zlib';
 import { join } from 'node:path';
 import tarStream from 'tar-stream';
-import { writeLayer } from '../../src/layer/write.js';
-import type { LayerFile } from '../../src/layer/types.js';
+import { writeLayer } from '../helpers/layers.js';
+import type { LayerFile } from '../../src/layer/writer.js';
 import { ElfCollector } from '../../src/wheels/checks/elf-collector.js';
 import { SPLIT_THRESHOLD, wheelLayerSource, type WheelInstallOptions } from '../../src/wheels/install.js';
 import { readWheelInfo } from '../../src/wheels/wheel-info.js';

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeLayer } from '../../src/layer/write.js';
+import { writeLayer } from '../helpers/layers.js';
 import { UserError } from '../../src/util/errors.js';
 import { wheelLayerSource } from '../../src/wheels/install.js';
 import { checkWheelTags } from '../../src/wheels/tags.js';

@@ -52,7 +52,7 @@ export async function writeTestImage(dir: string, spec: TestImageSpec): Promise<
         : MediaTypes.ociLayer;
     const descriptor: Descriptor = { mediaType, digest, size, ...(layerSpec.annotations && { annotations: layerSpec.annotations }) };
     blobFiles.set(digest, file);
-    layers.push({ descriptor, diffId, open: (start = 0) => createReadStream(file, { start }), contents: [`layer-${index}`] });
+    layers.push({ descriptor, diffId, compression: gzip ? 'gzip' : 'none', open: (start = 0) => createReadStream(file, { start }), contents: [`layer-${index}`] });
   }
   return assembleImage(layers, blobFiles, spec);
 }

@@ -1,0 +1,20 @@
+import { layerOf, type Layer } from '../../src/model/image.js';
+import { Turns } from '../../src/layer/codec.js';
+import { DEFAULT_GZIP_LEVEL, type Compression } from '../../src/layer/format.js';
+import type { LayerSource } from '../../src/layer/types.js';
+import { writeLayerFile, type LayerFile } from '../../src/layer/writer.js';
+
+/** A whole layer written to `<dir>/<digest hex>` by the layer writer, with the fields tests look at. */
+export async function writeLayer(
+  source: LayerSource,
+  options: { compression: Compression; dir: string; mtime: number; gzipLevel?: number; jobs?: number },
+): Promise<LayerFile & { uncompressedSize: number; compression: Compression }> {
+  const format = { compression: options.compression, gzipLevel: options.gzipLevel ?? DEFAULT_GZIP_LEVEL, mtime: options.mtime };
+  const file = await writeLayerFile(source, format, options.dir, { turns: options.jobs !== undefined ? new Turns(options.jobs) : undefined });
+  return { ...file, uncompressedSize: file.tarSize, compression: options.compression };
+}
+
+/** The one layer record of a layer written by `writeLayer`, holding `contents`. */
+export function asLayer(file: Awaited<ReturnType<typeof writeLayer>>, contents: string[]): Layer {
+  return layerOf({ digest: file.digest, size: file.size, diffId: file.diffId, uncompressedSize: file.tarSize, compression: file.compression, pieces: file.pieces, contents });
+}
