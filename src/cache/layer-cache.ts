@@ -14,6 +14,7 @@ import type { BytePiece } from '../util/pieces.js';
 import { UserError } from '../util/errors.js';
 import { composedLayerKey, storePathPartKey } from './keys.js';
 import { CacheStore, digestHex, isDigest, isRecord, isSize } from './store.js';
+import { byCodeUnits } from '../util/order.js';
 
 /**
  * A store path's cached part: its tar segment in stored form, kept in a blob file that is a whole
@@ -121,7 +122,7 @@ export class LayerCache {
   /** `onBytes` hears of the file contents tarred, when the layer is (re)made rather than found. */
   async storePathLayer(infos: StorePathInfo[], onBytes?: (bytes: number) => void): Promise<Served> {
     storePathsSource(infos); // checks the paths, as a cold write would
-    const sorted = [...infos].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    const sorted = [...infos].sort((a, b) => byCodeUnits(a.path, b.path));
     const partKeys = sorted.map((info) => storePathPartKey(info, this.format));
     const layerKey = composedLayerKey(partKeys, this.format);
     const head = await this.#headPart();

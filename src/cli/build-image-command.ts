@@ -1,6 +1,6 @@
 import { Command, Option } from 'commander';
 import { addRecipeOptions, recipeOverridesFrom } from './recipe-options.js';
-import { OUTPUT_FORMATS, parseOutputFormat } from '../output/formats.js';
+import { OUTPUT_FORMATS, parseOutputFormat } from '../model/formats.js';
 import type { Compression } from '../layer/format.js';
 import type { PlanStrategy } from '../plan/plan.js';
 import { UserError } from '../util/errors.js';

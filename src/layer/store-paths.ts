@@ -8,6 +8,7 @@ import { codecOf, type Turns } from './codec.js';
 import { countingSource } from './counting-source.js';
 import { END_OF_ARCHIVE, type LayerFormat } from './format.js';
 import { tarSegmentBytes, writeComposedLayer, type LayerOutput, type Written } from './writer.js';
+import { byCodeUnits } from '../util/order.js';
 
 /** Modes as the Nix store has them: everything read-only, executables and directories searchable. */
 export const StoreModes = {
@@ -28,7 +29,7 @@ export interface StorePathsSourceOptions {
  * The entries depend only on the paths given, so a path alone in a layer always gives the same layer.
  */
 export function storePathsSource(paths: StorePathInfo[], options: StorePathsSourceOptions = {}): LayerSource {
-  const sorted = [...paths].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  const sorted = [...paths].sort((a, b) => byCodeUnits(a.path, b.path));
   for (const [i, info] of sorted.entries()) {
     const problem = storePathProblem(info.path);
     if (problem) throw new UserError(`cannot put ${quote(info.path)} in a layer: ${problem}`);
@@ -88,7 +89,7 @@ export function writeStorePathsLayer(
   options: { turns?: Turns; onBytes?: (bytes: number) => void } = {},
 ): Promise<Written> {
   storePathsSource(paths); // checks the paths
-  const sorted = [...paths].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  const sorted = [...paths].sort((a, b) => byCodeUnits(a.path, b.path));
   const segments = sorted.map((info) => countingSource(storePathsSource([info], { storeDirEntries: false }), options.onBytes));
   return writeComposedLayer(frame.head, segments, frame.end, format, out, options.turns);
 }

@@ -1,10 +1,11 @@
 import { statSync } from 'node:fs';
+import { isStorePath, storePathName } from '../nix/store-path.js';
 import { checkPiecesLength } from '../util/pieces.js';
 import { buildConfig, type HistoryEntry, type ImageConfigSpec } from './config.js';
-import type { OutputFormat } from '../output/formats.js';
+import type { OutputFormat } from './formats.js';
 import type { Descriptor, Image, Layer } from './image.js';
 import { configMediaType, layerMediaType, manifestMediaType, serializeManifest, sha256Digest, type ManifestFormat } from './manifest.js';
-import { normalizeTag } from './names.js';
+import { normalizeTag } from './reference.js';
 
 /** Layer descriptor annotation: what the layer holds (store paths, wheel names, `image-root`), sorted, one per line. */
 export const CONTENTS_ANNOTATION = 'dev.nix2oci.contents';
@@ -98,7 +99,7 @@ export function configWarnings(config: ImageConfigSpec, format: OutputFormat): s
 }
 
 function summarize(contents: string[]): string {
-  const names = [...new Set(contents)].sort().map((c) => c.replace(/^\/nix\/store\/[0-9a-df-np-sv-z]{32}-/, ''));
+  const names = [...new Set(contents)].sort().map((c) => (isStorePath(c) ? storePathName(c) : c));
   if (names.length <= 3) return names.join(', ');
   return `${names.slice(0, 3).join(', ')} and ${names.length - 3} more`;
 }

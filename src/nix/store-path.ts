@@ -32,9 +32,15 @@ export function isStorePath(path: string): boolean {
   return storePathProblem(path) === null;
 }
 
-/** The name part of a store path: `/nix/store/<hash>-python3-3.11.9` → `python3-3.11.9`. */
+/**
+ * The name part of a store path: `/nix/store/<hash>-python3-3.11.9` → `python3-3.11.9`. For display
+ * and matching: anything else (a wheel's file name, `image-root`) is returned as its last component.
+ */
 export function storePathName(path: string): string {
-  const problem = storePathProblem(path);
-  if (problem) throw new UserError(`${quote(path)} is not a valid store path: ${problem}`);
-  return path.slice(PREFIX.length + HASH_CHARS + 1);
+  if (isStorePath(path)) return path.slice(PREFIX.length + HASH_CHARS + 1);
+  const base = path.slice(path.lastIndexOf('/') + 1);
+  return HASHED_BASENAME.test(base) ? base.slice(HASH_CHARS + 1) : base;
 }
+
+/** A store path's last component: `<32 nix-base32 chars>-<name>`. */
+const HASHED_BASENAME = /^[0-9a-df-np-sv-z]{32}-./;

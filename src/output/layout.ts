@@ -1,7 +1,7 @@
 import type { Blob, Descriptor, Image } from '../model/image.js';
 import { MediaTypes } from '../model/image.js';
 import { descriptorJson, digestHex, sha256Digest } from '../model/manifest.js';
-import { qualifiedName } from '../model/names.js';
+import { qualifiedName } from '../model/reference.js';
 
 /**
  * The files of an output, independent of whether they go into a tar or a directory.

@@ -8,7 +8,7 @@ import { CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../model/asse
 import { compressionOf, MediaTypes, type Descriptor, type Image, type Layer } from '../model/image.js';
 import { CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION, type DockerArchiveManifestEntry } from './layout.js';
 import { configMediaType, digestHex, formatOfManifest, serializeManifest, sha256Digest } from '../model/manifest.js';
-import { sameImageName } from '../model/names.js';
+import { sameImageName } from '../model/reference.js';
 import { indexTar, type TarMember } from '../tar/reader.js';
 
 export interface ReadImageOptions {

@@ -10,11 +10,11 @@ import { writeBlobFile, type LayerOutput, type Written } from '../layer/writer.j
 import { layerOf, type Blob, type Compression, type Image, type Layer } from '../model/image.js';
 import { writeArchiveTar } from './archive-tar.js';
 import { ArchiveFile, archiveFileMatches, copyChecked, verifyBlobs } from './archive-file.js';
-import type { OutputFormat } from './formats.js';
+import type { OutputFormat } from '../model/formats.js';
 import { archiveEntries, archiveLayout, blobPath, ociLayoutEntries, type ArchiveEntry } from './layout.js';
 
-export type { OutputFormat } from './formats.js';
-export { OUTPUT_FORMATS, parseOutputFormat } from './formats.js';
+export type { OutputFormat } from '../model/formats.js';
+export { OUTPUT_FORMATS, parseOutputFormat } from '../model/formats.js';
 
 export interface OutputOptions {
   format: OutputFormat;

@@ -11,6 +11,7 @@ import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
 import type { HashPool } from '../util/hash-pool.js';
 import { readRemembered, type InputMemo } from '../util/file-identity.js';
+import { byCodeUnits } from '../util/order.js';
 
 /**
  * One layer of a wheel's install: the wheel's main layer, or a giant file of it split off into a layer
@@ -158,7 +159,7 @@ async function runChecks(o: {
     wheels: o.infos,
     wheelFiles: o.layers.flatMap((l) => l.piece.files),
     // Sorted as one collector over all wheels would give them, whichever came from a cache.
-    elfObjects: o.facts.flatMap((f) => f.objects).sort((a, b) => cmp(a.wheel, b.wheel) || cmp(a.entry, b.entry)),
+    elfObjects: o.facts.flatMap((f) => f.objects).sort((a, b) => byCodeUnits(a.wheel, b.wheel) || byCodeUnits(a.entry, b.entry)),
     elfProblems: o.facts.flatMap((f) => f.problems),
     waiveRequirements: o.recipe.checks.waiveRequirements,
     waiveLibraries: o.recipe.checks.waiveLibraries,
@@ -199,9 +200,6 @@ function factsFromCache(info: WheelInfo, split: SplitFile | null, cached: WheelE
   };
 }
 
-function cmp(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}
 
 function splitPath(value: string | undefined): string[] {
   return value ? value.split(':').filter(Boolean) : [];

@@ -1,7 +1,8 @@
 import { UserError } from '../util/errors.js';
 import type { Closure } from '../nix/types.js';
-import { compareCodePoints, nameKey, referenceGraph, type Graph } from './reference-graph.js';
+import { nameKey, referenceGraph, type Graph} from './reference-graph.js';
 import { sizeAwareLayers } from './size-aware.js';
+import { byCodePoints } from '../util/order.js';
 
 /** One layer's store paths. */
 export interface LayerPlan {
@@ -69,7 +70,7 @@ export function popularityOrder(closure: Closure): string[] {
     const sa = scores[a]!;
     const sb = scores[b]!;
     if (sa !== sb) return sa > sb ? -1 : 1;
-    return compareCodePoints(keys[a]!, keys[b]!);
+    return byCodePoints(keys[a]!, keys[b]!);
   });
   return order.map((i) => graph.paths[i]!);
 }

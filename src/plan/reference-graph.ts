@@ -1,5 +1,6 @@
 import { UserError } from '../util/errors.js';
 import type { Closure } from '../nix/types.js';
+import { byCodePoints } from '../util/order.js';
 
 /** The reference graph by index, self-references dropped, with a children-first (topological) order. */
 export interface Graph {
@@ -11,7 +12,7 @@ export interface Graph {
 }
 
 export function referenceGraph(closure: Closure): Graph {
-  const paths = [...closure.paths.keys()].sort(compareCodePoints);
+  const paths = [...closure.paths.keys()].sort(byCodePoints);
   const index = new Map(paths.map((p, i) => [p, i]));
   const children = paths.map((path) => {
     const refs = new Set<number>();
@@ -65,11 +66,3 @@ export function nameKey(path: string): string {
   return dash < 0 ? path : `${path.slice(dash + 1)}-${path.slice(0, dash)}`;
 }
 
-/** Compares by Unicode code points, as Python compares strings (JS `<` compares UTF-16 units). */
-export function compareCodePoints(a: string, b: string): number {
-  const length = Math.min(a.length, b.length);
-  for (let i = 0; i < length; i++) {
-    if (a.charCodeAt(i) !== b.charCodeAt(i)) return a.codePointAt(i)! - b.codePointAt(i)!;
-  }
-  return a.length - b.length;
-}

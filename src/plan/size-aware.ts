@@ -1,5 +1,6 @@
 import type { Closure } from '../nix/types.js';
-import { compareCodePoints, nameKey, referenceGraph, type Graph } from './reference-graph.js';
+import { nameKey, referenceGraph, type Graph} from './reference-graph.js';
+import { byCodePoints } from '../util/order.js';
 
 /**
  * Groups a closure's store paths into at most `budget` layers by size, after nixpkgs' auto-layer idea:
@@ -21,7 +22,7 @@ export function sizeAwareLayers(closure: Closure, budget: number): string[][] {
   const sizes = graph.paths.map((p) => closure.paths.get(p)!.narSize);
   const keys = graph.paths.map(nameKey);
   const candidates = graph.paths.map((_, i) => i);
-  candidates.sort((a, b) => sizes[b]! - sizes[a]! || compareCodePoints(keys[a]!, keys[b]!));
+  candidates.sort((a, b) => sizes[b]! - sizes[a]! || byCodePoints(keys[a]!, keys[b]!));
 
   // Each path's group: the anchors reaching it, as a string of anchor numbers in the order they were added.
   let groupOf: string[] = new Array<string>(n).fill('');
@@ -43,7 +44,7 @@ export function sizeAwareLayers(closure: Closure, budget: number): string[][] {
     if (members) members.push(i);
     else byGroup.set(g, [i]);
   });
-  return layerOrder([...byGroup.entries()], sizes).map((members) => members.map((i) => graph.paths[i]!).sort(compareCodePoints));
+  return layerOrder([...byGroup.entries()], sizes).map((members) => members.map((i) => graph.paths[i]!).sort(byCodePoints));
 }
 
 /** Marks `reach[i]` for every path in the closure of `start` (itself included). */

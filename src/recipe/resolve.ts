@@ -5,7 +5,8 @@ import type { RootSpec } from '../rootfs/root-layer.js';
 import { UserError } from '../util/errors.js';
 import { parseMode } from './check.js';
 import type { Recipe } from './schema.js';
-import { matchStorePaths, storePathName, suggestStoreName } from './store-names.js';
+import { matchStorePaths, suggestStoreName } from './store-names.js';
+import { storePathName } from '../nix/store-path.js';
 
 /** A recipe whose store-path references are expanded and whose defaults are filled in, ready to build from. */
 export interface ResolvedRecipe extends Recipe {

@@ -1,12 +1,5 @@
+import { storePathName } from '../nix/store-path.js';
 import { closestWord } from './suggest.js';
-
-const HASHED_BASENAME = /^[0-9a-z]{32}-(.+)$/;
-
-/** The name part of a store path: `/nix/store/<hash>-python3-3.11.9` → `python3-3.11.9`. */
-export function storePathName(path: string): string {
-  const base = path.slice(path.lastIndexOf('/') + 1);
-  return HASHED_BASENAME.exec(base)?.[1] ?? base;
-}
 
 /**
  * The package name without its version, as Nix's parseDrvName splits it: the name ends at the first

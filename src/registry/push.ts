@@ -18,6 +18,7 @@ import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
 import { loadTlsOptions } from './tls.js';
 import { DEFAULT_CHUNK_SIZE, DEFAULT_JOBS } from './push-defaults.js';
 import { formatBytes } from '../util/units.js';
+import { storePathName } from '../nix/store-path.js';
 import { createAgent } from './transport.js';
 
 export interface PushOptions {
@@ -272,7 +273,7 @@ function totalSize(blobs: LabelledBlob[]): number {
 /** `python3-3.11.9` for `/nix/store/<hash>-python3-3.11.9`; `+N` when the layer holds more. */
 function layerLabel(contents: string[] | undefined): string | undefined {
   if (!contents?.length) return undefined;
-  const first = basename(contents[0]!).replace(/^[0-9a-z]{32}-/, '');
+  const first = storePathName(contents[0]!);
   return contents.length > 1 ? `${first} +${contents.length - 1}` : first;
 }
 

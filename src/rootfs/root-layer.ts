@@ -1,11 +1,12 @@
 import type { LayerSource, TarEntry } from '../layer/types.js';
 import type { Closure, StorePathInfo } from '../nix/types.js';
-import { storePathName } from '../recipe/store-names.js';
+import { storePathName } from '../nix/store-path.js';
 import { UserError } from '../util/errors.js';
 import { groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
 import { GENERATED, LOWER_LAYERS, RootTree, STORE_LAYERS } from './root-tree.js';
 import { ClosureTrees } from './closure-trees.js';
-import { compareBytes, findEntries, readNarForListing, type NarWalker, type StoreTree } from './store-tree.js';
+import { findEntries, readNarForListing, type NarWalker, type StoreTree} from './store-tree.js';
+import { byCodePoints } from '../util/order.js';
 
 /** What the image-root layer holds, from the resolved recipe. */
 export interface RootSpec {
@@ -158,7 +159,7 @@ export async function shellLinkTargets(
     const linked = new Set(copyToRoot.map((info) => info.path));
     const rest = [...closure.paths.values()]
       .filter((info) => !linked.has(info.path))
-      .sort((a, b) => compareBytes(storePathName(a.path), storePathName(b.path)) || compareBytes(a.path, b.path));
+      .sort((a, b) => byCodePoints(storePathName(a.path), storePathName(b.path)) || byCodePoints(a.path, b.path));
     for (const info of rest) {
       const found = await findEntries(info, ['bin/bash', 'bin/env', 'bin/sh'], walk);
       note(info.path, (entry) => found.has(entry));

@@ -1,7 +1,8 @@
 import { posix } from 'node:path';
 import type { Owner, TarEntry } from '../layer/types.js';
 import { UserError } from '../util/errors.js';
-import { compareBytes, type StoreDirectory, type StoreTree } from './store-tree.js';
+import type { StoreDirectory, StoreTree } from './store-tree.js';
+import { byCodePoints } from '../util/order.js';
 
 /**
  * The image root as a tree: entries nix2oci writes itself (directories, /etc files, a few links) and
@@ -228,7 +229,7 @@ export class RootTree {
   entries(): TarEntry[] {
     const entries: TarEntry[] = [];
     const visit = (directory: DirectoryNode, prefix: string): void => {
-      const names = [...directory.children.keys()].sort(compareBytes);
+      const names = [...directory.children.keys()].sort(byCodePoints);
       for (const name of names) {
         const node = directory.children.get(name)!;
         const path = prefix === '' ? name : `${prefix}/${name}`;

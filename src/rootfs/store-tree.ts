@@ -1,5 +1,6 @@
 import { readNar } from '../nix/nar.js';
 import type { NarNode, NarVisitor, StorePathInfo } from '../nix/types.js';
+import { byPathComponents } from '../util/order.js';
 
 /** Drives a visitor over a store path's NAR; `readNar` in production, a fake tree in unit tests. */
 export type NarWalker = (info: StorePathInfo, visitor: NarVisitor) => Promise<void>;
@@ -55,10 +56,10 @@ class StopWalking extends Error {}
  */
 export async function findEntries(info: StorePathInfo, wanted: readonly string[], walk: NarWalker): Promise<Set<string>> {
   const found = new Set<string>();
-  const last = [...wanted].sort(comparePaths).at(-1) ?? '';
-  // NAR order is comparePaths order: once a node sorts after the last wanted path, none can follow.
+  const last = [...wanted].sort(byPathComponents).at(-1) ?? '';
+  // NAR order is byPathComponents order: once a node sorts after the last wanted path, none can follow.
   const stopPast = (node: NarNode): void => {
-    if (comparePaths(node.path, last) > 0) throw new StopWalking();
+    if (byPathComponents(node.path, last) > 0) throw new StopWalking();
   };
   const check = (node: NarNode): void => {
     stopPast(node);
@@ -70,19 +71,4 @@ export async function findEntries(info: StorePathInfo, wanted: readonly string[]
     if (!(error instanceof StopWalking)) throw error;
   }
   return found;
-}
-
-/** NAR order of two relative paths: component by component, each compared by bytes. */
-export function comparePaths(a: string, b: string): number {
-  const left = a.split('/');
-  const right = b.split('/');
-  for (let i = 0; i < Math.min(left.length, right.length); i++) {
-    const order = compareBytes(left[i]!, right[i]!);
-    if (order !== 0) return order;
-  }
-  return left.length - right.length;
-}
-
-export function compareBytes(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
 }

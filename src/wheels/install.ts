@@ -20,8 +20,9 @@ import { UserError } from '../util/errors.js';
 import { recordHash, formatRecordLine } from './record.js';
 import { checkInterpreter, launcherScript, readScriptHead } from './scripts.js';
 import { changedSinceRead, verifiedChunks, type ChunkObserver } from './verify.js';
-import { compareNames, isRecordFile, type WheelEntry, type WheelInfo } from './wheel-info.js';
+import { isRecordFile, type WheelEntry, type WheelInfo} from './wheel-info.js';
 import { ZipReader, type ZipEntry } from './zip.js';
+import { byCodeUnits } from '../util/order.js';
 
 export interface WheelInstallOptions {
   /** Absolute install prefix in the image, e.g. `/opt/python`. */
@@ -190,7 +191,7 @@ function planInstall(info: WheelInfo, options: WheelInstallOptions, scheme: Sche
   add({ kind: 'generated', name: `${distInfo}/INSTALLER`, mode: FILE_MODE, content: Buffer.from(INSTALLER_TEXT) }, 'INSTALLER');
   add({ kind: 'record', name: `${distInfo}/RECORD` }, 'RECORD');
 
-  return [...files.values()].map(({ from: _, ...file }) => file).sort((a, b) => compareNames(a.name, b.name));
+  return [...files.values()].map(({ from: _, ...file }) => file).sort((a, b) => byCodeUnits(a.name, b.name));
 }
 
 function isSchemeKey(key: string): key is keyof Scheme {
@@ -264,7 +265,7 @@ async function writeInstall(
     const items: Item[] = [
       ...directoriesOf(members).map((name) => ({ name, dir: true as const })),
       ...members.map((file) => ({ ...file, dir: false as const })),
-    ].sort((a, b) => compareNames(a.name, b.name));
+    ].sort((a, b) => byCodeUnits(a.name, b.name));
 
     for (const item of items) {
       if (item.dir) {
@@ -343,7 +344,7 @@ function installedRecord(info: WheelInfo, scheme: Scheme, plan: PlannedFile[], r
     if (!row) throw new Error(`no RECORD row for ${file.name} while writing ${recordName}`);
     lines.push([relative, formatRecordLine(relative, row.hash, row.size)]);
   }
-  lines.sort((a, b) => compareNames(a[0], b[0]));
+  lines.sort((a, b) => byCodeUnits(a[0], b[0]));
   return Buffer.from(lines.map(([, line]) => line).join(''));
 }
 

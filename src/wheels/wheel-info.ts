@@ -12,6 +12,7 @@ import { normalizeName, parseWheelFileName, type WheelTag } from './filename.js'
 import { parseCoreMetadata, parseEntryPoints, parseWheelFile, type EntryPoint } from './metadata.js';
 import { parseRecord, type HashAlgorithm, type RecordRow } from './record.js';
 import { ZipReader, type ZipEntry } from './zip.js';
+import { byCodeUnits } from '../util/order.js';
 
 export type { WheelTag } from './filename.js';
 export type { EntryPoint } from './metadata.js';
@@ -219,10 +220,6 @@ function matchRecord(file: string, distInfoDir: string, zipEntries: ZipEntry[], 
   if (missing.length > 0) {
     throw new UserError(`${where} lists ${missing[0]}${missing.length > 1 ? ` (and ${missing.length - 1} more)` : ''}, not in the wheel`);
   }
-  return entries.sort((a, b) => compareNames(a.name, b.name));
+  return entries.sort((a, b) => byCodeUnits(a.name, b.name));
 }
 
-/** A fixed, locale-independent order of names (UTF-16 code units), for deterministic layers. */
-export function compareNames(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}

@@ -2,7 +2,7 @@ import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CONTENTS_ANNOTATION, MAX_CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION, assembleImage, manifestDigest } from '../../src/model/assemble.js';
 import { MediaTypes } from '../../src/model/image.js';
-import { normalizeTag, qualifiedName } from '../../src/model/names.js';
+import { normalizeTag, qualifiedName } from '../../src/model/reference.js';
 import { UserError } from '../../src/util/errors.js';
 import { demoConfig, demoLayers, storeName, tempDir } from '../output/fixtures.js';
 

@@ -3,7 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { buildConfig } from '../../src/model/config.js';
 import { resolveRecipe, toImageConfigSpec } from '../../src/recipe/resolve.js';
 import type { Recipe } from '../../src/recipe/schema.js';
-import { matchStorePaths, packageName, storePathName } from '../../src/recipe/store-names.js';
+import { matchStorePaths, packageName } from '../../src/recipe/store-names.js';
+import { storePathName } from '../../src/nix/store-path.js';
 import { UserError } from '../../src/util/errors.js';
 import { fakeClosure, fakeStorePath } from './fake-closure.js';
 

@@ -1,6 +1,6 @@
 import type { NarNode, StorePathInfo } from '../../src/nix/types.js';
 import type { NarWalker } from '../../src/rootfs/store-tree.js';
-import { comparePaths } from '../../src/rootfs/store-tree.js';
+import { byPathComponents } from '../../src/util/order.js';
 
 /** A store path's tree for tests: relative path → what is there. Parent directories are implied. */
 export type FakeTree = Record<string, 'dir' | 'file' | { link: string }>;
@@ -26,7 +26,7 @@ export class FakeNars {
       kinds.set(path, kind);
     }
     const nodes = [...kinds.entries()]
-      .sort(([a], [b]) => (a === '' ? -1 : b === '' ? 1 : comparePaths(a, b)))
+      .sort(([a], [b]) => (a === '' ? -1 : b === '' ? 1 : byPathComponents(a, b)))
       .map(([path, kind]): NarNode => {
         if (kind === 'dir') return { type: 'directory', path };
         if (kind === 'file') return { type: 'regular', path, executable: false, size: 1 };

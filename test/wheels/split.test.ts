@@ -267,7 +267,7 @@ describe.runIf(e2eReady)('split wheel layers in built images', () => {
   let withoutZlib: string;
   let wheels: Wheels;
   const loaded: string[] = [];
-  const split = { env: { NIX2OCI_WHEEL_SPLIT_THRESHOLD: String(THRESHOLD) } };
+  const split = ['--wheel-split-size', String(THRESHOLD)];
   const v1 = 'bigpkg-1.0-cp311-cp311-linux_x86_64.whl';
 
   beforeAll(() => {
@@ -284,8 +284,7 @@ describe.runIf(e2eReady)('split wheel layers in built images', () => {
     manifestDigest: string;
     layers: { digest: string; contents: string[]; reused: boolean }[];
   }
-  const build = (args: string[], env: { env: Record<string, string> } = split) =>
-    JSON.parse(cliOk(['build-image', '-q', '--json', ...args], env).stdout) as Summary;
+  const build = (args: string[], extra: string[] = split) => JSON.parse(cliOk(['build-image', '-q', '--json', ...args, ...extra]).stdout) as Summary;
   const wheelLayers = (s: Summary) => s.layers.filter((l) => l.contents[0]!.includes('.whl')).map((l) => [l.contents.join(', '), l.reused]);
 
   it('builds one layer per piece, reuses every piece on a rebuild, and the split-off ones for another wheel', () => {
@@ -306,7 +305,7 @@ describe.runIf(e2eReady)('split wheel layers in built images', () => {
     // --max-layers counts every piece: 3 for the wheel, 1 for the root, 1 left for the store paths.
     const tight = build(['--closure', withZlib, '--cache-dir', cache, '--wheel', wheels.v1, '--max-layers', '5', '--output', out()]);
     expect(tight.layers).toHaveLength(5);
-    const tooTight = runCli(['build-image', '-q', '--closure', withZlib, '--cache-dir', cache, '--wheel', wheels.v1, '--max-layers', '4', '--output', out()], split);
+    const tooTight = runCli([...['build-image', '-q', '--closure', withZlib, '--cache-dir', cache, '--wheel', wheels.v1, '--max-layers', '4', '--output', out()], ...split]);
     expect(tooTight.code).toBe(1);
     expect(tooTight.stderr).toContain('--max-layers 4 leaves no layer for store paths (4 reserved for the image root and wheels)');
   });
@@ -314,7 +313,7 @@ describe.runIf(e2eReady)('split wheel layers in built images', () => {
   it('umoci unpacks the same tree as the unsplit build’s; inspect names each piece; the image runs', () => {
     const layouts = { split: join(dir, 'split-layout'), whole: join(dir, 'whole-layout') };
     build(['--closure', withZlib, '--no-cache', '--wheel', wheels.v1, '--format', 'oci-layout', '--tag', 'nix2oci/split:latest', '--output', layouts.split]);
-    const whole = build(['--closure', withZlib, '--no-cache', '--wheel', wheels.v1, '--format', 'oci-layout', '--tag', 'nix2oci/split:latest', '--output', layouts.whole], { env: {} });
+    const whole = build(['--closure', withZlib, '--no-cache', '--wheel', wheels.v1, '--format', 'oci-layout', '--tag', 'nix2oci/split:latest', '--output', layouts.whole], []);
     expect(wheelLayers(whole)).toEqual([[v1, false]]);
     const trees = Object.fromEntries(
       Object.entries(layouts).map(([kind, layout]) => {
@@ -340,10 +339,10 @@ describe.runIf(e2eReady)('split wheel layers in built images', () => {
     const cache = join(dir, 'cache-libs');
     const args = ['build-image', '-q', '--closure', withoutZlib, '--cache-dir', cache, '--wheel', wheels.v1, '--output', join(dir, 'fails.tar')];
     // The split-off layers are cached by a build that passes, then the check runs on cached facts.
-    const ok = runCli(['build-image', '-q', '--closure', withZlib, '--cache-dir', cache, '--wheel', wheels.v1, '--output', join(dir, 'passes.tar')], split);
+    const ok = runCli([...['build-image', '-q', '--closure', withZlib, '--cache-dir', cache, '--wheel', wheels.v1, '--output', join(dir, 'passes.tar')], ...split]);
     expect(ok.code).toBe(0);
-    const fresh = runCli(['build-image', '-q', '--closure', withoutZlib, '--no-cache', '--wheel', wheels.v1, '--output', join(dir, 'fails.tar')], split);
-    const cached = runCli(args, split);
+    const fresh = runCli([...['build-image', '-q', '--closure', withoutZlib, '--no-cache', '--wheel', wheels.v1, '--output', join(dir, 'fails.tar')], ...split]);
+    const cached = runCli([...args, ...split]);
     expect(fresh.code).toBe(1);
     expect(fresh.stderr).toContain(`${v1}: ${SO1} needs libz.so.1: not found`);
     expect(fresh.stderr).toContain(`${v1}: ${SO2} needs libz.so.1: not found`);

@@ -1,6 +1,7 @@
 import { ElfScanner, type ElfFacts, type ElfRereadPlan, type ElfScanResult } from './elf.js';
 import { ZipReader } from '../zip.js';
 import { isUserError } from '../../util/errors.js';
+import { byCodeUnits } from '../../util/order.js';
 
 /**
  * Collects the ELF facts of wheel entries during the single streaming pass that installs them.
@@ -119,7 +120,7 @@ export class ElfCollector {
         this.problems.push(err.message);
       }
     }
-    return [...this.objects].sort((a, b) => cmp(a.wheel, b.wheel) || cmp(a.entry, b.entry));
+    return [...this.objects].sort((a, b) => byCodeUnits(a.wheel, b.wheel) || byCodeUnits(a.entry, b.entry));
   }
 }
 
@@ -138,6 +139,3 @@ function baseName(file: string): string {
   return file.slice(file.lastIndexOf('/') + 1);
 }
 
-function cmp(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}

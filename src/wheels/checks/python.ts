@@ -1,4 +1,5 @@
 import { UserError } from '../../util/errors.js';
+import { storePathName } from '../../nix/store-path.js';
 import type { Closure } from '../../nix/types.js';
 import type { ClosureIndex, PythonBinary } from './closure-index.js';
 
@@ -98,7 +99,7 @@ function refersTo(closure: Closure, from: string, to: string): boolean {
 }
 
 function describe(index: ClosureIndex, python: PythonBinary): ImagePython {
-  const name = python.storePath.replace(/^\/nix\/store\/[0-9a-z]{32}-/, '');
+  const name = storePathName(python.storePath);
   const escaped = python.version.replace('.', '\\.');
   const full = new RegExp(`(?:^|-)(${escaped}\\.\\d+)(?:-|$)`).exec(name);
   const dirs = index.sitePackages.filter((s) => s.version === python.version).map((s) => s.dir);
