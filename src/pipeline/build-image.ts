@@ -23,6 +23,8 @@ import { formatBytes } from '../util/units.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import type { PreparedWheels, WheelElfFacts, WheelLayerPlan } from './wheels.js';
+import { summarizeProblems, type Problem } from '../wheels/checks/problems.js';
+import { checksFailed, writeProblemsFile } from './problems.js';
 import { CacheStore } from '../cache/store.js';
 import { LayerCache } from '../cache/layer-cache.js';
 import { exportIndexMemo, wheelInfoMemo } from '../cache/input-memo.js';
@@ -39,7 +41,12 @@ export interface BuildImageOptions {
   overrides: RecipeOverrides;
   wheels: string[];
   python?: string;
+  /** false skips the wheels' requirements check. */
   depsCheck: boolean;
+  /** false: libraries the image lacks are warnings, not errors (default true). */
+  libraryCheck?: boolean;
+  /** Write every problem the checks found to this file (also when they fail the build). */
+  problemsFile?: string;
   /** A file or directory path, or `-` for standard output. */
   output: string;
   format: OutputFormat;
@@ -91,9 +98,11 @@ export interface BuildImageResult {
   tags: string[];
   /** Wall-clock seconds per stage. */
   timings: { closure: number; layers: number; checks: number; output: number };
+  /** What the wheel checks found that did not stop the build (warnings). */
+  problems: Problem[];
 }
 
-const NO_WHEELS: PreparedWheels = { layers: [], check: async () => ({ warnings: [], env: {} }) };
+const NO_WHEELS: PreparedWheels = { layers: [], check: async () => ({ problems: [], env: {} }) };
 
 /** The mtime when SOURCE_DATE_EPOCH is not set: 1970-01-01T00:00:01Z, as nixpkgs' dockerTools uses. */
 export const DEFAULT_SOURCE_DATE_EPOCH = 1;
@@ -164,6 +173,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       recipe: resolved,
       python: options.python,
       depsCheck: options.depsCheck,
+      libraryCheck: options.libraryCheck,
       list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
       wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
     });
@@ -269,7 +279,10 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
 
     for (const w of root.warnings) options.warn(w);
     const checked = await wheels.check(wheelFacts);
-    for (const w of checked.warnings) options.warn(w);
+    // The warnings (the traps' hints among them) are told whether or not the errors stop the build.
+    for (const w of summarizeProblems(checked.problems).warnings) options.warn(w);
+    if (options.problemsFile !== undefined) await writeProblemsFile(options.problemsFile, checked.problems);
+    if (checked.problems.some((p) => p.severity === 'error')) throw checksFailed(checked.problems, options.problemsFile);
     timings.checks = clock.lap();
 
     const tags = options.tags.length > 0 ? options.tags : resolved.tags;
@@ -297,7 +310,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       }
     }
     timings.output = clock.lap();
-    return { image, manifestDigest: manifestDigest(image), layers: written, tags: image.tags, timings };
+    return { image, manifestDigest: manifestDigest(image), layers: written, tags: image.tags, timings, problems: checked.problems };
   } finally {
     options.stopProgress?.();
     forget();

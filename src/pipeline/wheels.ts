@@ -6,7 +6,7 @@ import { checkWheelTags, type TagTarget } from '../wheels/tags.js';
 import { SPLIT_THRESHOLD, wheelLayerSource, type SplitFile, type WheelLayer, type WheelLayerPiece } from '../wheels/install.js';
 import { recordHash } from '../wheels/record.js';
 import type { WheelKeyInputs } from '../cache/keys.js';
-import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython, type ListNodes } from '../wheels/checks/index.js';
+import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython, type ListNodes, type Problem } from '../wheels/checks/index.js';
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
 import { readRemembered, type InputMemo } from '../util/file-identity.js';
@@ -49,8 +49,16 @@ export interface WheelElfFacts {
 /** The wheels stage: what to install, and — once the layers are written — whether the image can run. */
 export interface PreparedWheels {
   layers: WheelLayerPlan[];
-  /** Runs the requirement, library and trap checks, given each layer's ELF facts (in `layers` order). */
-  check(facts: WheelElfFacts[]): Promise<{ warnings: string[]; env: Record<string, string[]> }>;
+  /**
+   * Runs the requirement, library and trap checks, given each layer's ELF facts (in `layers` order):
+   * every problem found (errors among them mean the image cannot run as built), and the env the wheels need.
+   */
+  check(facts: WheelElfFacts[]): Promise<WheelChecks>;
+}
+
+export interface WheelChecks {
+  problems: Problem[];
+  env: Record<string, string[]>;
 }
 
 /** The PATH container runtimes use when an image sets none (Docker's and containerd's default). */
@@ -72,7 +80,10 @@ export async function prepareWheels(options: {
   closure: Closure;
   recipe: ResolvedRecipe;
   python?: string;
+  /** false skips the requirements check (`--no-requirements-check`, or the recipe's checks.skipRequirements). */
   depsCheck: boolean;
+  /** false makes the library check's findings warnings (`--no-library-check`, or checks.skipLibraries). */
+  libraryCheck?: boolean;
   splitThreshold?: number;
   /** Lists a store path's files for the closure index (default: from the export; a build passes a cached one). */
   list?: ListNodes;
@@ -81,7 +92,7 @@ export async function prepareWheels(options: {
 }): Promise<PreparedWheels> {
   const { files, closure, recipe } = options;
   const splitThreshold = options.splitThreshold ?? thresholdFromEnv();
-  if (files.length === 0) return { layers: [], check: async () => ({ warnings: [], env: {} }) };
+  if (files.length === 0) return { layers: [], check: async () => ({ problems: [], env: {} }) };
 
   // The wheels are read (and hashed, on the hash pool) while the closure is indexed; errors are still
   // reported in order: the closure's first, then each wheel's.
@@ -137,7 +148,18 @@ export async function prepareWheels(options: {
 
   return {
     layers,
-    check: (facts) => runChecks({ closure, index, python, recipe, infos, layers, facts, depsCheck: options.depsCheck }),
+    check: (facts) =>
+      runChecks({
+        closure,
+        index,
+        python,
+        recipe,
+        infos,
+        layers,
+        facts,
+        depsCheck: options.depsCheck && !recipe.checks.skipRequirements,
+        libraryCheck: options.libraryCheck !== false && !recipe.checks.skipLibraries,
+      }),
   };
 }
 
@@ -150,7 +172,8 @@ async function runChecks(o: {
   layers: WheelLayerPlan[];
   facts: WheelElfFacts[];
   depsCheck: boolean;
-}): Promise<{ warnings: string[]; env: Record<string, string[]> }> {
+  libraryCheck: boolean;
+}): Promise<WheelChecks> {
   const report = await checkWheels({
     closure: o.closure,
     index: o.index,
@@ -163,23 +186,17 @@ async function runChecks(o: {
     waiveRequirements: o.recipe.checks.waiveRequirements,
     waiveLibraries: o.recipe.checks.waiveLibraries,
     depsCheck: o.depsCheck,
+    libraryCheck: o.libraryCheck,
     ldLibraryPath: splitPath(o.recipe.env?.LD_LIBRARY_PATH),
     machine: o.recipe.architecture === 'arm64' ? 'aarch64' : 'x86_64',
   });
-  if (report.errors.length > 0) {
-    const shown = report.errors.slice(0, 20);
-    const more = report.errors.length - shown.length;
-    throw new UserError(
-      `the image cannot run as built (${report.errors.length} problem${report.errors.length === 1 ? '' : 's'}; waive with checks.waiveRequirements / checks.waiveLibraries in the recipe, or --no-deps-check):\n  ${shown.join('\n  ')}${more > 0 ? `\n  … and ${more} more` : ''}`,
-    );
-  }
   const sitePackages = [...new Set(o.layers.map((l) => l.layer.sitePackages))];
   const binDirs = [...new Set(o.layers.map((l) => l.layer.binDir))];
   const env: Record<string, string[]> = { PYTHONPATH: sitePackages, LD_LIBRARY_PATH: report.env.LD_LIBRARY_PATH };
   // Launchers go on PATH after the recipe's entries; an image without PATH gets the runtimes' default too,
   // since a PATH of only the wheels' bin would hide it.
   env.PATH = o.recipe.env?.PATH !== undefined ? binDirs : [...binDirs, ...DEFAULT_PATH.split(':')];
-  return { warnings: report.warnings, env };
+  return { problems: report.problems, env };
 }
 
 function factsForCache(info: WheelInfo, split: SplitFile | null, facts: WheelElfFacts): WheelElfFacts {

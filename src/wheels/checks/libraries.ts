@@ -33,7 +33,18 @@ export interface LibraryCheckResult {
   /** The closure directories added, in the order they appear in `ldLibraryPath`. */
   added: string[];
   /** Things that will not stop the import but deserve a look (foreign machine, missing interpreter). */
-  warnings: string[];
+  warnings: LibraryWarning[];
+}
+
+export interface LibraryWarning {
+  wheel: string;
+  entry: string;
+  /** `bin/tool (torch-….whl) runs with /lib64/ld-linux-x86-64.so.2, which a Nix image does not have` */
+  message: string;
+  /** Set for an executable whose loader is not in the store. */
+  interpreter?: string;
+  /** Set for a file built for another machine. */
+  machine?: number;
 }
 
 /** `vllm/_C.abi3.so needs libamdhip64.so.7: not found` */
@@ -86,11 +97,21 @@ export function checkLibraries(options: {
   for (const object of options.objects) {
     const { facts } = object;
     if (facts.machine !== machine) {
-      result.warnings.push(`${object.entry} (${baseName(object.wheel)}) is built for ELF machine ${facts.machine}, not ${machine}`);
+      result.warnings.push({
+        wheel: object.wheel,
+        entry: object.entry,
+        machine: facts.machine,
+        message: `${object.entry} (${baseName(object.wheel)}) is built for ELF machine ${facts.machine}, not ${machine}`,
+      });
       continue;
     }
     if (facts.interpreter && !facts.interpreter.startsWith('/nix/store/')) {
-      result.warnings.push(`${object.entry} (${baseName(object.wheel)}) runs with ${facts.interpreter}, which a Nix image does not have`);
+      result.warnings.push({
+        wheel: object.wheel,
+        entry: object.entry,
+        interpreter: facts.interpreter,
+        message: `${object.entry} (${baseName(object.wheel)}) runs with ${facts.interpreter}, which a Nix image does not have`,
+      });
     }
     if (!facts.dynamic) continue;
     const origin = posix.dirname(object.imagePath);
