@@ -4,6 +4,7 @@ import type { WheelInfo } from '../wheel-info.js';
 import { indexClosure, type ClosureIndex, type ListNodes, type ReadFile } from './closure-index.js';
 import type { ElfObject } from './elf-collector.js';
 import { checkLibraries, formatUnresolved, type UnresolvedLibrary } from './libraries.js';
+import { classifyGlibcDirs } from './loader.js';
 import { libraryFix, requirementFix, type Problem } from './problems.js';
 import { findImagePython, type ImagePython } from './python.js';
 import {
@@ -138,6 +139,7 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
   for (const message of options.elfProblems ?? []) {
     problems.push({ severity: librarySeverity, check: 'libraries', kind: 'malformed-elf', message, ...aboutWheel(wheelOfProblem(message, options.wheels)) });
   }
+  const glibc = options.elfObjects.length > 0 ? await classifyGlibcDirs(closure, index, readFile) : { relocated: [], searched: [] };
   const libraries = checkLibraries({
     objects: options.elfObjects,
     wheelFiles,
@@ -145,6 +147,7 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     ldLibraryPath: options.ldLibraryPath,
     machine: options.machine === 'aarch64' ? EM_AARCH64 : EM_X86_64,
     waive: options.waiveLibraries,
+    relocatedGlibcDirs: glibc.relocated,
   });
   const missing = (u: UnresolvedLibrary, waivedOne: boolean): Problem => ({
     severity: waivedOne ? 'warning' : librarySeverity,
@@ -168,6 +171,16 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
       ...aboutWheel(w.wheel),
       entry: w.entry,
       ...(w.interpreter !== undefined && { interpreter: w.interpreter }),
+    });
+  }
+  const relocatedAdded = libraries.added.filter((dir) => glibc.relocated.includes(dir));
+  if (relocatedAdded.length > 0 && glibc.searched.length > 0) {
+    problems.push({
+      severity: 'warning',
+      check: 'libraries',
+      kind: 'mixed-glibc',
+      message: `the closure holds more than one glibc: ${relocatedAdded.join(', ')} (whose loader does not search it by default) goes on LD_LIBRARY_PATH, where programs of ${glibc.searched.join(', ')} will find its libraries too`,
+      fix: 'build the image from one glibc',
     });
   }
 

@@ -18,6 +18,8 @@ export type ProblemKind =
   | 'foreign-interpreter'
   /** An ELF file built for another machine. */
   | 'foreign-machine'
+  /** More than one glibc, one of which needs LD_LIBRARY_PATH. */
+  | 'mixed-glibc'
   /** Something the image lacks that a known stack needs at run time. */
   | 'trap'
   /** A distribution in the closure without a name or version. */
