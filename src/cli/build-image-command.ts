@@ -23,7 +23,8 @@ export function buildImageCommand(): Command {
     .addOption(new Option('--compression <kind>', 'layer compression (default: the recipe\'s, else gzip)').choices(['gzip', 'none']))
     .option('--max-layers <n>', 'most layers the image may have (default: the recipe\'s, else 100)')
     .addOption(new Option('--layer-strategy <strategy>', 'how store paths share layers (default: the recipe\'s, else size-aware)').choices(['size-aware', 'popularity']))
-    .addOption(new Option('--wheel <file>', 'a Python wheel to install (repeatable; adds to the recipe\'s)').argParser(collect))
+    .addOption(new Option('--wheel <file...>', 'Python wheels to install: files, or directories (every *.whl in each); repeatable; adds to the recipe\'s'))
+    .option('--wheel-lock <file>', 'only these wheels, with these hashes: a lock in pip\'s --require-hashes form (name==version --hash=sha256:…)')
     .option('--python <path>', 'the image\'s Python: a store path or its bin/python3.X (default: found in the closure)')
     .option('--no-requirements-check', 'skip the wheels\' requirements check (their Requires-Dist)')
     .option('--no-deps-check', 'the same as --no-requirements-check')
@@ -66,6 +67,7 @@ export function buildImageCommand(): Command {
       overrides: recipeOverridesFrom(flags),
       wheels: (flags.wheel as string[] | undefined) ?? [],
       python: flags.python as string | undefined,
+      ...(flags.wheelLock !== undefined && { wheelLock: flags.wheelLock as string }),
       depsCheck: flags.depsCheck !== false && flags.requirementsCheck !== false,
       libraryCheck: flags.libraryCheck !== false,
       ...(flags.problems !== undefined && { problemsFile: checkOutputFile(flags.problems as string, '--problems') }),

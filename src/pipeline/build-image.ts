@@ -24,7 +24,7 @@ import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import type { PreparedWheels, WheelElfFacts, WheelLayerPlan } from './wheels.js';
 import { summarizeProblems, type Problem } from '../wheels/checks/problems.js';
-import { checksFailed, writeProblemsFile } from './problems.js';
+import { checksFailed, ProblemsError, writeProblemsFile } from './problems.js';
 import { CacheStore } from '../cache/store.js';
 import { LayerCache } from '../cache/layer-cache.js';
 import { exportIndexMemo, wheelInfoMemo } from '../cache/input-memo.js';
@@ -33,12 +33,14 @@ import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
 import { wheelLayerKey, type LayerSettings } from '../cache/keys.js';
 import { writeWholeLayer } from '../layer/segment.js';
+import { expandWheelPaths } from '../wheels/paths.js';
 
 export interface BuildImageOptions {
   closures: string[];
   pathInfo?: string;
   recipe?: string;
   overrides: RecipeOverrides;
+  /** Wheel files, or directories of them (every `*.whl` in each, sorted), after the recipe's. */
   wheels: string[];
   python?: string;
   /** false skips the wheels' requirements check. */
@@ -47,6 +49,8 @@ export interface BuildImageOptions {
   libraryCheck?: boolean;
   /** Write every problem the checks found to this file (also when they fail the build). */
   problemsFile?: string;
+  /** A lock file the wheels must match (pip's --require-hashes form); replaces the recipe's wheelLock. */
+  wheelLock?: string;
   /** A file or directory path, or `-` for standard output. */
   output: string;
   format: OutputFormat;
@@ -166,17 +170,28 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
     if (options.cacheDir) options.log(`layer cache: ${options.cacheDir}`);
 
     const resolved = resolveRecipe(recipe, closure, options.recipe);
-    const wheelFiles = [...resolved.wheels, ...options.wheels];
-    const wheels: PreparedWheels = wheelFiles.length === 0 ? NO_WHEELS : await (await import('./wheels.js')).prepareWheels({
-      files: wheelFiles,
-      closure,
-      recipe: resolved,
-      python: options.python,
-      depsCheck: options.depsCheck,
-      libraryCheck: options.libraryCheck,
-      list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
-      wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
-    });
+    const wheelFiles = expandWheelPaths([...resolved.wheels, ...options.wheels]);
+    const lock = options.wheelLock ?? resolved.wheelLock;
+    const wheels: PreparedWheels =
+      wheelFiles.length === 0 && lock === undefined
+        ? NO_WHEELS
+        : await (await import('./wheels.js'))
+            .prepareWheels({
+              files: wheelFiles,
+              closure,
+              recipe: resolved,
+              python: options.python,
+              depsCheck: options.depsCheck,
+              libraryCheck: options.libraryCheck,
+              lock,
+              list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
+              wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
+            })
+            .catch(async (err: unknown) => {
+              // The lock's problems are problems too: --problems lists them.
+              if (err instanceof ProblemsError && options.problemsFile !== undefined) await writeProblemsFile(options.problemsFile, err.problems);
+              throw err;
+            });
 
     const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;
     const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy });

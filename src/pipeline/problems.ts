@@ -42,3 +42,12 @@ export async function writeProblemsFile(file: string, problems: Problem[]): Prom
   const text = formatProblemsFile(problems);
   await writeFileAtomically(file, (out) => new Promise<void>((done, fail) => out.write(text, (err) => (err ? fail(err) : done()))));
 }
+
+/** The error for wheels that do not match the lock: one line per problem. */
+export function lockFailed(problems: Problem[], lockFile: string): ProblemsError {
+  if (problems.length === 1) return new ProblemsError(problems[0]!.message, problems);
+  return new ProblemsError(
+    `the wheels do not match the lock ${lockFile} (${problems.length} problems):\n  ${problems.map((p) => p.message).join('\n  ')}`,
+    problems,
+  );
+}

@@ -9,6 +9,9 @@ import type { WheelKeyInputs } from '../cache/keys.js';
 import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython, type ListNodes, type Problem } from '../wheels/checks/index.js';
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
+import { checkWheelLock, readWheelLock } from '../wheels/lock.js';
+import { markerEnvironment } from '../wheels/checks/requirements.js';
+import { lockFailed } from './problems.js';
 import { readRemembered, type InputMemo } from '../util/file-identity.js';
 
 /**
@@ -84,6 +87,8 @@ export async function prepareWheels(options: {
   depsCheck: boolean;
   /** false makes the library check's findings warnings (`--no-library-check`, or checks.skipLibraries). */
   libraryCheck?: boolean;
+  /** A lock file the wheels must match (`--wheel-lock`, or the recipe's wheelLock); checked before installing. */
+  lock?: string;
   splitThreshold?: number;
   /** Lists a store path's files for the closure index (default: from the export; a build passes a cached one). */
   list?: ListNodes;
@@ -92,7 +97,9 @@ export async function prepareWheels(options: {
 }): Promise<PreparedWheels> {
   const { files, closure, recipe } = options;
   const splitThreshold = options.splitThreshold ?? thresholdFromEnv();
-  if (files.length === 0) return { layers: [], check: async () => ({ problems: [], env: {} }) };
+  // The lock is read first: a mistake in it is told before anything else is read.
+  const lock = options.lock !== undefined ? { file: options.lock, entries: readWheelLock(options.lock) } : null;
+  if (files.length === 0 && !lock) return { layers: [], check: async () => ({ problems: [], env: {} }) };
 
   // The wheels are read (and hashed, on the hash pool) while the closure is indexed; errors are still
   // reported in order: the closure's first, then each wheel's.
@@ -105,22 +112,31 @@ export async function prepareWheels(options: {
   const platform = PLATFORM_OF_ARCH[recipe.architecture ?? 'amd64'];
   if (!platform) throw new UserError(`wheels: images for architecture ${recipe.architecture} cannot take wheels (amd64 and arm64 can)`);
 
+  const target = { pythonVersion: python.version, implementation: 'cp', platform } as const;
   const infos: WheelInfo[] = [];
   for (const [i, file] of files.entries()) {
     const info = await reading[i]!;
-    checkWheelTags(info, { pythonVersion: python.version, implementation: 'cp', platform });
+    if (!lock) checkWheelTags(info, target);
     if (infos.some((other) => other.name === info.name)) {
       throw new UserError(`${file}: a second wheel of ${info.name} (the first is ${infos.find((o) => o.name === info.name)!.file})`);
     }
     infos.push(info);
   }
+  if (lock) {
+    // Before anything is installed (or its tags judged): exactly the wheels that were reviewed.
+    const machine = recipe.architecture === 'arm64' ? 'aarch64' : 'x86_64';
+    const problems = await checkWheelLock({ ...lock, wheels: infos, environment: markerEnvironment(python, machine) });
+    if (problems.length > 0) throw lockFailed(problems, lock.file);
+    for (const info of infos) checkWheelTags(info, target);
+  }
+  if (infos.length === 0) return { layers: [], check: async () => ({ problems: [], env: {} }) };
 
-  const target = { prefix: recipe.python.prefix, pythonVersion: python.version, interpreter: python.interpreter };
+  const install = { prefix: recipe.python.prefix, pythonVersion: python.version, interpreter: python.interpreter };
   const layers = infos.flatMap((info): WheelLayerPlan[] => {
     // One collector per piece, so each layer's facts stand alone (and can be cached with it).
     const collectors = new Map<string, ElfCollector>();
     const layer = wheelLayerSource(info, {
-      ...target,
+      ...install,
       splitThreshold,
       inspect: ({ path, entry }) => collectors.get(path)!.entry(info.file, entry.name, path),
     });
@@ -137,7 +153,7 @@ export async function prepareWheels(options: {
         piece,
         key: split
           ? { piece: 'file', content: recordHash(split.entry.recordHash!.algorithm, Buffer.from(split.entry.recordHash!.hex, 'hex')), size: split.entry.size, path: split.name, mode: split.mode }
-          : { piece: 'main', sha256: info.sha256, fileName: wheelName, ...target, splitThreshold: splitThreshold ?? SPLIT_THRESHOLD },
+          : { piece: 'main', sha256: info.sha256, fileName: wheelName, ...install, splitThreshold: splitThreshold ?? SPLIT_THRESHOLD },
         python: { interpreter: python.interpreter, version: python.version, prefix: recipe.python.prefix },
         elfFacts: async () => ({ objects: await elf.finish(), problems: [...elf.problems] }),
         factsForCache: (facts) => factsForCache(info, split, facts),
