@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { checkLibraries } from '../../../src/wheels/checks/libraries.js';
+import { checkWheels } from '../../../src/wheels/checks/index.js';
 import { classifyGlibcDirs, searchesDir } from '../../../src/wheels/checks/loader.js';
 import type { ClosureIndex } from '../../../src/wheels/checks/closure-index.js';
 import type { ElfObject } from '../../../src/wheels/checks/elf-collector.js';
@@ -73,5 +74,35 @@ describe("the closure's loader", () => {
     expect(relocated.ldLibraryPath).toEqual(['/opt/x', `${debianGlibc}/lib`]);
     // A pure-Python wheel needs nothing from it.
     expect(checkLibraries({ objects: [], wheelFiles: [], index: closure, relocatedGlibcDirs: [`${debianGlibc}/lib`] }).ldLibraryPath).toEqual([]);
+  });
+
+  it('warns when the closure holds a glibc that searches itself beside the relocated one put on LD_LIBRARY_PATH', async () => {
+    const python = fakeStorePath('python3-3.11.2');
+    const closure = fakeClosure([nixGlibc, debianGlibc, python]);
+    const files: Record<string, Buffer> = {
+      [`${nixGlibc}/lib/ld-linux-x86-64.so.2`]: loader(`${nixGlibc}/lib/`),
+      [`${debianGlibc}/lib/ld-linux-x86-64.so.2`]: loader('/lib/x86_64-linux-gnu/'),
+    };
+    const object: ElfObject = {
+      wheel: '/w/rtext-1.0-cp311-cp311-linux_x86_64.whl',
+      entry: 'rtext/_rt.so',
+      imagePath: '/opt/python/lib/python3.11/site-packages/rtext/_rt.so',
+      // Only the relocated glibc holds librt.so.1 here.
+      facts: { elfClass: 64, endian: 'little', type: 3, machine: 62, interpreter: null, dynamic: true, soname: null, needed: ['librt.so.1'], rpath: null, runpath: null },
+    };
+    const report = await checkWheels({
+      closure,
+      index: index({ [`${nixGlibc}/lib`]: ['ld-linux-x86-64.so.2', 'libc.so.6'], [`${debianGlibc}/lib`]: GLIBC }),
+      python: { storePath: python, interpreter: `${python}/bin/python3.11`, version: '3.11', fullVersion: '3.11.2', sitePackages: [] },
+      wheels: [],
+      wheelFiles: [],
+      elfObjects: [object],
+      readFile: async (info, path) => files[`${info.path}/${path}`] ?? null,
+    });
+    expect(report.errors).toEqual([]);
+    expect(report.env.LD_LIBRARY_PATH).toEqual([`${debianGlibc}/lib`]);
+    expect(report.problems.filter((p) => p.kind === 'mixed-glibc').map((p) => p.message)).toEqual([
+      `the closure holds more than one glibc: ${debianGlibc}/lib (whose loader does not search it by default) goes on LD_LIBRARY_PATH, where programs of ${nixGlibc}/lib will find its libraries too`,
+    ]);
   });
 });
