@@ -1,3 +1,5 @@
+import { statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import { addRecipeOptions, recipeOverridesFrom } from './recipe-options.js';
 import { OUTPUT_FORMATS, parseOutputFormat } from '../model/formats.js';
@@ -22,10 +24,14 @@ export function buildImageCommand(): Command {
     .addOption(new Option('--compression <kind>', 'layer compression (default: the recipe\'s, else gzip)').choices(['gzip', 'none']))
     .option('--max-layers <n>', 'most layers the image may have (default: the recipe\'s, else 100)')
     .addOption(new Option('--layer-strategy <strategy>', 'how store paths share layers (default: the recipe\'s, else size-aware)').choices(['size-aware', 'popularity']))
-    .addOption(new Option('--wheel <file>', 'a Python wheel to install (repeatable; adds to the recipe\'s)').argParser(collect))
+    .addOption(new Option('--wheel <file...>', 'Python wheels to install: files, or directories (every *.whl in each); repeatable; adds to the recipe\'s'))
+    .option('--wheel-lock <file>', 'only these wheels, with these hashes: a lock in pip\'s --require-hashes form (name==version --hash=sha256:…)')
     .option('--python <path>', 'the image\'s Python: a store path or its bin/python3.X (default: found in the closure)')
-    .option('--no-deps-check', 'skip the wheels\' requirements check')
     .option('--wheel-split-size <size>', 'wheel files of at least SIZE get a layer of their own (default 256M)')
+    .option('--no-requirements-check', 'skip the wheels\' requirements check (their Requires-Dist)')
+    .option('--no-deps-check', 'the same as --no-requirements-check')
+    .option('--no-library-check', 'do not fail on shared libraries the image lacks (they are listed as warnings)')
+    .option('--problems <file>', 'write every problem the wheel checks find to this file (also when they fail the build)')
     .option('--push <ref>', 'push the built image to HOST[:PORT]/REPO[:TAG] (push options below apply)')
     .option('--cache-dir <dir>', 'the layer cache (default: $XDG_CACHE_HOME/nix2oci, else ~/.cache/nix2oci)')
     .option('--no-cache', 'build every layer afresh, leaving no cache behind')
@@ -64,8 +70,11 @@ export function buildImageCommand(): Command {
       overrides: recipeOverridesFrom(flags),
       wheels: (flags.wheel as string[] | undefined) ?? [],
       python: flags.python as string | undefined,
-      depsCheck: flags.depsCheck !== false,
       wheelSplitSize: flags.wheelSplitSize !== undefined ? parseSizeFlag(flags.wheelSplitSize as string, '--wheel-split-size') : undefined,
+      ...(flags.wheelLock !== undefined && { wheelLock: flags.wheelLock as string }),
+      depsCheck: flags.depsCheck !== false && flags.requirementsCheck !== false,
+      libraryCheck: flags.libraryCheck !== false,
+      ...(flags.problems !== undefined && { problemsFile: checkOutputFile(flags.problems as string, '--problems') }),
       output,
       format: parseOutputFormat(flags.format as string),
       tags: (flags.tag as string[] | undefined) ?? [],
@@ -77,6 +86,12 @@ export function buildImageCommand(): Command {
       jobs,
       log: say,
       warn: (line) => void warn(line),
+    }).catch((err: unknown) => {
+      // A build the checks stopped still gives its problems to a reader of --json.
+      if (flags.json && output !== '-' && err instanceof Error && 'problems' in err) {
+        process.stdout.write(`${JSON.stringify({ output, error: err.message, problems: err.problems }, null, 2)}\n`);
+      }
+      throw err;
     });
     const seconds = (Date.now() - started) / 1000;
     if (flags.json) {
@@ -89,6 +104,7 @@ export function buildImageCommand(): Command {
           seconds,
           timings: result.timings,
           cache: cacheDir,
+          problems: result.problems,
           reused: result.layers.filter((l) => l.reused).length,
           built: result.layers.filter((l) => !l.reused).length,
           layers: result.layers.map(({ layer, reused, seconds }) => ({
@@ -136,6 +152,14 @@ function parseSizeFlag(text: string, flag: string): number {
   const size = parseByteSize(text);
   if (size === null || size === 0) throw new UserError(`${flag} takes a size such as 64M or 1G, got ${JSON.stringify(text)}`);
   return size;
+}
+
+/** A file the build will write: its directory must exist and it must not be a directory (told before building). */
+function checkOutputFile(path: string, flag: string): string {
+  const parent = statSync(dirname(resolve(path)), { throwIfNoEntry: false });
+  if (!parent?.isDirectory()) throw new UserError(`${flag} ${path}: directory ${dirname(resolve(path))} does not exist`);
+  if (statSync(path, { throwIfNoEntry: false })?.isDirectory()) throw new UserError(`${flag} ${path}: is a directory`);
+  return path;
 }
 
 function parseWholeNumber(text: string, flag: string): number {

@@ -418,13 +418,19 @@ class NarParser {
     r.pos += padding;
   }
 
-  #name(dir: DirectoryFrame): string {
+  /** A NAR string at the current position (not consumed): its bytes decoded as UTF-8, else as latin1 for messages. */
+  #text(max: number, tooLong: (n: number) => string): { at: number; length: number; start: number; decoded: string | null; text: string } {
     const r = this.r;
     const at = r.position;
-    const length = this.#length(MAX_NAME_BYTES, (n) => `an entry name of ${n} bytes is longer than the ${MAX_NAME_BYTES} allowed`);
+    const length = this.#length(max, tooLong);
     const start = r.pos + 8;
     const decoded = decodeUtf8(r.buf, start, start + length);
-    const name = decoded ?? r.buf.toString('latin1', start, start + length);
+    return { at, length, start, decoded, text: decoded ?? r.buf.toString('latin1', start, start + length) };
+  }
+
+  #name(dir: DirectoryFrame): string {
+    const r = this.r;
+    const { at, length, start, decoded, text: name } = this.#text(MAX_NAME_BYTES, (n) => `an entry name of ${n} bytes is longer than the ${MAX_NAME_BYTES} allowed`);
     const ascii = decoded !== null && name.length === length;
     const path = dir.path === '' ? name : `${dir.path}/${name}`;
 
@@ -452,11 +458,7 @@ class NarParser {
 
   #target(path: string): string {
     const r = this.r;
-    const at = r.position;
-    const length = this.#length(MAX_TARGET_BYTES, (n) => `a symlink target of ${n} bytes is longer than the ${MAX_TARGET_BYTES} allowed`);
-    const start = r.pos + 8;
-    const decoded = decodeUtf8(r.buf, start, start + length);
-    const target = decoded ?? r.buf.toString('latin1', start, start + length);
+    const { at, length, decoded, text: target } = this.#text(MAX_TARGET_BYTES, (n) => `a symlink target of ${n} bytes is longer than the ${MAX_TARGET_BYTES} allowed`);
     if (length === 0) this.problem(at, 'empty symlink target', path);
     else if (target.includes('\0')) this.problem(at, `symlink target ${quote(target)} contains a NUL byte`, path);
     else if (decoded === null) this.problem(at, `symlink target ${quote(target)} is not valid UTF-8`, path);

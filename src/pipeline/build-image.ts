@@ -23,6 +23,8 @@ import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { HashPool } from '../util/hash-pool.js';
 import type { PreparedWheels, WheelElfFacts, WheelLayerPlan } from './wheels.js';
+import { summarizeProblems, type Problem } from '../wheels/checks/problems.js';
+import { checksFailed, ProblemsError, writeProblemsFile } from './problems.js';
 import { CacheStore } from '../cache/store.js';
 import { LayerCache, type Served } from '../cache/layer-cache.js';
 import { exportIndexMemo, wheelInfoMemo } from '../cache/input-memo.js';
@@ -30,15 +32,24 @@ import { memoizedListing } from '../cache/listing-memo.js';
 import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
 import { wheelLayerKey } from '../cache/keys.js';
+import { expandWheelPaths } from '../wheels/paths.js';
 
 export interface BuildImageOptions {
   closures: string[];
   pathInfo?: string;
   recipe?: string;
   overrides: RecipeOverrides;
+  /** Wheel files, or directories of them (every `*.whl` in each, sorted), after the recipe's. */
   wheels: string[];
   python?: string;
+  /** false skips the wheels' requirements check. */
   depsCheck: boolean;
+  /** false: libraries the image lacks are warnings, not errors (default true). */
+  libraryCheck?: boolean;
+  /** Write every problem the checks found to this file (also when they fail the build). */
+  problemsFile?: string;
+  /** A lock file the wheels must match (pip's --require-hashes form); replaces the recipe's wheelLock. */
+  wheelLock?: string;
   /** Wheel files of at least this many bytes get a layer of their own (default 256 MiB). */
   wheelSplitSize?: number;
   /** A file or directory path, `-` for standard output, or null for none (the image is only pushed). */
@@ -98,9 +109,11 @@ export interface BuiltImage {
   timings: { closure: number; layers: number; checks: number; output: number };
   /** Removes the build's work directory; the image's layers may not be read afterwards. */
   dispose(): void;
+  /** What the wheel checks found that did not stop the build (warnings). */
+  problems: Problem[];
 }
 
-const NO_WHEELS: PreparedWheels = { layers: [], check: async () => ({ warnings: [], env: {} }) };
+const NO_WHEELS: PreparedWheels = { layers: [], check: async () => ({ problems: [], env: {} }) };
 
 /** The mtime when SOURCE_DATE_EPOCH is not set: 1970-01-01T00:00:01Z, as nixpkgs' dockerTools uses. */
 export const DEFAULT_SOURCE_DATE_EPOCH = 1;
@@ -160,21 +173,30 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     if (options.cacheDir) options.log(`layer cache: ${options.cacheDir}`);
 
     const resolved = resolveRecipe(recipe, closure, options.recipe);
-    const wheelFiles = [...resolved.wheels, ...options.wheels];
+    const wheelFiles = expandWheelPaths([...resolved.wheels, ...options.wheels]);
+    const lock = options.wheelLock ?? resolved.wheelLock;
     const wheels: PreparedWheels =
-      wheelFiles.length === 0
+      wheelFiles.length === 0 && lock === undefined
         ? NO_WHEELS
-        : await (await import('./wheels.js')).prepareWheels({
-            files: wheelFiles,
-            closure,
-            recipe: resolved,
-            python: options.python,
-            depsCheck: options.depsCheck,
-            splitThreshold: options.wheelSplitSize,
-            hashes,
-            list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
-            wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
-          });
+        : await (await import('./wheels.js'))
+            .prepareWheels({
+              files: wheelFiles,
+              closure,
+              recipe: resolved,
+              python: options.python,
+              depsCheck: options.depsCheck,
+              libraryCheck: options.libraryCheck,
+              lock,
+              splitThreshold: options.wheelSplitSize,
+              hashes,
+              list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
+              wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
+            })
+            .catch(async (err: unknown) => {
+              // The lock's problems are problems too: --problems lists them.
+              if (err instanceof ProblemsError && options.problemsFile !== undefined) await writeProblemsFile(options.problemsFile, err.problems);
+              throw err;
+            });
 
     // Plan: store paths grouped into layers, one layer per wheel piece, the image root last.
     const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;
@@ -242,7 +264,10 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
 
     for (const w of root.warnings) options.warn(w);
     const checked = await wheels.check(wheelFacts);
-    for (const w of checked.warnings) options.warn(w);
+    // The warnings (the traps' hints among them) are told whether or not the errors stop the build.
+    for (const w of summarizeProblems(checked.problems).warnings) options.warn(w);
+    if (options.problemsFile !== undefined) await writeProblemsFile(options.problemsFile, checked.problems);
+    if (checked.problems.some((p) => p.severity === 'error')) throw checksFailed(checked.problems, options.problemsFile);
     timings.checks = clock.lap();
 
     const tags = options.tags.length > 0 ? options.tags : resolved.tags;
@@ -266,7 +291,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       }
       r.layer = image.layers[i]!;
     }
-    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, dispose };
+    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, dispose };
   } catch (err) {
     await output?.abandon();
     dispose();

@@ -6,10 +6,13 @@ import { checkWheelTags, type TagTarget } from '../wheels/tags.js';
 import { SPLIT_THRESHOLD, wheelLayerSource, type SplitFile, type WheelLayer, type WheelLayerPiece } from '../wheels/install.js';
 import { recordHash } from '../wheels/record.js';
 import type { WheelKeyInputs } from '../cache/keys.js';
-import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython, type ListNodes } from '../wheels/checks/index.js';
+import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type ImagePython, type ListNodes, type Problem } from '../wheels/checks/index.js';
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
 import type { HashPool } from '../util/hash-pool.js';
+import { checkWheelLock, readWheelLock } from '../wheels/lock.js';
+import { markerEnvironment } from '../wheels/checks/requirements.js';
+import { lockFailed } from './problems.js';
 import { readRemembered, type InputMemo } from '../util/file-identity.js';
 import { byCodeUnits } from '../util/order.js';
 
@@ -51,8 +54,16 @@ export interface WheelElfFacts {
 /** The wheels stage: what to install, and — once the layers are written — whether the image can run. */
 export interface PreparedWheels {
   layers: WheelLayerPlan[];
-  /** Runs the requirement, library and trap checks, given each layer's ELF facts (in `layers` order). */
-  check(facts: WheelElfFacts[]): Promise<{ warnings: string[]; env: Record<string, string[]> }>;
+  /**
+   * Runs the requirement, library and trap checks, given each layer's ELF facts (in `layers` order):
+   * every problem found (errors among them mean the image cannot run as built), and the env the wheels need.
+   */
+  check(facts: WheelElfFacts[]): Promise<WheelChecks>;
+}
+
+export interface WheelChecks {
+  problems: Problem[];
+  env: Record<string, string[]>;
 }
 
 /** The PATH container runtimes use when an image sets none (Docker's and containerd's default). */
@@ -71,7 +82,12 @@ export async function prepareWheels(options: {
   closure: Closure;
   recipe: ResolvedRecipe;
   python?: string;
+  /** false skips the requirements check (`--no-requirements-check`, or the recipe's checks.skipRequirements). */
   depsCheck: boolean;
+  /** false makes the library check's findings warnings (`--no-library-check`, or checks.skipLibraries). */
+  libraryCheck?: boolean;
+  /** A lock file the wheels must match (`--wheel-lock`, or the recipe's wheelLock); checked before installing. */
+  lock?: string;
   splitThreshold?: number;
   /** Hashes the wheel files (the build's pool). */
   hashes?: HashPool;
@@ -82,7 +98,9 @@ export async function prepareWheels(options: {
 }): Promise<PreparedWheels> {
   const { files, closure, recipe } = options;
   const splitThreshold = options.splitThreshold;
-  if (files.length === 0) return { layers: [], check: async () => ({ warnings: [], env: {} }) };
+  // The lock is read first: a mistake in it is told before anything else is read.
+  const lock = options.lock !== undefined ? { file: options.lock, entries: readWheelLock(options.lock) } : null;
+  if (files.length === 0 && !lock) return { layers: [], check: async () => ({ problems: [], env: {} }) };
 
   // The wheels are read (and hashed, on the hash pool) while the closure is indexed; errors are still
   // reported in order: the closure's first, then each wheel's.
@@ -95,22 +113,31 @@ export async function prepareWheels(options: {
   const platform = PLATFORM_OF_ARCH[recipe.architecture ?? 'amd64'];
   if (!platform) throw new UserError(`wheels: images for architecture ${recipe.architecture} cannot take wheels (amd64 and arm64 can)`);
 
+  const target = { pythonVersion: python.version, implementation: 'cp', platform } as const;
   const infos: WheelInfo[] = [];
   for (const [i, file] of files.entries()) {
     const info = await reading[i]!;
-    checkWheelTags(info, { pythonVersion: python.version, implementation: 'cp', platform });
+    if (!lock) checkWheelTags(info, target);
     if (infos.some((other) => other.name === info.name)) {
       throw new UserError(`${file}: a second wheel of ${info.name} (the first is ${infos.find((o) => o.name === info.name)!.file})`);
     }
     infos.push(info);
   }
+  if (lock) {
+    // Before anything is installed (or its tags judged): exactly the wheels that were reviewed.
+    const machine = recipe.architecture === 'arm64' ? 'aarch64' : 'x86_64';
+    const problems = await checkWheelLock({ ...lock, wheels: infos, environment: markerEnvironment(python, machine) });
+    if (problems.length > 0) throw lockFailed(problems, lock.file);
+    for (const info of infos) checkWheelTags(info, target);
+  }
+  if (infos.length === 0) return { layers: [], check: async () => ({ problems: [], env: {} }) };
 
-  const target = { prefix: recipe.python.prefix, pythonVersion: python.version, interpreter: python.interpreter };
+  const install = { prefix: recipe.python.prefix, pythonVersion: python.version, interpreter: python.interpreter };
   const layers = infos.flatMap((info): WheelLayerPlan[] => {
     // One collector per piece, so each layer's facts stand alone (and can be cached with it).
     const collectors = new Map<string, ElfCollector>();
     const layer = wheelLayerSource(info, {
-      ...target,
+      ...install,
       splitThreshold,
       inspect: ({ path, entry }) => collectors.get(path)!.entry(info.file, entry.name, path),
     });
@@ -127,7 +154,7 @@ export async function prepareWheels(options: {
         piece,
         key: split
           ? { piece: 'file', content: recordHash(split.entry.recordHash!.algorithm, Buffer.from(split.entry.recordHash!.hex, 'hex')), size: split.entry.size, path: split.name, mode: split.mode }
-          : { piece: 'main', sha256: info.sha256, fileName: wheelName, ...target, splitThreshold: splitThreshold ?? SPLIT_THRESHOLD },
+          : { piece: 'main', sha256: info.sha256, fileName: wheelName, ...install, splitThreshold: splitThreshold ?? SPLIT_THRESHOLD },
         python: { interpreter: python.interpreter, version: python.version, prefix: recipe.python.prefix },
         elfFacts: async () => ({ objects: await elf.finish(), problems: [...elf.problems] }),
         factsForCache: (facts) => factsForCache(info, split, facts),
@@ -138,7 +165,18 @@ export async function prepareWheels(options: {
 
   return {
     layers,
-    check: (facts) => runChecks({ closure, index, python, recipe, infos, layers, facts, depsCheck: options.depsCheck }),
+    check: (facts) =>
+      runChecks({
+        closure,
+        index,
+        python,
+        recipe,
+        infos,
+        layers,
+        facts,
+        depsCheck: options.depsCheck && !recipe.checks.skipRequirements,
+        libraryCheck: options.libraryCheck !== false && !recipe.checks.skipLibraries,
+      }),
   };
 }
 
@@ -151,7 +189,8 @@ async function runChecks(o: {
   layers: WheelLayerPlan[];
   facts: WheelElfFacts[];
   depsCheck: boolean;
-}): Promise<{ warnings: string[]; env: Record<string, string[]> }> {
+  libraryCheck: boolean;
+}): Promise<WheelChecks> {
   const report = await checkWheels({
     closure: o.closure,
     index: o.index,
@@ -164,23 +203,17 @@ async function runChecks(o: {
     waiveRequirements: o.recipe.checks.waiveRequirements,
     waiveLibraries: o.recipe.checks.waiveLibraries,
     depsCheck: o.depsCheck,
+    libraryCheck: o.libraryCheck,
     ldLibraryPath: splitPath(o.recipe.env?.LD_LIBRARY_PATH),
     machine: o.recipe.architecture === 'arm64' ? 'aarch64' : 'x86_64',
   });
-  if (report.errors.length > 0) {
-    const shown = report.errors.slice(0, 20);
-    const more = report.errors.length - shown.length;
-    throw new UserError(
-      `the image cannot run as built (${report.errors.length} problem${report.errors.length === 1 ? '' : 's'}; waive with checks.waiveRequirements / checks.waiveLibraries in the recipe, or --no-deps-check):\n  ${shown.join('\n  ')}${more > 0 ? `\n  … and ${more} more` : ''}`,
-    );
-  }
   const sitePackages = [...new Set(o.layers.map((l) => l.layer.sitePackages))];
   const binDirs = [...new Set(o.layers.map((l) => l.layer.binDir))];
   const env: Record<string, string[]> = { PYTHONPATH: sitePackages, LD_LIBRARY_PATH: report.env.LD_LIBRARY_PATH };
   // Launchers go on PATH after the recipe's entries; an image without PATH gets the runtimes' default too,
   // since a PATH of only the wheels' bin would hide it.
   env.PATH = o.recipe.env?.PATH !== undefined ? binDirs : [...binDirs, ...DEFAULT_PATH.split(':')];
-  return { warnings: report.warnings, env };
+  return { problems: report.problems, env };
 }
 
 function factsForCache(info: WheelInfo, split: SplitFile | null, facts: WheelElfFacts): WheelElfFacts {

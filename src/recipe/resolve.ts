@@ -12,12 +12,14 @@ import { storePathName } from '../nix/store-path.js';
 export interface ResolvedRecipe extends Recipe {
   /** `name:tag` to record with the image, or none when the recipe has no name. */
   tags: string[];
-  /** Wheel files as absolute paths (the recipe's are relative to the recipe file). */
+  /** Wheel files (or directories of them) as absolute paths (the recipe's are relative to the recipe file). */
   wheels: string[];
+  /** The wheel lock file as an absolute path, when the recipe names one. */
+  wheelLock?: string;
   /** What the image-root layer holds. */
   root: RootSpec;
   python: { prefix: string; interpreter?: string };
-  checks: { waiveRequirements: string[]; waiveLibraries: string[] };
+  checks: { waiveRequirements: string[]; waiveLibraries: string[]; skipRequirements: boolean; skipLibraries: boolean };
 }
 
 export const DEFAULT_PYTHON_PREFIX = '/opt/python';
@@ -54,6 +56,7 @@ export function resolveRecipe(recipe: Recipe, closure: Closure, recipeFile?: str
     ...recipe,
     tags: recipe.name !== undefined ? [`${recipe.name}:${recipe.tag ?? 'latest'}`] : [],
     wheels: (recipe.wheels ?? []).map((wheel) => resolvePath(base, wheel)),
+    ...(recipe.wheelLock !== undefined && { wheelLock: resolvePath(base, recipe.wheelLock) }),
     root: {
       copyToRoot,
       users: imageUsers(recipe),
@@ -75,6 +78,8 @@ export function resolveRecipe(recipe: Recipe, closure: Closure, recipeFile?: str
     checks: {
       waiveRequirements: recipe.checks?.waiveRequirements ?? [],
       waiveLibraries: recipe.checks?.waiveLibraries ?? [],
+      skipRequirements: recipe.checks?.skipRequirements ?? false,
+      skipLibraries: recipe.checks?.skipLibraries ?? false,
     },
   };
   const entrypoint = expandList(recipe.entrypoint, '/entrypoint');

@@ -52,8 +52,13 @@ export interface Recipe {
   layerStrategy?: RecipeLayerStrategy;
   /** Layer compression; default gzip. */
   compression?: RecipeCompression;
-  /** Python wheels to install, relative to the recipe file. */
+  /** Python wheels to install, relative to the recipe file: wheel files, or directories (every `*.whl` in them). */
   wheels?: string[];
+  /**
+   * A lock file of the wheels allowed, relative to the recipe file, in pip's `--require-hashes` form
+   * (`name==version --hash=sha256:…`): every wheel must be pinned there with its hash, and every pin given.
+   */
+  wheelLock?: string;
   python?: RecipePython;
   checks?: RecipeChecks;
 }
@@ -101,6 +106,10 @@ export interface RecipeChecks {
   waiveRequirements?: string[];
   /** Shared libraries (sonames) the library check does not report, e.g. ones the host mounts at run time. */
   waiveLibraries?: string[];
+  /** Skip the requirements check (as `--no-requirements-check`). */
+  skipRequirements?: boolean;
+  /** Libraries the image lacks do not fail the build; they are warnings (as `--no-library-check`). */
+  skipLibraries?: boolean;
 }
 
 export const ARCHITECTURES = ['amd64', 'arm64', 'arm', '386', 'ppc64le', 's390x', 'riscv64', 'mips64le', 'loong64'] as const;
@@ -211,6 +220,7 @@ export const recipeSchema = {
     layerStrategy: { type: 'string', enum: [...LAYER_STRATEGIES] },
     compression: { type: 'string', enum: [...COMPRESSIONS] },
     wheels: { type: 'array', items: { type: 'string', minLength: 1 } },
+    wheelLock: { type: 'string', minLength: 1 },
     python: {
       type: 'object',
       additionalProperties: false,
@@ -225,6 +235,8 @@ export const recipeSchema = {
       properties: {
         waiveRequirements: stringList,
         waiveLibraries: stringList,
+        skipRequirements: { type: 'boolean' },
+        skipLibraries: { type: 'boolean' },
       },
     },
   },

@@ -105,13 +105,15 @@ describe.runIf(ready)('wheel layers from the cache', () => {
 
   it('the library check fails the same way from a cached wheel layer as from a fresh one', () => {
     const cache = join(dir, 'cache-c');
-    const args = ['build-image', '-q', '--closure', withoutZlib, '--cache-dir', cache, '--wheel', zlibext, '--output', join(dir, 'fails.tar')];
+    const args = ['build-image', '-q', '--json', '--closure', withoutZlib, '--cache-dir', cache, '--wheel', zlibext, '--output', join(dir, 'fails.tar')];
     const cold = runCli(args);
     const stats = JSON.parse(cliOk(['cache', 'stats', '--json', '--cache-dir', cache]).stdout);
     expect(stats.entries.wheels).toBe(1);
     const warm = runCli(args);
     expect(cold.code).toBe(1);
-    expect(cold.stderr).toContain(`zlibext-1.0-cp311-cp311-linux_x86_64.whl: ${ZLIB_EXTENSION_ENTRY} needs libz.so.1: not found`);
+    expect(cold.stderr).toContain('libz.so.1: needed by 1 file in 1 wheel (zlibext) — add zlib to the closure (zlib)');
+    const { problems } = JSON.parse(cold.stdout) as { problems: { severity: string; entry?: string; library?: string }[] };
+    expect(problems.filter((p) => p.severity === 'error')).toMatchObject([{ entry: ZLIB_EXTENSION_ENTRY, library: 'libz.so.1' }]);
     expect(warm).toEqual(cold);
   });
 });

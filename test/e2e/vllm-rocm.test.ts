@@ -127,7 +127,7 @@ describe.runIf(ready)('the vllm-rocm recipe, end to end', () => {
     const out = join(dir, 'zlib.tar');
     const result = runCli(['build-image', '--closure', closureFile, '--recipe', recipe, ...wheels(), '--wheel', wheel, '--output', out]);
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/zlibext\/_zlibext\.cpython-311-x86_64-linux-gnu\.so needs libz\.so\.1: not found/);
+    expect(result.stderr).toContain('libz.so.1: needed by 1 file in 1 wheel (zlibext) — add zlib to the closure (zlib)');
     expect(existsSync(out)).toBe(false);
   });
 });

@@ -48,9 +48,10 @@ const fullRecipe = {
   directories: [{ path: '/models', mode: '0755' }, { path: '/scratch', mode: '1777' }, { path: '/data' }],
   maxLayers: 50,
   compression: 'none',
-  wheels: ['wheels/vllm-0.12.0-cp311-cp311-linux_x86_64.whl'],
+  wheels: ['wheels/vllm-0.12.0-cp311-cp311-linux_x86_64.whl', 'wheels/'],
+  wheelLock: 'wheels.lock',
   python: { prefix: '/opt/python', interpreter: 'python3' },
-  checks: { waiveRequirements: ['triton'], waiveLibraries: ['libcuda.so.1'] },
+  checks: { waiveRequirements: ['triton'], waiveLibraries: ['libcuda.so.1'], skipRequirements: false, skipLibraries: true },
 };
 
 describe('loadRecipe', () => {

@@ -129,6 +129,7 @@ describe('resolveRecipe', () => {
         ],
         directories: [{ path: '/models' }, { path: '/scratch/', mode: '1777' }],
         wheels: ['wheels/a.whl', '/abs/b.whl'],
+        wheelLock: 'wheels.lock',
         python: { interpreter: 'python3' },
       },
       closure,
@@ -147,13 +148,16 @@ describe('resolveRecipe', () => {
     ]);
     expect(resolved.wheels).toEqual([resolve('layers/vllm/wheels/a.whl'), '/abs/b.whl']);
     expect(resolved.python).toEqual({ prefix: '/opt/python', interpreter: python });
-    expect(resolved.checks).toEqual({ waiveRequirements: [], waiveLibraries: [] });
+    expect(resolved.wheelLock).toBe(resolve('layers/vllm/wheels.lock'));
+    expect(resolved.checks).toEqual({ waiveRequirements: [], waiveLibraries: [], skipRequirements: false, skipLibraries: false });
 
     const bare = resolveRecipe({ wheels: ['x.whl'] }, closure);
     expect(bare.tags).toEqual([]);
     expect(bare.wheels).toEqual([join(process.cwd(), 'x.whl')]);
     expect(bare.root).toEqual({ copyToRoot: [], users: [], directories: [], lowerLayerDirectories: ['/opt/python'] });
     expect(bare.python).toEqual({ prefix: '/opt/python' });
+    expect(bare.wheelLock).toBeUndefined();
+    expect(resolveRecipe({ checks: { skipLibraries: true } }, closure).checks).toMatchObject({ skipRequirements: false, skipLibraries: true });
     expect(resolveRecipe({ name: 'a/b', tag: 'v2' }, closure).tags).toEqual(['a/b:v2']);
   });
 

@@ -337,15 +337,18 @@ describe.runIf(e2eReady)('split wheel layers in built images', () => {
 
   it('the library check sees a split-off module’s DT_NEEDED, fresh and from the cache', () => {
     const cache = join(dir, 'cache-libs');
-    const args = ['build-image', '-q', '--closure', withoutZlib, '--cache-dir', cache, '--wheel', wheels.v1, '--output', join(dir, 'fails.tar')];
+    const args = ['build-image', '-q', '--json', '--closure', withoutZlib, '--cache-dir', cache, '--wheel', wheels.v1, '--output', join(dir, 'fails.tar')];
     // The split-off layers are cached by a build that passes, then the check runs on cached facts.
     const ok = runCli([...['build-image', '-q', '--closure', withZlib, '--cache-dir', cache, '--wheel', wheels.v1, '--output', join(dir, 'passes.tar')], ...split]);
     expect(ok.code).toBe(0);
-    const fresh = runCli([...['build-image', '-q', '--closure', withoutZlib, '--no-cache', '--wheel', wheels.v1, '--output', join(dir, 'fails.tar')], ...split]);
+    const fresh = runCli([...['build-image', '-q', '--json', '--closure', withoutZlib, '--no-cache', '--wheel', wheels.v1, '--output', join(dir, 'fails.tar')], ...split]);
     const cached = runCli([...args, ...split]);
     expect(fresh.code).toBe(1);
-    expect(fresh.stderr).toContain(`${v1}: ${SO1} needs libz.so.1: not found`);
-    expect(fresh.stderr).toContain(`${v1}: ${SO2} needs libz.so.1: not found`);
+    const { problems } = JSON.parse(fresh.stdout) as { problems: { severity: string; message: string }[] };
+    const errors = problems.filter((p) => p.severity === 'error').map((p) => p.message);
+    expect(errors).toContain(`${v1}: ${SO1} needs libz.so.1: not found`);
+    expect(errors).toContain(`${v1}: ${SO2} needs libz.so.1: not found`);
+    expect(fresh.stderr).toContain('libz.so.1: needed by 2 files in 1 wheel (bigpkg) — add zlib to the closure (zlib)');
     expect(cached).toEqual(fresh);
   });
 });

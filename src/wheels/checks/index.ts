@@ -3,7 +3,9 @@ import { listNar, readNarFile } from '../../nix/nar.js';
 import type { WheelInfo } from '../wheel-info.js';
 import { indexClosure, type ClosureIndex, type ListNodes, type ReadFile } from './closure-index.js';
 import type { ElfObject } from './elf-collector.js';
-import { checkLibraries, formatUnresolved } from './libraries.js';
+import { checkLibraries, formatUnresolved, type UnresolvedLibrary } from './libraries.js';
+import { classifyGlibcDirs } from './loader.js';
+import { libraryFix, requirementFix, type Problem } from './problems.js';
 import { findImagePython, type ImagePython } from './python.js';
 import {
   checkRequirements,
@@ -11,6 +13,7 @@ import {
   markerEnvironment,
   readClosureDistributions,
   type Distribution,
+  type UnmetRequirement,
 } from './requirements.js';
 import { checkTraps, type TrapName } from './traps.js';
 
@@ -25,14 +28,16 @@ import { checkTraps, type TrapName } from './traps.js';
  *   const report = await checkWheels({ closure, index, python, wheels, wheelFiles: layers.flatMap((l) => l.files),
  *                                      elfObjects: await elf.finish(), elfProblems: elf.problems, … });
  *
- * `report.errors` fail the build (one line each); `report.warnings` are printed;
- * `report.env.LD_LIBRARY_PATH` is the recipe's list followed by the closure directories the wheels need.
+ * `report.problems` holds every problem (errors fail the build), `summarizeProblems` groups them for a
+ * reader; `report.env.LD_LIBRARY_PATH` is the recipe's list followed by the closure directories the
+ * wheels need.
  */
 
 export { ElfCollector, type ElfObject, type EntryTap } from './elf-collector.js';
 export { indexClosure, mattersToIndex, type ClosureIndex, type ListNodes, type ReadFile } from './closure-index.js';
 export { findImagePython, type ImagePython } from './python.js';
 export type { TrapName } from './traps.js';
+export { formatProblemsFile, summarizeProblems, type Problem, type ProblemCheck, type ProblemKind } from './problems.js';
 
 /** Largest METADATA / PKG-INFO read from the closure. */
 const METADATA_LIMIT = 16 << 20;
@@ -63,8 +68,13 @@ export interface CheckWheelsOptions {
   waiveRequirements?: string[];
   /** Sonames the library check does not fail on (recipe `checks.waiveLibraries`). */
   waiveLibraries?: string[];
-  /** false (`--no-deps-check`) skips the requirements check. Default true. */
+  /** false (`--no-requirements-check`, `--no-deps-check`) skips the requirements check. Default true. */
   depsCheck?: boolean;
+  /**
+   * false (`--no-library-check`): libraries the image lacks and malformed ELF files are warnings, not
+   * errors. The library directories the wheels need still go on LD_LIBRARY_PATH. Default true.
+   */
+  libraryCheck?: boolean;
   /** The recipe's LD_LIBRARY_PATH entries. */
   ldLibraryPath?: string[];
   /** Trap warnings the recipe turns off. */
@@ -74,17 +84,22 @@ export interface CheckWheelsOptions {
 }
 
 export interface CheckWheelsReport {
+  /** Every problem, in the order the checks found them. */
+  problems: Problem[];
+  /** The errors' messages (they fail the build), one line each. */
   errors: string[];
+  /** The warnings' messages. */
   warnings: string[];
   env: { LD_LIBRARY_PATH: string[] };
 }
 
 export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWheelsReport> {
   const { closure, index, python } = options;
-  const errors: string[] = [];
-  const warnings: string[] = [];
+  const problems: Problem[] = [];
   const wheelFiles = [...options.wheelFiles];
   const readFile = options.readFile ?? ((info, path) => readNarFile(info, path, METADATA_LIMIT));
+  const distributionOf = new Map(options.wheels.map((w) => [w.file, w.name]));
+  const aboutWheel = (file: string) => ({ wheel: baseName(file), ...(distributionOf.has(file) && { distribution: distributionOf.get(file)! }) });
 
   const wheelDistributions: Distribution[] = options.wheels.map((w) => ({
     name: w.name,
@@ -95,7 +110,9 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     wheel: true,
   }));
   const { distributions: closureDistributions, skipped } = await readClosureDistributions(closure, index, python, readFile);
-  for (const source of skipped) warnings.push(`${source}: no Name or Version; not counted as installed`);
+  for (const source of skipped) {
+    problems.push({ severity: 'warning', check: 'closure', kind: 'unreadable-distribution', message: `${source}: no Name or Version; not counted as installed` });
+  }
 
   if (options.depsCheck !== false) {
     const { unmet, waived } = checkRequirements({
@@ -104,11 +121,25 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
       environment: markerEnvironment(python, options.machine ?? 'x86_64'),
       waive: options.waiveRequirements,
     });
-    for (const u of unmet) errors.push(`unmet requirement: ${formatUnmet(u)}`);
-    for (const u of waived) warnings.push(`waived requirement: ${formatUnmet(u)}`);
+    const requirement = (u: UnmetRequirement, waivedOne: boolean): Problem => ({
+      severity: waivedOne ? 'warning' : 'error',
+      check: 'requirements',
+      kind: 'unmet-requirement',
+      message: `${waivedOne ? 'waived' : 'unmet'} requirement: ${formatUnmet(u)}`,
+      ...(!waivedOne && { fix: requirementFix(u.name, u.found) }),
+      ...(waivedOne && { waived: true }),
+    });
+    for (const u of unmet) problems.push(requirement(u, false));
+    for (const u of waived) problems.push(requirement(u, true));
   }
 
-  errors.push(...(options.elfProblems ?? []));
+  // With the library check off, what it finds is told but fails nothing; LD_LIBRARY_PATH is still set.
+  const libraryCheck = options.libraryCheck !== false;
+  const librarySeverity = libraryCheck ? 'error' : 'warning';
+  for (const message of options.elfProblems ?? []) {
+    problems.push({ severity: librarySeverity, check: 'libraries', kind: 'malformed-elf', message, ...aboutWheel(wheelOfProblem(message, options.wheels)) });
+  }
+  const glibc = options.elfObjects.length > 0 ? await classifyGlibcDirs(closure, index, readFile) : { relocated: [], searched: [] };
   const libraries = checkLibraries({
     objects: options.elfObjects,
     wheelFiles,
@@ -116,10 +147,42 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     ldLibraryPath: options.ldLibraryPath,
     machine: options.machine === 'aarch64' ? EM_AARCH64 : EM_X86_64,
     waive: options.waiveLibraries,
+    relocatedGlibcDirs: glibc.relocated,
   });
-  for (const u of libraries.unresolved) errors.push(`${baseName(u.wheel)}: ${formatUnresolved(u)}`);
-  for (const u of libraries.waived) warnings.push(`waived library: ${baseName(u.wheel)}: ${formatUnresolved(u)}`);
-  warnings.push(...libraries.warnings);
+  const missing = (u: UnresolvedLibrary, waivedOne: boolean): Problem => ({
+    severity: waivedOne ? 'warning' : librarySeverity,
+    check: 'libraries',
+    kind: 'missing-library',
+    message: `${waivedOne ? 'waived library: ' : ''}${baseName(u.wheel)}: ${formatUnresolved(u)}`,
+    ...(!waivedOne && { fix: libraryFix(u.library) }),
+    ...(waivedOne && { waived: true }),
+    ...aboutWheel(u.wheel),
+    entry: u.entry,
+    library: u.library,
+  });
+  for (const u of libraries.unresolved) problems.push(missing(u, false));
+  for (const u of libraries.waived) problems.push(missing(u, true));
+  for (const w of libraries.warnings) {
+    problems.push({
+      severity: 'warning',
+      check: 'libraries',
+      kind: w.interpreter !== undefined ? 'foreign-interpreter' : 'foreign-machine',
+      message: w.message,
+      ...aboutWheel(w.wheel),
+      entry: w.entry,
+      ...(w.interpreter !== undefined && { interpreter: w.interpreter }),
+    });
+  }
+  const relocatedAdded = libraries.added.filter((dir) => glibc.relocated.includes(dir));
+  if (relocatedAdded.length > 0 && glibc.searched.length > 0) {
+    problems.push({
+      severity: 'warning',
+      check: 'libraries',
+      kind: 'mixed-glibc',
+      message: `the closure holds more than one glibc: ${relocatedAdded.join(', ')} (whose loader does not search it by default) goes on LD_LIBRARY_PATH, where programs of ${glibc.searched.join(', ')} will find its libraries too`,
+      fix: 'build the image from one glibc',
+    });
+  }
 
   const traps = checkTraps({
     index,
@@ -128,9 +191,19 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     wheelFiles,
     skip: options.skipTraps,
   });
-  warnings.push(...traps.map((t) => t.message));
+  for (const t of traps) problems.push({ severity: 'warning', check: 'traps', kind: 'trap', message: t.message });
 
-  return { errors, warnings, env: { LD_LIBRARY_PATH: libraries.ldLibraryPath } };
+  return {
+    problems,
+    errors: problems.filter((p) => p.severity === 'error').map((p) => p.message),
+    warnings: problems.filter((p) => p.severity === 'warning').map((p) => p.message),
+    env: { LD_LIBRARY_PATH: libraries.ldLibraryPath },
+  };
+}
+
+/** Malformed-ELF problems start with the wheel's file name (`<wheel>: <entry>: malformed ELF: …`). */
+function wheelOfProblem(message: string, wheels: WheelInfo[]): string {
+  return wheels.find((w) => message.startsWith(`${baseName(w.file)}: `))?.file ?? '';
 }
 
 const EM_X86_64 = 62;

@@ -13,9 +13,11 @@ import type { ElfObject } from './elf-collector.js';
  *  4. the closure's library directories (each store path's `lib`, `lib64`): a library found only
  *     there needs its directory on LD_LIBRARY_PATH, which the check returns to add.
  *
- * glibc's own libraries (libc.so.6, libm.so.6, libpthread.so.0, …) are found in the loader's default
- * path, the directory holding the loader (`ld-linux*.so*`): they must be there, and it is never added.
- * The image has no glibc but the closure's.
+ * glibc's own libraries (libc.so.6, libm.so.6, libpthread.so.0, …) must be in a directory holding a
+ * loader (`ld-linux*.so*`): the image has no glibc but the closure's. A glibc built by Nix searches its
+ * own directory by default, so that directory is not added; one that does not (a distribution's glibc
+ * relocated into the store, whose built-in path is /lib/…: `relocatedGlibcDirs`) is added when a
+ * wheel's file needs a library from it.
  */
 
 export interface UnresolvedLibrary {
@@ -33,7 +35,18 @@ export interface LibraryCheckResult {
   /** The closure directories added, in the order they appear in `ldLibraryPath`. */
   added: string[];
   /** Things that will not stop the import but deserve a look (foreign machine, missing interpreter). */
-  warnings: string[];
+  warnings: LibraryWarning[];
+}
+
+export interface LibraryWarning {
+  wheel: string;
+  entry: string;
+  /** `bin/tool (torch-….whl) runs with /lib64/ld-linux-x86-64.so.2, which a Nix image does not have` */
+  message: string;
+  /** Set for an executable whose loader is not in the store. */
+  interpreter?: string;
+  /** Set for a file built for another machine. */
+  machine?: number;
 }
 
 /** `vllm/_C.abi3.so needs libamdhip64.so.7: not found` */
@@ -42,6 +55,11 @@ export function formatUnresolved(u: UnresolvedLibrary): string {
 }
 
 const LOADER = /^ld-linux.*\.so/;
+
+/** `ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`: glibc's loader. */
+export function isLoaderName(name: string): boolean {
+  return LOADER.test(name);
+}
 /** Sonames glibc itself provides. */
 const GLIBC_LIBRARY =
   /^(ld-linux[^/]*|lib(c|m|mvec|pthread|dl|rt|util|resolv|nsl|anl|BrokenLocale|thread_db|c_malloc_debug|nss_[a-z]+))\.so(\.\d+)*$/;
@@ -58,6 +76,8 @@ export function checkLibraries(options: {
   machine?: number;
   /** Sonames not to report (exact names, e.g. `libamdhip64.so.7`). */
   waive?: string[];
+  /** Directories holding a glibc whose loader does not search them by default (see above). */
+  relocatedGlibcDirs?: string[];
 }): LibraryCheckResult {
   const { index } = options;
   const machine = options.machine ?? EM_X86_64;
@@ -77,6 +97,7 @@ export function checkLibraries(options: {
   const holds = (dir: string, name: string) => Boolean(wheelDirs.get(dir)?.has(name) || index.libraries.get(dir)?.has(name));
 
   const glibcDirs = index.libraryDirs.filter((dir) => [...(index.libraries.get(dir) ?? [])].some((n) => LOADER.test(n)));
+  const relocated = new Set(options.relocatedGlibcDirs ?? []);
 
   const result: LibraryCheckResult = { unresolved: [], waived: [], ldLibraryPath: [], added: [], warnings: [] };
   const used = new Set<string>();
@@ -86,11 +107,21 @@ export function checkLibraries(options: {
   for (const object of options.objects) {
     const { facts } = object;
     if (facts.machine !== machine) {
-      result.warnings.push(`${object.entry} (${baseName(object.wheel)}) is built for ELF machine ${facts.machine}, not ${machine}`);
+      result.warnings.push({
+        wheel: object.wheel,
+        entry: object.entry,
+        machine: facts.machine,
+        message: `${object.entry} (${baseName(object.wheel)}) is built for ELF machine ${facts.machine}, not ${machine}`,
+      });
       continue;
     }
     if (facts.interpreter && !facts.interpreter.startsWith('/nix/store/')) {
-      result.warnings.push(`${object.entry} (${baseName(object.wheel)}) runs with ${facts.interpreter}, which a Nix image does not have`);
+      result.warnings.push({
+        wheel: object.wheel,
+        entry: object.entry,
+        interpreter: facts.interpreter,
+        message: `${object.entry} (${baseName(object.wheel)}) runs with ${facts.interpreter}, which a Nix image does not have`,
+      });
     }
     if (!facts.dynamic) continue;
     const origin = posix.dirname(object.imagePath);
@@ -107,7 +138,11 @@ export function checkLibraries(options: {
       }
       if ([...rpath, ...recipeDirs, ...runpath].some((dir) => holds(dir, library))) continue;
       if (wheelNames.has(library)) continue;
-      if (GLIBC_LIBRARY.test(library) && glibcDirs.some((dir) => holds(dir, library))) continue;
+      if (GLIBC_LIBRARY.test(library)) {
+        const serving = glibcDirs.filter((dir) => holds(dir, library));
+        for (const dir of serving) if (relocated.has(dir)) used.add(dir);
+        if (serving.length > 0) continue;
+      }
       const dir = index.libraryDirs.find((d) => holds(d, library));
       if (dir) {
         used.add(dir);

@@ -91,7 +91,8 @@ describe.runIf(ready)('wheel checks on a real closure and real wheels', () => {
 
     const report = await checkWheels({ closure, index, python, wheels: all, wheelFiles: files, elfObjects, elfProblems: elf.problems, ldLibraryPath: ['/opt/rocm/lib'] });
     expect(report.errors).toEqual([]);
-    // zlib's lib directory is added after the recipe's; glibc's (the loader's own) never is.
+    // zlib's lib directory is added after the recipe's; glibc's is not, though its loader does not search
+    // it (Debian's glibc, relocated): the extension needs none of glibc's libraries (see relocated-glibc.test.ts).
     expect(report.env.LD_LIBRARY_PATH).toEqual(['/opt/rocm/lib', `${withZlib.zlib}/lib`]);
     // The test closure has no gcc runtime, compiler, headers or amdsmi: every trap warns.
     expect(report.warnings).toHaveLength(4);

@@ -134,9 +134,13 @@ describe('shared-library check', () => {
       index: closure,
     });
     expect(result.unresolved).toEqual([]);
-    expect(result.warnings).toEqual([
+    expect(result.warnings.map((w) => w.message)).toEqual([
       'bin/tool (torch-2.9.1-cp311-cp311-linux_x86_64.whl) is built for ELF machine 183, not 62',
       'triton/backends/amd/bin/ld.lld (torch-2.9.1-cp311-cp311-linux_x86_64.whl) runs with /lib64/ld-linux-x86-64.so.2, which a Nix image does not have',
+    ]);
+    expect(result.warnings.map(({ entry, interpreter, machine }) => ({ entry, interpreter, machine }))).toEqual([
+      { entry: 'bin/tool', interpreter: undefined, machine: 183 },
+      { entry: 'triton/backends/amd/bin/ld.lld', interpreter: '/lib64/ld-linux-x86-64.so.2', machine: undefined },
     ]);
   });
 
