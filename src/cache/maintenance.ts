@@ -1,7 +1,5 @@
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseByteSize } from '../util/units.js';
-import { UserError } from '../util/errors.js';
 import { CacheStore, ENTRY_KINDS, isDigest, isRecord, unwrapEntry, type EntryKind } from './store.js';
 
 /** A temp file or unreferenced blob younger than this may belong to a build still running. */
@@ -147,12 +145,6 @@ export async function pruneCache(dir: string, maxBytes: number, now = Date.now()
   return result;
 }
 
-/** `500M`, `10G`, `1.5GiB`, `2048`: sizes in bytes, with binary (1024-based) units. */
-export function parseSize(text: string, flag = '--max-size'): number {
-  const size = parseByteSize(text);
-  if (size === null) throw new UserError(`${flag} takes a size such as 500M, 10G or 2048 (bytes), got ${JSON.stringify(text)}`);
-  return size;
-}
 
 /**
  * Work directories of builds that were killed (SIGKILL, a lost machine): `builds/<pid>-…` whose process

@@ -6,11 +6,10 @@ import { OUTPUT_FORMATS, parseOutputFormat } from '../model/formats.js';
 import type { Compression } from '../layer/format.js';
 import type { PlanStrategy } from '../plan/plan.js';
 import { UserError } from '../util/errors.js';
-import { parseByteSize } from '../util/units.js';
+import { collect, sizeFlag, wholeNumberFlag } from './flags.js';
 import { addPushOptions, pushOptionsFromFlags, type PushFlags } from './push-command.js';
 import { defaultCacheDir } from '../cache/store.js';
 
-const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
 export function buildImageCommand(): Command {
   const command = new Command('build-image')
@@ -57,8 +56,8 @@ export function buildImageCommand(): Command {
       if (!quiet && !bars) process.stderr.write(`${line}\n`);
     };
     const warn = (line: string) => (bars ? bars.log(`warning: ${line}`) : process.stderr.write(`warning: ${line}\n`));
-    const maxLayers = flags.maxLayers !== undefined ? parseWholeNumber(flags.maxLayers as string, '--max-layers') : undefined;
-    const jobs = flags.jobs !== undefined ? parseWholeNumber(flags.jobs as string, '--jobs') : undefined;
+    const maxLayers = flags.maxLayers !== undefined ? wholeNumberFlag(flags.maxLayers as string, '--max-layers') : undefined;
+    const jobs = flags.jobs !== undefined ? wholeNumberFlag(flags.jobs as string, '--jobs') : undefined;
     if (flags.cache === false && flags.cacheDir !== undefined) throw new UserError('--cache-dir and --no-cache contradict each other; give one');
     const cacheDir = flags.cache === false ? null : ((flags.cacheDir as string | undefined) ?? defaultCacheDir());
     const started = Date.now();
@@ -70,7 +69,7 @@ export function buildImageCommand(): Command {
       overrides: recipeOverridesFrom(flags),
       wheels: (flags.wheel as string[] | undefined) ?? [],
       python: flags.python as string | undefined,
-      wheelSplitSize: flags.wheelSplitSize !== undefined ? parseSizeFlag(flags.wheelSplitSize as string, '--wheel-split-size') : undefined,
+      wheelSplitSize: flags.wheelSplitSize !== undefined ? sizeFlag(flags.wheelSplitSize as string, '--wheel-split-size', { zero: false }) : undefined,
       ...(flags.wheelLock !== undefined && { wheelLock: flags.wheelLock as string }),
       depsCheck: flags.depsCheck !== false && flags.requirementsCheck !== false,
       libraryCheck: flags.libraryCheck !== false,
@@ -148,11 +147,6 @@ function sourceDateEpoch(fallback: number): number {
   return Number(text);
 }
 
-function parseSizeFlag(text: string, flag: string): number {
-  const size = parseByteSize(text);
-  if (size === null || size === 0) throw new UserError(`${flag} takes a size such as 64M or 1G, got ${JSON.stringify(text)}`);
-  return size;
-}
 
 /** A file the build will write: its directory must exist and it must not be a directory (told before building). */
 function checkOutputFile(path: string, flag: string): string {
@@ -162,7 +156,3 @@ function checkOutputFile(path: string, flag: string): string {
   return path;
 }
 
-function parseWholeNumber(text: string, flag: string): number {
-  if (!/^\d+$/.test(text)) throw new UserError(`${flag} takes a whole number, got ${JSON.stringify(text)}`);
-  return Number(text);
-}

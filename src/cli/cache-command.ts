@@ -1,5 +1,6 @@
 import { Command } from 'commander';
-import { cacheStats, parseSize, pruneCache } from '../cache/maintenance.js';
+import { cacheStats, pruneCache } from '../cache/maintenance.js';
+import { sizeFlag } from './flags.js';
 import { defaultCacheDir } from '../cache/store.js';
 import { formatBytes } from '../util/units.js';
 
@@ -37,7 +38,7 @@ export function cacheCommand(): Command {
     .requiredOption('--max-size <size>', 'size to shrink to: bytes, or with K, M, G, T (1024-based)')
     .option(...dirOption)
     .action(async (flags: { cacheDir?: string; maxSize: string }) => {
-      const max = parseSize(flags.maxSize);
+      const max = sizeFlag(flags.maxSize, '--max-size');
       const dir = flags.cacheDir ?? defaultCacheDir();
       const result = await pruneCache(dir, max);
       process.stdout.write(

@@ -1,23 +1,18 @@
 import { Command, Option } from 'commander';
 import type { RecipeOverrides } from '../recipe/overrides.js';
-
-const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+import { collect } from './flags.js';
 
 /**
  * Adds the flags that override the recipe to a command (`build-image`). Read them back with
  * `recipeOverridesFrom(command.opts())`; overrides.ts documents how each merges.
  */
 export function addRecipeOptions(command: Command): Command {
+  for (const [flags, description] of REPEATABLE) command.addOption(new Option(flags, description).argParser(collect));
   return command
-    .addOption(new Option('--env <NAME=value>', 'set an environment variable (repeatable)').argParser(collect))
-    .addOption(new Option('--label <KEY=value>', 'set a label (repeatable)').argParser(collect))
     .option('--entrypoint <command>', 'entrypoint: a JSON list, or one program path (not split); "" for none')
     .option('--cmd <args>', 'default arguments: a JSON list, or one argument (not split); "" for none')
     .option('--workdir <dir>', 'working directory')
     .option('--user <user>', 'user to run as: 1000, 1000:1000, or a user of the recipe')
-    .addOption(new Option('--port <port>', 'expose a port, e.g. 8000/tcp (repeatable)').argParser(collect))
-    .addOption(new Option('--volume <path>', 'declare a volume, e.g. /models (repeatable)').argParser(collect))
-    .addOption(new Option('--copy-to-root <path>', 'link a store path (by path or name) into / (repeatable)').argParser(collect))
     .option('--stop-signal <signal>', 'signal that stops the container, e.g. SIGINT')
     .option('--healthcheck-cmd <command>', 'healthcheck run by the shell, or a JSON argv')
     .option('--healthcheck-interval <duration>', 'time between checks, e.g. 30s')
@@ -27,6 +22,15 @@ export function addRecipeOptions(command: Command): Command {
     .option('--no-healthcheck', 'turn off any healthcheck')
     .option('--arch <arch>', 'image architecture: amd64, arm64, … or a Nix system such as aarch64-linux');
 }
+
+/** The recipe flags that may be given several times, each adding to the list. */
+const REPEATABLE: [string, string][] = [
+  ['--env <NAME=value>', 'set an environment variable (repeatable)'],
+  ['--label <KEY=value>', 'set a label (repeatable)'],
+  ['--port <port>', 'expose a port, e.g. 8000/tcp (repeatable)'],
+  ['--volume <path>', 'declare a volume, e.g. /models (repeatable)'],
+  ['--copy-to-root <path>', 'link a store path (by path or name) into / (repeatable)'],
+];
 
 /** The flags added by `addRecipeOptions`, as commander parsed them, for `applyOverrides`. */
 export function recipeOverridesFrom(opts: Record<string, unknown>): RecipeOverrides {

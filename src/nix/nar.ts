@@ -355,10 +355,8 @@ class NarParser {
   #describeToken(): string {
     const r = this.r;
     const at = r.position;
-    if (r.end - r.pos < 8) this.#short();
-    const lo = r.buf.readUInt32LE(r.pos);
-    const hi = r.buf.readUInt32LE(r.pos + 4);
-    if (hi !== 0 || lo > MAX_TAG_BYTES) return `a string of ${BigInt(hi) * 2n ** 32n + BigInt(lo)} bytes`;
+    const { lo, hi } = this.#peekU64();
+    if (hi !== 0 || lo > MAX_TAG_BYTES) return `a string of ${wide(lo, hi)} bytes`;
     const length = this.#length(MAX_TAG_BYTES, () => '');
     const text = r.buf.toString('latin1', r.pos + 8, r.pos + 8 + length);
     this.#checkPadding(length, at);
@@ -376,10 +374,8 @@ class NarParser {
   /** The length of the (buffered) string token at the current position; at most `max`. */
   #length(max: number, tooLong: (n: bigint) => string): number {
     const r = this.r;
-    if (r.end - r.pos < 8) this.#short();
-    const lo = r.buf.readUInt32LE(r.pos);
-    const hi = r.buf.readUInt32LE(r.pos + 4);
-    if (hi !== 0 || lo > max) throw this.fail(r.position, tooLong(BigInt(hi) * 2n ** 32n + BigInt(lo)));
+    const { lo, hi } = this.#peekU64();
+    if (hi !== 0 || lo > max) throw this.fail(r.position, tooLong(wide(lo, hi)));
     if (r.end - r.pos < 8 + padded(lo)) this.#short();
     return lo;
   }
@@ -393,13 +389,18 @@ class NarParser {
     }
   }
 
+  /** The buffered u64 at the current position (not consumed), as its low and high 32 bits. */
+  #peekU64(): { lo: number; hi: number } {
+    const r = this.r;
+    if (r.end - r.pos < 8) this.#short();
+    return { lo: r.buf.readUInt32LE(r.pos), hi: r.buf.readUInt32LE(r.pos + 4) };
+  }
+
   #size(): number {
     const r = this.r;
     const at = r.position;
-    if (r.end - r.pos < 8) this.#short();
-    const lo = r.buf.readUInt32LE(r.pos);
-    const hi = r.buf.readUInt32LE(r.pos + 4);
-    if (hi >= 1 << 21) throw this.fail(at, `file size ${BigInt(hi) * 2n ** 32n + BigInt(lo)} is too large`);
+    const { lo, hi } = this.#peekU64();
+    if (hi >= 1 << 21) throw this.fail(at, `file size ${wide(lo, hi)} is too large`);
     const size = hi * 2 ** 32 + lo;
     r.pos += 8;
     // Fail before the visitor sees any of a file that cannot be complete.
@@ -419,7 +420,7 @@ class NarParser {
   }
 
   /** A NAR string at the current position (not consumed): its bytes decoded as UTF-8, else as latin1 for messages. */
-  #text(max: number, tooLong: (n: number) => string): { at: number; length: number; start: number; decoded: string | null; text: string } {
+  #text(max: number, tooLong: (n: bigint) => string): { at: number; length: number; start: number; decoded: string | null; text: string } {
     const r = this.r;
     const at = r.position;
     const length = this.#length(max, tooLong);
@@ -573,4 +574,9 @@ export async function readNarFile(info: StorePathInfo, relPath: string, maxBytes
     if (!(err instanceof StopReading)) throw err;
   }
   return found;
+}
+
+/** A u64 from its halves, exactly, for messages. */
+function wide(lo: number, hi: number): bigint {
+  return BigInt(hi) * 2n ** 32n + BigInt(lo);
 }

@@ -52,13 +52,7 @@ class JsonScanner {
   }
 
   #object(): void {
-    this.#at++;
-    this.#space();
-    if (this.text[this.#at] === '}') {
-      this.#at++;
-      return;
-    }
-    for (;;) {
+    this.#sequence('}', () => {
       this.#space();
       if (this.text[this.#at] !== '"') this.#fail('expected a key in double quotes');
       this.#string();
@@ -66,28 +60,28 @@ class JsonScanner {
       if (this.text[this.#at] !== ':') this.#fail("expected ':'");
       this.#at++;
       this.#value();
-      this.#space();
-      const c = this.text[this.#at];
-      this.#at++;
-      if (c === '}') return;
-      if (c !== ',') this.#fail("expected ',' or '}'", this.#at - 1);
-    }
+    });
   }
 
   #array(): void {
+    this.#sequence(']', () => this.#value());
+  }
+
+  /** An object's members or an array's items: `item` each, separated by commas, up to `close`. */
+  #sequence(close: '}' | ']', item: () => void): void {
     this.#at++;
     this.#space();
-    if (this.text[this.#at] === ']') {
+    if (this.text[this.#at] === close) {
       this.#at++;
       return;
     }
     for (;;) {
-      this.#value();
+      item();
       this.#space();
       const c = this.text[this.#at];
       this.#at++;
-      if (c === ']') return;
-      if (c !== ',') this.#fail("expected ',' or ']'", this.#at - 1);
+      if (c === close) return;
+      if (c !== ',') this.#fail(`expected ',' or '${close}'`, this.#at - 1);
     }
   }
 
