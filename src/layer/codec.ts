@@ -39,7 +39,7 @@ function gzipCodec(level: number): Codec {
 
 /**
  * How many parts compress at once across every layer being written (`--jobs`), and so how many cores
- * compression uses. Each part in flight holds one PART_SIZE buffer and a zlib state (~300 KiB), so
+ * compression uses. Each part in flight holds one FRAME_SIZE buffer and a zlib state (~300 KiB), so
  * memory is bounded by this count whatever the size or number of layers. One per build, passed down.
  */
 export class Turns {

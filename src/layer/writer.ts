@@ -6,15 +6,15 @@ import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import type { BytePiece } from '../util/pieces.js';
 import { codecOf, Turns, type Codec } from './codec.js';
-import { checkLayerFormat, PART_SIZE, type LayerFormat } from './format.js';
+import { checkLayerFormat, FRAME_SIZE, type LayerFormat } from './format.js';
 import type { LayerSource } from './types.js';
 
 /**
  * The layer writer: a source's entries → deterministic tar → sha256 (diffID) → compression in parallel
- * parts → sha256 (digest) → bytes at their final place, in one pass. Every layer nix2oci makes goes
+ * frames → sha256 (digest) → bytes at their final place, in one pass. Every layer nix2oci makes goes
  * through here, whatever its kind (store paths, wheels, image root) and wherever it goes (a cache
  * blob file, a region of an archive being written, a layout's blob file, a work file). Nothing is
- * tarred or compressed twice and no layer is held in memory: a few MiB of chunks and parts at most.
+ * tarred or compressed twice and no layer is held in memory: a few MiB of chunks and frames at most.
  */
 
 /** Where a layer's bytes go: from byte `at` of an open file on, in order. */
@@ -56,8 +56,8 @@ export interface Written {
 /** Tar chunks in flight: bounds memory to a few MiB whatever the layer's size. */
 const CHUNK_SIZE = 1 << 20;
 const CHUNKS_IN_FLIGHT = 8;
-/** Compressed parts of one layer in flight at most (each holds a PART_SIZE buffer until compressed). */
-const PARTS_IN_FLIGHT = 4;
+/** Frames of one layer being compressed at most (each holds a FRAME_SIZE buffer of tar until compressed). */
+const FRAMES_IN_FLIGHT = 4;
 /** Bytes queued for the disk before the writer waits: a slow disk must not let them pile up. */
 const WRITE_BACKLOG = 16 << 20;
 
@@ -124,7 +124,7 @@ class Session {
     checkLayerFormat(format);
     this.codec = codecOf(format);
     this.#file = new FileSink(out);
-    this.#turns = turns ?? new Turns(PARTS_IN_FLIGHT);
+    this.#turns = turns ?? new Turns(FRAMES_IN_FLIGHT);
   }
 
   /** Stored bytes as they are (a frame made elsewhere); `done` once they are in the file. */
@@ -136,25 +136,25 @@ class Session {
   /** Tars a source into the layer, through `hashes` (the diffID's) and the compression; returns its tar bytes. */
   async segment(source: LayerSource, whole: boolean, hashes: (Hash | null | undefined)[], onTarred?: () => void): Promise<number> {
     const file = this.#file;
-    const parts = this.codec ? new Parts(this.codec, this.#turns, (frame) => this.stored(frame)) : null;
+    const frames = this.codec ? new Frames(this.codec, this.#turns, (frame) => this.stored(frame)) : null;
     const tarSize = await tarInto(
       source,
       this.format.mtime,
       whole,
       (bytes, release) => {
         for (const hash of hashes) hash?.update(bytes);
-        if (!parts) return this.stored(bytes, release);
-        // The chunk goes back to the tar writer once copied into a part; parts wait for the disk.
-        parts.write(bytes).then(() => file.room()).then(release, (err: unknown) => {
+        if (!frames) return this.stored(bytes, release);
+        // The chunk goes back to the tar writer once copied for compression; frames wait for the disk.
+        frames.write(bytes).then(() => file.room()).then(release, (err: unknown) => {
           file.fail(err);
           release();
         });
       },
       () => file.failure(),
     );
-    await parts?.flush();
+    await frames?.flush();
     onTarred?.();
-    await parts?.end();
+    await frames?.end();
     return tarSize;
   }
 
@@ -312,10 +312,11 @@ class Chunks implements ChunkSink {
 }
 
 /**
- * Cuts the tar into PART_SIZE parts, compresses each alone with a turn (so `--jobs` bounds every
- * layer's parts together, and one huge layer still uses every core), and emits the frames in order.
+ * Cuts the tar every FRAME_SIZE bytes, compresses each cut alone into a frame with a turn (so `--jobs`
+ * bounds every layer's compression together, and one huge layer still uses every core), and emits the
+ * frames in order.
  */
-class Parts {
+class Frames {
   #part: Buffer | null = null;
   #used = 0;
   #spare: Buffer[] = [];
@@ -338,11 +339,11 @@ class Parts {
     let offset = 0;
     while (offset < bytes.length) {
       if (this.#failure) throw this.#failure;
-      this.#part ??= this.#spare.pop() ?? Buffer.allocUnsafeSlow(PART_SIZE);
+      this.#part ??= this.#spare.pop() ?? Buffer.allocUnsafeSlow(FRAME_SIZE);
       const copied = bytes.copy(this.#part, this.#used, offset);
       this.#used += copied;
       offset += copied;
-      if (this.#used === PART_SIZE) await this.#dispatch();
+      if (this.#used === FRAME_SIZE) await this.#dispatch();
     }
   }
 
@@ -363,7 +364,7 @@ class Parts {
     const length = this.#used;
     this.#part = null;
     this.#used = 0;
-    while (this.#inFlight >= PARTS_IN_FLIGHT) await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
+    while (this.#inFlight >= FRAMES_IN_FLIGHT) await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
     const turn = this.turns.take();
     if (turn) await turn;
     if (this.#failure) {
@@ -383,7 +384,7 @@ class Parts {
 
   #finished(seq: number, part: Buffer, framed: Buffer): void {
     this.turns.give();
-    if (part.length === PART_SIZE) this.#spare.push(part);
+    if (part.length === FRAME_SIZE) this.#spare.push(part);
     this.#done.set(seq, framed);
     // In order; a part counts as in flight until its frame is emitted, so frames waiting behind a slow
     // earlier part stay bounded too.

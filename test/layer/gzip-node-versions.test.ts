@@ -45,7 +45,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeLayerFile } from './layer/writer.js';
-import { PART_SIZE } from './layer/format.js';
+import { FRAME_SIZE } from './layer/format.js';
 
 function* inputs() {
   let x = 2463534242;
@@ -60,7 +60,7 @@ function* inputs() {
   yield ['zeros', Buffer.alloc(256 << 10)];
   const small = Buffer.alloc(512 << 10); for (let i = 0; i < small.length; i++) small[i] = 97 + (next() % 5);
   yield ['small-alphabet', small];
-  // Past a part boundary (PART_SIZE is 4 MiB): several members, compressed concurrently.
+  // Past a part boundary (FRAME_SIZE is 4 MiB): several members, compressed concurrently.
   const words = [];
   for (let i = 0; i < 900000; i++) words.push((next() % 4 === 0 ? next().toString(36) : 'lib' + (next() % 50)) + (i % 16 ? ' ' : '\\n'));
   yield ['multi-part', Buffer.from(words.join(''))];
@@ -75,7 +75,7 @@ const result = { node: process.version, zlib: process.versions.zlib, layers: {} 
 for (const gzipLevel of [1, 6, 9]) {
   const dir = mkdtempSync(join(tmpdir(), 'nix2oci-gz-'));
   const blob = await writeLayerFile(source, { compression: 'gzip', gzipLevel, mtime: 1 }, dir);
-  result.layers[gzipLevel] = { digest: blob.digest, size: blob.size, diffId: blob.diffId, parts: Math.ceil(blob.tarSize / PART_SIZE) };
+  result.layers[gzipLevel] = { digest: blob.digest, size: blob.size, diffId: blob.diffId, parts: Math.ceil(blob.tarSize / FRAME_SIZE) };
   rmSync(dir, { recursive: true });
 }
 console.log(JSON.stringify(result));

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 as zlibCrc32, deflateRawSync, gunzipSync } from 'node:zlib';
 import { writeLayer } from '../helpers/layers.js';
-import { PART_SIZE } from '../../src/layer/format.js';
+import { FRAME_SIZE } from '../../src/layer/format.js';
 import { Turns } from '../../src/layer/codec.js';
 import { asLayer } from '../helpers/layers.js';
 import type { LayerSource } from '../../src/layer/types.js';
@@ -43,18 +43,18 @@ function logText(size: number, seed: number): Buffer {
 }
 
 /** A layer of 3.4 parts: several members, the last one partial. */
-const BIG = logText(Math.floor(PART_SIZE * 3.4), 7);
+const BIG = logText(Math.floor(FRAME_SIZE * 3.4), 7);
 const bigSource: LayerSource = async (sink) => {
   await sink.add({ type: 'directory', name: 'data', mode: 0o755 });
   await sink.add({ type: 'file', name: 'data/big', mode: 0o644, size: BIG.length, body: BIG });
   await sink.add({ type: 'file', name: 'data/small', mode: 0o644, size: 5, body: Buffer.from('tail\n') });
 };
 
-/** The format spelled out: the tar cut every PART_SIZE bytes, each part its own gzip member. */
+/** The format spelled out: the tar cut every FRAME_SIZE bytes, each part its own gzip member. */
 function expectedMembers(tar: Buffer, level: number): Buffer {
   const members: Buffer[] = [];
-  for (let offset = 0; offset < tar.length; offset += PART_SIZE) {
-    const part = tar.subarray(offset, offset + PART_SIZE);
+  for (let offset = 0; offset < tar.length; offset += FRAME_SIZE) {
+    const part = tar.subarray(offset, offset + FRAME_SIZE);
     const trailer = Buffer.alloc(8);
     trailer.writeUInt32LE(crc32(part), 0);
     trailer.writeUInt32LE(part.length, 4);
@@ -69,9 +69,9 @@ function crc32(bytes: Buffer): number {
 
 
 describe('gzip layers of several parts', () => {
-  it('are the tar cut every PART_SIZE bytes, each part deflated alone into a gzip member, in order', async () => {
+  it('are the tar cut every FRAME_SIZE bytes, each part deflated alone into a gzip member, in order', async () => {
     const tar = await tarToBuffer(bigSource, 1, 64 << 10);
-    expect(tar.length).toBeGreaterThan(3 * PART_SIZE);
+    expect(tar.length).toBeGreaterThan(3 * FRAME_SIZE);
     const blob = await writeLayer(bigSource, { compression: 'gzip', dir: freshDir(), mtime: 1 });
     const bytes = readFileSync(blob.file);
     expect(bytes.equals(expectedMembers(tar, 6))).toBe(true);
@@ -143,7 +143,7 @@ async function manyMemberImage(dir: string): Promise<{ layout: string; archive: 
   const archive = join(dir, 'image.tar');
   await writeImage(image, { format: 'oci-layout', output: layout });
   await writeImage(image, { format: 'oci-archive', output: archive });
-  return { layout, archive, bigSha: createHash('sha256').update(BIG).digest('hex'), members: Math.ceil(blob.uncompressedSize / PART_SIZE) };
+  return { layout, archive, bigSha: createHash('sha256').update(BIG).digest('hex'), members: Math.ceil(blob.uncompressedSize / FRAME_SIZE) };
 }
 
 describe.runIf(tools('skopeo', 'umoci'))('an image with a many-member layer, read by skopeo and umoci', () => {
