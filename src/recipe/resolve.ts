@@ -5,6 +5,7 @@ import type { RootSpec } from '../rootfs/root-layer.js';
 import { UserError } from '../util/errors.js';
 import { parseMode } from './check.js';
 import type { Recipe } from './schema.js';
+import type { TrapName } from '../wheels/checks/traps.js';
 import { matchStorePaths, storePathName, suggestStoreName } from './store-names.js';
 
 /** A recipe whose store-path references are expanded and whose defaults are filled in, ready to build from. */
@@ -16,7 +17,7 @@ export interface ResolvedRecipe extends Recipe {
   /** What the image-root layer holds. */
   root: RootSpec;
   python: { prefix: string; interpreter?: string };
-  checks: { waiveRequirements: string[]; waiveLibraries: string[] };
+  checks: { waiveRequirements: string[]; waiveLibraries: string[]; skipTraps: TrapName[] };
 }
 
 export const DEFAULT_PYTHON_PREFIX = '/opt/python';
@@ -74,6 +75,7 @@ export function resolveRecipe(recipe: Recipe, closure: Closure, recipeFile?: str
     checks: {
       waiveRequirements: recipe.checks?.waiveRequirements ?? [],
       waiveLibraries: recipe.checks?.waiveLibraries ?? [],
+      skipTraps: recipe.checks?.skipTraps ?? [],
     },
   };
   const entrypoint = expandList(recipe.entrypoint, '/entrypoint');

@@ -146,7 +146,7 @@ describe('resolveRecipe', () => {
     ]);
     expect(resolved.wheels).toEqual([resolve('layers/vllm/wheels/a.whl'), '/abs/b.whl']);
     expect(resolved.python).toEqual({ prefix: '/opt/python', interpreter: python });
-    expect(resolved.checks).toEqual({ waiveRequirements: [], waiveLibraries: [] });
+    expect(resolved.checks).toEqual({ waiveRequirements: [], waiveLibraries: [], skipTraps: [] });
 
     const bare = resolveRecipe({ wheels: ['x.whl'] }, closure);
     expect(bare.tags).toEqual([]);
@@ -154,6 +154,11 @@ describe('resolveRecipe', () => {
     expect(bare.root).toEqual({ copyToRoot: [], users: [], directories: [], lowerLayerDirectories: ['/opt/python'] });
     expect(bare.python).toEqual({ prefix: '/opt/python' });
     expect(resolveRecipe({ name: 'a/b', tag: 'v2' }, closure).tags).toEqual(['a/b:v2']);
+    expect(resolveRecipe({ checks: { skipTraps: ['amdsmi'], waiveLibraries: ['libcuda.so.1'] } }, closure).checks).toEqual({
+      waiveRequirements: [],
+      waiveLibraries: ['libcuda.so.1'],
+      skipTraps: ['amdsmi'],
+    });
   });
 
   it('takes python.interpreter as a name, a store path or a file path with a reference', () => {

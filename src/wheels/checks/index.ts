@@ -32,7 +32,7 @@ import { checkTraps, type TrapName } from './traps.js';
 export { ElfCollector, type ElfObject, type EntryTap } from './elf-collector.js';
 export { indexClosure, mattersToIndex, type ClosureIndex, type ListNodes, type ReadFile } from './closure-index.js';
 export { findImagePython, type ImagePython } from './python.js';
-export type { TrapName } from './traps.js';
+export { TRAP_NAMES, type TrapName } from './traps.js';
 
 /** Largest METADATA / PKG-INFO read from the closure. */
 const METADATA_LIMIT = 16 << 20;
@@ -67,8 +67,10 @@ export interface CheckWheelsOptions {
   depsCheck?: boolean;
   /** The recipe's LD_LIBRARY_PATH entries. */
   ldLibraryPath?: string[];
-  /** Trap warnings the recipe turns off. */
-  skipTraps?: TrapName[];
+  /** Trap warnings the recipe turns off (recipe `checks.skipTraps`). */
+  skipTraps?: readonly TrapName[];
+  /** The image's environment (the recipe's `env`): some traps depend on it (`VLLM_ROCM_USE_AITER`). */
+  env?: Record<string, string>;
   /** Machine the image runs, as uname -m says (default x86_64). */
   machine?: 'x86_64' | 'aarch64';
 }
@@ -126,6 +128,7 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     python,
     distributions: [...wheelDistributions, ...closureDistributions],
     wheelFiles,
+    env: options.env,
     skip: options.skipTraps,
   });
   warnings.push(...traps.map((t) => t.message));
