@@ -147,7 +147,12 @@ pkgs.buildEnv {
   ];
   ignoreCollisions = true;
   passthru = {
-    inherit pythonEnv rocmHome vllmServer;
+    inherit
+      interpreter
+      pythonEnv
+      rocmHome
+      vllmServer
+      ;
     pythonVersion = python;
   };
 }
