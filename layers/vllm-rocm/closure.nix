@@ -1,24 +1,42 @@
-# The runtime closure of the vLLM ROCm image (layers/vllm-rocm/image.json).
+# The runtime closure of the vLLM ROCm image (layers/vllm-rocm/image.json, image.py311.json).
 #
-# Python 3.11 with the vLLM runtime dependencies nixpkgs provides, the ROCm runtime libraries, the
-# tools a running server and its health check need, and the `vllm-server` wrapper. torch and vLLM
-# themselves are not built here: nix2oci installs their prebuilt wheels into the image.
+# Python with the vLLM runtime dependencies nixpkgs provides, the ROCm runtime libraries, the tools a
+# running server and its health check need, and the `vllm-server` wrapper. torch and vLLM themselves
+# are not built here: nix2oci installs their prebuilt wheels into the image.
+#
+# `python` picks the interpreter, and must match the wheels' tag:
+#   "3.12" (default)  vLLM's prebuilt ROCm wheels are cp312 only (vLLM's
+#                     docs/getting_started/installation/gpu.rocm.inc.md; docker/Dockerfile.rocm_base
+#                     builds with PYTHON_VERSION=3.12), and so are the torch wheels that go with them
+#   "3.11"            for wheels built for 3.11 (e.g. vLLM built from source against a cp311 torch)
 #
 # On a Nix machine: scripts/export-closure.sh layers/vllm-rocm/closure.nix out/vllm-rocm
-# writes out/vllm-rocm.closure and out/vllm-rocm.path-info.json for `nix2oci build-image`.
+# (or, for 3.11: … out/vllm-rocm-py311 --argstr python 3.11) writes <out>.closure and
+# <out>.path-info.json for `nix2oci build-image`; the flake's `export-vllm-rocm` app does the same.
 {
   pkgs ? import <nixpkgs> { config.allowUnfree = true; },
+  python ? "3.12",
 }:
 let
   inherit (pkgs) lib;
-  python = pkgs.python311;
+  supportedPythons = [
+    "3.12"
+    "3.11"
+  ];
+  # python312, python311: nixpkgs' attribute of that interpreter.
+  pythonAttr = "python${builtins.replaceStrings [ "." ] [ "" ] python}";
+  interpreter =
+    if builtins.elem python supportedPythons then
+      pkgs.${pythonAttr}
+    else
+      throw ''vllm-rocm closure.nix: python = "${python}" is not supported; use "3.12" (vLLM's ROCm wheels) or "3.11"'';
   rocm = pkgs.rocmPackages;
 
   # vLLM detects the ROCm platform by importing `amdsmi`; nixpkgs builds it for its default Python,
-  # so build it again for the image's (its site-packages must be lib/python3.11).
+  # so build it again for the image's (its site-packages must be lib/python3.X of that interpreter).
   amdsmi = rocm.amdsmi.override {
-    inherit python;
-    inherit (python.pkgs) wrapPython;
+    python = interpreter;
+    inherit (interpreter.pkgs) wrapPython;
   };
 
   # vLLM 0.12's requirements/common.txt and requirements/rocm.txt, and torch's own, by nixpkgs
@@ -46,10 +64,10 @@ let
       if ps ? ${name} then
         [ ps.${name} ]
       else
-        builtins.trace "vllm-rocm: nixpkgs has no python311Packages.${name}; left out" [ ]
+        builtins.trace "vllm-rocm: nixpkgs has no ${pythonAttr}Packages.${name}; left out" [ ]
     ) pythonPackageNames;
 
-  pythonEnv = python.withPackages (ps: pickPythonPackages ps ++ [ (ps.toPythonModule amdsmi) ]);
+  pythonEnv = interpreter.withPackages (ps: pickPythonPackages ps ++ [ (ps.toPythonModule amdsmi) ]);
 
   # The ROCm runtime (ROCM_HOME). torch's ROCm wheels bundle most of these in torch/lib; the
   # closure's copies serve what they do not bundle and the tools (rocminfo, amd-smi).
@@ -128,5 +146,13 @@ pkgs.buildEnv {
     "/include"
   ];
   ignoreCollisions = true;
-  passthru = { inherit pythonEnv rocmHome vllmServer; };
+  passthru = {
+    inherit
+      interpreter
+      pythonEnv
+      rocmHome
+      vllmServer
+      ;
+    pythonVersion = python;
+  };
 }

@@ -202,6 +202,8 @@ async function runChecks(o: {
     elfProblems: o.facts.flatMap((f) => f.problems),
     waiveRequirements: o.recipe.checks.waiveRequirements,
     waiveLibraries: o.recipe.checks.waiveLibraries,
+    skipTraps: o.recipe.checks.skipTraps,
+    env: o.recipe.env,
     depsCheck: o.depsCheck,
     libraryCheck: o.libraryCheck,
     ldLibraryPath: splitPath(o.recipe.env?.LD_LIBRARY_PATH),

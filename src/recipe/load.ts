@@ -104,8 +104,11 @@ function describeSchemaError(error: ErrorObject): string | null {
       return `${at}: expected ${schema?.description ?? `a string matching ${error.params.pattern}`}, got ${show(error.data)}`;
     case 'type':
       return `${at}: must be ${article(String(error.params.type))}, got ${typeName(error.data)}${scalar(error.data)}`;
-    case 'enum':
-      return `${at}: must be one of ${(error.params.allowedValues as unknown[]).map(String).join(', ')}, got ${show(error.data)}`;
+    case 'enum': {
+      const allowed = (error.params.allowedValues as unknown[]).map(String);
+      const suggestion = typeof error.data === 'string' ? closestWord(error.data, allowed) : undefined;
+      return `${at}: must be one of ${allowed.join(', ')}, got ${show(error.data)}${suggestion ? ` (did you mean '${suggestion}'?)` : ''}`;
+    }
     case 'required':
       return `${at}: missing required key '${String(error.params.missingProperty)}'`;
     case 'minItems':

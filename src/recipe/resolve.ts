@@ -5,6 +5,7 @@ import type { RootSpec } from '../rootfs/root-layer.js';
 import { UserError } from '../util/errors.js';
 import { parseMode } from './check.js';
 import type { Recipe } from './schema.js';
+import type { TrapName } from '../wheels/checks/traps.js';
 import { matchStorePaths, suggestStoreName } from './store-names.js';
 import { storePathName } from '../nix/store-path.js';
 
@@ -19,7 +20,7 @@ export interface ResolvedRecipe extends Recipe {
   /** What the image-root layer holds. */
   root: RootSpec;
   python: { prefix: string; interpreter?: string };
-  checks: { waiveRequirements: string[]; waiveLibraries: string[]; skipRequirements: boolean; skipLibraries: boolean };
+  checks: { waiveRequirements: string[]; waiveLibraries: string[]; skipRequirements: boolean; skipLibraries: boolean; skipTraps: TrapName[] };
 }
 
 export const DEFAULT_PYTHON_PREFIX = '/opt/python';
@@ -80,6 +81,7 @@ export function resolveRecipe(recipe: Recipe, closure: Closure, recipeFile?: str
       waiveLibraries: recipe.checks?.waiveLibraries ?? [],
       skipRequirements: recipe.checks?.skipRequirements ?? false,
       skipLibraries: recipe.checks?.skipLibraries ?? false,
+      skipTraps: recipe.checks?.skipTraps ?? [],
     },
   };
   const entrypoint = expandList(recipe.entrypoint, '/entrypoint');

@@ -1,3 +1,5 @@
+import { TRAP_NAMES, type TrapName } from '../wheels/checks/traps.js';
+
 /**
  * The image recipe (`image.json`): what goes into the image besides the closure, and how it runs.
  * Every key is optional; flags of `build-image` override the file (see overrides.ts).
@@ -110,6 +112,11 @@ export interface RecipeChecks {
   skipRequirements?: boolean;
   /** Libraries the image lacks do not fail the build; they are warnings (as `--no-library-check`). */
   skipLibraries?: boolean;
+  /**
+   * Trap warnings not to give, by name: `cxx-runtime`, `amdsmi`, `c-compiler`, `python-headers`, `aiter`
+   * (see src/wheels/checks/traps.ts). Each warning ends with the name that turns it off.
+   */
+  skipTraps?: TrapName[];
 }
 
 export const ARCHITECTURES = ['amd64', 'arm64', 'arm', '386', 'ppc64le', 's390x', 'riscv64', 'mips64le', 'loong64'] as const;
@@ -237,6 +244,7 @@ export const recipeSchema = {
         waiveLibraries: stringList,
         skipRequirements: { type: 'boolean' },
         skipLibraries: { type: 'boolean' },
+        skipTraps: { type: 'array', items: { type: 'string', enum: [...TRAP_NAMES] } },
       },
     },
   },

@@ -26,10 +26,14 @@ const LEGACY_MANYLINUX: Record<string, [number, number]> = {
   manylinux2014: [2, 17],
 };
 
-/** Why one tag does not fit: `what` names the build (`built for CPython 3.12`), `detail` the image's side. */
+/**
+ * Why one tag does not fit: `what` names the build (`built for CPython 3.12`), `detail` the image's side;
+ * `python`, when another CPython would take the tag, says which (`3.12`, `3.12 or later`).
+ */
 interface Problem {
   what: string;
   detail: string;
+  python?: string;
 }
 
 /**
@@ -46,10 +50,11 @@ export function checkWheelTags(info: Pick<WheelInfo, 'file' | 'tags'>, target: T
     if (python === null && platform === null) return tag;
     perTag.push({ tag, python, platform });
   }
+  const fix = otherPythonFix(perTag, target);
   if (perTag.length === 1) {
     const { tag, python, platform } = perTag[0]!;
     const reasons = [...(python ? [`${python.what} (tag ${formatTag(tag)})${python.detail}`] : []), ...(platform ? [platform] : [])];
-    throw new UserError(`${info.file}: ${reasons.join('; ')}`);
+    throw new UserError(`${info.file}: ${reasons.join('; ')}${fix}`);
   }
   const reasons: string[] = [];
   const note = (reason: string) => {
@@ -58,7 +63,26 @@ export function checkWheelTags(info: Pick<WheelInfo, 'file' | 'tags'>, target: T
   for (const { python } of perTag) if (python) note(python.what);
   for (const { platform } of perTag) if (platform) note(platform);
   throw new UserError(
-    `${info.file}: no tag runs on the image's Python ${target.pythonVersion} on ${OCI_PLATFORM[target.platform]}: ${reasons.join('; ')}`,
+    `${info.file}: no tag runs on the image's Python ${target.pythonVersion} on ${OCI_PLATFORM[target.platform]}: ${reasons.join('; ')}${fix}`,
+  );
+}
+
+/**
+ * When the only thing wrong with some tag is the CPython version, what to do about it: export the
+ * closure with that Python instead (its nixpkgs attribute, e.g. `python311`), or get the wheel built
+ * for the image's Python. Empty when no other CPython would take the wheel on this platform.
+ */
+function otherPythonFix(perTag: { python: Problem | null; platform: string | null }[], target: TagTarget): string {
+  const versions: string[] = [];
+  for (const { python, platform } of perTag) {
+    if (platform === null && python?.python !== undefined && !versions.includes(python.python)) versions.push(python.python);
+  }
+  if (versions.length === 0) return '';
+  const attributes = versions.map((v) => `python${v.replace(/ or later$/, '').replace('.', '')}`);
+  const own = `cp${target.pythonVersion.replace('.', '')}`;
+  return (
+    `: export the closure with Python ${versions.join(' or ')} instead (nixpkgs' ${[...new Set(attributes)].join(' or ')}),` +
+    ` or use a wheel built for ${own}`
   );
 }
 
@@ -95,9 +119,13 @@ function pythonMismatch(tag: WheelTag, target: TagTarget, major: number, minor: 
   const cpTag = `cp${major}${minor}`;
   if (tag.abi === 'abi3') {
     // The stable ABI: built for 3.N, runs on every later 3.x.
-    return tagMinor !== null && tagMinor > minor ? built : null;
+    return tagMinor !== null && tagMinor > minor ? { ...built, python: `${tagMajor}.${tagMinor} or later` } : null;
   }
-  if (tagMinor !== minor) return built;
+  if (tagMinor !== minor) {
+    // cpXY-cpXY (or cpXY-none) runs on CPython X.Y exactly; another ABI would not run there either.
+    const abiFits = tag.abi === `cp${tagMajor}${tagMinor ?? ''}` || tag.abi === 'none';
+    return tagMinor !== null && abiFits ? { ...built, python: `${tagMajor}.${tagMinor}` } : built;
+  }
   if (tag.abi !== cpTag && tag.abi !== 'none') return abiProblem(`${cpTag}, abi3 and none`);
   return null;
 }

@@ -94,13 +94,15 @@ if __name__ == "__main__":
 /**
  * The stand-in vLLM wheel. It requires pip and setuptools (Debian's wheels satisfy them) plus a
  * requirement whose marker excludes Linux, so the requirements check has something real to check.
+ * `python` picks its tag: cp311 (default) or cp312, as vLLM's ROCm wheels are.
  */
-export function makeVllmStandInWheel(dir: string, options: { requires?: string[] } = {}): string {
+export function makeVllmStandInWheel(dir: string, options: { requires?: string[]; python?: '3.11' | '3.12' } = {}): string {
+  const cp = `cp${(options.python ?? '3.11').replace('.', '')}`;
   return makeWheel({
     dir,
     name: 'vllm',
     version: VLLM_VERSION,
-    tag: 'cp311-cp311-linux_x86_64',
+    tag: `${cp}-${cp}-linux_x86_64`,
     rootIsPurelib: false,
     requiresPython: '>=3.10,<3.14',
     requires: options.requires ?? ['pip>=20', 'setuptools>=60; python_version >= "3.8"', 'pywin32>=300; sys_platform == "win32"'],

@@ -51,7 +51,7 @@ const fullRecipe = {
   wheels: ['wheels/vllm-0.12.0-cp311-cp311-linux_x86_64.whl', 'wheels/'],
   wheelLock: 'wheels.lock',
   python: { prefix: '/opt/python', interpreter: 'python3' },
-  checks: { waiveRequirements: ['triton'], waiveLibraries: ['libcuda.so.1'], skipRequirements: false, skipLibraries: true },
+  checks: { waiveRequirements: ['triton'], waiveLibraries: ['libcuda.so.1'], skipRequirements: false, skipLibraries: true, skipTraps: ['amdsmi', 'aiter'] },
 };
 
 describe('loadRecipe', () => {
@@ -98,6 +98,17 @@ describe('loadRecipe', () => {
     );
     expect(userErrorOf(() => parseRecipe({ maxLayers: 2.5 }, 'r.json'))).toContain('/maxLayers: must be an integer, got a fraction 2.5');
     expect(userErrorOf(() => parseRecipe([], 'r.json'))).toBe('r.json: /: must be an object, got an array');
+  });
+
+  it('takes checks.skipTraps by trap name, and names the traps (with the closest) when one is misspelt', () => {
+    const all = ['cxx-runtime', 'amdsmi', 'c-compiler', 'python-headers', 'aiter'];
+    expect(parseRecipe({ checks: { skipTraps: all } }, 'r.json')).toEqual({ checks: { skipTraps: all } });
+    expect(userErrorOf(() => parseRecipe({ checks: { skipTraps: ['amd-smi'] } }, 'r.json'))).toBe(
+      'r.json: /checks/skipTraps/0: must be one of cxx-runtime, amdsmi, c-compiler, python-headers, aiter, got "amd-smi" (did you mean \'amdsmi\'?)',
+    );
+    expect(userErrorOf(() => parseRecipe({ checks: { skipTrap: ['amdsmi'] } }, 'r.json'))).toBe(
+      "r.json: unknown key 'skipTrap' at /checks (did you mean 'skipTraps'?)",
+    );
   });
 
   it('reports missing required keys', () => {

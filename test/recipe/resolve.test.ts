@@ -149,7 +149,7 @@ describe('resolveRecipe', () => {
     expect(resolved.wheels).toEqual([resolve('layers/vllm/wheels/a.whl'), '/abs/b.whl']);
     expect(resolved.python).toEqual({ prefix: '/opt/python', interpreter: python });
     expect(resolved.wheelLock).toBe(resolve('layers/vllm/wheels.lock'));
-    expect(resolved.checks).toEqual({ waiveRequirements: [], waiveLibraries: [], skipRequirements: false, skipLibraries: false });
+    expect(resolved.checks).toEqual({ waiveRequirements: [], waiveLibraries: [], skipRequirements: false, skipLibraries: false, skipTraps: [] });
 
     const bare = resolveRecipe({ wheels: ['x.whl'] }, closure);
     expect(bare.tags).toEqual([]);
@@ -159,6 +159,13 @@ describe('resolveRecipe', () => {
     expect(bare.wheelLock).toBeUndefined();
     expect(resolveRecipe({ checks: { skipLibraries: true } }, closure).checks).toMatchObject({ skipRequirements: false, skipLibraries: true });
     expect(resolveRecipe({ name: 'a/b', tag: 'v2' }, closure).tags).toEqual(['a/b:v2']);
+    expect(resolveRecipe({ checks: { skipTraps: ['amdsmi'], waiveLibraries: ['libcuda.so.1'] } }, closure).checks).toEqual({
+      waiveRequirements: [],
+      waiveLibraries: ['libcuda.so.1'],
+      skipRequirements: false,
+      skipLibraries: false,
+      skipTraps: ['amdsmi'],
+    });
   });
 
   it('takes python.interpreter as a name, a store path or a file path with a reference', () => {

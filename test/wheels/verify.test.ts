@@ -217,10 +217,38 @@ describe('zip64', () => {
 describe('tags against the image’s Python', () => {
   const check = (file: string) => checkWheelTags({ file, tags: parseTagsOf(file) }, TARGET);
 
-  it('refuses a cp312 wheel for a 3.11 image', () => {
+  it('refuses a cp312 wheel for a 3.11 image, naming the closure to export instead', () => {
     expect(() => check('torch-2.9.1-cp312-cp312-linux_x86_64.whl')).toThrow(
-      new UserError('torch-2.9.1-cp312-cp312-linux_x86_64.whl: built for CPython 3.12 (tag cp312-cp312-linux_x86_64), the image\'s Python is 3.11'),
+      new UserError(
+        "torch-2.9.1-cp312-cp312-linux_x86_64.whl: built for CPython 3.12 (tag cp312-cp312-linux_x86_64), the image's Python is 3.11: " +
+          "export the closure with Python 3.12 instead (nixpkgs' python312), or use a wheel built for cp311",
+      ),
     );
+  });
+
+  it('refuses a cp311 wheel for a 3.12 image the other way round, and says the same of every tag of a manylinux wheel', () => {
+    const on312 = (file: string) => checkWheelTags({ file, tags: parseTagsOf(file) }, { ...TARGET, pythonVersion: '3.12' });
+    expect(() => on312('vllm-0.12.0+rocm711-cp311-cp311-linux_x86_64.whl')).toThrow(
+      new UserError(
+        "vllm-0.12.0+rocm711-cp311-cp311-linux_x86_64.whl: built for CPython 3.11 (tag cp311-cp311-linux_x86_64), the image's Python is 3.12: " +
+          "export the closure with Python 3.11 instead (nixpkgs' python311), or use a wheel built for cp312",
+      ),
+    );
+    expect(() => on312('numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl')).toThrow(
+      new UserError(
+        "numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl: no tag runs on the image's Python 3.12 on linux/amd64: " +
+          "built for CPython 3.11: export the closure with Python 3.11 instead (nixpkgs' python311), or use a wheel built for cp312",
+      ),
+    );
+    // The stable ABI of a later Python: that Python or any after it.
+    expect(() => check('demo-1.0-cp312-abi3-linux_x86_64.whl')).toThrow("export the closure with Python 3.12 or later instead (nixpkgs' python312)");
+  });
+
+  it('names no closure when no CPython would run the wheel here (platform, Python 2, PyPy, a debug ABI)', () => {
+    for (const file of ['demo-1.0-cp312-cp312-win_amd64.whl', 'demo-1.0-py2-none-any.whl', 'demo-1.0-pp310-pypy310_pp73-manylinux2014_x86_64.whl', 'demo-1.0-cp312-cp312d-linux_x86_64.whl']) {
+      expect(() => check(file), file).toThrow(UserError);
+      expect(() => check(file), file).not.toThrow(/export the closure/);
+    }
   });
 
   it('refuses a macOS wheel for linux/amd64', () => {

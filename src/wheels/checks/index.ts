@@ -36,7 +36,7 @@ import { checkTraps, type TrapName } from './traps.js';
 export { ElfCollector, type ElfObject, type EntryTap } from './elf-collector.js';
 export { indexClosure, mattersToIndex, type ClosureIndex, type ListNodes, type ReadFile } from './closure-index.js';
 export { findImagePython, type ImagePython } from './python.js';
-export type { TrapName } from './traps.js';
+export { TRAP_NAMES, type TrapName } from './traps.js';
 export { formatProblemsFile, summarizeProblems, type Problem, type ProblemCheck, type ProblemKind } from './problems.js';
 
 /** Largest METADATA / PKG-INFO read from the closure. */
@@ -77,8 +77,10 @@ export interface CheckWheelsOptions {
   libraryCheck?: boolean;
   /** The recipe's LD_LIBRARY_PATH entries. */
   ldLibraryPath?: string[];
-  /** Trap warnings the recipe turns off. */
-  skipTraps?: TrapName[];
+  /** Trap warnings the recipe turns off (recipe `checks.skipTraps`). */
+  skipTraps?: readonly TrapName[];
+  /** The image's environment (the recipe's `env`): some traps depend on it (`VLLM_ROCM_USE_AITER`). */
+  env?: Record<string, string>;
   /** Machine the image runs, as uname -m says (default x86_64). */
   machine?: 'x86_64' | 'aarch64';
 }
@@ -189,6 +191,7 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     python,
     distributions: [...wheelDistributions, ...closureDistributions],
     wheelFiles,
+    env: options.env,
     skip: options.skipTraps,
   });
   for (const t of traps) problems.push({ severity: 'warning', check: 'traps', kind: 'trap', message: t.message });

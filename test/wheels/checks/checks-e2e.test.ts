@@ -131,8 +131,28 @@ describe.runIf(ready)('wheel checks on a real closure and real wheels', () => {
     const fuller = buildPythonClosure({ zlib: true, cxxRuntime: true, headers: true });
     const closure = await loadExported(fuller, 'fuller');
     const { index, python } = await inspectClosure(closure);
-    const report = await checkWheels({ closure, index, python, wheels: [], wheelFiles: [], elfObjects: [] });
+    const { files, elfObjects } = await install([wheels.vllm], python.interpreter);
+    const report = await checkWheels({ closure, index, python, wheels: [wheels.vllm], wheelFiles: files, elfObjects, depsCheck: false });
     expect(report.warnings).toHaveLength(2);
     expect(report.warnings.join('\n')).toMatch(/amdsmi[\s\S]*C compiler/);
+  });
+
+  it('gives the vLLM/Triton traps only to an image with vLLM, and leaves out the ones the recipe skips', async () => {
+    const closure = await loadExported(withZlib, 'quiet');
+    const { index, python } = await inspectClosure(closure);
+    const plain = [wheels.pip, wheels.setuptools, wheels.zlibext];
+    const installed = await install(plain, python.interpreter);
+    const report = await checkWheels({ closure, index, python, wheels: plain, wheelFiles: installed.files, elfObjects: installed.elfObjects });
+    expect(report.errors).toEqual([]);
+    // Only gcc's runtime, which any C++ extension would need: nothing of amdsmi, a compiler or Python.h.
+    expect(report.warnings).toEqual([expect.stringMatching(/^the closure has no libstdc\+\+\.so\.6 or libgcc_s\.so\.1/)]);
+
+    const all = [wheels.vllm, ...plain];
+    const full = await install(all, python.interpreter);
+    const base = { closure, index, python, wheels: all, wheelFiles: full.files, elfObjects: full.elfObjects };
+    const aiterOn = { ...base, env: { VLLM_ROCM_USE_AITER: '1', PYTORCH_ROCM_ARCH: 'gfx1151' } };
+    expect((await checkWheels(aiterOn)).warnings).toHaveLength(5);
+    const skipped = await checkWheels({ ...aiterOn, skipTraps: ['amdsmi', 'c-compiler', 'python-headers', 'aiter'] });
+    expect(skipped.warnings).toEqual([expect.stringMatching(/libstdc\+\+/)]);
   });
 });

@@ -126,19 +126,53 @@ describe.runIf(tools('nix-build', 'nix-store'))('the image Python', () => {
   });
 });
 
+/** A distribution as the checks see one (a wheel being installed). */
+function dist(name: string, version: string) {
+  return { name, version, requiresDist: [], source: `${name}-${version}-py3-none-any.whl`, wheel: true };
+}
+const VLLM_ROCM = dist('vllm', '0.12.0+rocm711');
+
 describe.runIf(tools('nix-build', 'nix-store'))('trap warnings', () => {
-  it('warns when the image lacks libstdc++/libgcc_s, amdsmi, a C compiler and Python headers', async () => {
+  it('warns when an image with vLLM on ROCm lacks libstdc++/libgcc_s, amdsmi, a C compiler and Python headers', async () => {
     const { index, python } = await inspect([p.bare!]);
-    const warnings = checkTraps({ index, python: python(), distributions: [] });
+    const warnings = checkTraps({ index, python: python(), distributions: [VLLM_ROCM] });
     expect(warnings.map((w) => w.trap)).toEqual(['cxx-runtime', 'amdsmi', 'c-compiler', 'python-headers']);
     expect(warnings[0]!.message).toMatch(/no libstdc\+\+\.so\.6 or libgcc_s\.so\.1 in a lib directory/);
-    expect(warnings[1]!.message).toMatch(/Python 3\.11 cannot import amdsmi/);
+    expect(warnings[1]!.message).toMatch(/Python 3\.11 cannot import amdsmi: vllm 0\.12\.0\+rocm711 detects the ROCm platform/);
+    expect(warnings[2]!.message).toMatch(/no C compiler .*Triton, which vllm 0\.12\.0\+rocm711 uses/);
     expect(warnings[3]!.message).toMatch(/no include\/python3\.11\/Python\.h/);
+    // Each names the recipe key that turns it off.
+    for (const w of warnings) expect(w.message.endsWith(`[checks.skipTraps: "${w.trap}"]`)).toBe(true);
+  });
+
+  it('says nothing of vLLM or Triton to an image that has neither (torch, numpy, a server)', async () => {
+    const { index, python } = await inspect([p.bare!]);
+    const distributions = [dist('torch', '2.9.1+rocm7.1'), dist('numpy', '2.1.0'), dist('fastapi', '0.115.4')];
+    expect(checkTraps({ index, python: python(), distributions, env: { ROCM_HOME: '/opt/rocm' } }).map((w) => w.trap)).toEqual(['cxx-runtime']);
+  });
+
+  it('warns of the compiler and headers, not amdsmi, for Triton alone (triton, pytorch-triton-rocm)', async () => {
+    const { index, python } = await inspect([p.bare!, p.cxx!]);
+    for (const triton of [dist('triton', '3.5.0'), dist('pytorch-triton-rocm', '3.5.0')]) {
+      const warnings = checkTraps({ index, python: python(), distributions: [triton] });
+      expect(warnings.map((w) => w.trap), triton.name).toEqual(['c-compiler', 'python-headers']);
+      expect(warnings[0]!.message).toContain(`Triton, which ${triton.name} 3.5.0 uses`);
+    }
+  });
+
+  it('asks for amdsmi only when the vLLM image shows ROCm (a +rocm version, pytorch-triton-rocm or ROCM_* in its env)', async () => {
+    const { index, python } = await inspect([p.bare!, p.cxx!, p.cc!]);
+    const traps = (distributions: ReturnType<typeof dist>[], env?: Record<string, string>) =>
+      checkTraps({ index, python: python(), distributions, env, skip: ['python-headers'] }).map((w) => w.trap);
+    expect(traps([dist('vllm', '0.12.0')])).toEqual([]);
+    expect(traps([dist('vllm', '0.12.0')], { ROCM_PATH: '/opt/rocm' })).toEqual(['amdsmi']);
+    expect(traps([dist('vllm', '0.12.0'), dist('pytorch-triton-rocm', '3.5.0')])).toEqual(['amdsmi']);
+    expect(traps([dist('vllm', '0.12.0'), dist('torch', '2.9.1+rocm7.1.1')])).toEqual(['amdsmi']);
   });
 
   it('is quiet when the closure has them all (amdsmi as a site-packages symlink, as nixpkgs installs it)', async () => {
     const { index, python } = await inspect([p.env!, p.pkgs!, p.cxx!, p.cc!]);
-    expect(checkTraps({ index, python: python(), distributions: [] })).toEqual([]);
+    expect(checkTraps({ index, python: python(), distributions: [VLLM_ROCM] })).toEqual([]);
   });
 
   it('counts amdsmi from a wheel, and honours skipped traps', async () => {
@@ -147,7 +181,7 @@ describe.runIf(tools('nix-build', 'nix-store'))('trap warnings', () => {
     const warnings = checkTraps({
       index,
       python: py,
-      distributions: [],
+      distributions: [VLLM_ROCM],
       wheelFiles: [`${py.sitePackages[0]}/amdsmi/__init__.py`],
       skip: ['c-compiler'],
     });
@@ -156,6 +190,28 @@ describe.runIf(tools('nix-build', 'nix-store'))('trap warnings', () => {
 
   it('does not count amdsmi built for another Python version', async () => {
     const { index, python } = await inspect([p.other!, p.pkgs!]);
-    expect(checkTraps({ index, python: python(), distributions: [] }).map((w) => w.trap)).toContain('amdsmi');
+    expect(checkTraps({ index, python: python(), distributions: [VLLM_ROCM] }).map((w) => w.trap)).toContain('amdsmi');
+  });
+
+  it('warns of VLLM_ROCM_USE_AITER=1 without an aiter module, or on a gfx1xxx target; not when it can act', async () => {
+    const { index, python } = await inspect([p.env!, p.pkgs!, p.cxx!, p.cc!]);
+    const py = python();
+    const aiterFiles = [`${py.sitePackages[0]}/aiter/__init__.py`];
+    const aiter = (env: Record<string, string>, wheelFiles: string[] = []) =>
+      checkTraps({ index, python: py, distributions: [VLLM_ROCM], env, wheelFiles }).filter((w) => w.trap === 'aiter').map((w) => w.message);
+
+    expect(aiter({ VLLM_ROCM_USE_AITER: '1' })).toEqual([
+      'VLLM_ROCM_USE_AITER=1 does nothing here: the image has no aiter module, so vLLM ignores it (set VLLM_ROCM_USE_AITER=0) [checks.skipTraps: "aiter"]',
+    ]);
+    expect(aiter({ VLLM_ROCM_USE_AITER: 'True', PYTORCH_ROCM_ARCH: 'gfx1151' }, aiterFiles)).toEqual([
+      'VLLM_ROCM_USE_AITER=True does nothing here: AITER is built for gfx942/gfx950 only and the image targets PYTORCH_ROCM_ARCH=gfx1151 (set VLLM_ROCM_USE_AITER=0) [checks.skipTraps: "aiter"]',
+    ]);
+    expect(aiter({ VLLM_ROCM_USE_AITER: '1', HSA_OVERRIDE_GFX_VERSION: '11.0.0' }, aiterFiles)[0]).toContain('targets HSA_OVERRIDE_GFX_VERSION=11.0.0');
+    // aiter present and a gfx9 target among the image's: it can act; off or unset: nothing to say.
+    expect(aiter({ VLLM_ROCM_USE_AITER: '1', PYTORCH_ROCM_ARCH: 'gfx942;gfx1151' }, aiterFiles)).toEqual([]);
+    expect(aiter({ VLLM_ROCM_USE_AITER: '1', HSA_OVERRIDE_GFX_VERSION: '9.4.2' }, aiterFiles)).toEqual([]);
+    expect(aiter({ VLLM_ROCM_USE_AITER: '0', PYTORCH_ROCM_ARCH: 'gfx1151' })).toEqual([]);
+    expect(aiter({ PYTORCH_ROCM_ARCH: 'gfx1151' })).toEqual([]);
+    expect(checkTraps({ index, python: py, distributions: [VLLM_ROCM], env: { VLLM_ROCM_USE_AITER: '1' }, skip: ['aiter'] })).toEqual([]);
   });
 });

@@ -8,18 +8,29 @@ import { loadRecipe } from '../../../src/recipe/load.js';
 const recipeDir = fileURLToPath(new URL('../../../layers/vllm-rocm/', import.meta.url));
 const opsDir = fileURLToPath(new URL('../../../ops/', import.meta.url));
 
-describe('vllm-rocm image.json', () => {
+describe('vllm-rocm image.json (Python 3.12) and image.py311.json', () => {
   const recipe = loadRecipe(`${recipeDir}image.json`);
+  const py311 = loadRecipe(`${recipeDir}image.py311.json`);
 
-  it('passes the recipe schema and sets the environment the wrapper and ROCm read', () => {
-    expect(recipe.env).toMatchObject({
+  it('passes the recipe schema and sets the environment the wrapper and ROCm read, right for gfx1151', () => {
+    expect(recipe.env).toEqual({
+      PATH: '/bin',
+      SSL_CERT_FILE: '/etc/ssl/certs/ca-bundle.crt',
       ROCM_HOME: '{{rocm}}',
+      ROCM_PATH: '{{rocm}}',
       LD_LIBRARY_PATH: '{{rocm}}/lib',
       HIP_VISIBLE_DEVICES: '0',
-      HSA_OVERRIDE_GFX_VERSION: '11.0.0',
+      // gfx1151 is supported natively from ROCm 7.0.2: no HSA_OVERRIDE_GFX_VERSION (11.0.0 would spoof gfx1100).
+      PYTORCH_ROCM_ARCH: 'gfx1151',
       VLLM_TARGET_DEVICE: 'rocm',
-      VLLM_ROCM_USE_AITER: '1',
+      // AITER is built for gfx942/gfx950 only.
+      VLLM_ROCM_USE_AITER: '0',
       VLLM_ROCM_USE_SKINNY_GEMM: '1',
+      // vLLM's docker/Dockerfile.rocm final stage, the ones that apply to one APU.
+      TOKENIZERS_PARALLELISM: 'false',
+      SAFETENSORS_FAST_GPU: '1',
+      HIP_FORCE_DEV_KERNARG: '1',
+      PYTORCH_NVML_BASED_CUDA_CHECK: '1',
       VLLM_HOST: '0.0.0.0',
       VLLM_PORT: '8000',
       GPU_MEM_UTIL: '0.48',
@@ -28,16 +39,23 @@ describe('vllm-rocm image.json', () => {
     });
   });
 
-  it('runs the vllm-server wrapper on 8000/tcp with /models, labels, a health check and the two wheels', () => {
+  it('runs the vllm-server wrapper on 8000/tcp with /models, labels, a health check and the two cp312 wheels', () => {
     expect(recipe.entrypoint).toEqual(['{{vllm-server}}/bin/vllm-server']);
     expect(recipe.ports).toEqual(['8000/tcp']);
     expect(recipe.volumes).toEqual(['/models']);
     expect(recipe.labels).toMatchObject({
-      'org.opencontainers.image.description': 'vLLM with ROCm support (Nix-built)',
+      'org.opencontainers.image.description': 'vLLM with ROCm support (Nix-built), Python 3.12, for gfx1151 (Strix Halo)',
       'org.opencontainers.image.vendor': 'Cortex Project',
     });
     expect(recipe.healthcheck?.test).toEqual(['CMD', 'curl', '-fsS', 'http://localhost:8000/health']);
-    expect(recipe.wheels).toEqual(['torch-2.9.1-cp311-cp311-linux_x86_64.whl', 'vllm-0.12.0+rocm711-cp311-cp311-linux_x86_64.whl']);
+    expect(recipe.wheels).toEqual(['torch-2.9.1-cp312-cp312-linux_x86_64.whl', 'vllm-0.12.0+rocm711-cp312-cp312-linux_x86_64.whl']);
+  });
+
+  it('differs for Python 3.11 only in its wheels, tag and description', () => {
+    expect(py311.wheels).toEqual(['torch-2.9.1-cp311-cp311-linux_x86_64.whl', 'vllm-0.12.0+rocm711-cp311-cp311-linux_x86_64.whl']);
+    expect(py311.tag).toBe(`${recipe.tag}-py311`);
+    const rest = (r: typeof recipe) => ({ ...r, wheels: undefined, tag: undefined, labels: { ...r.labels, 'org.opencontainers.image.description': undefined } });
+    expect(rest(py311)).toEqual(rest(recipe));
   });
 });
 
@@ -54,10 +72,12 @@ let
     toPythonModule = d: d // { pythonModule = true; };
     wrapPython = drv "wrap-python-hook" { };
   };
-  python311 = drv "python3-3.11.9" {
+  pythonOf = version: drv "python3-\${version}" {
     pkgs = ps;
-    withPackages = f: drv "python3-3.11.9-env" { packages = f ps; };
+    withPackages = f: drv "python3-\${version}-env" { packages = f ps; };
   };
+  python311 = pythonOf "3.11.9";
+  python312 = pythonOf "3.12.8";
   rocmNames = [ "rocm-core" "rocm-runtime" "rocm-comgr" "rocm-device-libs" "clr" "rocminfo" "rocm-smi" "rocblas" "hipblas"
     "hipblas-common" "hipblaslt" "rocsolver" "hipsolver" "rocsparse" "hipsparse" "rocrand" "hiprand" "rocfft" "hipfft"
     "miopen" "rccl" "roctracer" "rocprofiler-register" ];
@@ -69,7 +89,7 @@ in
 simple [ "glibc" "zlib" "zstd" "libdrm" "numactl" "elfutils" "libffi" "openssl" "bzip2" "xz" "bashInteractive" "coreutils" "curl" "cacert" ]
 // {
   lib = { concatMap = f: l: builtins.concatLists (map f l); };
-  inherit python311 rocmPackages;
+  inherit python311 python312 rocmPackages;
   stdenv = { cc = drv "gcc-wrapper-14" { cc = { lib = drv "gcc-14-lib" { }; }; }; };
   symlinkJoin = args: drv args.name args;
   writeShellScriptBin = name: text: drv name { inherit text; };
@@ -82,9 +102,9 @@ describe.runIf(tools('nix-instantiate'))('vllm-rocm closure.nix', () => {
     execFileSync('nix-instantiate', ['--parse', `${recipeDir}closure.nix`], { stdio: ['ignore', 'ignore', 'pipe'] });
   });
 
-  it('evaluates to the runtime env image.json names, with the wrapper built from vllm-server.sh', () => {
+  const evaluate = (args: string) => {
     const expr = `
-      let r = import ${recipeDir}closure.nix { pkgs = ${STUB_PKGS}; };
+      let r = import ${recipeDir}closure.nix ({ pkgs = ${STUB_PKGS}; } // ${args});
       in {
         name = r.name;
         paths = map (p: p.name) r.paths;
@@ -93,9 +113,14 @@ describe.runIf(tools('nix-instantiate'))('vllm-rocm closure.nix', () => {
         server = r.passthru.vllmServer.name;
         wrapper = r.passthru.vllmServer.text;
         python = map (p: p.name) r.passthru.pythonEnv.packages;
+        pythonVersion = r.passthru.pythonVersion;
         amdsmiPython = (builtins.elemAt (builtins.filter (p: p ? pythonModule) r.passthru.pythonEnv.packages) 0).python;
       }`;
-    const run = spawnSync('nix-instantiate', ['--eval', '--strict', '--json', '-E', expr], { encoding: 'utf8' });
+    return spawnSync('nix-instantiate', ['--eval', '--strict', '--json', '-E', expr], { encoding: 'utf8' });
+  };
+
+  it('evaluates to the runtime env image.json names, with Python 3.12 and the wrapper built from vllm-server.sh', () => {
+    const run = evaluate('{ }');
     expect(run.status, run.stderr).toBe(0);
     const result = JSON.parse(run.stdout);
     // image.json's {{vllm-rocm-runtime}}-style names: copyToRoot, {{vllm-server}}, {{rocm}}.
@@ -104,16 +129,31 @@ describe.runIf(tools('nix-instantiate'))('vllm-rocm closure.nix', () => {
     expect(result.name).toBe('vllm-rocm-runtime');
     expect(result.server).toBe('vllm-server');
     expect(result.rocm).toBe('rocm');
-    expect(result.paths).toEqual(expect.arrayContaining(['python3-3.11.9-env', 'vllm-server', 'rocm', 'bashInteractive', 'coreutils', 'curl', 'cacert', 'gcc-wrapper-14', 'gcc-14-lib']));
+    expect(result.pythonVersion).toBe('3.12');
+    expect(result.paths).toEqual(expect.arrayContaining(['python3-3.12.8-env', 'vllm-server', 'rocm', 'bashInteractive', 'coreutils', 'curl', 'cacert', 'gcc-wrapper-14', 'gcc-14-lib']));
     expect(result.rocmPaths).toEqual(expect.arrayContaining(['rocm-core', 'clr', 'rocblas', 'hipblaslt', 'amdsmi-7.1.1']));
     // amdsmi is rebuilt for the image's Python and made importable from its env.
-    expect(result.amdsmiPython).toBe('python3-3.11.9');
+    expect(result.amdsmiPython).toBe('python3-3.12.8');
     expect(result.python).toEqual(['filelock', 'typing-extensions', 'fastapi', 'uvicorn', 'pydantic', 'numpy', 'transformers', 'amdsmi-7.1.1']);
     // Names the stand-in nixpkgs lacks are left out with a trace, not an evaluation error.
-    expect(run.stderr).toMatch(/vllm-rocm: nixpkgs has no python311Packages\.prometheus-fastapi-instrumentator; left out/);
+    expect(run.stderr).toMatch(/vllm-rocm: nixpkgs has no python312Packages\.prometheus-fastapi-instrumentator; left out/);
     // The wrapper: VLLM_PYTHON defaults to the env's python3, then the very same script.
     const script = readFileSync(`${recipeDir}vllm-server.sh`, 'utf8');
-    expect(result.wrapper).toBe(`export VLLM_PYTHON="\${VLLM_PYTHON:-/nix/store/00000000000000000000000000000000-python3-3.11.9-env/bin/python3}"\n${script}\n`);
+    expect(result.wrapper).toBe(`export VLLM_PYTHON="\${VLLM_PYTHON:-/nix/store/00000000000000000000000000000000-python3-3.12.8-env/bin/python3}"\n${script}\n`);
+  });
+
+  it('takes python = "3.11" for wheels built for it, and refuses a Python it has no wheels for', () => {
+    const run = evaluate('{ python = "3.11"; }');
+    expect(run.status, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout);
+    expect(result.pythonVersion).toBe('3.11');
+    expect(result.paths).toContain('python3-3.11.9-env');
+    expect(result.amdsmiPython).toBe('python3-3.11.9');
+    expect(run.stderr).toMatch(/nixpkgs has no python311Packages\.prometheus-fastapi-instrumentator/);
+
+    const bad = evaluate('{ python = "3.13"; }');
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toContain('vllm-rocm closure.nix: python = "3.13" is not supported; use "3.12" (vLLM\'s ROCm wheels) or "3.11"');
   });
 });
 
