@@ -221,9 +221,10 @@ class WorkOutput implements ImageOutput {
   }
 
   async finish(image: Image): Promise<void> {
-    if (!this.stream) return;
-    // A stream cannot be taken back: blobs from the cache are checked before the first byte goes out.
+    // A stream cannot be taken back, and a registry refuses a blob whose bytes are not its digest:
+    // blobs from the cache are checked (and made again if damaged) before anything goes out.
     await verifyBlobs(image.layers, this.hashes);
+    if (!this.stream) return;
     await writeArchiveTar(archiveEntries(image, this.stream.format), this.stream.stdout).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'EPIPE') throw new UserError('standard output was closed before the archive was written', { cause: err });
       throw err;
