@@ -26,6 +26,8 @@ export const INTEGRATION_FILES = [
   'test/rootfs/root-layer.nix.test.ts',
   'test/wheels/container.test.ts',
   'test/wheels/install.test.ts',
+  'test/wheels/lock.test.ts',
+  'test/wheels/problems-cli.test.ts',
   'test/wheels/split.test.ts',
   'test/wheels/verify.test.ts',
   'test/wheels/wheel-info.test.ts',
