@@ -5,16 +5,21 @@ import { join } from 'node:path';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { CACHE_FORMAT_VERSION } from '../layer/format.js';
+import { digestHex } from '../model/manifest.js';
 
 /**
- * The on-disk cache: content-addressed blobs and small JSON entries naming them.
+ * The on-disk cache: content-addressed blobs and small JSON entries naming them, under a folder of the
+ * format version (`v3/`), so a new format starts afresh beside an old one.
  *
- *   <dir>/v2/blobs/<sha256 hex>      a gzip member (or raw tar segment) or a whole layer blob
- *   <dir>/v2/parts/<key>.json        a store path's part:   { digest, size, tarSize, storePath, blob?, offset? }
- *   <dir>/v2/layers/<key>.json       a composed layer:      { digest, size, diffId, uncompressedSize, parts, frame }
- *   <dir>/v2/wheels/<key>.json       a wheel's layer:       { digest, size, diffId, uncompressedSize, facts }
+ *   <dir>/v3/blobs/<sha256 hex>     a blob: a store path's part (a whole one-path layer), or a wheel's layer
+ *   <dir>/v3/parts/<key>.json       a store path's part:  { blob, offset, size, tarSize, storePath }
+ *   <dir>/v3/layers/<key>.json      a composed layer:     { digest, size, diffId, uncompressedSize, parts, frame }
+ *   <dir>/v3/wheels/<key>.json      a wheel's layer:      { digest, size, diffId, uncompressedSize, facts }
+ *   <dir>/v3/inputs/<key>.json      what was read from an unchanged input file (an export's index, a wheel's facts)
+ *   <dir>/v3/listings/<key>.json    a store path's file listing for the wheel checks
  *   (each entry file is { sum, value }: sum is the sha256 of the value's JSON)
- *   <dir>/v2/tmp/                    files being written (renamed into place when complete)
+ *   <dir>/v3/tmp/                   files being written (renamed into place when complete)
+ *   <dir>/v3/builds/<pid>-…/        a running build's work directory (cached blobs hard-linked in)
  *
  * Every file appears by rename, so readers see none or all of it; two builds writing the same entry
  * write the same bytes. Readers never trust a blob: they check its size and sha256 while using it.
@@ -144,10 +149,7 @@ export function unwrapEntry(stored: unknown): unknown {
   return sum === stored.sum ? stored.value : null;
 }
 
-export function digestHex(digest: string): string {
-  if (!/^sha256:[0-9a-f]{64}$/.test(digest)) throw new Error(`not a sha256 digest: ${digest}`);
-  return digest.slice(7);
-}
+export { digestHex };
 
 export const isDigest = (v: unknown): v is string => typeof v === 'string' && /^sha256:[0-9a-f]{64}$/.test(v);
 export const isSize = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;

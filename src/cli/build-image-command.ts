@@ -3,7 +3,7 @@ import { dirname, resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import { addRecipeOptions, recipeOverridesFrom } from './recipe-options.js';
 import { OUTPUT_FORMATS, parseOutputFormat } from '../model/formats.js';
-import type { Compression } from '../layer/format.js';
+import { COMPRESSIONS, type Compression } from '../layer/format.js';
 import type { PlanStrategy } from '../plan/plan.js';
 import { UserError } from '../util/errors.js';
 import { collect, sizeFlag, wholeNumberFlag } from './flags.js';
@@ -20,7 +20,7 @@ export function buildImageCommand(): Command {
     .option('-o, --output <path>', 'where to write the image; - for standard output (optional with --push)')
     .addOption(new Option('--format <format>', 'output format').choices(OUTPUT_FORMATS).default('oci-archive'))
     .addOption(new Option('-t, --tag <name:tag>', 'name to record in the archive (repeatable); default: the recipe\'s name and tag').argParser(collect))
-    .addOption(new Option('--compression <kind>', 'layer compression (default: the recipe\'s, else gzip)').choices(['gzip', 'none']))
+    .addOption(new Option('--compression <kind>', 'layer compression (default: the recipe\'s, else gzip)').choices(COMPRESSIONS))
     .option('--max-layers <n>', 'most layers the image may have (default: the recipe\'s, else 100)')
     .addOption(new Option('--layer-strategy <strategy>', 'how store paths share layers (default: the recipe\'s, else size-aware)').choices(['size-aware', 'popularity']))
     .addOption(new Option('--wheel <file...>', 'Python wheels to install: files, or directories (every *.whl in each); repeatable; adds to the recipe\'s'))

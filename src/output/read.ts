@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../model/assemble.js';
 import { compressionOf, MediaTypes, type Descriptor, type Image, type Layer } from '../model/image.js';
-import { CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION, type DockerArchiveManifestEntry } from './layout.js';
+import { blobPath, CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION, type DockerArchiveManifestEntry } from './layout.js';
 import { configMediaType, digestHex, formatOfManifest, serializeManifest, sha256Digest } from '../model/manifest.js';
 import { sameImageName } from '../model/reference.js';
 import { indexTar, type TarMember } from '../tar/reader.js';
@@ -52,7 +52,7 @@ interface Store {
 async function tarStore(file: string): Promise<Store> {
   const members = await indexTar(file);
   const regular = (name: string): TarMember | undefined => {
-    const member = members.get(normalizeName(name));
+    const member = members.get(memberName(name));
     return member?.type === 'file' ? member : undefined;
   };
   return {
@@ -127,11 +127,11 @@ function parseJson<T>(bytes: Buffer, where: string): T {
 }
 
 /** manifest.json may name files `./<name>`; archives index them without the prefix. */
-function normalizeName(name: string): string {
+function memberName(name: string): string {
   return name.replace(/^(\.\/)+/, '');
 }
 
-const blobName = (digest: string) => `blobs/sha256/${digestHex(digest)}`;
+const blobName = blobPath;
 
 function checkDescriptor(value: unknown, where: string): Descriptor {
   const d = value as Partial<Descriptor> | null;

@@ -1,3 +1,4 @@
+import { COMPRESSIONS } from '../layer/format.js';
 import { TRAP_NAMES, type TrapName } from '../wheels/checks/traps.js';
 
 /**
@@ -122,7 +123,7 @@ export interface RecipeChecks {
 export const ARCHITECTURES = ['amd64', 'arm64', 'arm', '386', 'ppc64le', 's390x', 'riscv64', 'mips64le', 'loong64'] as const;
 export type Architecture = (typeof ARCHITECTURES)[number];
 
-export const COMPRESSIONS = ['gzip', 'none'] as const;
+export { COMPRESSIONS };
 export const LAYER_STRATEGIES = ['size-aware', 'popularity'] as const;
 export type RecipeLayerStrategy = (typeof LAYER_STRATEGIES)[number];
 export type RecipeCompression = (typeof COMPRESSIONS)[number];

@@ -21,6 +21,7 @@ export interface WheelFileName {
 }
 
 /** PEP 503 normalization: runs of `-`, `_`, `.` become one `-`, lowercased. */
+/** A project name in PEP 503's normal form: lowercase, runs of `-`, `_`, `.` as one `-`. */
 export function normalizeName(name: string): string {
   return name.replace(/[-_.]+/g, '-').toLowerCase();
 }

@@ -1,4 +1,5 @@
 import { satisfies, valid, validRange } from '@renovatebot/pep440';
+import { normalizeName } from '../filename.js';
 
 /**
  * PEP 508 dependency specifiers, as found in a wheel's `Requires-Dist`:
@@ -78,9 +79,7 @@ export class Pep508Error extends Error {
 }
 
 /** PEP 503 normalised name: lower case, runs of `-`, `_`, `.` as one `-`. */
-export function normalizeName(name: string): string {
-  return name.toLowerCase().replace(/[-_.]+/g, '-');
-}
+export { normalizeName };
 
 /** Parses one requirement; throws {@link Pep508Error} naming the column where it went wrong. */
 export function parseRequirement(text: string): Requirement {
