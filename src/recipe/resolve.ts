@@ -3,7 +3,7 @@ import type { ImageConfigSpec } from '../model/config.js';
 import type { Closure } from '../nix/types.js';
 import type { RootSpec } from '../rootfs/root-layer.js';
 import { UserError } from '../util/errors.js';
-import { parseMode } from './check.js';
+import { parseMode, trimSlashes } from './check.js';
 import type { Recipe } from './schema.js';
 import { matchStorePaths, storePathName, suggestStoreName } from './store-names.js';
 
@@ -102,7 +102,7 @@ function imageUsers(recipe: Recipe): RootSpec['users'] {
   return (recipe.users ?? []).map((user) => {
     const group = named.get(user.gid) ?? user.name;
     named.set(user.gid, group);
-    return { name: user.name, uid: user.uid, gid: user.gid, group, home: user.home ?? `/home/${user.name}`, shell: user.shell ?? '/bin/sh' };
+    return { name: user.name, uid: user.uid, gid: user.gid, group, home: trimSlashes(user.home ?? `/home/${user.name}`), shell: user.shell ?? '/bin/sh' };
   });
 }
 

@@ -2,7 +2,7 @@ import type { LayerSource, TarEntry } from '../layer/types.js';
 import type { Closure, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../recipe/store-names.js';
 import { UserError } from '../util/errors.js';
-import { groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
+import { checkImageUsers, groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
 import { GENERATED, LOWER_LAYERS, RootTree, STORE_LAYERS } from './root-tree.js';
 import { ClosureTrees } from './closure-trees.js';
 import { compareBytes, findEntries, readNarForListing, type NarWalker, type StoreTree } from './store-tree.js';
@@ -51,6 +51,8 @@ const COLLISIONS_SHOWN = 3;
  * some store path does (see `shellLinkTargets`). Store paths are read for their names only.
  */
 export function rootLayerSource(closure: Closure, spec: RootSpec, options: RootLayerOptions = {}): RootLayer {
+  // Before any layer is made: a bad field would add accounts to /etc/passwd, a bad home hand a system directory to a user.
+  checkImageUsers([ROOT_USER, ...spec.users], spec.lowerLayerDirectories ?? []);
   const infos = spec.copyToRoot.map((path) => {
     const info = closure.paths.get(path);
     if (!info) throw new UserError(`copyToRoot: ${path} is not in the closure`);
