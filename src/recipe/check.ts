@@ -3,6 +3,7 @@ import { UserError } from '../util/errors.js';
 import type { Recipe } from './schema.js';
 import { homeProblem, passwdPathProblem } from '../rootfs/nss.js';
 import { DEFAULT_PYTHON_PREFIX } from './resolve.js';
+import { whiteoutInPath } from '../tar/whiteout.js';
 
 /** Files the image-root layer writes itself; a recipe directory cannot take their place. */
 export const GENERATED_FILES = ['/etc/passwd', '/etc/group', '/etc/nsswitch.conf'] as const;
@@ -66,6 +67,11 @@ export function checkRecipe(recipe: Recipe, where: string): void {
     gidGroups.set(user.gid, user.group);
   });
 
+  if (recipe.python?.prefix !== undefined) {
+    const whiteout = whiteoutInPath(recipe.python.prefix);
+    if (whiteout) fail(`/python/prefix: ${JSON.stringify(whiteout.component)} ${whiteout.problem}`);
+  }
+
   const directories = new Map<string, number>();
   recipe.directories?.forEach((directory, i) => {
     const path = checkImagePath(directory.path, `/directories/${i}/path`, fail);
@@ -114,6 +120,8 @@ function checkImagePath(path: string, pointer: string, fail: (message: string) =
   if (posix.normalize(trimmed) !== trimmed) fail(`${pointer}: ${path} is not a normalised path (no //, . or ..)`);
   if (trimmed === '/') fail(`${pointer}: cannot be / itself`);
   if (trimmed === '/nix' || trimmed.startsWith('/nix/')) fail(`${pointer}: ${path} is inside /nix, which the store layers own`);
+  const whiteout = whiteoutInPath(trimmed);
+  if (whiteout) fail(`${pointer}: ${JSON.stringify(whiteout.component)} ${whiteout.problem}`);
   return trimmed;
 }
 

@@ -11,6 +11,7 @@ import { Readable } from 'node:stream';
 import { createInflateRaw, inflateRawSync } from 'node:zlib';
 import yauzl from 'yauzl';
 import { UserError } from '../util/errors.js';
+import { whiteoutInPath } from '../tar/whiteout.js';
 import { BlockRandomAccessReader, BlockReader } from './block-reader.js';
 
 export interface ZipEntry {
@@ -206,6 +207,8 @@ function nameProblem(name: string): string | null {
   const parts = name.split('/');
   if (parts.includes('..')) return 'contains "..": it would escape the install directory';
   if (parts.some((p) => p === '' || p === '.')) return 'has an empty or "." path component';
+  const whiteout = whiteoutInPath(name);
+  if (whiteout) return `has a component ${JSON.stringify(whiteout.component)} that ${whiteout.problem}`;
   return null;
 }
 
