@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Command, CommanderError } from 'commander';
 
 const [outDir, ...args] = process.argv.slice(2);
-const { pushCommand } = await import(join(outDir, 'registry', 'push-command.js'));
+const { pushCommand } = await import(join(outDir, 'cli', 'push-command.js'));
 const { isUserError } = await import(join(outDir, 'util', 'errors.js'));
 const program = new Command().name('nix2oci').exitOverride().addCommand(pushCommand());
 try {
