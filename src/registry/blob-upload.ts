@@ -2,6 +2,7 @@ import { Readable } from 'node:stream';
 import type { Blob } from '../model/image.js';
 import { UserError } from '../util/errors.js';
 import { describeFailure, type RegistryClient } from './client.js';
+import { shownDigest } from './secrets.js';
 import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
 import { describeNetworkError, firstHeader, type HttpResponse } from './transport.js';
 
@@ -235,7 +236,7 @@ class BlobUpload {
     await res.body.dump();
     const stored = firstHeader(res.headers, 'docker-content-digest');
     if (stored && stored !== this.digest) {
-      throw new UserError(`${this.where()} stored blob ${this.digest} as ${stored}: the blob file does not match its digest`);
+      throw new UserError(`${this.where()} stored blob ${this.digest} as ${shownDigest(stored)}: the blob file does not match its digest`);
     }
     this.offset = this.size;
   }
@@ -308,13 +309,13 @@ class BlobUpload {
     // 400/404/416 on an upload mean the session went bad (e.g. a partly written chunk): start over.
     if (isRetriableStatus(status) || status === 400 || status === 404 || status === 416) {
       const retryAfter = parseRetryAfter(firstHeader(res.headers, 'retry-after'));
-      return new TransientFailure(`${doing}: ${await describeFailure(res)}`, retryAfter);
+      return new TransientFailure(`${doing}: ${await describeFailure(res, this.client.secrets)}`, retryAfter);
     }
     return this.refusal(res, doing);
   }
 
   private async refusal(res: HttpResponse, doing: string): Promise<UserError> {
-    const detail = await describeFailure(res);
+    const detail = await describeFailure(res, this.client.secrets);
     const hint =
       res.status === 401 || res.status === 403
         ? ` (${this.client.auth.describeIdentity()} has no push access)`

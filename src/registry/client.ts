@@ -1,6 +1,7 @@
 import type { Agent } from 'undici';
 import { UserError } from '../util/errors.js';
 import { RegistryAuth } from './auth.js';
+import { oneLine, Secrets } from './secrets.js';
 import type { Credentials } from './credentials.js';
 import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
 import {
@@ -36,7 +37,8 @@ export interface ConnectOptions {
   scopes: string[];
   tlsVerify: boolean;
   retry: RetryPolicy;
-  onSecret: (secret: string) => void;
+  /** Where issued tokens are registered, and what scrubs text the registry sends back. */
+  secrets?: Secrets;
   signal?: AbortSignal;
 }
 
@@ -52,6 +54,7 @@ export class RegistryClient {
     private readonly retryPolicy: RetryPolicy,
     private readonly allowPlainHttp: boolean,
     private readonly signal: AbortSignal | undefined,
+    readonly secrets: Secrets,
   ) {}
 
   /**
@@ -61,23 +64,24 @@ export class RegistryClient {
    */
   static async connect(options: ConnectOptions): Promise<RegistryClient> {
     const { registry, endpoint, agent, tlsVerify, signal } = options;
+    const secrets = options.secrets ?? new Secrets();
     const auth = new RegistryAuth({
       registry,
       credentials: options.credentials,
       scopes: options.scopes,
       agent,
       retry: options.retry,
-      onSecret: options.onSecret,
+      secrets,
       allowHttp: !tlsVerify,
       signal,
     });
-    let client = new RegistryClient(registry, new URL(`https://${endpoint}/`), agent, auth, options.retry, !tlsVerify, signal);
+    let client = new RegistryClient(registry, new URL(`https://${endpoint}/`), agent, auth, options.retry, !tlsVerify, signal, secrets);
     let ping: HttpResponse;
     try {
       ping = await client.ping();
     } catch (err) {
       if (tlsVerify || signal?.aborted || !isTlsProtocolError(err)) throw client.networkError(err);
-      client = new RegistryClient(registry, new URL(`http://${endpoint}/`), agent, auth, options.retry, true, signal);
+      client = new RegistryClient(registry, new URL(`http://${endpoint}/`), agent, auth, options.retry, true, signal, secrets);
       try {
         ping = await client.ping();
       } catch (plainErr) {
@@ -144,6 +148,7 @@ export class RegistryClient {
         authorization,
         authorizationOrigin: origin,
         allowPlainHttp: this.allowPlainHttp,
+        secrets: this.secrets,
         signal: this.signal,
       });
       return { res, sent: res.authorized ? authorization : undefined };
@@ -169,18 +174,30 @@ export class RegistryClient {
   }
 }
 
-/** `404 BLOB_UNKNOWN: blob unknown to registry` from a registry's error document, or just the status. */
-export async function describeFailure(res: HttpResponse): Promise<string> {
+/**
+ * `404 BLOB_UNKNOWN: blob unknown to registry` from a registry's error document, or just the status.
+ * The registry's words are text from outside: scrubbed of secrets (a registry may echo the Authorization
+ * header it got), on one line.
+ */
+export async function describeFailure(res: HttpResponse, secrets: Secrets): Promise<string> {
+  const { status, code, message } = await readFailure(res);
+  if (code === undefined) return `${status}`;
+  const detail = secrets.foreign(oneLine(`${code}${message ? `: ${message}` : ''}`).slice(0, 300));
+  return `${status} ${detail}`;
+}
+
+/** The status and the first error of a registry's error document (when it sent one). */
+export async function readFailure(res: HttpResponse): Promise<{ status: number; code?: string; message?: string }> {
   const text = await readText(res.body).catch(() => '');
   try {
     const doc = JSON.parse(text) as { errors?: Array<{ code?: unknown; message?: unknown }> };
     const first = doc.errors?.[0];
     if (first && typeof first.code === 'string') {
-      const message = typeof first.message === 'string' && first.message ? `: ${first.message}` : '';
-      return `${res.status} ${first.code}${message}`.slice(0, 300);
+      return { status: res.status, code: first.code, ...(typeof first.message === 'string' && first.message && { message: first.message }) };
     }
   } catch {
     // Not a registry error document.
   }
-  return `${res.status}`;
+  return { status: res.status };
 }
+

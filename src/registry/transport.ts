@@ -3,6 +3,7 @@ import { Agent, type Dispatcher } from 'undici';
 import type { TlsConnectOptions } from './tls.js';
 import { UserError } from '../util/errors.js';
 import { errorCode } from './retry.js';
+import { oneLine, type Secrets } from './secrets.js';
 
 /**
  * HTTP for a push: one undici Agent with keep-alive connections to every origin (registry, token
@@ -43,6 +44,8 @@ export interface HttpRequest {
   authorizationOrigin?: string;
   /** Whether a redirect may lead to plain http (only with --tls-verify=false). */
   allowPlainHttp?: boolean;
+  /** Scrubs what the server sent (a Location) before it goes into a message. */
+  secrets?: Secrets;
   signal?: AbortSignal;
 }
 
@@ -89,9 +92,17 @@ export async function send(agent: Dispatcher, request: HttpRequest): Promise<Htt
     }
     await res.body.dump();
     if (hop >= MAX_REDIRECTS) throw new UserError(`${request.url.origin} redirected ${request.method} ${request.url.pathname} more than ${MAX_REDIRECTS} times`);
-    url = new URL(location, url);
+    const shown = (u: URL | string) => {
+      const text = oneLine(typeof u === 'string' ? u : u.origin).slice(0, 200);
+      return request.secrets ? request.secrets.foreign(text) : text;
+    };
+    try {
+      url = new URL(location, url);
+    } catch {
+      throw new UserError(`${request.url.origin} redirected ${request.method} ${request.url.pathname} to an invalid location "${shown(location)}"`);
+    }
     if (url.protocol !== 'https:' && !(url.protocol === 'http:' && request.allowPlainHttp)) {
-      throw new UserError(`${request.url.origin} redirected to ${url.origin}, which is not https (allowed only with --tls-verify=false)`);
+      throw new UserError(`${request.url.origin} redirected to ${shown(url)}, which is not https (allowed only with --tls-verify=false)`);
     }
     // 303 (and, as browsers do, 301/302 after a POST) turn the request into a GET without a body.
     if (res.statusCode === 303 || ((res.statusCode === 301 || res.statusCode === 302) && method === 'POST')) {

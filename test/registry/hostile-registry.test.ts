@@ -1,0 +1,111 @@
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { pushImage, type PushOptions } from '../../src/registry/push.js';
+import { isUserError } from '../../src/util/errors.js';
+import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
+import { tools } from '../helpers/tools.js';
+import { capture } from './support/capture.js';
+import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { makePki, type TestPki } from './support/pki.js';
+import { randomLayer, writeTestImage, type TestImage } from './support/test-image.js';
+
+/**
+ * A registry that misbehaves on purpose, between the push and a real TLS registry with Basic auth:
+ * it echoes the credentials it got, hands out upload locations on other origins and on plain http,
+ * damages what it forwards, lies in its answers, and fails its /v2/ probe. Whatever it does, a push
+ * prints no secret, sends no credential or blob byte where it should not, and ends in one clear line.
+ */
+
+const CHUNK = 64 * 1024;
+
+describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () => {
+  let pki: TestPki;
+  let registry: RunningRegistry;
+  let proxy: FaultProxy;
+  let work: string;
+  let certDir: string;
+  let image: TestImage;
+  let repoCount = 0;
+  /** A long password, a short one and a one-character one, all valid logins. */
+  const logins = { long: ['tester', 'L0ng-Secret-Passw0rd'], short: ['shorty', 'Zq'], tiny: ['tiny', 'Q'] } as const;
+
+  beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'nix2oci-hostile-'));
+    pki = makePki();
+    certDir = join(work, 'certs.d');
+    mkdirSync(certDir);
+    writeFileSync(join(certDir, 'ca.crt'), pki.caCert);
+    const htpasswd = Object.values(logins)
+      .map(([user, password]) => execFileSync('htpasswd', ['-Bbn', user, password], { encoding: 'utf8' }).trim())
+      .join('\n');
+    registry = await startRegistry({ tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert }, htpasswd: `${htpasswd}\n` });
+    proxy = await startFaultProxy({ host: '127.0.0.1', port: registry.port, ca: pki.caCert, serverTls: { cert: pki.serverCert, key: pki.serverKey } });
+    // One blob of three chunks (PATCH uploads) and one small blob (a single PUT).
+    image = await writeTestImage(join(work, 'image'), { layers: [randomLayer('big', 2 * CHUNK + 500), randomLayer('small', 5000)] });
+  });
+  afterEach(() => {
+    proxy.rule = () => undefined;
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await registry?.stop();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  const freshRef = () => `${proxy.host}/hostile/repo${++repoCount}:latest`;
+  const options = (login: keyof typeof logins, extra: PushOptions = {}): PushOptions => ({
+    certDir,
+    creds: logins[login].join(':'),
+    stdout: null,
+    progress: 'quiet',
+    chunkSize: CHUNK,
+    retryDelayMs: 10,
+    env: { HOME: work },
+    ...extra,
+  });
+  const failure = async (push: Promise<unknown>): Promise<Error> => {
+    const err = await push.then(
+      () => new Error('the push succeeded'),
+      (e: unknown) => e as Error,
+    );
+    expect(isUserError(err), String(err)).toBe(true);
+    expect(err.message).not.toContain('\n');
+    return err;
+  };
+
+  describe('echoing the credentials it was sent', () => {
+    it.each(Object.keys(logins) as (keyof typeof logins)[])('prints no form of a %s password, on any retry line or in the error', async (login) => {
+      const [user, password] = logins[login];
+      const header = Buffer.from(`${user}:${password}`).toString('base64');
+      // Every upload request is answered with an echo; HEADs too, once, so the silent retries see it as well.
+      let heads = 0;
+      proxy.rule = ({ method, path }) =>
+        (method === 'PUT' || method === 'PATCH') && path.includes('/blobs/uploads/')
+          ? { kind: 'echo', status: 500 }
+          : method === 'HEAD' && ++heads === 1
+            ? { kind: 'echo', status: 503 }
+            : undefined;
+      const stderr = capture();
+      const err = await failure(pushImage(image, freshRef(), options(login, { retries: 2, progress: 'plain', stderr: stderr.stream })));
+      const printed = `${stderr.text()}\n${err.message}\n${err.stack}`;
+      // The retries were printed, each naming what the registry said, or withholding it.
+      expect(stderr.text().match(/retrying in/g)?.length).toBeGreaterThanOrEqual(2);
+      expect(err.message).toMatch(/failed after 3 attempts: .*500 /);
+      for (const form of [header, `${user}:${password}`, encodeURIComponent(`${user}:${password}`), Buffer.from(password).toString('base64').replace(/=+$/, '')]) {
+        expect(printed).not.toContain(form);
+      }
+      if (password.length >= 4) {
+        expect(printed).not.toContain(password);
+        expect(err.message).toContain('***');
+      } else {
+        // Too short to cut out: what the registry said is withheld whole, our own words stay.
+        expect(err.message).toContain('the rest of the message is withheld: it may hold a credential');
+        expect(err.message).not.toMatch(/you sent/);
+        expect(printed).not.toContain(`alone: ${password}`);
+      }
+    });
+  });
+});
