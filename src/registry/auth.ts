@@ -218,6 +218,7 @@ function tokenRequest(realm: URL, service: string | undefined, scopes: string[],
       url: realm,
       headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(body.length) },
       body: () => body,
+      credentialBody: true,
     };
   }
   const url = new URL(realm);

@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import type { Blob } from '../model/image.js';
 import { UserError } from '../util/errors.js';
 import { describeFailure, type RegistryClient } from './client.js';
-import { shownDigest } from './secrets.js';
+import { oneLine, shownDigest } from './secrets.js';
 import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
 import { describeNetworkError, firstHeader, type HttpResponse } from './transport.js';
 
@@ -298,9 +298,26 @@ class BlobUpload {
     }
   }
 
+  /**
+   * Where the registry says the upload goes on. It may be another origin (blob storage): no
+   * Authorization goes there; and it must stay https (checked when it is used, like every request).
+   */
   private locationOf(res: HttpResponse): URL | undefined {
     const location = firstHeader(res.headers, 'location');
-    return location ? new URL(location, res.url) : undefined;
+    if (!location) return undefined;
+    const shown = () => this.client.secrets.foreign(oneLine(location).slice(0, 200));
+    let url: URL;
+    try {
+      url = new URL(location, res.url);
+    } catch {
+      throw new UserError(`${this.where()} sent an invalid upload location "${shown()}" for blob ${this.digest}`);
+    }
+    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && this.client.plainHttpAllowed)) {
+      throw new UserError(
+        `${this.where()} sent an upload location that is not https (${this.client.secrets.foreign(oneLine(url.origin))}) for blob ${this.digest}: its bytes are not sent in clear (allowed only with --tls-verify=false)`,
+      );
+    }
+    return url;
   }
 
   /** A non-success status: transient (retry, resume) or a refusal that no retry will fix. */

@@ -161,6 +161,11 @@ export class RegistryClient {
     return (await attempt()).res;
   }
 
+  /** Whether requests may go over plain http (--tls-verify=false). */
+  get plainHttpAllowed(): boolean {
+    return this.allowPlainHttp;
+  }
+
   /** Whether the push this client serves was stopped (a failure elsewhere, or the caller's signal). */
   get aborted(): boolean {
     return this.signal?.aborted ?? false;

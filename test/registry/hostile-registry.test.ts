@@ -108,4 +108,48 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
       }
     });
   });
+
+  describe('handing out upload locations elsewhere', () => {
+    it('refuses an upload location on plain http: no blob byte goes out in clear', async () => {
+      const basic = `Basic ${Buffer.from(logins.long.join(':')).toString('base64')}`;
+      const clear = await startFaultProxy({ host: '127.0.0.1', port: registry.port, ca: pki.caCert, injectAuthorization: basic });
+      try {
+        proxy.rule = ({ method, path }) => (method === 'POST' && path.includes('/blobs/uploads/') ? { kind: 'relocate', to: clear.url } : undefined);
+        const ref = freshRef();
+        const err = await failure(pushImage(image, ref, options('long')));
+        expect(err.message).toMatch(
+          new RegExp(`^${proxy.host}/hostile/repo\\d+ sent an upload location that is not https \\(${clear.url}\\) for blob sha256:[0-9a-f]{64}: its bytes are not sent in clear \\(allowed only with --tls-verify=false\\)$`),
+        );
+        expect(clear.requests).toEqual([]);
+      } finally {
+        await clear.close();
+      }
+    });
+
+    it('follows an upload location on another https origin without sending it the Authorization header', async () => {
+      const basic = `Basic ${Buffer.from(logins.long.join(':')).toString('base64')}`;
+      // Stands for blob storage: it authorizes by its own means (here it adds the login itself).
+      const storage = await startFaultProxy({ host: '127.0.0.1', port: registry.port, ca: pki.caCert, serverTls: { cert: pki.serverCert, key: pki.serverKey }, injectAuthorization: basic });
+      try {
+        proxy.rule = ({ method, path }) => (method === 'POST' && path.includes('/blobs/uploads/') ? { kind: 'relocate', to: storage.url } : undefined);
+        const from = proxy.requests.length;
+        const result = await pushImage(image, freshRef(), options('long'));
+        expect(result.uploaded).toHaveLength(3);
+        const writes = storage.requests.filter((r) => r.method === 'PATCH' || r.method === 'PUT');
+        expect(writes.length).toBeGreaterThanOrEqual(3);
+        expect(storage.requests.every((r) => r.authorization === undefined)).toBe(true);
+        expect(proxy.requests.slice(from).filter((r) => r.method === 'PATCH' || (r.method === 'PUT' && r.path.includes('/blobs/')))).toEqual([]);
+      } finally {
+        await storage.close();
+      }
+    });
+
+    it('reports an upload location that is no URL in one line', async () => {
+      proxy.rule = ({ method, path }) =>
+        method === 'POST' && path.includes('/blobs/uploads/') ? { kind: 'answer', status: 202, headers: { location: 'https://[::1/x' } } : undefined;
+      const err = await failure(pushImage(image, freshRef(), options('long')));
+      expect(err.message).toMatch(/ sent an invalid upload location "https:\/\/\[::1\/x" for blob sha256:[0-9a-f]{64}$/);
+    });
+  });
 });
+
