@@ -24,8 +24,6 @@ export interface RegistryRequest extends Omit<HttpRequest, 'url' | 'authorizatio
   url: string | URL;
   /** Retry on 5xx/429/resets. Leave false for requests whose repetition needs the caller's care (uploads). */
   retry?: boolean;
-  /** Fewer attempts than the policy's (the ping: a registry that resets every connection is not flaky, it is refusing). */
-  attempts?: number;
 }
 
 export interface ConnectOptions {
@@ -101,15 +99,21 @@ export class RegistryClient {
         throw new UserError(`login to ${registry} failed: the registry refused ${auth.describeIdentity()} (${check.status})`);
       }
       if (check.status !== 200) throw new UserError(`${registry}/v2/ answered ${check.status} after login`);
+    } else if (isRetriableStatus(ping.status)) {
+      const attempts = options.retry.attempts + 1;
+      throw new UserError(`${client.baseUrl.origin}/v2/ answered ${ping.status} ${attempts === 1 ? 'once' : `${attempts} times`} (--retries ${options.retry.attempts}): the registry is failing`);
     } else if (ping.status !== 200) {
       throw new UserError(`${client.baseUrl.origin}/v2/ answered ${ping.status}: is this an OCI registry?`);
     }
     return client;
   }
 
-  /** GET /v2/ without credentials, retrying server errors (not refusals: a registry that is down fails at once). */
+  /**
+   * GET /v2/ without credentials, retried like every request (server errors, 429, resets, stalls, up to
+   * --retries failures in a row). Only a refused connection fails at once: a registry that is down.
+   */
   private async ping(): Promise<HttpResponse> {
-    const res = await this.request({ method: 'GET', url: '/v2/', retry: true, attempts: 2 }, { authenticate: false });
+    const res = await this.request({ method: 'GET', url: '/v2/', retry: true }, { authenticate: false });
     await res.body.dump();
     return res;
   }
@@ -117,7 +121,7 @@ export class RegistryClient {
   /** Sends a request to the registry; the response body must be consumed or dumped by the caller. */
   async request(request: RegistryRequest, { authenticate = true } = {}): Promise<HttpResponse> {
     const url = typeof request.url === 'string' ? new URL(request.url, this.baseUrl) : request.url;
-    const attempts = Math.min(request.attempts ?? Infinity, this.retryPolicy.attempts);
+    const attempts = this.retryPolicy.attempts;
     for (let failures = 0; ; ) {
       let res: HttpResponse;
       try {

@@ -151,5 +151,29 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
       expect(err.message).toMatch(/ sent an invalid upload location "https:\/\/\[::1\/x" for blob sha256:[0-9a-f]{64}$/);
     });
   });
+
+  describe('failing its /v2/ probe', () => {
+    it('is retried like every request: 500s, a 429 and a reset on the first probes do not end the push', async () => {
+      const answers: Array<'500' | '503' | 'reset' | '429'> = ['500', 'reset', '503', '429'];
+      let probes = 0;
+      proxy.rule = ({ method, path }) => {
+        if (method !== 'GET' || path !== '/v2/') return undefined;
+        const next = answers[probes++];
+        if (next === undefined) return undefined;
+        return next === 'reset' ? { kind: 'drop-before-forward', afterBytes: 0 } : { kind: 'status', status: Number(next), retryAfter: next === '429' ? '0' : undefined };
+      };
+      const result = await pushImage(image, freshRef(), options('long', { retries: 5 }));
+      expect(result.uploaded).toHaveLength(3);
+      expect(probes).toBeGreaterThanOrEqual(answers.length + 1);
+    });
+
+    it('fails in one line after --retries failures in a row, saying how often it failed', async () => {
+      let probes = 0;
+      proxy.rule = ({ method, path }) => (method === 'GET' && path === '/v2/' ? (probes++, { kind: 'status', status: 502 }) : undefined);
+      const err = await failure(pushImage(image, freshRef(), options('long', { retries: 3 })));
+      expect(err.message).toBe(`${proxy.url}/v2/ answered 502 4 times (--retries 3): the registry is failing`);
+      expect(probes).toBe(4);
+    });
+  });
 });
 
