@@ -189,14 +189,24 @@ export class RegistryClient {
  * header it got), on one line.
  */
 export async function describeFailure(res: HttpResponse, secrets: Secrets): Promise<string> {
-  const { status, code, message } = await readFailure(res);
+  return formatFailure(await readFailure(res), secrets);
+}
+
+/** A registry failure as `describeFailure` words it. */
+export function formatFailure({ status, code, message }: RegistryFailure, secrets: Secrets): string {
   if (code === undefined) return `${status}`;
   const detail = secrets.foreign(oneLine(`${code}${message ? `: ${message}` : ''}`).slice(0, 300));
   return `${status} ${detail}`;
 }
 
+export interface RegistryFailure {
+  status: number;
+  code?: string;
+  message?: string;
+}
+
 /** The status and the first error of a registry's error document (when it sent one). */
-export async function readFailure(res: HttpResponse): Promise<{ status: number; code?: string; message?: string }> {
+export async function readFailure(res: HttpResponse): Promise<RegistryFailure> {
   const text = await readText(res.body).catch(() => '');
   try {
     const doc = JSON.parse(text) as { errors?: Array<{ code?: unknown; message?: unknown }> };

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -173,6 +173,58 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
       const err = await failure(pushImage(image, freshRef(), options('long', { retries: 3 })));
       expect(err.message).toBe(`${proxy.url}/v2/ answered 502 4 times (--retries 3): the registry is failing`);
       expect(probes).toBe(4);
+    });
+  });
+
+  describe('refusing bytes as not matching their digest', () => {
+    it('is not retried when something on the way changed them, and says so', async () => {
+      const small = image.layers[1]!.descriptor.digest;
+      // The small blob goes up in one PUT; the proxy flips one of its bytes on the way.
+      proxy.rule = ({ method, path }) => (method === 'PUT' && path.includes(encodeURIComponent(small)) ? { kind: 'corrupt', at: 100 } : undefined);
+      const from = proxy.requests.length;
+      const err = await failure(pushImage(image, freshRef(), options('long', { retries: 5 })));
+      expect(err.message).toMatch(
+        new RegExp(`^pushing blob ${small} to .*: the registry refused the bytes it received \\(400 DIGEST_INVALID: .*\\), although the blob matches its digest: they were changed on the way \\(a proxy\\?\\); not retried$`),
+      );
+      expect(proxy.requests.slice(from).filter((r) => r.method === 'PUT' && r.path.includes(encodeURIComponent(small)))).toHaveLength(1);
+    });
+
+    it('is not retried when the image’s own blob file was changed, and says so', async () => {
+      const changed = await writeTestImage(join(work, 'changed'), { layers: [randomLayer('changed', 3000)] });
+      const digest = changed.layers[0]!.descriptor.digest;
+      const file = changed.blobFiles.get(digest)!;
+      const bytes = readFileSync(file);
+      bytes[bytes.length - 1]! ^= 0xff;
+      writeFileSync(file, bytes);
+      const from = proxy.requests.length;
+      const err = await failure(pushImage(changed, freshRef(), options('long', { retries: 5 })));
+      expect(err.message).toMatch(
+        new RegExp(`^pushing blob ${digest} to .*: the image's blob does not match its digest \\(its ${bytes.length} bytes hash to sha256:[0-9a-f]{64}\\): the image is damaged or was changed after it was written; the registry refused it \\(400 DIGEST_INVALID`),
+      );
+      expect(proxy.requests.slice(from).filter((r) => r.method === 'PUT' && r.path.includes(encodeURIComponent(digest)))).toHaveLength(1);
+    });
+  });
+
+  describe('lying in its answers', () => {
+    it('a wrong stored digest (here, the credentials it got) fails the push without echoing what it said', async () => {
+      const small = image.layers[1]!.descriptor.digest;
+      const basic = `Basic ${Buffer.from(logins.long.join(':')).toString('base64')}`;
+      proxy.rule = ({ method, path }) =>
+        method === 'PUT' && path.includes(encodeURIComponent(small)) ? { kind: 'answer', status: 201, headers: { 'docker-content-digest': basic } } : undefined;
+      const err = await failure(pushImage(image, freshRef(), options('long')));
+      expect(err.message).toMatch(new RegExp(`stored blob ${small} as something that is not a sha256 digest: the blob file does not match its digest$`));
+    });
+
+    it('an upload range it never got is retried from what it really holds', async () => {
+      let lied = false;
+      proxy.rule = ({ method }) => {
+        if (method !== 'PATCH' || lied) return undefined;
+        lied = true;
+        return { kind: 'answer', status: 202, headers: { range: '0-999999999', location: '/v2/nowhere/blobs/uploads/lost' } };
+      };
+      const result = await pushImage(image, freshRef(), options('long'));
+      expect(lied).toBe(true);
+      expect(result.uploaded).toHaveLength(3);
     });
   });
 });
