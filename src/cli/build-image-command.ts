@@ -3,7 +3,9 @@ import { addRecipeOptions, recipeOverridesFrom } from './recipe-options.js';
 import { OUTPUT_FORMATS, parseOutputFormat } from '../output/formats.js';
 import type { Compression } from '../layer/types.js';
 import type { PlanStrategy } from '../plan/plan.js';
-import { UserError } from '../util/errors.js';
+import { isUserError, UserError } from '../util/errors.js';
+import { describeOsError, ENVIRONMENT_CODES } from '../util/os-errors.js';
+import { tmpdir } from 'node:os';
 import { addPushOptions, pushOptionsFromFlags, type PushFlags } from './push-command.js';
 import { defaultCacheDir } from '../cache/store.js';
 
@@ -52,6 +54,8 @@ export function buildImageCommand(): Command {
     if (flags.cache === false && flags.cacheDir !== undefined) throw new UserError('--cache-dir and --no-cache contradict each other; give one');
     const cacheDir = flags.cache === false ? null : ((flags.cacheDir as string | undefined) ?? defaultCacheDir());
     const started = Date.now();
+    // An OS error without a path (a write on an open file) comes from the build's work files: name where they are.
+    const workFiles = cacheDir === null ? `the build's work directory in ${tmpdir()} (TMPDIR)` : `the layer cache ${cacheDir}`;
     const result = await buildImage({
       progress: bars,
       stopProgress: () => bars?.stop(),
@@ -73,6 +77,12 @@ export function buildImageCommand(): Command {
       jobs,
       log: say,
       warn: (line) => void warn(line),
+    }).catch((err: unknown) => {
+      const e = err as NodeJS.ErrnoException;
+      if (!isUserError(err) && typeof e?.code === 'string' && ENVIRONMENT_CODES.has(e.code) && typeof e.path !== 'string') {
+        throw new UserError(`cannot write ${workFiles}: ${describeOsError(err)}`, { cause: err });
+      }
+      throw err;
     });
     const seconds = (Date.now() - started) / 1000;
     if (flags.json) {

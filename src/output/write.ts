@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { writeArchiveTar } from './archive-tar.js';
-import { writeDirectoryAtomically, writeFileAtomically, writeFileAtomicallyAt } from '../util/atomic.js';
+import { outputError, writeDirectoryAtomically, writeFileAtomically, writeFileAtomicallyAt } from '../util/atomic.js';
 import { archiveFileMatches, canPlan, verifyBlobs, writeArchiveFile, writeBlobPieces } from './archive-file.js';
 import { checkPiecesLength, type BytePiece } from '../util/pieces.js';
 import type { OutputFormat } from './formats.js';
@@ -49,7 +49,9 @@ export async function writeImage(image: Image, options: WriteImageOptions): Prom
   // Already these very bytes (a rebuild where nothing changed): left in place, only its mtime renewed.
   if (await archiveFileMatches(entries, output)) {
     const now = new Date();
-    await utimes(output, now, now);
+    await utimes(output, now, now).catch((err: unknown) => {
+      throw outputError(output, err);
+    });
     return;
   }
   await writeFileAtomicallyAt(output, (out) => writeArchiveFile(entries, out));

@@ -1,7 +1,7 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import { rename, unlink, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { basename } from 'node:path';
+import { writeFileAtomically } from '../util/atomic.js';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import type { Agent } from 'undici';
@@ -293,14 +293,12 @@ function scrubbedProgress(progress: PushProgress, secrets: Secrets): PushProgres
   };
 }
 
-/** Writes a small file by way of a temporary file in the same directory, so readers never see half of it. */
+/**
+ * Writes a small file by way of a temporary file in the same directory, so readers never see half of
+ * it (and leftovers of killed runs beside it are removed), as every output is written.
+ */
 export async function writeFileAtomic(file: string, data: string): Promise<void> {
-  const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    await writeFile(temp, data);
-    await rename(temp, file);
-  } catch (err) {
-    await unlink(temp).catch(() => {});
-    throw new UserError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
+  await writeFileAtomically(file, async (out) => {
+    await new Promise<void>((written, failed) => out.write(data, (err) => (err ? failed(err) : written())));
+  });
 }
