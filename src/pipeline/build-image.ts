@@ -239,7 +239,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuildImage
       reused: false,
     });
     // The image-root layer is tiny and depends on the recipe: always rebuilt, alongside the others.
-    const root = rootLayerSource(closure, resolved.root);
+    const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
     const wheelFacts: WheelElfFacts[] = [];
     const makers: (() => Promise<BuiltLayer>)[] = [
       ...plan.map((group, i) => {

@@ -10,6 +10,7 @@ import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type Imag
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
 import { readRemembered, type InputMemo } from '../util/file-identity.js';
+import { DEFAULT_PATH } from '../rootfs/entrypoint.js';
 
 /**
  * One layer of a wheel's install: the wheel's main layer, or a giant file of it split off into a layer
@@ -54,7 +55,7 @@ export interface PreparedWheels {
 }
 
 /** The PATH container runtimes use when an image sets none (Docker's and containerd's default). */
-export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+export { DEFAULT_PATH };
 
 const PLATFORM_OF_ARCH: Record<string, TagTarget['platform']> = { amd64: 'linux_x86_64', arm64: 'linux_aarch64' };
 

@@ -2,6 +2,7 @@ import { dirname, resolve as resolvePath } from 'node:path';
 import type { ImageConfigSpec } from '../model/config.js';
 import type { Closure } from '../nix/types.js';
 import type { RootSpec } from '../rootfs/root-layer.js';
+import { DEFAULT_PATH, type EntrypointSpec } from '../rootfs/entrypoint.js';
 import { UserError } from '../util/errors.js';
 import { parseMode, trimSlashes } from './check.js';
 import type { Recipe } from './schema.js';
@@ -88,7 +89,29 @@ export function resolveRecipe(recipe: Recipe, closure: Closure, recipeFile?: str
   if (recipe.healthcheck) {
     resolved.healthcheck = { ...recipe.healthcheck, test: expandList(recipe.healthcheck.test, '/healthcheck/test')! };
   }
+  const entrypointSpec = programOf(resolved, recipe.checks?.allowMissingEntrypoint === true);
+  if (entrypointSpec) resolved.root.entrypoint = entrypointSpec;
   return resolved;
+}
+
+/**
+ * What the container runs, as the root layer checks it: entrypoint[0], else cmd[0] (a runtime runs
+ * cmd when there is no entrypoint), searched on the image's PATH (the recipe's, else the runtimes'
+ * default, and the wheels' bin) when it has no `/`.
+ */
+function programOf(recipe: ResolvedRecipe, allowMissing: boolean): EntrypointSpec | undefined {
+  const [program, key] = recipe.entrypoint?.length ? [recipe.entrypoint[0]!, 'entrypoint' as const] : recipe.cmd?.length ? [recipe.cmd[0]!, 'cmd' as const] : [];
+  if (program === undefined || key === undefined) return undefined;
+  const path = recipe.env?.PATH !== undefined ? recipe.env.PATH.split(':') : DEFAULT_PATH.split(':');
+  return {
+    program,
+    key,
+    path: path.filter((p) => p !== ''),
+    extraPath: [`${recipe.python.prefix}/bin`],
+    workingDir: recipe.workingDir ?? '/',
+    volumes: recipe.volumes ?? [],
+    allowMissing,
+  };
 }
 
 /**

@@ -101,6 +101,11 @@ export interface RecipeChecks {
   waiveRequirements?: string[];
   /** Shared libraries (sonames) the library check does not report, e.g. ones the host mounts at run time. */
   waiveLibraries?: string[];
+  /**
+   * The program the image runs (entrypoint, else cmd) is mounted at run time: its absence from the
+   * image is a warning, not an error. (One in a volume is only warned about anyway.)
+   */
+  allowMissingEntrypoint?: boolean;
 }
 
 export const ARCHITECTURES = ['amd64', 'arm64', 'arm', '386', 'ppc64le', 's390x', 'riscv64', 'mips64le', 'loong64'] as const;
@@ -225,6 +230,7 @@ export const recipeSchema = {
       properties: {
         waiveRequirements: stringList,
         waiveLibraries: stringList,
+        allowMissingEntrypoint: { type: 'boolean' },
       },
     },
   },

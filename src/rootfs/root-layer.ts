@@ -5,6 +5,7 @@ import { UserError } from '../util/errors.js';
 import { checkImageUsers, groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
 import { GENERATED, LOWER_LAYERS, RootTree, STORE_LAYERS } from './root-tree.js';
 import { ClosureTrees } from './closure-trees.js';
+import { checkEntrypoint, ImageView, type EntrypointSpec } from './entrypoint.js';
 import { compareBytes, findEntries, readNarForListing, type NarWalker, type StoreTree } from './store-tree.js';
 
 /** What the image-root layer holds, from the resolved recipe. */
@@ -20,6 +21,13 @@ export interface RootSpec {
    * store path (which would hide what the lower layer put there).
    */
   lowerLayerDirectories?: string[];
+  /**
+   * The files lower layers (the wheels) install, absolute: for the entrypoint check. When left out,
+   * a program below `lowerLayerDirectories` is not checked.
+   */
+  lowerLayerFiles?: string[];
+  /** What the container runs: checked to be in the image (see checkEntrypoint). */
+  entrypoint?: EntrypointSpec;
 }
 
 export interface RootLayerOptions {
@@ -126,6 +134,11 @@ async function rootEntries(
     if (targets.env) tree.addSymlink('usr/bin/env', targets.env);
   }
   for (const { kept, dropped, paths } of collisions.values()) options.warn(collisionWarning(kept, dropped, paths));
+  if (spec.entrypoint) {
+    const image = new ImageView(tree, closure, closureTrees, spec.lowerLayerFiles ?? null, spec.lowerLayerDirectories ?? []);
+    const warning = await checkEntrypoint(spec.entrypoint, image);
+    if (warning) options.warn(warning);
+  }
   return tree.entries();
 }
 
