@@ -1,7 +1,7 @@
+import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Blob } from '../model/image.js';
 import { UserError } from '../util/errors.js';
-import { createHash } from 'node:crypto';
 import { describeFailure, formatFailure, readFailure, type RegistryClient } from './client.js';
 import { oneLine, shownDigest } from './secrets.js';
 import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';

@@ -219,4 +219,3 @@ export async function readFailure(res: HttpResponse): Promise<RegistryFailure> {
   }
   return { status: res.status };
 }
-

@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { basename } from 'node:path';
-import { writeFileAtomically } from '../util/atomic.js';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import type { Agent } from 'undici';
 import type { Blob, Image } from '../model/image.js';
 import { UserError } from '../util/errors.js';
+import { writeFileAtomically } from '../util/atomic.js';
 import { blobExists, pushBlob, type BlobOutcome } from './blob-upload.js';
 import { RegistryClient } from './client.js';
 import { credentialSecrets, findCredentials } from './credentials.js';

@@ -130,13 +130,13 @@ export async function writeDirectoryAtomically(path: string, fill: (dir: string)
 
 /**
  * An error while writing the output `path` as a one-line UserError naming it: a full disk, a
- * read-only file system, a permission (an OS error, or a failed write reported by the hash pool).
+ * read-only file system, a permission, any OS error (or a failed write reported by the hash pool).
  * Other errors pass unchanged.
  */
 export function outputError(path: string, err: unknown): unknown {
   if (err instanceof UserError) return err;
   const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && ENVIRONMENT_CODES.has(code)) {
+  if (typeof code === 'string' && (ENVIRONMENT_CODES.has(code) || /^E[A-Z0-9]+$/.test(code))) {
     return new UserError(`cannot write ${path}: ${describeOsError(err)}`, { cause: err });
   }
   return err;
