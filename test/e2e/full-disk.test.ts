@@ -1,10 +1,11 @@
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, readdirSync } from 'node:fs';
+import { chownSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, REPO, runCli } from '../helpers/cli.js';
 import { useScratchDirs } from '../helpers/scratch.js';
 import { mountTmpfs, tmpfsAvailable, type Tmpfs } from '../helpers/tmpfs.js';
+import { tools } from '../helpers/tools.js';
 
 /**
  * The unlucky operator: a full disk, a read-only file system, a TMPDIR that does not exist, a directory
@@ -86,19 +87,28 @@ describe.runIf(tmpfsAvailable())('full disks, read-only and missing directories'
     expectOneLine(build(['--no-cache', '--output', join(missing, 'x.tar')]), new RegExp(`^nix2oci: cannot write ${missing}/x\\.tar: directory ${missing} does not exist\\n$`));
   });
 
-  it('directories one may not write (as an unprivileged user): EACCES', () => {
+  it.runIf(tools('setpriv'))('directories one may not write (root without its override of permissions): EACCES', () => {
     const locked = scratch('nix2oci-locked-');
-    chmodSync(locked, 0o755);
-    mkdirSync(join(locked, 'out'), { mode: 0o755 });
-    const asNobody = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-      runCli(['build-image', '-q', ...DEMO, '--no-cache', ...args], { uid: 65534, gid: 65534, env: { HOME: '/nonexistent', ...env } });
+    const out = join(locked, 'out');
+    mkdirSync(out, { mode: 0o755 });
+    // Owned by someone else and not writable by others: only the capability root is about to drop could write it.
+    chownSync(out, 65534, 65534);
+    const unprivileged = (args: string[], env: NodeJS.ProcessEnv = {}) => {
+      const caps = ['--inh-caps=-dac_override,-dac_read_search', '--bounding-set=-dac_override,-dac_read_search'];
+      const result = spawnSync('setpriv', [...caps, '--', process.execPath, CLI, 'build-image', '-q', ...DEMO, '--no-cache', ...args], {
+        cwd: REPO,
+        encoding: 'utf8',
+        env: { ...process.env, NIX2OCI_DEBUG: '', ...env },
+      });
+      return { code: result.status, stderr: result.stderr };
+    };
     for (const format of FORMATS) {
-      const out = join(locked, 'out', `image-${format}`);
-      expectOneLine(asNobody(['--format', format, '--output', out]), new RegExp(`^nix2oci: cannot write ${out}: permission denied \\(EACCES\\)\\n$`));
+      const image = join(out, `image-${format}`);
+      expectOneLine(unprivileged(['--format', format, '--output', image]), new RegExp(`^nix2oci: cannot write ${image}: permission denied \\(EACCES\\)\\n$`));
     }
     expectOneLine(
-      asNobody(['--output', join(disk.dir, 'x.tar')], { TMPDIR: join(locked, 'out') }),
-      new RegExp(`^nix2oci: cannot create a temporary directory in ${locked}/out: permission denied \\(EACCES\\)\\n$`),
+      unprivileged(['--output', join(disk.dir, 'x.tar')], { TMPDIR: out }),
+      new RegExp(`^nix2oci: cannot create a temporary directory in ${out}: permission denied \\(EACCES\\)\\n$`),
     );
   });
 });
