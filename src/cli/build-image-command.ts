@@ -5,7 +5,9 @@ import { addRecipeOptions, recipeOverridesFrom } from './recipe-options.js';
 import { OUTPUT_FORMATS, parseOutputFormat } from '../model/formats.js';
 import { COMPRESSIONS, type Compression } from '../layer/format.js';
 import type { PlanStrategy } from '../plan/plan.js';
-import { UserError } from '../util/errors.js';
+import { isUserError, UserError } from '../util/errors.js';
+import { describeOsError, ENVIRONMENT_CODES } from '../util/os-errors.js';
+import { tmpdir } from 'node:os';
 import { collect, sizeFlag, wholeNumberFlag } from './flags.js';
 import { addPushOptions, pushOptionsFromFlags, type PushFlags } from './push-command.js';
 import { defaultCacheDir } from '../cache/store.js';
@@ -61,6 +63,8 @@ export function buildImageCommand(): Command {
     if (flags.cache === false && flags.cacheDir !== undefined) throw new UserError('--cache-dir and --no-cache contradict each other; give one');
     const cacheDir = flags.cache === false ? null : ((flags.cacheDir as string | undefined) ?? defaultCacheDir());
     const started = Date.now();
+    // An OS error without a path (a write on an open file) comes from the build's work files: name where they are.
+    const workFiles = cacheDir === null ? `the build's work directory in ${tmpdir()} (TMPDIR)` : `the layer cache ${cacheDir}`;
     const result = await buildImage({
       progress: bars,
       closures: flags.closure as string[],
@@ -89,6 +93,10 @@ export function buildImageCommand(): Command {
       // A build the checks stopped still gives its problems to a reader of --json.
       if (flags.json && output !== '-' && err instanceof Error && 'problems' in err) {
         process.stdout.write(`${JSON.stringify({ output, error: err.message, problems: err.problems }, null, 2)}\n`);
+      }
+      const e = err as NodeJS.ErrnoException;
+      if (!isUserError(err) && typeof e?.code === 'string' && ENVIRONMENT_CODES.has(e.code) && typeof e.path !== 'string') {
+        throw new UserError(`cannot write ${workFiles}: ${describeOsError(err)}`, { cause: err });
       }
       throw err;
     });

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import { isUserError } from '../util/errors.js';
+import { describeOsError, ENVIRONMENT_CODES, environmentErrorMessage } from '../util/os-errors.js';
 import { buildImageCommand } from './build-image-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { pushCommand } from './push-command.js';
@@ -35,6 +36,15 @@ try {
     process.exitCode = err.exitCode;
   } else if (isUserError(err)) {
     process.stderr.write(`nix2oci: ${err.message}\n`);
+    process.exitCode = 1;
+  } else if (environmentErrorMessage(err) !== null) {
+    // A full disk, a read-only or missing directory, a permission: the user's to fix, not a bug.
+    process.stderr.write(`nix2oci: ${environmentErrorMessage(err)}\n`);
+    process.exitCode = 1;
+  } else if (ENVIRONMENT_CODES.has((err as NodeJS.ErrnoException | undefined)?.code ?? '')) {
+    // The same without a path (a write on an open file): at least what happened.
+    const syscall = (err as NodeJS.ErrnoException).syscall;
+    process.stderr.write(`nix2oci: ${describeOsError(err)}${syscall ? ` (${syscall})` : ''}\n`);
     process.exitCode = 1;
   } else {
     const message = err instanceof Error ? err.message : String(err);

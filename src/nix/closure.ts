@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import type { Closure, StorePathInfo } from './types.js';
 import { UserError } from '../util/errors.js';
 import { defaultHashPool, type HashPool } from '../util/hash-pool.js';
+import { describeOsError, environmentErrorMessage } from '../util/os-errors.js';
 import { indexExport, spoolToFile } from './export.js';
 import { checkAgainstPathInfo, readPathInfo, sriOf } from './path-info.js';
 
@@ -24,6 +25,8 @@ export interface LoadClosureOptions {
    * Without it, a temporary directory removed at exit is used.
    */
   tmpDir?: string;
+  /** Bytes a spooled stream may take (default: see spoolLimit). */
+  spoolLimit?: number;
   /** The stream '-' stands for; defaults to process.stdin. */
   stdin?: Readable;
   /** Progress of indexing, per file. */
@@ -138,7 +141,7 @@ async function seekable(file: string, opts: LoadClosureOptions): Promise<string>
   }
   if (st.isFile()) return file;
   if (st.isDirectory()) throw new UserError(`${file} is a directory, not a nix-store --export file`);
-  return spool(createReadStream(file), opts);
+  return spool(createReadStream(file), file, opts);
 }
 
 let exitTmpDir: string | null = null;
@@ -148,20 +151,26 @@ async function spoolStdin(opts: LoadClosureOptions): Promise<string> {
   if ((stdin as { isTTY?: boolean }).isTTY) {
     throw new UserError("refusing to read an export from a terminal: pipe one into '-', e.g. nix-store --export $(nix-store -qR ./result) | nix2oci …");
   }
-  return spool(stdin, opts);
+  return spool(stdin, 'stdin', opts);
 }
 
-async function spool(stream: Readable, opts: LoadClosureOptions): Promise<string> {
+async function spool(stream: Readable, label: string, opts: LoadClosureOptions): Promise<string> {
   let dir = opts.tmpDir;
   if (dir === undefined) {
     if (exitTmpDir === null) {
-      const made = mkdtempSync(join(tmpdir(), 'nix2oci-stdin-'));
+      let made: string;
+      try {
+        made = mkdtempSync(join(tmpdir(), 'nix2oci-stdin-'));
+      } catch (err) {
+        stream.destroy();
+        throw new UserError(`${label}: cannot spool the export: ${environmentErrorMessage(err) ?? describeOsError(err)}`, { cause: err });
+      }
       exitTmpDir = made;
       process.once('exit', () => rmSync(made, { recursive: true, force: true }));
     }
     dir = exitTmpDir;
   }
-  return spoolToFile(stream, dir);
+  return spoolToFile(stream, dir, label, opts.spoolLimit);
 }
 
 /** Indexes a regular file, or takes its index from the memo when the file is the one indexed before. */

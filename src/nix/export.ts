@@ -4,12 +4,8 @@
  * A path's name follows its NAR, so the NAR is parsed (and hashed) before we know whose it is; afterwards
  * only its offset is kept and the bytes are read again from the file when needed.
  */
-import { createWriteStream } from 'node:fs';
-import { rename, unlink } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
+import { spoolExport } from './spool.js';
 import type { StorePathInfo } from './types.js';
 import { UserError } from '../util/errors.js';
 import { ChunkReader, EndOfDataError, ReadFailedError, closeFd, openForReading, sizeOfFd } from './chunk-reader.js';
@@ -253,19 +249,10 @@ function describeErrno(err: unknown): string {
 }
 
 /**
- * Copies a stream (stdin, a pipe) to a new file in `dir`, so it can be indexed and read again by offset.
- * Written to a temporary name and renamed when complete; the caller deletes the file (or `dir`).
+ * Copies a stream (stdin, a pipe) to a new file in `dir`, so it can be indexed and read again by offset,
+ * checking its framing and its size as it goes (see spool.ts). Written to a temporary name and renamed
+ * when complete; the caller deletes the file (or `dir`). `label` names the stream in messages.
  */
-export async function spoolToFile(stream: Readable, dir: string): Promise<string> {
-  const name = `stdin-${randomBytes(6).toString('hex')}.closure`;
-  const final = join(dir, name);
-  const temp = join(dir, `.${name}.partial`);
-  try {
-    await pipeline(stream, createWriteStream(temp, { flags: 'wx', highWaterMark: 1 << 20 }));
-    await rename(temp, final);
-  } catch (err) {
-    await unlink(temp).catch(() => {});
-    throw new UserError(`cannot copy the export from a pipe to ${dir}: ${describeErrno(err)}`, { cause: err });
-  }
-  return final;
+export async function spoolToFile(stream: Readable, dir: string, label = 'stdin', limit?: number): Promise<string> {
+  return spoolExport(stream, dir, { label, ...(limit !== undefined && { limit }) });
 }

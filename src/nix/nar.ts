@@ -9,7 +9,8 @@
  *   directory = "directory" { "entry" "(" "name" <name> "node" node ")" }
  * Entry names are checked like Nix does (not empty, `.`, `..`, no `/` or NUL, strictly sorted by bytes).
  * Beyond Nix: names and symlink targets must be UTF-8 and targets non-empty without NUL, since image layers
- * (tar, PAX) could not carry anything else faithfully; names are at most 255 bytes, targets 4095 (Linux's limits).
+ * (tar, PAX) could not carry anything else faithfully; names are at most 255 bytes, targets 4095 (Linux's limits);
+ * and no name may start with `.wh.`, which a layer would carry as a whiteout.
  */
 import { TextDecoder } from 'node:util';
 import { endianness } from 'node:os';
@@ -17,6 +18,7 @@ import type { NarNode, NarVisitor, StorePathInfo } from './types.js';
 import { UserError } from '../util/errors.js';
 import { ChunkReader, EndOfDataError, ReadFailedError, closeFd, openForReading } from './chunk-reader.js';
 import { quote } from '../util/quote.js';
+import { WHITEOUT_PREFIX, whiteoutProblem } from '../tar/whiteout.js';
 
 /** Linux's NAME_MAX: no file system Nix runs on takes a longer entry name. */
 const MAX_NAME_BYTES = 255;
@@ -440,6 +442,7 @@ class NarParser {
     else if (name.includes('/')) this.problem(at, `name ${quote(name)} contains '/'`, path);
     else if (name.includes('\0')) this.problem(at, `name ${quote(name)} contains a NUL byte`, path);
     else if (decoded === null) this.problem(at, `name ${quote(name)} is not valid UTF-8`, path);
+    else if (name.startsWith(WHITEOUT_PREFIX)) this.problem(at, `name ${quote(name)} ${whiteoutProblem(name)}`, path);
 
     const previous = dir.previousName;
     if (previous !== null) {

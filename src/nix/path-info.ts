@@ -3,12 +3,18 @@
  * Nix ≤ 2.18 prints an array of objects with a `path`; later versions an object keyed by path
  * (null for an invalid path). Hashes are SRI (`sha256-…`) or `sha256:` + nix-base32; both are accepted.
  */
-import { readFile } from 'node:fs/promises';
 import { UserError } from '../util/errors.js';
 import type { StorePathInfo } from './types.js';
 import { sha256ToHex } from './nar-hash.js';
 import { storePathProblem } from './store-path.js';
-import { quote } from '../util/quote.js';
+import { readInputFile } from '../util/input-file.js';
+import { describeJsonError } from '../recipe/json-error.js';
+
+/**
+ * A path-info file lists a few hundred bytes per path: 64 MiB is tens of thousands of paths. Anything
+ * bigger (or endless: `--path-info /dev/zero`) is not one, and is refused before it fills memory.
+ */
+export const MAX_PATH_INFO_BYTES = 64 << 20;
 
 export interface PathInfoEntry {
   /** As written in the file, for messages. */
@@ -20,33 +26,34 @@ export interface PathInfoEntry {
   references?: string[];
 }
 
-/** Reads and checks a path-info file. Entries are small (no file contents), so the JSON is parsed whole. */
+/**
+ * Reads and checks a path-info file. Entries are small (no file contents), so the JSON is parsed whole.
+ * The file may not be what it claims (a wrong path, a secret file): errors never quote its content,
+ * only what has been checked to be a store path.
+ */
 export async function readPathInfo(file: string): Promise<Map<string, PathInfoEntry>> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    throw new UserError(`${file}: cannot read path-info: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-  }
+  const text = (await readInputFile(file, 'path-info', MAX_PATH_INFO_BYTES)).toString('utf8');
   let json: unknown;
   try {
     json = JSON.parse(text);
-  } catch (err) {
-    throw new UserError(`${file}: not valid JSON (expected the output of nix path-info --json --recursive): ${(err as Error).message}`);
+  } catch {
+    throw new UserError(
+      `${file}: not valid JSON (expected the output of nix path-info --json --recursive): ${describeJsonError(text, { quote: false })}`,
+    );
   }
 
   const entries = new Map<string, PathInfoEntry>();
   const add = (path: unknown, value: unknown, where: string): void => {
-    if (typeof path !== 'string' || storePathProblem(path) !== null) {
-      throw new UserError(`${file}: ${where}: ${quote(String(path))} is not a valid store path`);
-    }
+    if (typeof path !== 'string') throw new UserError(`${file}: ${where}: no store path (expected a "path" string)`);
+    const problem = storePathProblem(path);
+    if (problem !== null) throw new UserError(`${file}: ${where}: not a valid store path: ${problem}`);
     if (value === null || (isObject(value) && value.valid === false)) return; // Nix lists paths it does not have
     if (!isObject(value)) throw new UserError(`${file}: ${path}: expected an object`);
     const narHash = typeof value.narHash === 'string' ? sha256ToHex(value.narHash) : null;
-    if (narHash === null) throw new UserError(`${file}: ${path}: narHash ${quote(String(value.narHash))} is not a sha256 hash`);
+    if (narHash === null) throw new UserError(`${file}: ${path}: narHash is not a sha256 hash (sha256-<base64> or sha256:<nix-base32>)`);
     const narSize = value.narSize;
     if (typeof narSize !== 'number' || !Number.isSafeInteger(narSize) || narSize < 0) {
-      throw new UserError(`${file}: ${path}: narSize ${quote(String(narSize))} is not a size`);
+      throw new UserError(`${file}: ${path}: narSize is not a size (a whole number of bytes)`);
     }
     let references: string[] | undefined;
     if (value.references !== undefined) {
@@ -63,7 +70,7 @@ export async function readPathInfo(file: string): Promise<Map<string, PathInfoEn
   if (Array.isArray(json)) {
     json.forEach((item, i) => add(isObject(item) ? item.path : undefined, item, `entry #${i + 1}`));
   } else if (isObject(json)) {
-    for (const [path, value] of Object.entries(json)) add(path, value, 'key');
+    Object.entries(json).forEach(([path, value], i) => add(path, value, `key #${i + 1}`));
   } else {
     throw new UserError(`${file}: expected a JSON array or object (the output of nix path-info --json --recursive)`);
   }

@@ -1,8 +1,10 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { constants, createReadStream } from 'node:fs';
+import { lstat, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { describeJsonError } from '../recipe/json-error.js';
+import { fileKind } from '../util/input-file.js';
 import { UserError } from '../util/errors.js';
 import { CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../model/assemble.js';
 import { compressionOf, MediaTypes, type Descriptor, type Image, type Layer } from '../model/image.js';
@@ -79,15 +81,33 @@ async function tarStore(file: string): Promise<Store> {
   };
 }
 
+/**
+ * A layout (or docker-archive) directory. Its files are opened without following a symbolic link
+ * anywhere below `dir`: every directory on the way must be a real directory and the file a regular
+ * file, or the layout is refused. A layout from elsewhere may hold links to host files (a blob that is
+ * `/etc/shadow`), and push would upload, and inspect quote, whatever they point at.
+ */
 async function directoryStore(dir: string): Promise<Store> {
   const sizes = new Map<string, number | undefined>();
   const store: Store = {
     path: dir,
     has: (name) => sizes.get(name) !== undefined,
     size: (name) => sizes.get(name),
-    open: (name, start = 0) => createReadStream(join(dir, name), { start }),
+    open(name, start = 0) {
+      // Opened again for each reader (a push reads a blob once per attempt), and checked again each time.
+      async function* chunks(): AsyncGenerator<Buffer> {
+        const { handle } = await openInside(dir, name);
+        const stream = handle.createReadStream({ start, autoClose: true });
+        try {
+          for await (const chunk of stream) yield chunk as Buffer;
+        } finally {
+          stream.destroy();
+        }
+      }
+      return Readable.from(chunks(), { objectMode: false });
+    },
     async head(name, length) {
-      const handle = await open(join(dir, name), 'r');
+      const { handle } = await openInside(dir, name);
       try {
         const buf = Buffer.alloc(length);
         const { bytesRead } = await handle.read(buf, 0, length, 0);
@@ -99,13 +119,85 @@ async function directoryStore(dir: string): Promise<Store> {
     async lookup(names) {
       for (const name of names) {
         if (sizes.has(name)) continue;
-        const info = await stat(join(dir, name)).catch(() => undefined);
-        sizes.set(name, info?.isFile() ? info.size : undefined);
+        sizes.set(name, await sizeInside(dir, name));
       }
     },
   };
   await store.lookup(['index.json', 'oci-layout', 'manifest.json']);
   return store;
+}
+
+/** The components of a name inside a layout; a name that could leave it is refused. */
+function insideParts(dir: string, name: string): string[] {
+  const parts = name.split('/');
+  if (parts.some((p) => p === '' || p === '.' || p === '..')) throw new UserError(`${dir}: ${name} is not a plain path inside the layout`);
+  return parts;
+}
+
+/**
+ * The size of the regular file `name` inside `dir`, or undefined when there is none. A symbolic link
+ * (or a device, a pipe) there, or on the way to it, is an error naming it: it is never followed.
+ */
+async function sizeInside(dir: string, name: string): Promise<number | undefined> {
+  const parts = insideParts(dir, name);
+  let path = dir;
+  for (const [i, part] of parts.entries()) {
+    path = join(path, part);
+    const st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return undefined;
+      throw new UserError(`${dir}: cannot read ${parts.slice(0, i + 1).join('/')}: ${err.code ?? err.message}`);
+    });
+    if (!st) return undefined;
+    const last = i === parts.length - 1;
+    if (st.isSymbolicLink()) {
+      throw new UserError(`${dir}: ${parts.slice(0, i + 1).join('/')} is a symbolic link; a layout's files are never read through links (it could point anywhere on this machine)`);
+    }
+    if (!last && !st.isDirectory()) return undefined;
+    if (last) {
+      if (st.isDirectory()) return undefined;
+      if (!st.isFile()) throw new UserError(`${dir}: ${name} is ${fileKind(st)}, not a regular file`);
+      return st.size;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Opens the regular file `name` inside `dir` without following symbolic links: the last component with
+ * O_NOFOLLOW (and O_NONBLOCK, so a planted FIFO cannot hang the read), the directories on the way
+ * checked before and after the open, so a link swapped in meanwhile is noticed.
+ */
+async function openInside(dir: string, name: string): Promise<{ handle: FileHandle; size: number }> {
+  const parts = insideParts(dir, name);
+  const chain = async () => {
+    const ids: string[] = [];
+    let path = dir;
+    for (const part of parts.slice(0, -1)) {
+      path = join(path, part);
+      const st = await lstat(path).catch(() => undefined);
+      if (!st?.isDirectory()) throw new UserError(`${dir}: ${name}: ${path.slice(dir.length + 1)} is not a directory of the layout (a symbolic link is never followed)`);
+      ids.push(`${st.dev}:${st.ino}`);
+    }
+    return ids.join('/');
+  };
+  const before = await chain();
+  let handle: FileHandle;
+  try {
+    handle = await open(join(dir, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP') throw new UserError(`${dir}: ${name} is a symbolic link; a layout's files are never read through links (it could point anywhere on this machine)`);
+    throw new UserError(`${dir}: cannot read ${name}: ${code === 'ENOENT' ? 'it is gone' : (code ?? (err as Error).message)}`);
+  }
+  try {
+    const st = await handle.stat();
+    if (!st.isFile()) throw new UserError(`${dir}: ${name} is ${fileKind(st)}, not a regular file`);
+    if ((await chain()) !== before) throw new UserError(`${dir}: ${name}: the layout's directories changed while it was being read`);
+    return { handle, size: st.size };
+  } catch (err) {
+    await handle.close();
+    throw err;
+  }
 }
 
 async function readSmall(store: Store, name: string, limit: number, what: string): Promise<Buffer> {
@@ -118,11 +210,13 @@ async function readSmall(store: Store, name: string, limit: number, what: string
   return Buffer.concat(chunks);
 }
 
+/** Parses a metadata file; an error says where it is not JSON, never what it holds. */
 function parseJson<T>(bytes: Buffer, where: string): T {
+  const text = bytes.toString('utf8');
   try {
-    return JSON.parse(bytes.toString('utf8')) as T;
-  } catch (err) {
-    throw new UserError(`${where} is not valid JSON: ${(err as Error).message}`);
+    return JSON.parse(text) as T;
+  } catch {
+    throw new UserError(`${where} is not valid JSON: ${describeJsonError(text, { quote: false })}`);
   }
 }
 
@@ -143,7 +237,12 @@ function checkDescriptor(value: unknown, where: string): Descriptor {
     !Number.isSafeInteger(d.size) ||
     (d.size as number) < 0
   ) {
-    throw new UserError(`${where}: invalid descriptor ${JSON.stringify(value)?.slice(0, 200)} (need mediaType, a sha256 digest and a size)`);
+    const missing = [
+      ...(typeof d?.mediaType !== 'string' ? ['a mediaType'] : []),
+      ...(typeof d?.digest !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(d.digest) ? ['a sha256 digest'] : []),
+      ...(!Number.isSafeInteger(d?.size) || (d!.size as number) < 0 ? ['a size'] : []),
+    ];
+    throw new UserError(`${where}: invalid descriptor: it has no ${missing.join(', ') || 'valid fields'}`);
   }
   return d as Descriptor;
 }

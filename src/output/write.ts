@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { Writable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { copyInto } from '../util/streams.js';
-import { PendingDirectory, PendingFile, writeDirectoryAtomically } from '../util/atomic.js';
+import { outputError, PendingDirectory, PendingFile } from '../util/atomic.js';
 import { defaultHashPool, type HashPool } from '../util/hash-pool.js';
 import { checkPiecesLength, type BytePiece } from '../util/pieces.js';
 import { writeBlobFile, type LayerOutput, type Written } from '../layer/writer.js';
@@ -65,7 +65,9 @@ export async function writeImage(image: Image, options: OutputOptions): Promise<
   // Already these very bytes (a rebuild where nothing changed): left in place, only its mtime renewed.
   if (output && output !== '-' && format !== 'oci-layout' && (await archiveFileMatches(archiveEntries(image, format), output, hashes))) {
     const now = new Date();
-    await utimes(output, now, now);
+    await utimes(output, now, now).catch((err: unknown) => {
+      throw outputError(output, err);
+    });
     return;
   }
   const out = await openOutput(options);

@@ -203,7 +203,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy });
     const frame = await storePathsFrame(format);
     const wheelFacts: WheelElfFacts[] = [];
-    const root = rootLayerSource(closure, resolved.root);
+    const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
     const jobsToDo: LayerJob[] = [
       ...plan.map((group): LayerJob => {
         const infos = group.paths.map((path) => closure.paths.get(path)!);

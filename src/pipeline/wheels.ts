@@ -15,6 +15,7 @@ import { markerEnvironment } from '../wheels/checks/requirements.js';
 import { lockFailed } from './problems.js';
 import { readRemembered, type InputMemo } from '../util/file-identity.js';
 import { byCodeUnits } from '../util/order.js';
+import { DEFAULT_PATH } from '../rootfs/entrypoint.js';
 
 /**
  * One layer of a wheel's install: the wheel's main layer, or a giant file of it split off into a layer
@@ -67,7 +68,7 @@ export interface WheelChecks {
 }
 
 /** The PATH container runtimes use when an image sets none (Docker's and containerd's default). */
-export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+export { DEFAULT_PATH };
 
 const PLATFORM_OF_ARCH: Record<string, TagTarget['platform']> = { amd64: 'linux_x86_64', arm64: 'linux_aarch64' };
 

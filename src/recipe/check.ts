@@ -1,6 +1,9 @@
 import { posix } from 'node:path';
 import { UserError } from '../util/errors.js';
 import type { Recipe } from './schema.js';
+import { homeProblem, passwdPathProblem } from '../rootfs/nss.js';
+import { DEFAULT_PYTHON_PREFIX } from './resolve.js';
+import { whiteoutInPath } from '../tar/whiteout.js';
 
 /** Files the image-root layer writes itself; a recipe directory cannot take their place. */
 export const GENERATED_FILES = ['/etc/passwd', '/etc/group', '/etc/nsswitch.conf'] as const;
@@ -36,8 +39,19 @@ export function checkRecipe(recipe: Recipe, where: string): void {
     if (sameUid !== undefined) fail(`/users/${i}: uid ${user.uid} is already used by /users/${sameUid}`);
     names.set(user.name, i);
     uids.set(user.uid, i);
+    // Every string that reaches /etc/passwd is checked against what its fields can hold.
+    if (user.shell !== undefined) {
+      const problem = passwdPathProblem(user.shell);
+      if (problem) fail(`/users/${i}/shell: ${problem}`);
+    }
     // A home of / is usual for service accounts; there is nothing to create then.
-    if (user.home !== undefined && user.home !== '/') checkImagePath(user.home, `/users/${i}/home`, fail);
+    if (user.home !== undefined && user.home !== '/') {
+      const home = checkImagePath(user.home, `/users/${i}/home`, fail);
+      // The user owns its home: not a system directory, nor one that holds the wheels' prefix or another home.
+      const others = (recipe.users ?? []).filter((_, j) => j !== i).map((u) => trimSlashes(u.home ?? `/home/${u.name}`));
+      const problem = homeProblem(home, [recipe.python?.prefix ?? DEFAULT_PYTHON_PREFIX, ...others.filter((h) => h !== home)]);
+      if (problem) fail(`/users/${i}/home: ${problem}`);
+    }
   });
 
   // A group name stands for one gid and a gid has one name (root's is root).
@@ -52,6 +66,11 @@ export function checkRecipe(recipe: Recipe, where: string): void {
     groupGids.set(user.group, user.gid);
     gidGroups.set(user.gid, user.group);
   });
+
+  if (recipe.python?.prefix !== undefined) {
+    const whiteout = whiteoutInPath(recipe.python.prefix);
+    if (whiteout) fail(`/python/prefix: ${JSON.stringify(whiteout.component)} ${whiteout.problem}`);
+  }
 
   const directories = new Map<string, number>();
   recipe.directories?.forEach((directory, i) => {
@@ -97,9 +116,16 @@ export function parseMode(text: string): number {
  * which the store-path layers own. Returns it without a trailing slash.
  */
 function checkImagePath(path: string, pointer: string, fail: (message: string) => never): string {
-  const trimmed = path.length > 1 ? path.replace(/\/+$/, '') : path;
+  const trimmed = trimSlashes(path);
   if (posix.normalize(trimmed) !== trimmed) fail(`${pointer}: ${path} is not a normalised path (no //, . or ..)`);
   if (trimmed === '/') fail(`${pointer}: cannot be / itself`);
   if (trimmed === '/nix' || trimmed.startsWith('/nix/')) fail(`${pointer}: ${path} is inside /nix, which the store layers own`);
+  const whiteout = whiteoutInPath(trimmed);
+  if (whiteout) fail(`${pointer}: ${JSON.stringify(whiteout.component)} ${whiteout.problem}`);
   return trimmed;
+}
+
+/** `/a/b/` → `/a/b`; `/` stays. */
+export function trimSlashes(path: string): string {
+  return path.length > 1 ? path.replace(/\/+$/, '') || '/' : path;
 }

@@ -1,11 +1,13 @@
 /**
  * Where and why a JSON text is invalid, as `line 3 column 10: unexpected '}', expected a value`.
  * JSON.parse's messages differ between Node versions and Node 20's give no position, so the text is
- * scanned again here (only after JSON.parse failed; recipes are small).
+ * scanned again here (only after JSON.parse failed; recipes are small). With `quote: false` the
+ * offending character is not shown (`unexpected character, expected a value`): for files that may
+ * not be what they claim (a path-info file, a layout's index.json), an error never shows content.
  */
-export function describeJsonError(text: string): string {
+export function describeJsonError(text: string, { quote = true }: { quote?: boolean } = {}): string {
   try {
-    new JsonScanner(text).document();
+    new JsonScanner(text, quote).document();
     return 'invalid JSON';
   } catch (error) {
     if (!(error instanceof JsonSyntaxError)) throw error;
@@ -27,7 +29,10 @@ class JsonSyntaxError extends Error {
 
 class JsonScanner {
   #at = 0;
-  constructor(private readonly text: string) {}
+  constructor(
+    private readonly text: string,
+    private readonly quote: boolean,
+  ) {}
 
   document(): void {
     this.#value();
@@ -121,7 +126,7 @@ class JsonScanner {
 
   #fail(expected: string, at = this.#at): never {
     const c = this.text[at];
-    const found = c === undefined ? 'end of file' : `'${c === '\n' ? '\\n' : c}'`;
+    const found = c === undefined ? 'end of file' : this.quote ? `'${c === '\n' ? '\\n' : c}'` : 'character';
     throw new JsonSyntaxError(at, c === undefined ? `unexpected end of file, ${expected}` : `unexpected ${found}, ${expected}`);
   }
 }

@@ -2,8 +2,9 @@ import { dirname, resolve as resolvePath } from 'node:path';
 import type { ImageConfigSpec } from '../model/config.js';
 import type { Closure } from '../nix/types.js';
 import type { RootSpec } from '../rootfs/root-layer.js';
+import { DEFAULT_PATH, type EntrypointSpec } from '../rootfs/entrypoint.js';
 import { UserError } from '../util/errors.js';
-import { parseMode } from './check.js';
+import { parseMode, trimSlashes } from './check.js';
 import type { Recipe } from './schema.js';
 import type { TrapName } from '../wheels/checks/traps.js';
 import { matchStorePaths, suggestStoreName } from './store-names.js';
@@ -96,7 +97,29 @@ export function resolveRecipe(recipe: Recipe, closure: Closure, recipeFile?: str
   if (recipe.healthcheck) {
     resolved.healthcheck = { ...recipe.healthcheck, test: expandList(recipe.healthcheck.test, '/healthcheck/test')! };
   }
+  const entrypointSpec = programOf(resolved, recipe.checks?.allowMissingEntrypoint === true);
+  if (entrypointSpec) resolved.root.entrypoint = entrypointSpec;
   return resolved;
+}
+
+/**
+ * What the container runs, as the root layer checks it: entrypoint[0], else cmd[0] (a runtime runs
+ * cmd when there is no entrypoint), searched on the image's PATH (the recipe's, else the runtimes'
+ * default, and the wheels' bin) when it has no `/`.
+ */
+function programOf(recipe: ResolvedRecipe, allowMissing: boolean): EntrypointSpec | undefined {
+  const [program, key] = recipe.entrypoint?.length ? [recipe.entrypoint[0]!, 'entrypoint' as const] : recipe.cmd?.length ? [recipe.cmd[0]!, 'cmd' as const] : [];
+  if (program === undefined || key === undefined) return undefined;
+  const path = recipe.env?.PATH !== undefined ? recipe.env.PATH.split(':') : DEFAULT_PATH.split(':');
+  return {
+    program,
+    key,
+    path: path.filter((p) => p !== ''),
+    extraPath: [`${recipe.python.prefix}/bin`],
+    workingDir: recipe.workingDir ?? '/',
+    volumes: recipe.volumes ?? [],
+    allowMissing,
+  };
 }
 
 /**
@@ -110,7 +133,7 @@ function imageUsers(recipe: Recipe): RootSpec['users'] {
   return (recipe.users ?? []).map((user) => {
     const group = named.get(user.gid) ?? user.name;
     named.set(user.gid, group);
-    return { name: user.name, uid: user.uid, gid: user.gid, group, home: user.home ?? `/home/${user.name}`, shell: user.shell ?? '/bin/sh' };
+    return { name: user.name, uid: user.uid, gid: user.gid, group, home: trimSlashes(user.home ?? `/home/${user.name}`), shell: user.shell ?? '/bin/sh' };
   });
 }
 

@@ -118,6 +118,11 @@ export interface RecipeChecks {
    * (see src/wheels/checks/traps.ts). Each warning ends with the name that turns it off.
    */
   skipTraps?: TrapName[];
+  /**
+   * The program the image runs (entrypoint, else cmd) is mounted at run time: its absence from the
+   * image is a warning, not an error. (One in a volume is only warned about anyway.)
+   */
+  allowMissingEntrypoint?: boolean;
 }
 
 export const ARCHITECTURES = ['amd64', 'arm64', 'arm', '386', 'ppc64le', 's390x', 'riscv64', 'mips64le', 'loong64'] as const;
@@ -246,6 +251,7 @@ export const recipeSchema = {
         skipRequirements: { type: 'boolean' },
         skipLibraries: { type: 'boolean' },
         skipTraps: { type: 'array', items: { type: 'string', enum: [...TRAP_NAMES] } },
+        allowMissingEntrypoint: { type: 'boolean' },
       },
     },
   },

@@ -4,6 +4,7 @@ import { parseChallenges, type AuthChallenge } from './challenge.js';
 import type { Credentials } from './credentials.js';
 import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
 import { describeNetworkError, firstHeader, readText, send } from './transport.js';
+import { oneLine, type Secrets } from './secrets.js';
 
 /**
  * The Authorization header for a registry, from its `WWW-Authenticate` challenge: nothing
@@ -18,8 +19,8 @@ export interface AuthOptions {
   scopes: string[];
   agent: Dispatcher;
   retry: RetryPolicy;
-  /** Registers each issued token so it can be scrubbed from output. */
-  onSecret: (secret: string) => void;
+  /** Registers each issued token so it can be scrubbed from output, and scrubs what the registry sends back. */
+  secrets: Secrets;
   /** Whether a token realm may be plain http (only with --tls-verify=false). */
   allowHttp: boolean;
   signal?: AbortSignal;
@@ -146,7 +147,7 @@ export class RegistryAuth {
     try {
       realm = new URL(params.realm!);
     } catch {
-      throw new UserError(`${registry} named an invalid token realm "${params.realm}"`);
+      throw new UserError(`${registry} named an invalid token realm "${this.options.secrets.foreign(oneLine(params.realm ?? '').slice(0, 200))}"`);
     }
     if (realm.protocol !== 'https:' && !(realm.protocol === 'http:' && this.options.allowHttp)) {
       throw new UserError(`${registry} sends logins to ${realm.origin}, which is not https (allowed only with --tls-verify=false)`);
@@ -160,7 +161,7 @@ export class RegistryAuth {
       let text: string;
       let retryAfter: string | undefined;
       try {
-        const res = await send(this.options.agent, { ...request, allowPlainHttp: this.options.allowHttp, signal });
+        const res = await send(this.options.agent, { ...request, allowPlainHttp: this.options.allowHttp, secrets: this.options.secrets, signal });
         status = res.status;
         retryAfter = firstHeader(res.headers, 'retry-after');
         text = await readText(res.body, 1 << 20);
@@ -193,7 +194,7 @@ export class RegistryAuth {
     }
     const value = typeof reply.token === 'string' && reply.token ? reply.token : reply.access_token;
     if (typeof value !== 'string' || value === '') throw new UserError(`the token server ${realm.origin} sent no token`);
-    this.options.onSecret(value);
+    this.options.secrets.add(value);
     const seconds = typeof reply.expires_in === 'number' && reply.expires_in > 0 ? reply.expires_in : DEFAULT_TOKEN_SECONDS;
     const issued = typeof reply.issued_at === 'string' ? Date.parse(reply.issued_at) : NaN;
     // Our clock, not the server's issued_at, decides: clocks differ. Renew with a tenth of the lifetime to spare.
@@ -217,6 +218,7 @@ function tokenRequest(realm: URL, service: string | undefined, scopes: string[],
       url: realm,
       headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(body.length) },
       body: () => body,
+      credentialBody: true,
     };
   }
   const url = new URL(realm);

@@ -1,7 +1,9 @@
+import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Blob } from '../model/image.js';
 import { UserError } from '../util/errors.js';
-import { describeFailure, type RegistryClient } from './client.js';
+import { describeFailure, formatFailure, readFailure, type RegistryClient } from './client.js';
+import { oneLine, shownDigest } from './secrets.js';
 import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
 import { describeNetworkError, firstHeader, type HttpResponse } from './transport.js';
 
@@ -235,7 +237,7 @@ class BlobUpload {
     await res.body.dump();
     const stored = firstHeader(res.headers, 'docker-content-digest');
     if (stored && stored !== this.digest) {
-      throw new UserError(`${this.where()} stored blob ${this.digest} as ${stored}: the blob file does not match its digest`);
+      throw new UserError(`${this.where()} stored blob ${this.digest} as ${shownDigest(stored)}: the blob file does not match its digest`);
     }
     this.offset = this.size;
   }
@@ -297,24 +299,72 @@ class BlobUpload {
     }
   }
 
+  /**
+   * Where the registry says the upload goes on. It may be another origin (blob storage): no
+   * Authorization goes there; and it must stay https (checked when it is used, like every request).
+   */
   private locationOf(res: HttpResponse): URL | undefined {
     const location = firstHeader(res.headers, 'location');
-    return location ? new URL(location, res.url) : undefined;
+    if (!location) return undefined;
+    const shown = () => this.client.secrets.foreign(oneLine(location).slice(0, 200));
+    let url: URL;
+    try {
+      url = new URL(location, res.url);
+    } catch {
+      throw new UserError(`${this.where()} sent an invalid upload location "${shown()}" for blob ${this.digest}`);
+    }
+    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && this.client.plainHttpAllowed)) {
+      throw new UserError(
+        `${this.where()} sent an upload location that is not https (${this.client.secrets.foreign(oneLine(url.origin))}) for blob ${this.digest}: its bytes are not sent in clear (allowed only with --tls-verify=false)`,
+      );
+    }
+    return url;
   }
 
   /** A non-success status: transient (retry, resume) or a refusal that no retry will fix. */
   private async failure(res: HttpResponse, doing: string): Promise<Error> {
     const status = res.status;
-    // 400/404/416 on an upload mean the session went bad (e.g. a partly written chunk): start over.
     if (isRetriableStatus(status) || status === 400 || status === 404 || status === 416) {
+      const failure = await readFailure(res);
+      const detail = formatFailure(failure, this.client.secrets);
+      // The bytes the registry got do not hash to the digest: sending the same bytes again cannot help.
+      if (failure.code === 'DIGEST_INVALID') return this.digestRefused(detail);
+      // 400/404/416 on an upload mean the session went bad (e.g. a partly written chunk): start over.
       const retryAfter = parseRetryAfter(firstHeader(res.headers, 'retry-after'));
-      return new TransientFailure(`${doing}: ${await describeFailure(res)}`, retryAfter);
+      return new TransientFailure(`${doing}: ${detail}`, retryAfter);
     }
     return this.refusal(res, doing);
   }
 
+  /**
+   * The registry refused the blob's bytes as not matching its digest. Hashes the source to say whose
+   * fault it is: a blob file that is damaged or was changed, or something on the way that changed them.
+   */
+  private async digestRefused(detail: string): Promise<UserError> {
+    const hash = createHash('sha256');
+    let size = 0;
+    try {
+      for await (const chunk of this.blob.open(0)) {
+        hash.update(chunk as Buffer);
+        size += (chunk as Buffer).length;
+      }
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      return new UserError(`pushing blob ${this.digest} to ${this.where()}: the registry refused its bytes (${detail}), and the blob cannot be read again to check it: ${code ?? (err as Error).message}`);
+    }
+    const actual = `sha256:${hash.digest('hex')}`;
+    if (actual !== this.digest || size !== this.size) {
+      return new UserError(
+        `pushing blob ${this.digest} to ${this.where()}: the image's blob does not match its digest (its ${size} bytes hash to ${actual}): the image is damaged or was changed after it was written; the registry refused it (${detail})`,
+      );
+    }
+    return new UserError(
+      `pushing blob ${this.digest} to ${this.where()}: the registry refused the bytes it received (${detail}), although the blob matches its digest: they were changed on the way (a proxy?); not retried`,
+    );
+  }
+
   private async refusal(res: HttpResponse, doing: string): Promise<UserError> {
-    const detail = await describeFailure(res);
+    const detail = await describeFailure(res, this.client.secrets);
     const hint =
       res.status === 401 || res.status === 403
         ? ` (${this.client.auth.describeIdentity()} has no push access)`

@@ -1,6 +1,7 @@
 import type { Agent } from 'undici';
 import { UserError } from '../util/errors.js';
 import { RegistryAuth } from './auth.js';
+import { oneLine, Secrets } from './secrets.js';
 import type { Credentials } from './credentials.js';
 import { isRetriableError, isRetriableStatus, parseRetryAfter, retryDelay, sleep, type RetryPolicy } from './retry.js';
 import {
@@ -23,8 +24,6 @@ export interface RegistryRequest extends Omit<HttpRequest, 'url' | 'authorizatio
   url: string | URL;
   /** Retry on 5xx/429/resets. Leave false for requests whose repetition needs the caller's care (uploads). */
   retry?: boolean;
-  /** Fewer attempts than the policy's (the ping: a registry that resets every connection is not flaky, it is refusing). */
-  attempts?: number;
 }
 
 export interface ConnectOptions {
@@ -36,7 +35,8 @@ export interface ConnectOptions {
   scopes: string[];
   tlsVerify: boolean;
   retry: RetryPolicy;
-  onSecret: (secret: string) => void;
+  /** Where issued tokens are registered, and what scrubs text the registry sends back. */
+  secrets?: Secrets;
   signal?: AbortSignal;
 }
 
@@ -52,6 +52,7 @@ export class RegistryClient {
     private readonly retryPolicy: RetryPolicy,
     private readonly allowPlainHttp: boolean,
     private readonly signal: AbortSignal | undefined,
+    readonly secrets: Secrets,
   ) {}
 
   /**
@@ -61,23 +62,24 @@ export class RegistryClient {
    */
   static async connect(options: ConnectOptions): Promise<RegistryClient> {
     const { registry, endpoint, agent, tlsVerify, signal } = options;
+    const secrets = options.secrets ?? new Secrets();
     const auth = new RegistryAuth({
       registry,
       credentials: options.credentials,
       scopes: options.scopes,
       agent,
       retry: options.retry,
-      onSecret: options.onSecret,
+      secrets,
       allowHttp: !tlsVerify,
       signal,
     });
-    let client = new RegistryClient(registry, new URL(`https://${endpoint}/`), agent, auth, options.retry, !tlsVerify, signal);
+    let client = new RegistryClient(registry, new URL(`https://${endpoint}/`), agent, auth, options.retry, !tlsVerify, signal, secrets);
     let ping: HttpResponse;
     try {
       ping = await client.ping();
     } catch (err) {
       if (tlsVerify || signal?.aborted || !isTlsProtocolError(err)) throw client.networkError(err);
-      client = new RegistryClient(registry, new URL(`http://${endpoint}/`), agent, auth, options.retry, true, signal);
+      client = new RegistryClient(registry, new URL(`http://${endpoint}/`), agent, auth, options.retry, true, signal, secrets);
       try {
         ping = await client.ping();
       } catch (plainErr) {
@@ -97,15 +99,21 @@ export class RegistryClient {
         throw new UserError(`login to ${registry} failed: the registry refused ${auth.describeIdentity()} (${check.status})`);
       }
       if (check.status !== 200) throw new UserError(`${registry}/v2/ answered ${check.status} after login`);
+    } else if (isRetriableStatus(ping.status)) {
+      const attempts = options.retry.attempts + 1;
+      throw new UserError(`${client.baseUrl.origin}/v2/ answered ${ping.status} ${attempts === 1 ? 'once' : `${attempts} times`} (--retries ${options.retry.attempts}): the registry is failing`);
     } else if (ping.status !== 200) {
       throw new UserError(`${client.baseUrl.origin}/v2/ answered ${ping.status}: is this an OCI registry?`);
     }
     return client;
   }
 
-  /** GET /v2/ without credentials, retrying server errors (not refusals: a registry that is down fails at once). */
+  /**
+   * GET /v2/ without credentials, retried like every request (server errors, 429, resets, stalls, up to
+   * --retries failures in a row). Only a refused connection fails at once: a registry that is down.
+   */
   private async ping(): Promise<HttpResponse> {
-    const res = await this.request({ method: 'GET', url: '/v2/', retry: true, attempts: 2 }, { authenticate: false });
+    const res = await this.request({ method: 'GET', url: '/v2/', retry: true }, { authenticate: false });
     await res.body.dump();
     return res;
   }
@@ -113,7 +121,7 @@ export class RegistryClient {
   /** Sends a request to the registry; the response body must be consumed or dumped by the caller. */
   async request(request: RegistryRequest, { authenticate = true } = {}): Promise<HttpResponse> {
     const url = typeof request.url === 'string' ? new URL(request.url, this.baseUrl) : request.url;
-    const attempts = Math.min(request.attempts ?? Infinity, this.retryPolicy.attempts);
+    const attempts = this.retryPolicy.attempts;
     for (let failures = 0; ; ) {
       let res: HttpResponse;
       try {
@@ -144,6 +152,7 @@ export class RegistryClient {
         authorization,
         authorizationOrigin: origin,
         allowPlainHttp: this.allowPlainHttp,
+        secrets: this.secrets,
         signal: this.signal,
       });
       return { res, sent: res.authorized ? authorization : undefined };
@@ -154,6 +163,11 @@ export class RegistryClient {
     if (!(await this.auth.renew(firstHeader(res.headers, 'www-authenticate'), sent))) return res;
     await res.body.dump();
     return (await attempt()).res;
+  }
+
+  /** Whether requests may go over plain http (--tls-verify=false). */
+  get plainHttpAllowed(): boolean {
+    return this.allowPlainHttp;
   }
 
   /** Whether the push this client serves was stopped (a failure elsewhere, or the caller's signal). */
@@ -169,18 +183,39 @@ export class RegistryClient {
   }
 }
 
-/** `404 BLOB_UNKNOWN: blob unknown to registry` from a registry's error document, or just the status. */
-export async function describeFailure(res: HttpResponse): Promise<string> {
+/**
+ * `404 BLOB_UNKNOWN: blob unknown to registry` from a registry's error document, or just the status.
+ * The registry's words are text from outside: scrubbed of secrets (a registry may echo the Authorization
+ * header it got), on one line.
+ */
+export async function describeFailure(res: HttpResponse, secrets: Secrets): Promise<string> {
+  return formatFailure(await readFailure(res), secrets);
+}
+
+/** A registry failure as `describeFailure` words it. */
+export function formatFailure({ status, code, message }: RegistryFailure, secrets: Secrets): string {
+  if (code === undefined) return `${status}`;
+  const detail = secrets.foreign(oneLine(`${code}${message ? `: ${message}` : ''}`).slice(0, 300));
+  return `${status} ${detail}`;
+}
+
+export interface RegistryFailure {
+  status: number;
+  code?: string;
+  message?: string;
+}
+
+/** The status and the first error of a registry's error document (when it sent one). */
+export async function readFailure(res: HttpResponse): Promise<RegistryFailure> {
   const text = await readText(res.body).catch(() => '');
   try {
     const doc = JSON.parse(text) as { errors?: Array<{ code?: unknown; message?: unknown }> };
     const first = doc.errors?.[0];
     if (first && typeof first.code === 'string') {
-      const message = typeof first.message === 'string' && first.message ? `: ${first.message}` : '';
-      return `${res.status} ${first.code}${message}`.slice(0, 300);
+      return { status: res.status, code: first.code, ...(typeof first.message === 'string' && first.message && { message: first.message }) };
     }
   } catch {
     // Not a registry error document.
   }
-  return `${res.status}`;
+  return { status: res.status };
 }

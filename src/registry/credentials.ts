@@ -30,7 +30,8 @@ export interface CredentialOptions {
 export function credentialSecrets(credentials: Credentials | undefined): string[] {
   if (!credentials) return [];
   if (credentials.kind === 'identity-token') return [credentials.token];
-  return [credentials.password, Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64')];
+  // The Basic header's base64 of `user:password` does not contain the password's own base64: both are listed.
+  return [credentials.password, `${credentials.username}:${credentials.password}`];
 }
 
 export async function findCredentials(

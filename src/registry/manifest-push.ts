@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Image } from '../model/image.js';
 import { UserError } from '../util/errors.js';
 import { describeFailure, type RegistryClient } from './client.js';
+import { shownDigest } from './secrets.js';
 import { firstHeader } from './transport.js';
 
 /**
@@ -26,14 +27,14 @@ export async function pushManifest(client: RegistryClient, repository: string, i
       throw client.networkError(err);
     }
     if (res.status !== 201 && res.status !== 200 && res.status !== 202) {
-      const detail = await describeFailure(res);
+      const detail = await describeFailure(res, client.secrets);
       const hint = res.status === 401 || res.status === 403 ? ` (${client.auth.describeIdentity()} has no push access)` : '';
       throw new UserError(`pushing the manifest to ${where}:${reference} failed: ${detail}${hint}`);
     }
     await res.body.dump();
     const stored = firstHeader(res.headers, 'docker-content-digest');
     if (stored && stored !== digest) {
-      throw new UserError(`${where} stored the manifest as ${stored}, not ${digest}: the registry rewrote it`);
+      throw new UserError(`${where} stored the manifest as ${shownDigest(stored)}, not ${digest}: the registry rewrote it`);
     }
   }
   return digest;

@@ -1,15 +1,16 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import { rename, unlink, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { basename } from 'node:path';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import type { Agent } from 'undici';
 import type { Blob, Image } from '../model/image.js';
 import { UserError } from '../util/errors.js';
+import { writeFileAtomically } from '../util/atomic.js';
 import { blobExists, pushBlob, type BlobOutcome } from './blob-upload.js';
 import { RegistryClient } from './client.js';
 import { credentialSecrets, findCredentials } from './credentials.js';
+import { Secrets } from './secrets.js';
 import { pushManifest } from './manifest-push.js';
 import { allSources, mountSources, sourcesFor, type MountSources } from './mount-sources.js';
 import { chooseProgressMode, createProgress, type ProgressMode, type PushProgress } from './progress.js';
@@ -89,10 +90,10 @@ export async function pushImage(image: Image, reference: string | ImageReference
   setMaxListeners(Infinity, stop.signal); // every request in flight listens to it: dozens at once is normal
   const onAbort = () => stop.abort(options.signal!.reason);
   options.signal?.addEventListener('abort', onAbort, { once: true });
-  const progress = createProgress(
-    options.progress ?? chooseProgressMode(stderr, options.quiet ?? false),
-    stderr,
-    totalSize(plan.blobs),
+  // Every line a push prints passes through the secrets: a registry may echo what it was sent.
+  const progress = scrubbedProgress(
+    createProgress(options.progress ?? chooseProgressMode(stderr, options.quiet ?? false), stderr, totalSize(plan.blobs)),
+    secrets,
   );
   let agent: Agent | undefined;
   try {
@@ -110,7 +111,7 @@ export async function pushImage(image: Image, reference: string | ImageReference
       scopes: scopesFor(plan),
       tlsVerify,
       retry: plan.retry,
-      onSecret: (s) => secrets.add(s),
+      secrets,
       signal: stop.signal,
     });
 
@@ -127,7 +128,7 @@ export async function pushImage(image: Image, reference: string | ImageReference
     stdout?.write(`${result.reference}\n`);
     return result;
   } catch (err) {
-    throw secrets.scrub(err);
+    throw secrets.error(err);
   } finally {
     progress.stop();
     options.signal?.removeEventListener('abort', onAbort);
@@ -277,33 +278,28 @@ function layerLabel(contents: string[] | undefined): string | undefined {
   return contents.length > 1 ? `${first} +${contents.length - 1}` : first;
 }
 
-/** Secrets seen during a push (passwords, tokens), and their removal from error messages. */
-class Secrets {
-  private readonly values = new Set<string>();
-
-  add(...secrets: string[]): void {
-    for (const s of secrets) if (s.length >= 4) this.values.add(s);
-  }
-
-  scrub(err: unknown): unknown {
-    if (!(err instanceof Error)) return err;
-    for (const secret of this.values) {
-      if (err.message.includes(secret)) err.message = err.message.split(secret).join('***');
-      const b64 = Buffer.from(secret).toString('base64');
-      if (err.message.includes(b64)) err.message = err.message.split(b64).join('***');
-    }
-    return err;
-  }
+/** The progress display with every line it is given scrubbed of secrets first. */
+function scrubbedProgress(progress: PushProgress, secrets: Secrets): PushProgress {
+  return {
+    blob(digest, size, label) {
+      const reporter = progress.blob(digest, size, label === undefined ? undefined : secrets.scrub(label));
+      return {
+        transferred: (bytes) => reporter.transferred(bytes),
+        retrying: (reason, delayMs) => reporter.retrying(secrets.scrub(reason), delayMs),
+        finished: (outcome) => reporter.finished(outcome.kind === 'mounted' ? { ...outcome, from: secrets.scrub(outcome.from) } : outcome),
+      };
+    },
+    note: (message) => progress.note(secrets.scrub(message)),
+    stop: () => progress.stop(),
+  };
 }
 
-/** Writes a small file by way of a temporary file in the same directory, so readers never see half of it. */
+/**
+ * Writes a small file by way of a temporary file in the same directory, so readers never see half of
+ * it (and leftovers of killed runs beside it are removed), as every output is written.
+ */
 export async function writeFileAtomic(file: string, data: string): Promise<void> {
-  const temp = join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    await writeFile(temp, data);
-    await rename(temp, file);
-  } catch (err) {
-    await unlink(temp).catch(() => {});
-    throw new UserError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
+  await writeFileAtomically(file, async (out) => {
+    await new Promise<void>((written, failed) => out.write(data, (err) => (err ? failed(err) : written())));
+  });
 }

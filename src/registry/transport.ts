@@ -3,11 +3,17 @@ import { Agent, type Dispatcher } from 'undici';
 import type { TlsConnectOptions } from './tls.js';
 import { UserError } from '../util/errors.js';
 import { errorCode } from './retry.js';
+import { oneLine, type Secrets } from './secrets.js';
 
 /**
  * HTTP for a push: one undici Agent with keep-alive connections to every origin (registry, token
  * server, blob storage), and redirects followed by hand so that the Authorization header only ever
  * goes to the origin it was issued for (registries redirect blob reads to storage hosts).
+ *
+ * Every request, whatever its URL came from (the registry's address, a redirect, an upload Location
+ * the registry handed out), goes over https unless plain http was allowed (--tls-verify=false): no
+ * blob byte or credential is sent in clear because a server said so. A body that carries a credential
+ * (an OAuth2 refresh token) never follows a redirect to another origin.
  */
 export interface TransportOptions {
   tls: TlsConnectOptions;
@@ -41,8 +47,12 @@ export interface HttpRequest {
   authorization?: string;
   /** Defaults to the request URL's origin. */
   authorizationOrigin?: string;
-  /** Whether a redirect may lead to plain http (only with --tls-verify=false). */
+  /** Whether the request (or a redirect) may go over plain http (only with --tls-verify=false). */
   allowPlainHttp?: boolean;
+  /** The body holds a credential: it is sent only to the request URL's own origin. */
+  credentialBody?: boolean;
+  /** Scrubs what the server sent (a Location) before it goes into a message. */
+  secrets?: Secrets;
   signal?: AbortSignal;
 }
 
@@ -63,6 +73,13 @@ export async function send(agent: Dispatcher, request: HttpRequest): Promise<Htt
   const authorizationOrigin = request.authorizationOrigin ?? request.url.origin;
   let { method, url } = request;
   let body = request.body;
+  const shown = (u: URL | string) => {
+    const text = oneLine(typeof u === 'string' ? u : u.origin).slice(0, 200);
+    return request.secrets ? request.secrets.foreign(text) : text;
+  };
+  if (!allowedProtocol(url, request.allowPlainHttp)) {
+    throw new UserError(`refusing to send ${method} to ${shown(url)}: it is not https (plain http is allowed only with --tls-verify=false)`);
+  }
   for (let hop = 0; ; hop++) {
     const headers: Record<string, string> = { ...request.headers };
     const authorized = request.authorization !== undefined && url.origin === authorizationOrigin;
@@ -89,9 +106,18 @@ export async function send(agent: Dispatcher, request: HttpRequest): Promise<Htt
     }
     await res.body.dump();
     if (hop >= MAX_REDIRECTS) throw new UserError(`${request.url.origin} redirected ${request.method} ${request.url.pathname} more than ${MAX_REDIRECTS} times`);
-    url = new URL(location, url);
-    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && request.allowPlainHttp)) {
-      throw new UserError(`${request.url.origin} redirected to ${url.origin}, which is not https (allowed only with --tls-verify=false)`);
+    const from = url;
+    try {
+      url = new URL(location, url);
+    } catch {
+      throw new UserError(`${request.url.origin} redirected ${request.method} ${request.url.pathname} to an invalid location "${shown(location)}"`);
+    }
+    if (!allowedProtocol(url, request.allowPlainHttp)) {
+      throw new UserError(`${request.url.origin} redirected to ${shown(url)}, which is not https (allowed only with --tls-verify=false)`);
+    }
+    const keepsBody = !(res.statusCode === 303 || ((res.statusCode === 301 || res.statusCode === 302) && method === 'POST'));
+    if (request.credentialBody && body && keepsBody && url.origin !== from.origin) {
+      throw new UserError(`${from.origin} redirected the login to ${shown(url)}, another origin: the credential it carries is not sent there`);
     }
     // 303 (and, as browsers do, 301/302 after a POST) turn the request into a GET without a body.
     if (res.statusCode === 303 || ((res.statusCode === 301 || res.statusCode === 302) && method === 'POST')) {
@@ -99,6 +125,11 @@ export async function send(agent: Dispatcher, request: HttpRequest): Promise<Htt
       body = undefined;
     }
   }
+}
+
+/** https always; plain http only when allowed; nothing else (file:, data:, ftp: …) ever. */
+function allowedProtocol(url: URL, allowPlainHttp: boolean | undefined): boolean {
+  return url.protocol === 'https:' || (url.protocol === 'http:' && allowPlainHttp === true);
 }
 
 function discard(payload: Buffer | Readable | null): void {

@@ -2,9 +2,10 @@ import type { LayerSource, TarEntry } from '../layer/types.js';
 import type { Closure, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../nix/store-path.js';
 import { UserError } from '../util/errors.js';
-import { groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
+import { checkImageUsers, groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
 import { GENERATED, LOWER_LAYERS, RootTree, STORE_LAYERS } from './root-tree.js';
 import { ClosureTrees } from './closure-trees.js';
+import { checkEntrypoint, ImageView, type EntrypointSpec } from './entrypoint.js';
 import { findEntries, readNarForListing, type NarWalker, type StoreTree} from './store-tree.js';
 import { byCodePoints } from '../util/order.js';
 
@@ -21,6 +22,13 @@ export interface RootSpec {
    * store path (which would hide what the lower layer put there).
    */
   lowerLayerDirectories?: string[];
+  /**
+   * The files lower layers (the wheels) install, absolute: for the entrypoint check. When left out,
+   * a program below `lowerLayerDirectories` is not checked.
+   */
+  lowerLayerFiles?: string[];
+  /** What the container runs: checked to be in the image (see checkEntrypoint). */
+  entrypoint?: EntrypointSpec;
 }
 
 export interface RootLayerOptions {
@@ -52,6 +60,8 @@ const COLLISIONS_SHOWN = 3;
  * some store path does (see `shellLinkTargets`). Store paths are read for their names only.
  */
 export function rootLayerSource(closure: Closure, spec: RootSpec, options: RootLayerOptions = {}): RootLayer {
+  // Before any layer is made: a bad field would add accounts to /etc/passwd, a bad home hand a system directory to a user.
+  checkImageUsers([ROOT_USER, ...spec.users], spec.lowerLayerDirectories ?? []);
   const infos = spec.copyToRoot.map((path) => {
     const info = closure.paths.get(path);
     if (!info) throw new UserError(`copyToRoot: ${path} is not in the closure`);
@@ -125,6 +135,11 @@ async function rootEntries(
     if (targets.env) tree.addSymlink('usr/bin/env', targets.env);
   }
   for (const { kept, dropped, paths } of collisions.values()) options.warn(collisionWarning(kept, dropped, paths));
+  if (spec.entrypoint) {
+    const image = new ImageView(tree, closure, closureTrees, spec.lowerLayerFiles ?? null, spec.lowerLayerDirectories ?? []);
+    const warning = await checkEntrypoint(spec.entrypoint, image);
+    if (warning) options.warn(warning);
+  }
   return tree.entries();
 }
 

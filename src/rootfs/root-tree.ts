@@ -106,6 +106,24 @@ export class RootTree {
   }
 
   /**
+   * What the tree holds at `path`, a link not followed: a directory (also one written as a link to the
+   * one store path that provides it: its entries are the same), a link with its target, a file of ours,
+   * or undefined (nothing, or below a link or file).
+   */
+  entryAt(path: string): { kind: 'directory' } | { kind: 'link'; target: string } | { kind: 'file'; mode: number } | undefined {
+    let node: Node = this.#root;
+    for (const part of splitPath(path)) {
+      if (node.kind !== 'directory') return undefined;
+      const child = node.children.get(part);
+      if (!child) return undefined;
+      node = child;
+    }
+    if (node.kind === 'directory') return { kind: 'directory' };
+    if (node.kind === 'link') return { kind: 'link', target: node.target };
+    return { kind: 'file', mode: node.mode };
+  }
+
+  /**
    * Links a store path's entries into the root. An entry that is already there stays (earlier store
    * paths and our own entries win) and `onCollision` hears of it; directories on both sides merge.
    * A symlink to a directory that meets a directory is followed (with `resolveDirectory`) and merged

@@ -10,8 +10,8 @@ const LIST_CHUNK = 64 << 10;
 
 export const readNarForListing: NarWalker = (info, visitor) => readNar(info, visitor, { chunkSize: LIST_CHUNK });
 
-/** A store path's tree: names, kinds and symlink targets (`target` is set only on symlinks). */
-export type StoreTree = StoreDirectory | { kind: 'leaf'; target?: string };
+/** A store path's tree: names, kinds and symlink targets (`target` is set only on symlinks; `executable` on files). */
+export type StoreTree = StoreDirectory | { kind: 'leaf'; target?: string; executable?: boolean };
 export interface StoreDirectory {
   kind: 'directory';
   children: Map<string, StoreTree>;
@@ -40,7 +40,7 @@ export async function listStoreTree(info: StorePathInfo, walk: NarWalker): Promi
       directories.set(node.path, children);
       place(node, { kind: 'directory', children });
     },
-    regular: (node) => place(node, { kind: 'leaf' }),
+    regular: (node) => place(node, { kind: 'leaf', executable: node.executable }),
     symlink: (node) => place(node, { kind: 'leaf', target: node.target }),
   });
   return root ?? { kind: 'leaf' };

@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { quote } from '../util/quote.js';
+import { whiteoutInPath } from './whiteout.js';
 import type { Owner, TarEntry, TarSink } from './entry.js';
 import { BLOCK_SIZE, Typeflag, checkMtime, encodeHeaders, padToBlock, writeUstarHeader, type HeaderFields } from './header.js';
 
@@ -212,6 +213,14 @@ function bodySizeError(name: string, size: number, seen: number): UserError {
 /** Names are relative and normalised: no leading or trailing `/`, no empty, `.` or `..` component, no NUL. */
 function checkName(name: string): void {
   if (name === '' || BAD_NAME.test(name)) throw new UserError(`layer entry name ${quote(name)} is not a normalised relative path`);
+  // The last line of defence for every layer source (store paths, wheels, the image root): a whiteout
+  // name would make runtimes delete files instead of creating this one.
+  const whiteout = name.includes('.wh.') ? whiteoutInPath(name) : null;
+  if (whiteout) {
+    const store = /^nix\/store\/([^/]+)\/(.+)$/.exec(name);
+    const where = store ? `store path /nix/store/${store[1]}: entry ${quote(store[2]!)}` : `layer entry ${quote(name)}`;
+    throw new UserError(`${where}: ${quote(whiteout.component)} ${whiteout.problem}`);
+  }
 }
 
 /** A leading or trailing `/`, an empty, `.` or `..` component, or a NUL. */

@@ -17,6 +17,7 @@ import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
 import type { LayerSource, TarSink } from '../layer/types.js';
 import { UserError } from '../util/errors.js';
+import { whiteoutInPath } from '../tar/whiteout.js';
 import { recordHash, formatRecordLine } from './record.js';
 import { checkInterpreter, launcherScript, readScriptHead } from './scripts.js';
 import { changedSinceRead, verifiedChunks, type ChunkObserver } from './verify.js';
@@ -155,6 +156,8 @@ function planInstall(info: WheelInfo, options: WheelInstallOptions, scheme: Sche
   const add = (file: PlannedFile, from: string) => {
     const existing = files.get(file.name);
     if (existing) throw new UserError(`${info.file}: ${existing.from} and ${from} both install /${file.name}`);
+    const whiteout = whiteoutInPath(file.name);
+    if (whiteout) throw new UserError(`${info.file}: ${from} would install /${file.name}, whose ${JSON.stringify(whiteout.component)} ${whiteout.problem}`);
     files.set(file.name, { ...file, from });
   };
   const rootScheme = info.rootIsPurelib ? scheme.purelib : scheme.platlib;

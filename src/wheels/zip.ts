@@ -11,6 +11,7 @@ import { Readable } from 'node:stream';
 import { createInflateRaw, inflateRawSync } from 'node:zlib';
 import yauzl from 'yauzl';
 import { UserError } from '../util/errors.js';
+import { whiteoutInPath } from '../tar/whiteout.js';
 import { BlockRandomAccessReader, BlockReader } from './block-reader.js';
 
 export interface ZipEntry {
@@ -120,9 +121,12 @@ export class ZipReader {
   /**
    * Where the entry's data begins, from its local header (read here rather than through yauzl: one
    * cached read instead of a chain of callbacks, which counts with tens of thousands of entries).
+   * The local header must agree with the central directory (name, compression, encryption, and the
+   * CRC and sizes when it states them): a zip whose two views differ shows one file to the tools that
+   * read local headers and another to those that read the directory, and Python's zipfile refuses it.
    */
   private async dataStart(entry: ZipEntry): Promise<number> {
-    const fail = (why: string) => new UserError(`${this.file}: entry ${entry.name} (local header at byte ${entry.offset}): ${why}`);
+    const fail = (why: string) => new UserError(`${this.file}: entry ${JSON.stringify(entry.name)} (local header at byte ${entry.offset}): ${why}`);
     if (entry.offset + LOCAL_HEADER_FIXED_SIZE > this.blocks.size) throw fail('past the end of the file');
     let header: Buffer;
     try {
@@ -131,7 +135,12 @@ export class ZipReader {
       throw fail((err as Error).message);
     }
     if (header.readUInt32LE(0) !== LOCAL_HEADER_SIGNATURE) throw fail(`bad signature 0x${header.readUInt32LE(0).toString(16)}`);
-    const start = entry.offset + LOCAL_HEADER_FIXED_SIZE + header.readUInt16LE(26) + header.readUInt16LE(28);
+    const nameLength = header.readUInt16LE(26);
+    const start = entry.offset + LOCAL_HEADER_FIXED_SIZE + nameLength + header.readUInt16LE(28);
+    if (entry.offset + LOCAL_HEADER_FIXED_SIZE + nameLength > this.blocks.size) throw fail('its name runs past the end of the file');
+    const localName = nameLength === 0 ? Buffer.alloc(0) : await this.blocks.read(entry.offset + LOCAL_HEADER_FIXED_SIZE, nameLength);
+    const disagreement = localHeaderDisagreement(header, localName, entry.raw);
+    if (disagreement) throw fail(`the local header disagrees with the central directory: ${disagreement}`);
     if (start + entry.compressedSize > this.blocks.size) {
       throw fail(`its ${entry.compressedSize} bytes of data run past the end of the file (${this.blocks.size} bytes)`);
     }
@@ -156,6 +165,31 @@ export class ZipReader {
     this.zip.close();
     await this.handle.close();
   }
+}
+
+/** Bit 0: encrypted. Bit 3: CRC and sizes follow the data (the local header holds zeros). */
+const FLAG_ENCRYPTED = 0x1;
+const FLAG_DATA_DESCRIPTOR = 0x8;
+/** A 32-bit size of all ones: the real one is in the zip64 extra field. */
+const ZIP64_MARKER = 0xffffffff;
+
+/** What a local header says differently from its central directory record, or null when they agree. */
+export function localHeaderDisagreement(header: Buffer, localName: Buffer, central: yauzl.Entry): string | null {
+  if (!localName.equals(central.fileNameRaw)) {
+    return `it names ${JSON.stringify(localName.toString('utf8').slice(0, 200))}, the directory ${JSON.stringify(central.fileNameRaw.toString('utf8').slice(0, 200))}`;
+  }
+  const flags = header.readUInt16LE(6);
+  if ((flags & FLAG_ENCRYPTED) !== (central.generalPurposeBitFlag & FLAG_ENCRYPTED)) return 'one says the entry is encrypted, the other not';
+  const method = header.readUInt16LE(8);
+  if (method !== central.compressionMethod) return `compression method ${method} here, ${central.compressionMethod} there`;
+  if (flags & FLAG_DATA_DESCRIPTOR) return null;
+  const crc = header.readUInt32LE(14);
+  if (crc !== central.crc32) return `CRC-32 0x${crc.toString(16)} here, 0x${central.crc32.toString(16)} there`;
+  const compressed = header.readUInt32LE(18);
+  const size = header.readUInt32LE(22);
+  if (compressed !== ZIP64_MARKER && compressed !== central.compressedSize) return `compressed size ${compressed} here, ${central.compressedSize} there`;
+  if (size !== ZIP64_MARKER && size !== central.uncompressedSize) return `size ${size} here, ${central.uncompressedSize} there`;
+  return null;
 }
 
 export function sizeMismatch(file: string, entry: ZipEntry, actual: number): UserError {
@@ -206,6 +240,8 @@ function nameProblem(name: string): string | null {
   const parts = name.split('/');
   if (parts.includes('..')) return 'contains "..": it would escape the install directory';
   if (parts.some((p) => p === '' || p === '.')) return 'has an empty or "." path component';
+  const whiteout = whiteoutInPath(name);
+  if (whiteout) return `has a component ${JSON.stringify(whiteout.component)} that ${whiteout.problem}`;
   return null;
 }
 

@@ -47,7 +47,7 @@ describe('build progress', () => {
     const closureFile = join(dir, 'big.closure');
     exportClosure([big!], closureFile);
     const typescript = join(dir, 'typescript');
-    const command = [process.execPath, CLI, 'build-image', '--closure', closureFile, '--entrypoint', '/bin/sh', '--no-cache', '--jobs', '1', '--output', join(dir, 'c.tar')]
+    const command = [process.execPath, CLI, 'build-image', '--closure', closureFile, '--no-cache', '--jobs', '1', '--output', join(dir, 'c.tar')]
       .map((a) => `'${a}'`)
       .join(' ');
     execFileSync('script', ['-qec', `stty cols 200 rows 40; ${command}`, typescript], { stdio: 'ignore' });

@@ -3,7 +3,7 @@ import type { NarWalker } from '../../src/rootfs/store-tree.js';
 import { byPathComponents } from '../../src/util/order.js';
 
 /** A store path's tree for tests: relative path → what is there. Parent directories are implied. */
-export type FakeTree = Record<string, 'dir' | 'file' | { link: string }>;
+export type FakeTree = Record<string, 'dir' | 'file' | 'exec' | { link: string }>;
 
 /**
  * A NarWalker over in-memory trees, visiting nodes in NAR order (depth first, names sorted by bytes)
@@ -29,7 +29,7 @@ export class FakeNars {
       .sort(([a], [b]) => (a === '' ? -1 : b === '' ? 1 : byPathComponents(a, b)))
       .map(([path, kind]): NarNode => {
         if (kind === 'dir') return { type: 'directory', path };
-        if (kind === 'file') return { type: 'regular', path, executable: false, size: 1 };
+        if (kind === 'file' || kind === 'exec') return { type: 'regular', path, executable: kind === 'exec', size: 1 };
         return { type: 'symlink', path, target: kind.link };
       });
     this.#trees.set(storePath, nodes);

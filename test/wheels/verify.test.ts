@@ -63,6 +63,7 @@ function headerOffset(wheel: string, name: string): number {
 }
 
 /** Rewrites an entry's uncompressed size in the central directory (a lying zip). */
+/** States another size for `name` in the central directory and in its local header (so the two agree). */
 function setCentralSize(wheel: string, name: string, size: number): void {
   const bytes = readFileSync(wheel);
   const signature = Buffer.from('PK\x01\x02', 'latin1');
@@ -70,6 +71,7 @@ function setCentralSize(wheel: string, name: string, size: number): void {
     const nameLength = bytes.readUInt16LE(at + 28);
     if (bytes.toString('utf8', at + 46, at + 46 + nameLength) === name) {
       bytes.writeUInt32LE(size, at + 24);
+      bytes.writeUInt32LE(size, bytes.readUInt32LE(at + 42) + 22);
       writeFileSync(wheel, bytes);
       return;
     }

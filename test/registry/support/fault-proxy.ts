@@ -4,8 +4,10 @@ import type { AddressInfo, Socket } from 'node:net';
 
 /**
  * A reverse proxy in front of a real registry that logs every request and, when a rule says so,
- * misbehaves like a flaky network: answers 500 or 429 itself, drops the connection part-way
- * through an upload (before or after bytes reach the registry), or stalls (never answers).
+ * misbehaves like a flaky network or a hostile registry: answers 500 or 429 itself, drops the
+ * connection part-way through an upload (before or after bytes reach the registry), stalls (never
+ * answers), echoes the credentials it received, hands out upload locations on other origins or on
+ * plain http, changes the bytes it forwards, or answers with whatever a test makes up.
  * The Host header is passed through, so the registry's Location URLs point back at the proxy.
  */
 export type Fault =
@@ -17,7 +19,18 @@ export type Fault =
   /** Stops reading and never answers. */
   | { kind: 'stall' }
   /** Answers 307 to the same path on another origin (as registries send blob requests to storage hosts). */
-  | { kind: 'redirect'; to: string };
+  | { kind: 'redirect'; to: string }
+  /**
+   * Answers `status` with an error document (and headers) that echo the request's Authorization header
+   * in every form a registry might: as sent, decoded, percent-encoded, in a header.
+   */
+  | { kind: 'echo'; status: number }
+  /** Forwards to the registry, then points the answer's Location at `to` (an origin) with the same path and query. */
+  | { kind: 'relocate'; to: string }
+  /** Forwards to the registry with the request body's byte at `at` flipped (a proxy that damages data). */
+  | { kind: 'corrupt'; at: number }
+  /** Answers as given without asking the registry (a registry that lies). */
+  | { kind: 'answer'; status: number; headers?: Record<string, string>; body?: string };
 
 export interface ProxiedRequest {
   index: number;
@@ -92,6 +105,27 @@ export async function startFaultProxy(target: ProxyTarget): Promise<FaultProxy> 
       });
       return;
     }
+    if (fault?.kind === 'echo') {
+      req.resume();
+      req.on('end', () => {
+        entry.status = fault.status;
+        const sent = req.headers.authorization ?? '';
+        const decoded = sent.startsWith('Basic ') ? Buffer.from(sent.slice(6), 'base64').toString('utf8') : sent;
+        const message = `you sent ${sent} (${decoded}); as a query: ${encodeURIComponent(decoded)}; escaped: ${JSON.stringify(decoded)}; base64 again: ${Buffer.from(decoded).toString('base64')}; the password alone: ${decoded.slice(decoded.indexOf(':') + 1)}`;
+        res.writeHead(fault.status, { 'content-type': 'application/json', 'x-echo': sent, 'www-authenticate': `Basic realm="${decoded.replace(/"/g, '')}"` });
+        res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message, detail: { sent, decoded } }] }));
+      });
+      return;
+    }
+    if (fault?.kind === 'answer') {
+      req.resume();
+      req.on('end', () => {
+        entry.status = fault.status;
+        res.writeHead(fault.status, { 'content-length': String(Buffer.byteLength(fault.body ?? '')), ...fault.headers });
+        res.end(fault.body ?? '');
+      });
+      return;
+    }
     if (fault?.kind === 'redirect') {
       req.resume();
       req.on('end', () => {
@@ -127,11 +161,27 @@ export async function startFaultProxy(target: ProxyTarget): Promise<FaultProxy> 
       },
       (answer) => {
         entry.status = answer.statusCode;
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        const headers = { ...answer.headers };
+        if (fault?.kind === 'relocate' && typeof headers.location === 'string') {
+          const moved = new URL(headers.location, `http://${req.headers.host}`);
+          headers.location = `${fault.to}${moved.pathname}${moved.search}`;
+        }
+        res.writeHead(answer.statusCode ?? 502, headers);
         answer.pipe(res);
       },
     );
     upstream.on('error', () => req.socket.destroy());
+    if (fault?.kind === 'corrupt') {
+      let seen = 0;
+      req.on('data', (chunk: Buffer) => {
+        const copy = Buffer.from(chunk);
+        if (fault.at >= seen && fault.at < seen + copy.length) copy[fault.at - seen]! ^= 0xff;
+        seen += copy.length;
+        upstream.write(copy);
+      });
+      req.on('end', () => upstream.end());
+      return;
+    }
     if (fault?.kind === 'drop-mid-forward') {
       let forwarded = 0;
       req.on('data', (chunk: Buffer) => {
