@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { TarWriter, type ChunkSink } from '../tar/writer.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
+import { describeOsError } from '../util/os-errors.js';
 import type { BytePiece } from '../util/pieces.js';
 import { codecOf, Turns, type Codec } from './codec.js';
 import { checkLayerFormat, FRAME_SIZE, type LayerFormat } from './format.js';
@@ -186,16 +187,16 @@ export function writeLayerFile(source: LayerSource, format: LayerFormat, dir: st
  * (removed on failure or interruption): a layer with a file of its own (a work file, a cache blob, a
  * layout's blob).
  */
-export async function writeBlobFile(dir: string, write: (out: LayerOutput) => Promise<Written>): Promise<LayerFile> {
+export async function writeBlobFile(dir: string, write: (out: LayerOutput) => Promise<Written>, label = dir): Promise<LayerFile> {
   const temp = join(dir, `.layer-${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
   const forget = removeOnExit(temp);
   try {
     const handle = await open(temp, 'wx', 0o644).catch((err: NodeJS.ErrnoException) => {
-      throw new UserError(`cannot write a layer in ${dir}: ${err.code ?? err.message}`, { cause: err });
+      throw new UserError(`cannot write a layer in ${label}: ${describeOsError(err)}`, { cause: err });
     });
     let written: Written;
     try {
-      written = await write({ handle, at: 0, path: temp });
+      written = await write({ handle, at: 0, path: label });
     } finally {
       await handle.close();
     }
@@ -204,7 +205,7 @@ export async function writeBlobFile(dir: string, write: (out: LayerOutput) => Pr
     return { ...written, file, pieces: [{ file, start: 0, length: written.size }] };
   } catch (err) {
     await rm(temp, { force: true });
-    throw asUserError(err, temp);
+    throw asUserError(err, label);
   } finally {
     forget();
   }
@@ -213,7 +214,7 @@ export async function writeBlobFile(dir: string, write: (out: LayerOutput) => Pr
 /** A file system error while writing is the user's to fix (a full disk, a read-only directory): one line. */
 function asUserError(err: unknown, path: string): unknown {
   const e = err as NodeJS.ErrnoException;
-  if (e?.code && !(err instanceof UserError) && typeof e.syscall === 'string') return new UserError(`cannot write ${path}: ${e.code}`, { cause: err });
+  if (e?.code && !(err instanceof UserError) && typeof e.syscall === 'string') return new UserError(`cannot write ${path}: ${describeOsError(err)}`, { cause: err });
   return err;
 }
 

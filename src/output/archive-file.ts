@@ -34,9 +34,11 @@ export class ArchiveFile {
 
   constructor(
     readonly handle: FileHandle,
-    /** The file's path, for messages. */
+    /** The file being written (pieces of layers written into it name it). */
     readonly path: string,
     readonly hashes: HashPool,
+    /** The output as the user named it, for messages. */
+    readonly label = path,
   ) {}
 
   /** Bytes planned so far: where the next member starts. */
@@ -58,7 +60,7 @@ export class ArchiveFile {
    */
   layerOutput(): { out: LayerOutput; placed(name: string, size: number): Promise<BytePiece[]>; discard(): void } {
     const headerAt = this.#at;
-    const out = { handle: this.handle, at: headerAt + BLOCK_SIZE, path: this.path };
+    const out = { handle: this.handle, at: headerAt + BLOCK_SIZE, path: this.label };
     return {
       out,
       placed: async (name, size) => {

@@ -101,17 +101,23 @@ class ArchiveOutput implements ImageOutput {
 
   static async create(path: string, format: 'oci-archive' | 'docker-archive', hashes: HashPool, workDir: string | undefined): Promise<ArchiveOutput> {
     const pending = await PendingFile.open(path);
-    const output = new ArchiveOutput(pending, new ArchiveFile(pending.handle, pending.temp, hashes), format, workDir);
+    const output = new ArchiveOutput(pending, new ArchiveFile(pending.handle, pending.temp, hashes, path), format, workDir);
     try {
       for (const entry of archiveLayout(format).leading) await output.archive.add(entry);
     } catch (err) {
       await pending.abandon();
-      throw err;
+      throw outputError(path, err);
     }
     return output;
   }
 
   async writeLayer(index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer> {
+    return this.#writeLayer(index, meta, write).catch((err: unknown) => {
+      throw outputError(this.pending.target, err);
+    });
+  }
+
+  async #writeLayer(index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer> {
     if (index !== this.#next || this.#direct) {
       if (!this.workDir) throw new Error('a layer ahead of its turn needs a work directory');
       const file = await writeBlobFile(this.workDir, write);
@@ -160,8 +166,12 @@ class ArchiveOutput implements ImageOutput {
       const name = layout.layerName(layer);
       if (!this.archive.has(name)) await this.archive.add({ kind: 'blob', name, blob: layer });
     }
-    for (const entry of layout.trailing(image)) await this.archive.add(entry);
-    await this.archive.finish();
+    try {
+      for (const entry of layout.trailing(image)) await this.archive.add(entry);
+      await this.archive.finish();
+    } catch (err) {
+      throw outputError(this.pending.target, err);
+    }
     await this.pending.commit();
     // Layers written into the archive are read from it from now on (a push after the build).
     repoint(image.layers, this.pending.temp, this.pending.target);
@@ -192,12 +202,14 @@ class LayoutOutput implements ImageOutput {
   }
 
   async writeLayer(_index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer> {
-    const file = await writeBlobFile(this.blobs, write);
+    const file = await writeBlobFile(this.blobs, write, this.pending.target);
     return recordOf(file, meta, file.pieces);
   }
 
   async finish(image: Image): Promise<void> {
-    await writeEntriesToDirectory(ociLayoutEntries(image), this.pending.temp, this.hashes);
+    await writeEntriesToDirectory(ociLayoutEntries(image), this.pending.temp, this.hashes).catch((err: unknown) => {
+      throw outputError(this.pending.target, err);
+    });
     await this.pending.commit();
     repoint(image.layers, this.pending.temp, this.pending.target);
   }

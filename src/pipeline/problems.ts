@@ -40,7 +40,7 @@ export function checksFailed(problems: Problem[], problemsFile: string | undefin
 /** Writes every problem to `file`, atomically (a reader sees the old file or the whole new one). */
 export async function writeProblemsFile(file: string, problems: Problem[]): Promise<void> {
   const text = formatProblemsFile(problems);
-  await writeFileAtomically(file, (out) => new Promise<void>((done, fail) => out.write(text, (err) => (err ? fail(err) : done()))));
+  await writeFileAtomically(file, text);
 }
 
 /** The error for wheels that do not match the lock: one line per problem. */

@@ -123,7 +123,7 @@ export async function pushImage(image: Image, reference: string | ImageReference
     const result: PushResult = { digest, reference: formatReference(plan.ref, plan.tags[0], digest), uploaded: [], skipped: [], mounted: [] };
     for (const [blobDigest, outcome] of outcomes) result[OUTCOME_LIST[outcome.kind]].push(blobDigest);
     for (const tag of plan.tags.slice(1)) progress.note(`tagged ${formatReference(plan.ref, tag)}`);
-    if (options.digestFile) await writeFileAtomic(options.digestFile, digest);
+    if (options.digestFile) await writeFileAtomically(options.digestFile, digest);
     progress.stop();
     stdout?.write(`${result.reference}\n`);
     return result;
@@ -292,14 +292,4 @@ function scrubbedProgress(progress: PushProgress, secrets: Secrets): PushProgres
     note: (message) => progress.note(secrets.scrub(message)),
     stop: () => progress.stop(),
   };
-}
-
-/**
- * Writes a small file by way of a temporary file in the same directory, so readers never see half of
- * it (and leftovers of killed runs beside it are removed), as every output is written.
- */
-export async function writeFileAtomic(file: string, data: string): Promise<void> {
-  await writeFileAtomically(file, async (out) => {
-    await new Promise<void>((written, failed) => out.write(data, (err) => (err ? failed(err) : written())));
-  });
 }

@@ -24,7 +24,11 @@ const HOST_TAG = createHash('sha256').update(hostname()).digest('hex').slice(0, 
  * the old file or the whole new one. On failure, or if the process is stopped (SIGINT, SIGTERM),
  * the temporary file is removed and `path` is left as it was.
  */
-export async function writeFileAtomically(path: string, write: (out: Writable) => Promise<void>): Promise<void> {
+export async function writeFileAtomically(path: string, contents: string | Buffer | ((out: Writable) => Promise<void>)): Promise<void> {
+  const write =
+    typeof contents === 'function'
+      ? contents
+      : (out: Writable) => new Promise<void>((written, failed) => out.write(contents, (err) => (err ? failed(err) : written())));
   const { target, temp } = await tempBeside(path);
   const forget = removeOnExit(temp);
   const out = createWriteStream(temp, { flags: 'wx', mode: 0o644 });

@@ -4,7 +4,7 @@ import { dirname, join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeImage, type OutputFormat } from '../../src/output/write.js';
 import { removeLeftovers } from '../../src/util/atomic.js';
-import { writeFileAtomic } from '../../src/registry/push.js';
+import { writeFileAtomically } from '../../src/util/atomic.js';
 import { compileForChild } from '../registry/support/compile.js';
 import { randomLayer, writeOciLayout, writeTestImage, type TestImage } from '../registry/support/test-image.js';
 import { useScratchDirs } from '../helpers/scratch.js';
@@ -111,7 +111,7 @@ describe('leftovers of killed runs', () => {
     const file = join(parent, 'digest.txt');
     // A pid that cannot be running: above the kernel's pid_max.
     writeFileSync(join(parent, `.digest.txt.99999999-${(await hostTag(parent))}-0123456789ab.tmp`), 'left');
-    await writeFileAtomic(file, 'sha256:abc');
+    await writeFileAtomically(file, 'sha256:abc');
     expect(readdirSync(parent)).toEqual(['digest.txt']);
   });
 });
