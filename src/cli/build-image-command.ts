@@ -137,8 +137,8 @@ export function buildImageCommand(): Command {
       if (flags.push !== undefined) {
         const pushFlags = { ...flags, tag: [], quiet: flags.quiet, jobs } as unknown as PushFlags;
         // The built image's layers are still where the build left them: nothing is written and read back.
-        const { pushImage } = await import('../registry/push.js');
-        await pushImage(result.image, flags.push as string, pushOptionsFromFlags(pushFlags));
+        const { pushAndShow } = await import('./push-progress.js');
+        await pushAndShow(result.image, flags.push as string, pushOptionsFromFlags(pushFlags));
       }
     } finally {
       result.dispose();

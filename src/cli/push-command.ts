@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import type { PushOptions } from '../registry/push.js';
+import type { ShownPushOptions } from './push-progress.js';
 import { DEFAULT_CHUNK_SIZE, DEFAULT_JOBS } from '../registry/push-defaults.js';
 import { collect, parseBoolean, parseSize, parseWholeNumber } from './flags.js';
 import { parseReference } from '../model/reference.js';
@@ -19,9 +19,9 @@ export function pushCommand(): Command {
   command.action(async (source: string, flags: PushFlags & { registry: string; image?: string }) => {
     const ref = parseReference(flags.registry);
     // The HTTP client loads only when pushing: it is most of the CLI's start-up time otherwise.
-    const [{ pushImage }, { readImage }] = await Promise.all([import('../registry/push.js'), import('../output/read.js')]);
+    const [{ pushAndShow }, { readImage }] = await Promise.all([import('./push-progress.js'), import('../output/read.js')]);
     const image = await readImage(source, { tag: flags.image });
-    await pushImage(image, ref, pushOptionsFromFlags(flags));
+    await pushAndShow(image, ref, pushOptionsFromFlags(flags));
   });
   return command;
 }
@@ -61,7 +61,7 @@ export function addPushOptions(command: Command): Command {
     .option('-q, --quiet', 'print no progress, only the pushed reference');
 }
 
-export function pushOptionsFromFlags(flags: PushFlags): PushOptions {
+export function pushOptionsFromFlags(flags: PushFlags): ShownPushOptions {
   return {
     tags: flags.tag ?? [],
     creds: flags.creds,

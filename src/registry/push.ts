@@ -13,7 +13,7 @@ import { credentialSecrets, findCredentials } from './credentials.js';
 import { Secrets } from './secrets.js';
 import { pushManifest } from './manifest-push.js';
 import { allSources, mountSources, sourcesFor, type MountSources } from './mount-sources.js';
-import { chooseProgressMode, createProgress, type ProgressMode, type PushProgress } from './progress.js';
+import { silentProgress, type PushProgress } from './progress.js';
 import { formatReference, parseReference, parseRepository, parseTag, registryEndpoint, type ImageReference } from '../model/reference.js';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
 import { loadTlsOptions } from './tls.js';
@@ -47,13 +47,8 @@ export interface PushOptions {
   stallTimeoutMs?: number;
   /** `--digestfile`: written (atomically) with the manifest digest. */
   digestFile?: string;
-  quiet?: boolean;
-  /** Overrides the progress style chosen from stderr being a terminal. */
-  progress?: ProgressMode;
-  /** Progress goes here (default process.stderr). */
-  stderr?: NodeJS.WritableStream;
-  /** The last line, `<reference>@<digest>`, goes here (default process.stdout); null prints nothing. */
-  stdout?: NodeJS.WritableStream | null;
+  /** Who is told how the push goes, given the bytes it will move at most (default: nobody). */
+  progress?: (totalBytes: number) => PushProgress;
   /** Environment for credential lookup (default process.env). */
   env?: NodeJS.ProcessEnv;
   signal?: AbortSignal;
@@ -82,8 +77,6 @@ const EXISTENCE_CHECKS = 16;
  */
 export async function pushImage(image: Image, reference: string | ImageReference, options: PushOptions = {}): Promise<PushResult> {
   const plan = planPush(image, reference, options);
-  const stderr = options.stderr ?? process.stderr;
-  const stdout = options.stdout === undefined ? process.stdout : options.stdout;
   const secrets = new Secrets();
   // Stops the other uploads when one fails, and follows the caller's signal.
   const stop = new AbortController();
@@ -91,10 +84,7 @@ export async function pushImage(image: Image, reference: string | ImageReference
   const onAbort = () => stop.abort(options.signal!.reason);
   options.signal?.addEventListener('abort', onAbort, { once: true });
   // Every line a push prints passes through the secrets: a registry may echo what it was sent.
-  const progress = scrubbedProgress(
-    createProgress(options.progress ?? chooseProgressMode(stderr, options.quiet ?? false), stderr, totalSize(plan.blobs)),
-    secrets,
-  );
+  const progress = scrubbedProgress(options.progress?.(totalSize(plan.blobs)) ?? silentProgress, secrets);
   let agent: Agent | undefined;
   try {
     const env = options.env ?? process.env;
@@ -125,7 +115,6 @@ export async function pushImage(image: Image, reference: string | ImageReference
     for (const tag of plan.tags.slice(1)) progress.note(`tagged ${formatReference(plan.ref, tag)}`);
     if (options.digestFile) await writeFileAtomically(options.digestFile, digest);
     progress.stop();
-    stdout?.write(`${result.reference}\n`);
     return result;
   } catch (err) {
     throw secrets.error(err);

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { pushImage, type PushOptions } from '../../src/registry/push.js';
+import { pushAndShow, type ShownPushOptions } from '../../src/cli/push-progress.js';
 import { isUserError } from '../../src/util/errors.js';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
 import { tools } from '../helpers/tools.js';
@@ -43,7 +43,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
     rmSync(work, { recursive: true, force: true });
   });
 
-  const options = (extra: PushOptions = {}): PushOptions => ({
+  const options = (extra: ShownPushOptions = {}): ShownPushOptions => ({
     ...plain,
     stdout: null,
     progress: 'quiet',
@@ -76,7 +76,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
     };
     const ref = freshRef();
     const started = Date.now();
-    const result = await pushImage(image, ref, options());
+    const result = await pushAndShow(image, ref, options());
     expect(Date.now() - started).toBeGreaterThanOrEqual(1000); // waited as Retry-After asked
     expect([...seen.keys()].sort()).toEqual(['head', 'manifest', 'patch', 'post']);
     await expectIntact(ref, result.digest);
@@ -88,7 +88,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
     proxy.rule = ({ method }) => (method === 'PATCH' && ++patches === 2 ? { kind: 'drop-before-forward', afterBytes: 100_000 } : undefined);
     const from = proxy.requests.length;
     const ref = freshRef();
-    const result = await pushImage(image, ref, options());
+    const result = await pushAndShow(image, ref, options());
 
     const requests = since(from);
     const failed = requests.findIndex((r) => r.fault === 'drop-before-forward');
@@ -111,7 +111,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
     proxy.rule = ({ method }) => (method === 'PATCH' && ++patches === 2 ? { kind: 'drop-mid-forward', afterBytes: 100_000 } : undefined);
     const from = proxy.requests.length;
     const ref = freshRef();
-    const result = await pushImage(image, ref, options());
+    const result = await pushAndShow(image, ref, options());
     const requests = since(from);
     expect(requests.filter((r) => r.method === 'PATCH' && r.contentRange?.startsWith('0-'))).toHaveLength(2);
     await expectIntact(ref, result.digest);
@@ -121,7 +121,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
     // The second chunk always breaks half way, so each retry restarts the blob and never gets further.
     proxy.rule = ({ method, contentRange }) =>
       method === 'PATCH' && contentRange?.startsWith(`${CHUNK}-`) ? { kind: 'drop-mid-forward', afterBytes: 1000 } : undefined;
-    const err = await pushImage(image, freshRef(), options({ retries: 2 })).catch((e: unknown) => e);
+    const err = await pushAndShow(image, freshRef(), options({ retries: 2 })).catch((e: unknown) => e);
     expect(isUserError(err)).toBe(true);
     expect((err as Error).message).toMatch(new RegExp(`^pushing blob ${image.layers[0]!.descriptor.digest} to .* failed after 3 attempts: `));
   });
@@ -135,7 +135,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
     };
     const ref = freshRef();
     const started = Date.now();
-    const result = await pushImage(image, ref, options({ stallTimeoutMs: 1000 }));
+    const result = await pushAndShow(image, ref, options({ stallTimeoutMs: 1000 }));
     expect(stalled).toBe(true);
     expect(Date.now() - started).toBeGreaterThanOrEqual(1000);
     await expectIntact(ref, result.digest);
@@ -144,7 +144,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
   it('fails naming the blob and the status when errors persist, and a second run uploads only what is missing', async () => {
     proxy.rule = ({ method }) => (method === 'PATCH' ? { kind: 'status', status: 500 } : undefined);
     const ref = freshRef();
-    const err = await pushImage(image, ref, options({ retries: 2 })).catch((e: unknown) => e);
+    const err = await pushAndShow(image, ref, options({ retries: 2 })).catch((e: unknown) => e);
     expect(isUserError(err)).toBe(true);
     const big = image.layers[0]!.descriptor.digest;
     expect((err as Error).message).toBe(
@@ -156,7 +156,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
 
     proxy.rule = () => undefined;
     const from = proxy.requests.length;
-    const result = await pushImage(image, ref, options());
+    const result = await pushAndShow(image, ref, options());
     expect(result.uploaded).toEqual([big]);
     expect(result.skipped.sort()).toEqual([image.layers[1]!.descriptor.digest, image.configDescriptor.digest].sort());
     const finals = blobWrites(since(from)).filter((r) => r.method === 'PUT');
@@ -166,7 +166,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
   });
 
   it('finishes a push that was killed half way, uploading only the blobs still missing', async () => {
-    const outDir = await compileForChild(['src/registry/push.ts']);
+    const outDir = await compileForChild(['src/cli/push-progress.ts', 'src/registry/push.ts']);
     try {
       const many = await writeTestImage(join(work, 'many'), {
         layers: Array.from({ length: 6 }, (_, i) => randomLayer(`m${i}`, 30_000 + i)),
@@ -193,7 +193,7 @@ describe.runIf(tools('docker-registry', 'skopeo'))('push through a flaky network
 
       proxy.rule = () => undefined;
       const from = proxy.requests.length;
-      const result = await pushImage(many, ref, options({ jobs: 1 }));
+      const result = await pushAndShow(many, ref, options({ jobs: 1 }));
       expect(result.skipped).toHaveLength(3);
       expect(result.uploaded).toHaveLength(4); // three layers and the config
       const uploadedDigests = blobWrites(since(from))

@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { pushImage, type PushOptions } from '../../src/registry/push.js';
+import { pushAndShow, type ShownPushOptions } from '../../src/cli/push-progress.js';
 import { isUserError } from '../../src/util/errors.js';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
 import { tools } from '../helpers/tools.js';
@@ -56,7 +56,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
   });
 
   const freshRef = () => `${proxy.host}/hostile/repo${++repoCount}:latest`;
-  const options = (login: keyof typeof logins, extra: PushOptions = {}): PushOptions => ({
+  const options = (login: keyof typeof logins, extra: ShownPushOptions = {}): ShownPushOptions => ({
     certDir,
     creds: logins[login].join(':'),
     stdout: null,
@@ -89,7 +89,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
             ? { kind: 'echo', status: 503 }
             : undefined;
       const stderr = capture();
-      const err = await failure(pushImage(image, freshRef(), options(login, { retries: 2, progress: 'plain', stderr: stderr.stream })));
+      const err = await failure(pushAndShow(image, freshRef(), options(login, { retries: 2, progress: 'plain', stderr: stderr.stream })));
       const printed = `${stderr.text()}\n${err.message}\n${err.stack}`;
       // The retries were printed, each naming what the registry said, or withholding it.
       expect(stderr.text().match(/retrying in/g)?.length).toBeGreaterThanOrEqual(2);
@@ -116,7 +116,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
       try {
         proxy.rule = ({ method, path }) => (method === 'POST' && path.includes('/blobs/uploads/') ? { kind: 'relocate', to: clear.url } : undefined);
         const ref = freshRef();
-        const err = await failure(pushImage(image, ref, options('long')));
+        const err = await failure(pushAndShow(image, ref, options('long')));
         expect(err.message).toMatch(
           new RegExp(`^${proxy.host}/hostile/repo\\d+ sent an upload location that is not https \\(${clear.url}\\) for blob sha256:[0-9a-f]{64}: its bytes are not sent in clear \\(allowed only with --tls-verify=false\\)$`),
         );
@@ -133,7 +133,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
       try {
         proxy.rule = ({ method, path }) => (method === 'POST' && path.includes('/blobs/uploads/') ? { kind: 'relocate', to: storage.url } : undefined);
         const from = proxy.requests.length;
-        const result = await pushImage(image, freshRef(), options('long'));
+        const result = await pushAndShow(image, freshRef(), options('long'));
         expect(result.uploaded).toHaveLength(3);
         const writes = storage.requests.filter((r) => r.method === 'PATCH' || r.method === 'PUT');
         expect(writes.length).toBeGreaterThanOrEqual(3);
@@ -147,7 +147,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
     it('reports an upload location that is no URL in one line', async () => {
       proxy.rule = ({ method, path }) =>
         method === 'POST' && path.includes('/blobs/uploads/') ? { kind: 'answer', status: 202, headers: { location: 'https://[::1/x' } } : undefined;
-      const err = await failure(pushImage(image, freshRef(), options('long')));
+      const err = await failure(pushAndShow(image, freshRef(), options('long')));
       expect(err.message).toMatch(/ sent an invalid upload location "https:\/\/\[::1\/x" for blob sha256:[0-9a-f]{64}$/);
     });
   });
@@ -162,7 +162,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
         if (next === undefined) return undefined;
         return next === 'reset' ? { kind: 'drop-before-forward', afterBytes: 0 } : { kind: 'status', status: Number(next), retryAfter: next === '429' ? '0' : undefined };
       };
-      const result = await pushImage(image, freshRef(), options('long', { retries: 5 }));
+      const result = await pushAndShow(image, freshRef(), options('long', { retries: 5 }));
       expect(result.uploaded).toHaveLength(3);
       expect(probes).toBeGreaterThanOrEqual(answers.length + 1);
     });
@@ -170,7 +170,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
     it('fails in one line after --retries failures in a row, saying how often it failed', async () => {
       let probes = 0;
       proxy.rule = ({ method, path }) => (method === 'GET' && path === '/v2/' ? (probes++, { kind: 'status', status: 502 }) : undefined);
-      const err = await failure(pushImage(image, freshRef(), options('long', { retries: 3 })));
+      const err = await failure(pushAndShow(image, freshRef(), options('long', { retries: 3 })));
       expect(err.message).toBe(`${proxy.url}/v2/ answered 502 4 times (--retries 3): the registry is failing`);
       expect(probes).toBe(4);
     });
@@ -182,7 +182,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
       // The small blob goes up in one PUT; the proxy flips one of its bytes on the way.
       proxy.rule = ({ method, path }) => (method === 'PUT' && path.includes(encodeURIComponent(small)) ? { kind: 'corrupt', at: 100 } : undefined);
       const from = proxy.requests.length;
-      const err = await failure(pushImage(image, freshRef(), options('long', { retries: 5 })));
+      const err = await failure(pushAndShow(image, freshRef(), options('long', { retries: 5 })));
       expect(err.message).toMatch(
         new RegExp(`^pushing blob ${small} to .*: the registry refused the bytes it received \\(400 DIGEST_INVALID: .*\\), although the blob matches its digest: they were changed on the way \\(a proxy\\?\\); not retried$`),
       );
@@ -197,7 +197,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
       bytes[bytes.length - 1]! ^= 0xff;
       writeFileSync(file, bytes);
       const from = proxy.requests.length;
-      const err = await failure(pushImage(changed, freshRef(), options('long', { retries: 5 })));
+      const err = await failure(pushAndShow(changed, freshRef(), options('long', { retries: 5 })));
       expect(err.message).toMatch(
         new RegExp(`^pushing blob ${digest} to .*: the image's blob does not match its digest \\(its ${bytes.length} bytes hash to sha256:[0-9a-f]{64}\\): the image is damaged or was changed after it was written; the registry refused it \\(400 DIGEST_INVALID`),
       );
@@ -211,7 +211,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
       const basic = `Basic ${Buffer.from(logins.long.join(':')).toString('base64')}`;
       proxy.rule = ({ method, path }) =>
         method === 'PUT' && path.includes(encodeURIComponent(small)) ? { kind: 'answer', status: 201, headers: { 'docker-content-digest': basic } } : undefined;
-      const err = await failure(pushImage(image, freshRef(), options('long')));
+      const err = await failure(pushAndShow(image, freshRef(), options('long')));
       expect(err.message).toMatch(new RegExp(`stored blob ${small} as something that is not a sha256 digest: the blob file does not match its digest$`));
     });
 
@@ -222,7 +222,7 @@ describe.runIf(tools('docker-registry', 'htpasswd'))('a hostile registry', () =>
         lied = true;
         return { kind: 'answer', status: 202, headers: { range: '0-999999999', location: '/v2/nowhere/blobs/uploads/lost' } };
       };
-      const result = await pushImage(image, freshRef(), options('long'));
+      const result = await pushAndShow(image, freshRef(), options('long'));
       expect(lied).toBe(true);
       expect(result.uploaded).toHaveLength(3);
     });

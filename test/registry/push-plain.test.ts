@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pushImage, type PushOptions } from '../../src/registry/push.js';
+import { pushAndShow, type ShownPushOptions } from '../../src/cli/push-progress.js';
 import { MOUNT_FROM_ANNOTATION } from '../../src/registry/mount-sources.js';
 import { isUserError } from '../../src/util/errors.js';
 import { freePort, startRegistry, type RunningRegistry } from '../helpers/registry.js';
@@ -42,13 +42,13 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     rmSync(work, { recursive: true, force: true });
   });
 
-  const options = (extra: PushOptions = {}): PushOptions => ({ ...plain, stdout: null, progress: 'quiet', ...extra });
+  const options = (extra: ShownPushOptions = {}): ShownPushOptions => ({ ...plain, stdout: null, progress: 'quiet', ...extra });
   const blobWrites = (from: number) =>
     proxy.requests.slice(from).filter((r) => (r.method === 'PUT' || r.method === 'PATCH') && r.path.includes('/blobs/'));
 
   it('pushes the demo image, which skopeo reads back byte for byte and podman runs', async () => {
     const out = capture();
-    const result = await pushImage(demo, `${registry.host}/demo/app:v1`, options({ stdout: out.stream, tags: ['extra'] }));
+    const result = await pushAndShow(demo, `${registry.host}/demo/app:v1`, options({ stdout: out.stream, tags: ['extra'] }));
 
     expect(result.digest).toBe(sha256(demo.manifestBytes));
     expect(out.text()).toBe(`${registry.host}/demo/app:v1@${result.digest}\n`);
@@ -68,7 +68,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
   it('pushes a Docker schema 2 image as it is, and a second push uploads no blob', async () => {
     const ref = `${proxy.host}/demo/docker:latest`;
     const first = proxy.requests.length;
-    const result = await pushImage(dockerImage, ref, options());
+    const result = await pushAndShow(dockerImage, ref, options());
     expect(blobWrites(first).length).toBeGreaterThan(0);
 
     const raw = await fetch(`${registry.url}/v2/demo/docker/manifests/latest`, {
@@ -79,7 +79,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     expect(await podmanPullAndRun(`${registry.host}/demo/docker:latest`, plain)).toBe('docker schema 2\n');
 
     const second = proxy.requests.length;
-    const again = await pushImage(dockerImage, ref, options());
+    const again = await pushAndShow(dockerImage, ref, options());
     expect(again.digest).toBe(result.digest);
     expect(blobWrites(second)).toEqual([]);
     expect(again.skipped).toHaveLength(3);
@@ -92,9 +92,9 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
     process.on('warning', onWarning);
     try {
-      const result = await pushImage(many, `${registry.host}/demo/many`, options({ jobs: 8 }));
+      const result = await pushAndShow(many, `${registry.host}/demo/many`, options({ jobs: 8 }));
       expect(result.uploaded).toHaveLength(41);
-      const again = await pushImage(many, `${registry.host}/demo/many`, options({ jobs: 8 }));
+      const again = await pushAndShow(many, `${registry.host}/demo/many`, options({ jobs: 8 }));
       expect(again.skipped).toHaveLength(41);
       await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
     } finally {
@@ -107,7 +107,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     const big = await writeTestImage(join(work, 'big'), { layers: [randomLayer('big', 700_000)] });
     const digestFile = join(work, 'digest');
     const first = proxy.requests.length;
-    const result = await pushImage(big, `${proxy.host}/demo/big`, options({ chunkSize: 256 * 1024, digestFile }));
+    const result = await pushAndShow(big, `${proxy.host}/demo/big`, options({ chunkSize: 256 * 1024, digestFile }));
     const patches = proxy.requests.slice(first).filter((r) => r.method === 'PATCH');
     expect(patches.map((p) => p.contentRange)).toEqual(['0-262143', '262144-524287', `524288-${big.layers[0]!.descriptor.size - 1}`]);
     expect(readFileSync(digestFile, 'utf8')).toBe(result.digest);
@@ -118,8 +118,8 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
   it('mounts blobs from --mount-from and from the manifest annotation instead of uploading them', async () => {
     const base = await writeTestImage(join(work, 'base'), { layers: [randomLayer('base1', 50_000)] });
     const other = await writeTestImage(join(work, 'other'), { layers: [randomLayer('other1', 40_000)] });
-    await pushImage(base, `${registry.host}/team/base:1`, options());
-    await pushImage(other, `${registry.host}/team/other:1`, options());
+    await pushAndShow(base, `${registry.host}/team/base:1`, options());
+    await pushAndShow(other, `${registry.host}/team/other:1`, options());
 
     // The derived image reuses both base images' layers: one is found by --mount-from, one by the annotation.
     const withShared = assembleImage(
@@ -128,7 +128,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
       { annotations: { [MOUNT_FROM_ANNOTATION]: 'team/other' } },
     );
     const first = proxy.requests.length;
-    const result = await pushImage(withShared, `${proxy.host}/team/app:1`, options({ mountFrom: ['team/base'] }));
+    const result = await pushAndShow(withShared, `${proxy.host}/team/app:1`, options({ mountFrom: ['team/base'] }));
     expect(result.mounted.sort()).toEqual([base.layers[0]!.descriptor.digest, other.layers[0]!.descriptor.digest].sort());
     const mounts = proxy.requests.slice(first).filter((r) => r.method === 'POST' && r.path.includes('mount='));
     expect(mounts.some((r) => r.path.includes('from=team%2Fbase'))).toBe(true);
@@ -140,20 +140,20 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     const broken = await writeTestImage(join(work, 'broken'), { layers: [randomLayer('gone', 5_000), randomLayer('short', 300_000)] });
     const gone = broken.layers[0]!.descriptor.digest;
     rmSync(broken.blobFiles.get(gone)!);
-    let err = await pushImage(broken, `${registry.host}/demo/broken`, options()).catch((e: unknown) => e);
+    let err = await pushAndShow(broken, `${registry.host}/demo/broken`, options()).catch((e: unknown) => e);
     expect(isUserError(err)).toBe(true);
     expect((err as Error).message).toBe(`cannot read blob ${gone} at byte offset 0: ENOENT ${broken.blobFiles.get(gone)}`);
 
     const short = broken.layers[1]!.descriptor;
     const kept = { ...broken, layers: [broken.layers[1]!] };
     truncateSync(broken.blobFiles.get(short.digest)!, 200_000);
-    err = await pushImage(kept, `${registry.host}/demo/broken`, options({ chunkSize: 64 * 1024 })).catch((e: unknown) => e);
+    err = await pushAndShow(kept, `${registry.host}/demo/broken`, options({ chunkSize: 64 * 1024 })).catch((e: unknown) => e);
     expect(isUserError(err)).toBe(true);
     expect((err as Error).message).toBe(`blob ${short.digest} ends at byte offset 200000, before its size ${short.size}`);
   });
 
   it('refuses plain HTTP unless --tls-verify=false, with a one-line message', async () => {
-    const err = await pushImage(image, `${registry.host}/demo/app:tls`, { stdout: null, progress: 'quiet' }).catch((e: unknown) => e);
+    const err = await pushAndShow(image, `${registry.host}/demo/app:tls`, { stdout: null, progress: 'quiet' }).catch((e: unknown) => e);
     expect(isUserError(err)).toBe(true);
     expect((err as Error).message).toMatch(/does not speak TLS.*--tls-verify=false/);
     expect((err as Error).message).not.toContain('\n');
@@ -162,7 +162,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
   it('says so clearly when the registry is down', async () => {
     const port = await freePort();
     const started = Date.now();
-    const err = await pushImage(image, `127.0.0.1:${port}/demo/app`, options()).catch((e: unknown) => e);
+    const err = await pushAndShow(image, `127.0.0.1:${port}/demo/app`, options()).catch((e: unknown) => e);
     expect(isUserError(err)).toBe(true);
     expect((err as Error).message).toBe(`cannot connect to 127.0.0.1:${port}: connection refused (is the registry running?)`);
     expect(Date.now() - started).toBeLessThan(5_000);
@@ -173,7 +173,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     Object.assign(err.stream, { isTTY: true, columns: 120 });
     const out = capture();
     const small = await writeTestImage(join(work, 'tty'), { layers: [randomLayer('tty', 300_000)] });
-    const result = await pushImage(small, `${registry.host}/demo/tty`, { ...plain, stdout: out.stream, stderr: err.stream, chunkSize: 64 * 1024 });
+    const result = await pushAndShow(small, `${registry.host}/demo/tty`, { ...plain, stdout: out.stream, stderr: err.stream, chunkSize: 64 * 1024 });
     const screen = err.text();
     expect(screen).toMatch(/total \S+ 100% 29\d KiB\/29\d KiB [\d.]+ \w+\/s ETA/);
     expect(screen).toMatch(/\[\?25l/); // the cursor is hidden while drawing...
@@ -186,7 +186,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a plain-HT
     const err = capture();
     const out = capture();
     const small = await writeTestImage(join(work, 'lines'), { layers: [randomLayer('lines', 10_000)] });
-    const result = await pushImage(small, `${registry.host}/demo/lines`, { ...plain, stdout: out.stream, stderr: err.stream });
+    const result = await pushAndShow(small, `${registry.host}/demo/lines`, { ...plain, stdout: out.stream, stderr: err.stream });
     const lines = err.text().trim().split('\n');
     expect(lines[0]).toMatch(/^pushing 2 blobs \(.*\) to 127\.0\.0\.1:\d+\/demo\/lines$/);
     expect(lines.filter((l) => /: uploaded .* in .*\/s\)$/.test(l))).toHaveLength(2);

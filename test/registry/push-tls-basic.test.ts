@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pushImage, type PushOptions } from '../../src/registry/push.js';
+import { pushAndShow, type ShownPushOptions } from '../../src/cli/push-progress.js';
 import { isUserError } from '../../src/util/errors.js';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
 import { tools } from '../helpers/tools.js';
@@ -45,14 +45,14 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
   });
 
   /** Options with no credential source but those a test adds. */
-  const options = (extra: PushOptions = {}): PushOptions => ({ certDir, stdout: null, progress: 'quiet', env: isolatedEnv(home), ...extra });
+  const options = (extra: ShownPushOptions = {}): ShownPushOptions => ({ certDir, stdout: null, progress: 'quiet', env: isolatedEnv(home), ...extra });
   const access = () => ({ tlsVerify: true, certDir, creds: `${USER}:${PASSWORD}` });
 
   it('pushes the demo image with --creds and --cert-dir; skopeo and podman read it back', async () => {
     const err = capture();
     const out = capture();
     const demo = await buildDemoImage(work);
-    const result = await pushImage(demo, `${registry.host}/secure/app:1.0`, options({
+    const result = await pushAndShow(demo, `${registry.host}/secure/app:1.0`, options({
       creds: `${USER}:${PASSWORD}`,
       progress: 'plain',
       stderr: err.stream,
@@ -83,7 +83,7 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
   it.each(sources)('finds the login in %s', async (source) => {
     const placed = placeCredentials(source, registry.host, 'creds/app', USER, PASSWORD);
     try {
-      const result = await pushImage(image, `${registry.host}/creds/app:${source.replace(/[^a-zA-Z0-9_.-]/g, '_')}`, {
+      const result = await pushAndShow(image, `${registry.host}/creds/app:${source.replace(/[^a-zA-Z0-9_.-]/g, '_')}`, {
         certDir,
         stdout: null,
         progress: 'quiet',
@@ -99,7 +99,7 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
   it('reports a wrong password in one line, without the password', async () => {
     const wrong = 'Wr0ng-but-secret-password';
     const err = capture();
-    const e = await pushImage(image, `${registry.host}/secure/app:x`, options({ creds: `${USER}:${wrong}`, progress: 'plain', stderr: err.stream })).catch(
+    const e = await pushAndShow(image, `${registry.host}/secure/app:x`, options({ creds: `${USER}:${wrong}`, progress: 'plain', stderr: err.stream })).catch(
       (x: unknown) => x,
     );
     expect(isUserError(e)).toBe(true);
@@ -108,7 +108,7 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
   });
 
   it('asks for a login when no credentials are found', async () => {
-    const e = await pushImage(image, `${registry.host}/secure/app:x`, options()).catch((x: unknown) => x);
+    const e = await pushAndShow(image, `${registry.host}/secure/app:x`, options()).catch((x: unknown) => x);
     expect(isUserError(e)).toBe(true);
     expect((e as Error).message).toMatch(new RegExp(`^${registry.host.replace(/\./g, '\\.')} requires a login: pass --creds`));
   });
@@ -117,13 +117,13 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
     const otherDir = join(work, 'other-ca');
     mkdirSync(otherDir, { recursive: true });
     writeFileSync(join(otherDir, 'ca.crt'), pki.otherCaCert);
-    const e = await pushImage(image, `${registry.host}/secure/app:x`, options({ creds: `${USER}:${PASSWORD}`, certDir: otherDir })).catch(
+    const e = await pushAndShow(image, `${registry.host}/secure/app:x`, options({ creds: `${USER}:${PASSWORD}`, certDir: otherDir })).catch(
       (x: unknown) => x,
     );
     expect(isUserError(e)).toBe(true);
     expect((e as Error).message).toMatch(/^TLS: the certificate of 127\.0\.0\.1:\d+ is signed by an unknown authority \(\w+\); put the CA in --cert-dir/);
 
-    const result = await pushImage(image, `${registry.host}/secure/app:unverified`, options({ creds: `${USER}:${PASSWORD}`, certDir: undefined, tlsVerify: false }));
+    const result = await pushAndShow(image, `${registry.host}/secure/app:unverified`, options({ creds: `${USER}:${PASSWORD}`, certDir: undefined, tlsVerify: false }));
     expect(result.uploaded.length + result.skipped.length).toBe(3);
   });
 
@@ -135,7 +135,7 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
     const front = await startFaultProxy({ host: '127.0.0.1', port: registry.port, ...tls });
     try {
       front.rule = ({ method, path }) => (method === 'HEAD' && path.includes('/blobs/sha256:') ? { kind: 'redirect', to: storage.url } : undefined);
-      const result = await pushImage(image, `${front.host}/secure/redirected`, options({ creds: `${USER}:${PASSWORD}` }));
+      const result = await pushAndShow(image, `${front.host}/secure/redirected`, options({ creds: `${USER}:${PASSWORD}` }));
       expect(result.digest).toMatch(/^sha256:/);
       const redirected = front.requests.filter((r) => r.fault === 'redirect');
       expect(redirected.length).toBe(3);
@@ -147,7 +147,7 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
       const plainStorage = await startFaultProxy({ host: '127.0.0.1', port: registry.port, ca: pki.caCert, injectAuthorization: basic });
       try {
         front.rule = ({ method }) => (method === 'HEAD' ? { kind: 'redirect', to: plainStorage.url } : undefined);
-        const err = await pushImage(image, `${front.host}/secure/downgraded`, options({ creds: `${USER}:${PASSWORD}` })).catch((e: unknown) => e);
+        const err = await pushAndShow(image, `${front.host}/secure/downgraded`, options({ creds: `${USER}:${PASSWORD}` })).catch((e: unknown) => e);
         expect(isUserError(err)).toBe(true);
         expect((err as Error).message).toBe(`${front.url} redirected to ${plainStorage.url}, which is not https (allowed only with --tls-verify=false)`);
         expect(plainStorage.requests).toEqual([]);
@@ -163,7 +163,7 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
   it('presents client.cert and client.key from --cert-dir to a registry that requires them', async () => {
     const mtls = await startRegistry({ tls: { cert: pki.serverCert, key: pki.serverKey, ca: pki.caCert, clientCa: pki.caCert } });
     try {
-      const withoutClientCert = await pushImage(image, `${mtls.host}/mtls/app`, options()).catch((x: unknown) => x);
+      const withoutClientCert = await pushAndShow(image, `${mtls.host}/mtls/app`, options()).catch((x: unknown) => x);
       expect(isUserError(withoutClientCert)).toBe(true);
       expect((withoutClientCert as Error).message).toMatch(/client certificate\b.*put client\.cert and client\.key in --cert-dir/);
       const clientDir = join(work, 'client-certs');
@@ -171,7 +171,7 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo', 'podman'))('push t
       writeFileSync(join(clientDir, 'ca.crt'), pki.caCert);
       writeFileSync(join(clientDir, 'client.cert'), pki.clientCert);
       writeFileSync(join(clientDir, 'client.key'), pki.clientKey);
-      const result = await pushImage(image, `${mtls.host}/mtls/app`, options({ certDir: clientDir }));
+      const result = await pushAndShow(image, `${mtls.host}/mtls/app`, options({ certDir: clientDir }));
       expect(result.uploaded).toHaveLength(3);
     } finally {
       await mtls.stop();

@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { pushImage, type PushOptions } from '../../src/registry/push.js';
+import { pushAndShow, type ShownPushOptions } from '../../src/cli/push-progress.js';
 import { isUserError } from '../../src/util/errors.js';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
 import { tools } from '../helpers/tools.js';
@@ -57,7 +57,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a registry
     rmSync(work, { recursive: true, force: true });
   });
 
-  const options = (extra: PushOptions = {}): PushOptions => ({
+  const options = (extra: ShownPushOptions = {}): ShownPushOptions => ({
     certDir,
     stdout: null,
     progress: 'quiet',
@@ -72,7 +72,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a registry
     const demo = await buildDemoImage(work);
     const from = tokens.requests.length;
     const err = capture();
-    const result = await pushImage(demo, `${registry.host}/tok/demo:1`, options({ progress: 'plain', stderr: err.stream }));
+    const result = await pushAndShow(demo, `${registry.host}/tok/demo:1`, options({ progress: 'plain', stderr: err.stream }));
     expect(tokens.requests.slice(from)).toEqual([{ account: USER, scopes: ['repository:tok/demo:pull,push'], granted: true }]);
     expect((await skopeoInspect(`${registry.host}/tok/demo:1`, access())).Digest).toBe(result.digest);
     const back = await skopeoCopyBack(`${registry.host}/tok/demo:1`, access());
@@ -84,9 +84,9 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a registry
   });
 
   it('asks for pull access to the mount source and mounts from it', async () => {
-    await pushImage(image, `${registry.host}/tok/app:1`, options());
+    await pushAndShow(image, `${registry.host}/tok/app:1`, options());
     const from = tokens.requests.length;
-    const result = await pushImage(image, `${registry.host}/tok/derived:1`, options({ mountFrom: ['tok/app'] }));
+    const result = await pushAndShow(image, `${registry.host}/tok/derived:1`, options({ mountFrom: ['tok/app'] }));
     expect(tokens.requests.slice(from)[0]!.scopes).toEqual(['repository:tok/app:pull', 'repository:tok/derived:pull,push']);
     expect(result.mounted).toHaveLength(4);
     expect(result.uploaded).toEqual([]);
@@ -106,7 +106,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a registry
     };
     const issuedBefore = tokens.issued.length;
     const from = proxy.requests.length;
-    const result = await pushImage(image, `${proxy.host}/tok/renew:1`, options({ jobs: 1 }));
+    const result = await pushAndShow(image, `${proxy.host}/tok/renew:1`, options({ jobs: 1 }));
     expect(tokens.issued.length - issuedBefore).toBe(2);
     expect(tokens.requests.at(-1)!.scopes).toEqual(['repository:tok/extra:pull', 'repository:tok/renew:pull,push']);
     const rejected = proxy.requests.slice(from).find((r) => r.fault === 'status')!;
@@ -130,7 +130,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a registry
       mkdirSync(join(home, '.docker'));
       writeFileSync(join(home, '.docker', 'config.json'), JSON.stringify({ credHelpers: { [registry.host]: 'idtoken' } }));
       const from = tokens.requests.length;
-      const result = await pushImage(image, `${registry.host}/tok/identity:1`, options({ creds: undefined, env }));
+      const result = await pushAndShow(image, `${registry.host}/tok/identity:1`, options({ creds: undefined, env }));
       expect(tokens.requests.slice(from)[0]).toEqual({ account: USER, scopes: ['repository:tok/identity:pull,push'], granted: true });
       expect(result.digest).toMatch(/^sha256:/);
     } finally {
@@ -141,7 +141,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a registry
   it('reports a wrong password and anonymous access clearly, without secrets', async () => {
     const wrong = 'Not-the-Right-Password-42';
     const err = capture();
-    const e = await pushImage(image, `${registry.host}/tok/app:x`, options({ creds: `${USER}:${wrong}`, progress: 'plain', stderr: err.stream })).catch(
+    const e = await pushAndShow(image, `${registry.host}/tok/app:x`, options({ creds: `${USER}:${wrong}`, progress: 'plain', stderr: err.stream })).catch(
       (x: unknown) => x,
     );
     expect(isUserError(e)).toBe(true);
@@ -151,7 +151,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('push to a registry
     );
     expect(`${(e as Error).message}${err.text()}`).not.toContain(wrong);
 
-    const anonymous = await pushImage(image, `${registry.host}/tok/app:x`, options({ creds: undefined })).catch((x: unknown) => x);
+    const anonymous = await pushAndShow(image, `${registry.host}/tok/app:x`, options({ creds: undefined })).catch((x: unknown) => x);
     expect(isUserError(anonymous)).toBe(true);
     expect((anonymous as Error).message).toBe(`login to ${registry.host} failed: the token server ${origin} refused anonymous access (401)`);
   });

@@ -37,7 +37,7 @@ export async function compileForChild(entries: string[]): Promise<string> {
   return outDir;
 }
 
-/** The child-process runner that pushes an OCI layout with the compiled pushImage. */
+/** The child-process runner that pushes an OCI layout with the compiled push (and the CLI's display). */
 export const PUSH_CHILD = resolve(import.meta.dirname, 'push-child.mjs');
 
 /** The child-process runner for `nix2oci push …` with the CLI's error handling. */
