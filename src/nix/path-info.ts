@@ -8,7 +8,7 @@ import type { StorePathInfo } from './types.js';
 import { sha256ToHex } from './nar-hash.js';
 import { storePathProblem } from './store-path.js';
 import { readInputFile } from '../util/input-file.js';
-import { describeJsonError } from '../recipe/json-error.js';
+import { describeJsonError } from '../util/json-error.js';
 
 /**
  * A path-info file lists a few hundred bytes per path: 64 MiB is tens of thousands of paths. Anything

@@ -3,7 +3,7 @@ import { constants, createReadStream } from 'node:fs';
 import { lstat, open, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { describeJsonError } from '../recipe/json-error.js';
+import { describeJsonError } from '../util/json-error.js';
 import { fileKind } from '../util/input-file.js';
 import { UserError } from '../util/errors.js';
 import { CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../model/assemble.js';

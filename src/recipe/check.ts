@@ -2,8 +2,10 @@ import { posix } from 'node:path';
 import { UserError } from '../util/errors.js';
 import type { Recipe } from './schema.js';
 import { homeProblem, passwdPathProblem } from '../rootfs/nss.js';
-import { DEFAULT_PYTHON_PREFIX } from './resolve.js';
 import { whiteoutInPath } from '../tar/whiteout.js';
+
+/** Where wheels install when the recipe names no `python.prefix`. */
+export const DEFAULT_PYTHON_PREFIX = '/opt/python';
 
 /** Files the image-root layer writes itself; a recipe directory cannot take their place. */
 export const GENERATED_FILES = ['/etc/passwd', '/etc/group', '/etc/nsswitch.conf'] as const;

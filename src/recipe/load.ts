@@ -2,7 +2,7 @@ import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { Ajv, type ErrorObject } from 'ajv';
 import { UserError } from '../util/errors.js';
 import { closestWord } from './suggest.js';
-import { describeJsonError } from './json-error.js';
+import { describeJsonError } from '../util/json-error.js';
 import { checkRecipe } from './check.js';
 import { emptyRecipe, recipeSchema, type Recipe } from './schema.js';
 

@@ -4,7 +4,7 @@ import type { Closure } from '../nix/types.js';
 import type { RootSpec } from '../rootfs/root-layer.js';
 import { DEFAULT_PATH, type EntrypointSpec } from '../rootfs/entrypoint.js';
 import { UserError } from '../util/errors.js';
-import { parseMode, trimSlashes } from './check.js';
+import { DEFAULT_PYTHON_PREFIX, parseMode, trimSlashes } from './check.js';
 import type { Recipe } from './schema.js';
 import type { TrapName } from '../wheels/checks/traps.js';
 import { matchStorePaths, suggestStoreName } from './store-names.js';
@@ -24,7 +24,7 @@ export interface ResolvedRecipe extends Recipe {
   checks: { waiveRequirements: string[]; waiveLibraries: string[]; skipRequirements: boolean; skipLibraries: boolean; skipTraps: TrapName[] };
 }
 
-export const DEFAULT_PYTHON_PREFIX = '/opt/python';
+export { DEFAULT_PYTHON_PREFIX };
 const DEFAULT_DIRECTORY_MODE = 0o755;
 
 /** `{{name}}`: a store path by name. Names are Nix store names: letters, digits and `+ . _ ? = -`. */
