@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { copyFile, link, open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { StorePathInfo } from '../nix/types.js';
-import { storePathsFrame, storePathsSource } from '../layer/store-paths.js';
+import { storePathsEnds, storePathsSource } from '../layer/store-paths.js';
 import { countingSource } from '../layer/counting-source.js';
 import type { LayerSource } from '../layer/types.js';
 import { codecOf, type Turns } from '../layer/codec.js';
@@ -107,7 +107,7 @@ export class LayerCache {
        * Runs the part of a layer that tars and compresses, e.g. within `--jobs` at a time. Lookups run
        * outside it: a warm build is many small reads and hash jobs, and waits on them in parallel.
        */
-      buildSlot?: <T>(task: () => Promise<T>) => Promise<T>;
+      limitBuilds?: <T>(task: () => Promise<T>) => Promise<T>;
     },
   ) {
     const codec = codecOf(format);
@@ -115,8 +115,8 @@ export class LayerCache {
     this.#end = this.#stored(END_OF_ARCHIVE);
   }
 
-  #slot<T>(task: () => Promise<T>): Promise<T> {
-    return this.options.buildSlot ? this.options.buildSlot(task) : task();
+  #limited<T>(task: () => Promise<T>): Promise<T> {
+    return this.options.limitBuilds ? this.options.limitBuilds(task) : task();
   }
 
   /** `onBytes` hears of the file contents tarred, when the layer is (re)made rather than found. */
@@ -148,7 +148,7 @@ export class LayerCache {
         continue;
       }
 
-      const made = await this.#slot(() => this.#make(sorted, partKeys, parts, head, onBytes));
+      const made = await this.#limited(() => this.#make(sorted, partKeys, parts, head, onBytes));
       if (made === null) continue;
       await this.store.writeEntry('layers', layerKey, made.entry);
       return { layer: this.#layer(made.pieces, made.entry, contents), reused: made.built === 0 };
@@ -244,7 +244,7 @@ export class LayerCache {
       await this.store.removeEntry('wheels', key, known.digest);
       this.#linked.delete(known.digest);
     }
-    const written: LayerFile = await this.#slot(() => writeLayerFile(source, this.format, this.store.tempDir, { turns: this.options.turns }));
+    const written: LayerFile = await this.#limited(() => writeLayerFile(source, this.format, this.store.tempDir, { turns: this.options.turns }));
     await this.store.adoptBlob(written.file, written.digest);
     const found = await facts();
     const entry: WheelEntry = { digest: written.digest, size: written.size, diffId: written.diffId, uncompressedSize: written.tarSize, facts: found };
@@ -263,7 +263,7 @@ export class LayerCache {
   }
 
   #headPart(): Promise<{ tar: Buffer; stored: Buffer; frame: string }> {
-    this.#head ??= storePathsFrame(this.format).then(({ head, end }) => ({
+    this.#head ??= storePathsEnds(this.format).then(({ head, end }) => ({
       ...head,
       frame: `sha256:${createHash('sha256').update(head.stored).update(end.stored).digest('hex')}`,
     }));
@@ -279,7 +279,7 @@ export class LayerCache {
       written = await writeLayer(source, this.format, { handle, at: 0, path: temp }, {
         whole: false,
         alsoHash: diff,
-        frame: { before: head, after: this.#end },
+        around: { before: head, after: this.#end },
         onTarred,
         turns: this.options.turns,
       });

@@ -63,13 +63,13 @@ function storePathVisitor(info: StorePathInfo, sink: TarSink): NarVisitor {
 }
 
 /** A store-path layer's first and last bytes, tar and stored: `nix/` and `nix/store/`, and the end-of-archive blocks. */
-export interface StorePathsFrame {
+export interface StorePathsEnds {
   head: { tar: Buffer; stored: Buffer };
   end: { tar: Buffer; stored: Buffer };
 }
 
-/** The frame of every store-path layer in a format (each is compressed as a frame of its own). */
-export async function storePathsFrame(format: LayerFormat): Promise<StorePathsFrame> {
+/** The head and end of every store-path layer in a format (each compressed as a frame of its own). */
+export async function storePathsEnds(format: LayerFormat): Promise<StorePathsEnds> {
   const codec = codecOf(format);
   const stored = (tar: Buffer) => (codec ? codec.frameSync(tar) : tar);
   const head = await tarSegmentBytes(storePathsSource([]), format.mtime);
@@ -77,13 +77,13 @@ export async function storePathsFrame(format: LayerFormat): Promise<StorePathsFr
 }
 
 /**
- * Writes a layer of store paths straight to `out`: the frame's head, each path as a segment of its own,
- * the frame's end. The same bytes as the layer cache composes from its parts, so a layer's digest does
+ * Writes a layer of store paths straight to `out`: the head, each path as a segment of its own, the
+ * end. The same bytes as the layer cache composes from its parts, so a layer's digest does
  * not depend on whether a cache was used.
  */
 export function writeStorePathsLayer(
   paths: StorePathInfo[],
-  frame: StorePathsFrame,
+  ends: StorePathsEnds,
   format: LayerFormat,
   out: LayerOutput,
   options: { turns?: Turns; onBytes?: (bytes: number) => void } = {},
@@ -91,5 +91,5 @@ export function writeStorePathsLayer(
   storePathsSource(paths); // checks the paths
   const sorted = [...paths].sort((a, b) => byCodeUnits(a.path, b.path));
   const segments = sorted.map((info) => countingSource(storePathsSource([info], { storeDirEntries: false }), options.onBytes));
-  return writeComposedLayer(frame.head, segments, frame.end, format, out, options.turns);
+  return writeComposedLayer(ends.head, segments, ends.end, format, out, options.turns);
 }

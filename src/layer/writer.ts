@@ -35,7 +35,7 @@ export interface WriteOptions {
    */
   whole?: boolean;
   /** Stored bytes written around the segment (a cached part's layer head and end), hashed with it. */
-  frame?: { before: Buffer; after: Buffer };
+  around?: { before: Buffer; after: Buffer };
   /** Also fed every byte of tar, in order: a composed layer's diffID across its parts. */
   alsoHash?: Hash;
   /** Called once the whole tar went into the compressor, before compression ends (the next can start tarring). */
@@ -44,9 +44,9 @@ export interface WriteOptions {
 
 /** What was written. */
 export interface Written {
-  /** `sha256:<hex>` of everything written: the frame's bytes and the segment's stored bytes. */
+  /** `sha256:<hex>` of everything written: the bytes around the segment and its stored bytes. */
   digest: string;
-  /** Bytes of the segment's stored form (without the frame). */
+  /** Bytes of the segment's stored form (without the bytes around it). */
   size: number;
   /** `sha256:<hex>` of a whole layer's tar (its diffID); uncompressed, the same as `digest`. Empty for a segment. */
   diffId: string;
@@ -63,17 +63,17 @@ const FRAMES_IN_FLIGHT = 4;
 const WRITE_BACKLOG = 16 << 20;
 
 export async function writeLayer(source: LayerSource, format: LayerFormat, out: LayerOutput, options: WriteOptions = {}): Promise<Written> {
-  const { whole = true, frame, alsoHash, onTarred } = options;
+  const { whole = true, around, alsoHash, onTarred } = options;
   const session = new Session(format, out, options.turns);
   try {
     // A whole layer's diffID: uncompressed, its blob is its tar, hashed once. A segment has none of its own.
     const tarHash = whole && session.codec ? createHash('sha256') : null;
-    if (frame) session.stored(frame.before);
+    if (around) session.stored(around.before);
     const tarSize = await session.segment(source, whole, [tarHash, alsoHash], onTarred);
-    if (frame) session.stored(frame.after);
+    if (around) session.stored(around.after);
     const { digest, size } = await session.end();
     const diffId = tarHash ? `sha256:${tarHash.digest('hex')}` : whole ? digest : '';
-    return { digest, size: size - (frame ? frame.before.length + frame.after.length : 0), diffId, tarSize };
+    return { digest, size: size - (around ? around.before.length + around.after.length : 0), diffId, tarSize };
   } catch (err) {
     await session.abandon();
     throw asUserError(err, out.path);
@@ -178,7 +178,7 @@ export interface LayerFile extends Written {
 }
 
 /** Writes a whole layer to `<dir>/<digest hex>` (see writeBlobFile). */
-export function writeLayerFile(source: LayerSource, format: LayerFormat, dir: string, options: Omit<WriteOptions, 'whole' | 'frame'> = {}): Promise<LayerFile> {
+export function writeLayerFile(source: LayerSource, format: LayerFormat, dir: string, options: Omit<WriteOptions, 'whole' | 'around'> = {}): Promise<LayerFile> {
   return writeBlobFile(dir, (out) => writeLayer(source, format, out, options));
 }
 
@@ -325,7 +325,7 @@ class Frames {
   #nextEmit = 0;
   #done = new Map<number, Buffer>();
   #inFlight = 0;
-  #slotWaiters: (() => void)[] = [];
+  #roomWaiters: (() => void)[] = [];
   #failure: unknown = null;
   #idle: (() => void)[] = [];
 
@@ -365,7 +365,7 @@ class Frames {
     const length = this.#used;
     this.#part = null;
     this.#used = 0;
-    while (this.#inFlight >= FRAMES_IN_FLIGHT) await new Promise<void>((resolve) => this.#slotWaiters.push(resolve));
+    while (this.#inFlight >= FRAMES_IN_FLIGHT) await new Promise<void>((resolve) => this.#roomWaiters.push(resolve));
     const turn = this.turns.take();
     if (turn) await turn;
     if (this.#failure) {
@@ -397,7 +397,7 @@ class Frames {
         this.#failure ??= err;
       }
       this.#inFlight--;
-      this.#slotWaiters.shift()?.();
+      this.#roomWaiters.shift()?.();
     }
     if (this.#inFlight === 0) for (const done of this.#idle.splice(0)) done();
   }

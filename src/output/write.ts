@@ -129,16 +129,16 @@ class ArchiveOutput implements ImageOutput {
     this.#direct = true;
     let layer: Layer;
     try {
-      const slot = this.archive.layerOutput();
-      const written = await write(slot.out);
+      const place = this.archive.layerOutput();
+      const written = await write(place.out);
       layer = recordOf(written, meta, []);
       const name = archiveLayout(this.format).layerName(layer);
       const known = this.#inArchive.get(name);
       if (known) {
-        slot.discard();
+        place.discard();
         layer.pieces = known;
       } else {
-        layer.pieces = await slot.placed(name, written.size);
+        layer.pieces = await place.placed(name, written.size);
         this.#inArchive.set(name, layer.pieces);
       }
       this.#next++;

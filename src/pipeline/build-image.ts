@@ -9,7 +9,7 @@ import { planLayers, type PlanStrategy } from '../plan/plan.js';
 import { DEFAULT_GZIP_LEVEL, type Compression, type LayerFormat } from '../layer/format.js';
 import { Turns } from '../layer/codec.js';
 import { countingSource } from '../layer/counting-source.js';
-import { storePathsFrame, writeStorePathsLayer } from '../layer/store-paths.js';
+import { storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
 import { writeLayer, writeLayerFile } from '../layer/writer.js';
 import { layerOf, type Image, type Layer } from '../model/image.js';
 import { assembleImage, manifestDigest } from '../model/assemble.js';
@@ -201,7 +201,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     // Plan: store paths grouped into layers, one layer per wheel piece, the image root last.
     const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;
     const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy });
-    const frame = await storePathsFrame(format);
+    const ends = await storePathsEnds(format);
     const wheelFacts: WheelElfFacts[] = [];
     const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
     const jobsToDo: LayerJob[] = [
@@ -213,7 +213,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
           expected: infos.reduce((n, info) => n + info.narSize, 0),
           cached: (cache, onBytes) => cache.storePathLayer(infos, onBytes),
           direct: (out, index, onBytes) =>
-            out.writeLayer(index, { contents: group.paths, compression }, (to) => writeStorePathsLayer(infos, frame, format, to, { turns, onBytes })),
+            out.writeLayer(index, { contents: group.paths, compression }, (to) => writeStorePathsLayer(infos, ends, format, to, { turns, onBytes })),
         };
       }),
       ...wheels.layers.map((wheel, i): LayerJob => ({
@@ -251,7 +251,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     // Produce. Without a cache the layers go straight to the output, which opens now.
     if (!shared) output = await openOutput({ format: options.format, output: options.output, hashes, workDir: work });
     const cache = shared
-      ? new LayerCache(shared, format, work, { turns, hashes, buildSlot: pLimit(jobs) })
+      ? new LayerCache(shared, format, work, { turns, hashes, limitBuilds: pLimit(jobs) })
       : null;
     const reports = await produceLayers(jobsToDo, options, (job, index, onBytes) =>
       cache ? job.cached(cache, onBytes) : job.direct(output!, index, onBytes).then((layer) => ({ layer, reused: false })),

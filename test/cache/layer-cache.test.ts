@@ -10,7 +10,7 @@ import { storePathsSource } from '../../src/layer/store-paths.js';
 import { writeLayer } from '../helpers/layers.js';
 import { CacheStore, defaultCacheDir } from '../../src/cache/store.js';
 import { LayerCache } from '../../src/cache/layer-cache.js';
-import { storePathsFrame, writeStorePathsLayer } from '../../src/layer/store-paths.js';
+import { storePathsEnds, writeStorePathsLayer } from '../../src/layer/store-paths.js';
 import { open } from 'node:fs/promises';
 import { defaultHashPool } from '../../src/util/hash-pool.js';
 import { cacheStats, GRACE_MS, pruneCache } from '../../src/cache/maintenance.js';
@@ -114,7 +114,7 @@ describe('a store-path layer written straight to an output', () => {
     const served = await (await cacheIn(fresh('cache'), format)).storePathLayer(infos);
     const file = join(fresh('direct'), 'layer');
     const handle = await open(file, 'w');
-    const written = await writeStorePathsLayer(infos, await storePathsFrame(format), format, { handle, at: 0, path: file });
+    const written = await writeStorePathsLayer(infos, await storePathsEnds(format), format, { handle, at: 0, path: file });
     await handle.close();
     expect({ digest: written.digest, diffId: written.diffId, size: written.size }).toEqual({
       digest: served.layer.descriptor.digest,
