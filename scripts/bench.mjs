@@ -122,7 +122,7 @@ function runMeasured(args, entry = cli) {
 async function build(closure, compression, out, extra = []) {
   rmSync(out, { force: true, recursive: true });
   // --no-cache: these are cold builds every run (the layer cache has its own scenarios below).
-  return runMeasured(['build-image', '-q', '--no-cache', '--closure', closure.file, '--entrypoint', '/bin/sh', '--compression', compression, '--output', out, ...extra]);
+  return runMeasured(['build-image', '-q', '--no-cache', '--closure', closure.file, '--entrypoint', '', '--compression', compression, '--output', out, ...extra]);
 }
 
 /** Sum of the gzip layer blobs' sizes in an oci-archive, from its manifest. */

@@ -102,7 +102,7 @@ export async function benchCache({ repo, work, small, report }) {
   const build = async (path, vllmWheel) => {
     const run = await runJson(cli, [
       'build-image', '-q', '--closure', closure, '--closure', python.file, '--closure', path, '--python', python.interpreter,
-      '--wheel', torch, '--wheel', vllmWheel, '--no-deps-check', '--entrypoint', '/bin/sh', '--cache-dir', cache, '--output', out,
+      '--wheel', torch, '--wheel', vllmWheel, '--no-deps-check', '--entrypoint', '', '--cache-dir', cache, '--output', out,
     ]);
     return { ...run, blobs: imageBlobs(out, run.summary) };
   };
