@@ -7,6 +7,7 @@ import { UserError } from '../util/errors.js';
 import { describeOsError } from '../util/os-errors.js';
 import type { BytePiece } from '../util/pieces.js';
 import { codecOf, Turns, type Codec } from './codec.js';
+import { StreamHash, travellingBuffer } from '../util/hash-stream.js';
 import { checkLayerFormat, FRAME_SIZE, type LayerFormat } from './format.js';
 import type { LayerSource } from './types.js';
 
@@ -96,25 +97,31 @@ export async function writeComposedLayer(
 ): Promise<Written> {
   const session = new Session(format, out, turns);
   try {
-    const diff = createHash('sha256').update(head.tar);
+    // Uncompressed, the stored bytes are the tar: hashed once, the digest is the diffID.
+    const diff = session.codec ? createHash('sha256').update(head.tar) : null;
     session.stored(head.stored);
     let tarSize = head.tar.length;
     for (const segment of segments) tarSize += await session.segment(segment, false, [diff]);
-    diff.update(end.tar);
+    diff?.update(end.tar);
     session.stored(end.stored);
     const { digest, size } = await session.end();
-    return { digest, size, diffId: `sha256:${diff.digest('hex')}`, tarSize: tarSize + end.tar.length };
+    return { digest, size, diffId: diff ? `sha256:${diff.digest('hex')}` : digest, tarSize: tarSize + end.tar.length };
   } catch (err) {
     await session.abandon();
     throw asUserError(err, out.path);
   }
 }
 
-/** One layer being written: its stored bytes hashed and written in order, segment after segment. */
+/**
+ * One layer being written: its stored bytes hashed and written in order, segment after segment.
+ * Uncompressed, the stored bytes are the whole tar: they are hashed on another core (a StreamHash),
+ * each chunk once it is written, so the main thread only tars.
+ */
 class Session {
   readonly codec: Codec | null;
   readonly #file: FileSink;
   readonly #hash = createHash('sha256');
+  readonly #stream: StreamHash | null;
   readonly #turns: Turns;
 
   constructor(
@@ -126,12 +133,17 @@ class Session {
     this.codec = codecOf(format);
     this.#file = new FileSink(out);
     this.#turns = turns ?? new Turns(FRAMES_IN_FLIGHT);
+    this.#stream = this.codec ? null : StreamHash.take();
   }
 
-  /** Stored bytes as they are (a frame made elsewhere); `done` once they are in the file. */
-  stored(bytes: Buffer, done?: () => void): void {
-    this.#hash.update(bytes);
-    this.#file.write(bytes, done);
+  /** Stored bytes as they are (a frame made elsewhere); `done` once they are in the file and hashed. */
+  stored(bytes: Buffer, done?: (returned?: Buffer | null) => void): void {
+    const stream = this.#stream;
+    if (!stream) {
+      this.#hash.update(bytes);
+      return this.#file.write(bytes, done);
+    }
+    this.#file.write(bytes, () => stream.update(bytes, (returned) => done?.(returned)));
   }
 
   /** Tars a source into the layer, through `hashes` (the diffID's) and the compression; returns its tar bytes. */
@@ -146,7 +158,7 @@ class Session {
         for (const hash of hashes) hash?.update(bytes);
         if (!frames) return this.stored(bytes, release);
         // The chunk goes back to the tar writer once copied for compression; frames wait for the disk.
-        frames.write(bytes).then(() => file.room()).then(release, (err: unknown) => {
+        frames.write(bytes).then(() => file.room()).then(() => release(), (err: unknown) => {
           file.fail(err);
           release();
         });
@@ -162,12 +174,14 @@ class Session {
   /** Waits for every write; the digest and size of all stored bytes. */
   async end(): Promise<{ digest: string; size: number }> {
     await this.#file.end();
-    return { digest: `sha256:${this.#hash.digest('hex')}`, size: this.#file.written };
+    const digest = this.#stream ? await this.#stream.digest() : `sha256:${this.#hash.digest('hex')}`;
+    return { digest, size: this.#file.written };
   }
 
   /** After a failure: lets the writes in flight settle (the caller removes or reuses the file). */
   async abandon(): Promise<void> {
     await this.#file.end().catch(() => undefined);
+    await this.#stream?.digest().catch(() => undefined);
   }
 }
 
@@ -245,7 +259,7 @@ async function tarInto(
   source: LayerSource,
   mtime: number,
   whole: boolean,
-  consume: (bytes: Buffer, release: () => void) => void,
+  consume: (bytes: Buffer, release: (returned?: Buffer | null) => void) => void,
   failure: () => unknown,
 ): Promise<number> {
   const sink = new Chunks(consume, failure);
@@ -269,7 +283,7 @@ class Chunks implements ChunkSink {
   #idle: (() => void)[] = [];
 
   constructor(
-    private readonly consume: (bytes: Buffer, release: () => void) => void,
+    private readonly consume: (bytes: Buffer, release: (returned?: Buffer | null) => void) => void,
     private readonly failure: () => unknown,
   ) {}
 
@@ -280,7 +294,7 @@ class Chunks implements ChunkSink {
     if (chunk) return chunk;
     if (this.#allocated < CHUNKS_IN_FLIGHT) {
       this.#allocated++;
-      return Buffer.allocUnsafeSlow(CHUNK_SIZE);
+      return travellingBuffer(CHUNK_SIZE);
     }
     return new Promise((resolve) => this.#waiters.push(resolve));
   }
@@ -290,10 +304,11 @@ class Chunks implements ChunkSink {
     this.#offset += length;
     if (kept === 0) return this.#release(chunk);
     let released = false;
-    this.consume(chunk.subarray(0, kept), () => {
+    this.consume(chunk.subarray(0, kept), (returned) => {
       if (!released) {
         released = true;
-        this.#release(chunk);
+        // A chunk that travelled to a hash worker comes back as a new buffer over the same memory.
+        this.#release(returned ?? (chunk.length > 0 ? chunk : travellingBuffer(CHUNK_SIZE)));
       }
     });
   }

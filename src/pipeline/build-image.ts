@@ -162,7 +162,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     forget();
     rmSync(work, { recursive: true, force: true });
   };
-  // --jobs bounds the layers tarred and compressed at once, the parts compressing, and the threads hashing.
+  // --jobs bounds the layers tarred and compressed at once, the frames compressing, and the threads hashing.
   const hashes = new HashPool(jobs);
   const turns = new Turns(jobs);
   const clock = stopwatch();

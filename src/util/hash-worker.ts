@@ -98,3 +98,32 @@ export function hashWorkerMain(readSize: number, progressEvery: number): void {
     reply({ type: 'done', hex: hash ? hash.digest('hex') : null, same: true });
   });
 }
+
+/** What the main thread sends a stream hash worker: bytes in order (a buffer it may send back), or a request for the digest. */
+export type StreamMessage = { type: 'update'; buffer: ArrayBuffer; length: number; back: boolean } | { type: 'digest' };
+
+/** What a stream hash worker answers: a buffer hashed (sent back when asked), or the digest. */
+export type StreamReply = { type: 'hashed'; buffer: ArrayBuffer | null } | { type: 'digest'; hex: string };
+
+/**
+ * A stream hash worker's whole program: sha256 of the bytes it is sent, in order, so that a layer's
+ * digest is computed on another core while the main thread tars. Like hashWorkerMain, it runs as
+ * source text and uses nothing from outside its own body but `require`.
+ */
+export function streamHashWorkerMain(): void {
+  const { parentPort } = require('node:worker_threads') as typeof import('node:worker_threads');
+  const { createHash } = require('node:crypto') as typeof import('node:crypto');
+  const port = parentPort!;
+  let hash = createHash('sha256');
+  port.on('message', (message: StreamMessage) => {
+    if (message.type === 'digest') {
+      const reply: StreamReply = { type: 'digest', hex: hash.digest('hex') };
+      hash = createHash('sha256');
+      port.postMessage(reply);
+      return;
+    }
+    hash.update(new Uint8Array(message.buffer, 0, message.length));
+    const reply: StreamReply = { type: 'hashed', buffer: message.back ? message.buffer : null };
+    port.postMessage(reply, message.back ? [message.buffer] : []);
+  });
+}
