@@ -5,8 +5,8 @@ import { fileURLToPath } from 'node:url';
 import { tools } from '../../helpers/tools.js';
 import { loadRecipe } from '../../../src/recipe/load.js';
 
-const recipeDir = fileURLToPath(new URL('../../../layers/vllm-rocm', import.meta.url));
-const opsDir = fileURLToPath(new URL('../../../ops', import.meta.url));
+const recipeDir = fileURLToPath(new URL('../../../layers/vllm-rocm/', import.meta.url));
+const opsDir = fileURLToPath(new URL('../../../ops/', import.meta.url));
 
 describe('vllm-rocm image.json (Python 3.12) and image.py311.json', () => {
   const recipe = loadRecipe(`${recipeDir}image.json`);
