@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadRecipe, parseRecipe } from '../../src/recipe/load.js';
 import { UserError } from '../../src/util/errors.js';
+import { userErrorOf } from '../helpers/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'nix2oci-recipe-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -12,19 +13,6 @@ function writeRecipe(name: string, text: string): string {
   const file = join(dir, name);
   writeFileSync(file, text);
   return file;
-}
-
-/** The UserError message `fn` throws (fails the test if it throws anything else or nothing). */
-function userErrorOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).toBeInstanceOf(UserError);
-    const message = (error as Error).message;
-    expect(message).not.toContain('\n');
-    return message;
-  }
-  throw new Error('expected a UserError');
 }
 
 const fullRecipe = {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { applyOverrides, mergeRecipe, overridesToPatch } from '../../src/recipe/overrides.js';
 import type { Recipe } from '../../src/recipe/schema.js';
 import { UserError } from '../../src/util/errors.js';
+import { userErrorOf } from '../helpers/errors.js';
 
 const base: Recipe = {
   name: 'nix2oci/demo',
@@ -17,16 +18,6 @@ const base: Recipe = {
   variant: 'v8',
   users: [{ name: 'app', uid: 1000, gid: 1000 }],
 };
-
-function userErrorOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).toBeInstanceOf(UserError);
-    return (error as Error).message;
-  }
-  throw new Error('expected a UserError');
-}
 
 describe('applyOverrides', () => {
   it('leaves the recipe alone without flags and does not modify its input', () => {

@@ -7,6 +7,7 @@ import { matchStorePaths, packageName } from '../../src/recipe/store-names.js';
 import { storePathName } from '../../src/nix/store-path.js';
 import { UserError } from '../../src/util/errors.js';
 import { fakeClosure, fakeStorePath } from './fake-closure.js';
+import { userErrorOf } from '../helpers/errors.js';
 
 const python = fakeStorePath('python3-3.11.9');
 const server = fakeStorePath('vllm-server');
@@ -19,16 +20,6 @@ const glibcA = fakeStorePath('glibc-2.39', 'a');
 const glibcB = fakeStorePath('glibc-2.39', 'b');
 const pythonPackages = fakeStorePath('python3.11-numpy-1.26.4');
 const closure = fakeClosure([python, server, busybox, bash, bashMan, gccLib, gccLibgcc, glibcA, glibcB, pythonPackages]);
-
-function userErrorOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).toBeInstanceOf(UserError);
-    return (error as Error).message;
-  }
-  throw new Error('expected a UserError');
-}
 
 describe('store path names', () => {
   it('splits names like Nix', () => {

@@ -8,6 +8,8 @@ import { checkImageUsers, groupFile, passwdFile, type ImageUser } from '../../sr
 import { UserError } from '../../src/util/errors.js';
 import { REPO, runCli } from '../helpers/cli.js';
 import { fakeClosure } from '../recipe/fake-closure.js';
+import { userErrorOf } from '../helpers/errors.js';
+import { random } from '../helpers/mutate.js';
 
 /**
  * /etc/passwd and /etc/group are `:`-separated lines: whatever a recipe (or a caller of the root layer)
@@ -17,31 +19,7 @@ import { fakeClosure } from '../recipe/fake-closure.js';
 const dir = mkdtempSync(join(tmpdir(), 'nix2oci-passwd-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function userErrorOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (error) {
-    expect(error).toBeInstanceOf(UserError);
-    const message = (error as Error).message;
-    expect(message).not.toContain('\n');
-    return message;
-  }
-  throw new Error('expected a UserError');
-}
-
 const user = (extra: Partial<ImageUser> = {}): ImageUser => ({ name: 'app', uid: 1000, gid: 1000, group: 'app', home: '/home/app', shell: '/bin/sh', ...extra });
-
-/** A small deterministic generator (mulberry32), so a failure names a seed that reproduces it. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('passwd and group fields', () => {
   it('refuses the injection from the issue: a shell with a line break adding a passwordless root', () => {
