@@ -1,5 +1,3 @@
-import { UserError } from '../util/errors.js';
-import { quote } from '../util/quote.js';
 
 export const STORE_DIR = '/nix/store';
 

@@ -56,9 +56,9 @@ export class ArchiveFile {
 
   /**
    * Where a layer being made goes: its bytes from `out.at` on. Call `placed` with its member name and
-   * size once it is written (or `discard` if it turned out to be a blob already in the archive).
+   * size once it is written; a layer not placed (a blob already in the archive) is overwritten by what follows.
    */
-  layerOutput(): { out: LayerOutput; placed(name: string, size: number): Promise<BytePiece[]>; discard(): void } {
+  layerOutput(): { out: LayerOutput; placed(name: string, size: number): Promise<BytePiece[]> } {
     const headerAt = this.#at;
     const out = { handle: this.handle, at: headerAt + BLOCK_SIZE, path: this.label };
     return {
@@ -70,7 +70,6 @@ export class ArchiveFile {
         this.#at = out.at + padToBlock(size);
         return [{ file: this.path, start: out.at, length: size }];
       },
-      discard: () => undefined,
     };
   }
 

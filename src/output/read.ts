@@ -9,7 +9,7 @@ import { UserError } from '../util/errors.js';
 import { CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../model/assemble.js';
 import { compressionOf, MediaTypes, type Descriptor, type Image, type Layer } from '../model/image.js';
 import { blobPath, CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION, type DockerArchiveManifestEntry } from './layout.js';
-import { configMediaType, digestHex, formatOfManifest, serializeManifest, sha256Digest } from '../model/manifest.js';
+import { configMediaType, formatOfManifest, serializeManifest, sha256Digest } from '../model/manifest.js';
 import { sameImageName } from '../model/reference.js';
 import { indexTar, type TarMember } from '../tar/reader.js';
 
@@ -225,7 +225,6 @@ function memberName(name: string): string {
   return name.replace(/^(\.\/)+/, '');
 }
 
-const blobName = blobPath;
 
 function checkDescriptor(value: unknown, where: string): Descriptor {
   const d = value as Partial<Descriptor> | null;
@@ -298,12 +297,12 @@ async function readOci(store: Store, options: ReadImageOptions): Promise<Image> 
 
 /** The manifest for this machine's platform (or the only one) from a nested index, as Docker 25's save writes. */
 async function manifestOfNestedIndex(store: Store, descriptor: Descriptor): Promise<Descriptor> {
-  const where = `${store.path}: ${blobName(descriptor.digest)}`;
+  const where = `${store.path}: ${blobPath(descriptor.digest)}`;
   const bytes = await readBlobSmall(store, descriptor, MAX_METADATA, 'image index');
   const nested = parseJson<IndexJson>(bytes, where);
   const manifests = (nested.manifests ?? []).map((m, i) => checkDescriptor(m, `${where} manifests[${i}]`));
-  await store.lookup(manifests.map((m) => blobName(m.digest)));
-  const present = manifests.filter((m) => store.has(blobName(m.digest)));
+  await store.lookup(manifests.map((m) => blobPath(m.digest)));
+  const present = manifests.filter((m) => store.has(blobPath(m.digest)));
   if (present.length === 1) return present[0]!;
   const arch = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' }[
     process.arch as string
@@ -333,7 +332,7 @@ async function dockerRepoTagsFor(store: Store, manifest: Descriptor): Promise<st
     const entries = parseJson<DockerArchiveManifestEntry[]>(await readSmall(store, 'manifest.json', MAX_METADATA, 'manifest'), '');
     const bytes = await readBlobSmall(store, manifest, MAX_MANIFEST, 'manifest');
     const config = (JSON.parse(bytes.toString('utf8')) as { config?: { digest?: string } }).config?.digest;
-    const entry = entries.find((e) => config !== undefined && e.Config === blobName(config));
+    const entry = entries.find((e) => config !== undefined && e.Config === blobPath(config));
     return entry?.RepoTags ?? [];
   } catch {
     return [];
@@ -342,7 +341,7 @@ async function dockerRepoTagsFor(store: Store, manifest: Descriptor): Promise<st
 
 /** A small blob (manifest, config, index), checked against its digest and size. */
 async function readBlobSmall(store: Store, descriptor: Descriptor, limit: number, what: string): Promise<Buffer> {
-  const name = blobName(descriptor.digest);
+  const name = blobPath(descriptor.digest);
   const bytes = await readSmall(store, name, limit, what);
   if (bytes.length !== descriptor.size || sha256Digest(bytes) !== descriptor.digest) {
     throw new UserError(`${store.path}: ${what} ${name} does not match its descriptor (size ${bytes.length}, expected ${descriptor.size}, or a different digest)`);
@@ -362,7 +361,7 @@ interface ConfigJson {
 }
 
 async function readManifest(store: Store, descriptor: Descriptor, tags: string[]): Promise<Image> {
-  const name = blobName(descriptor.digest);
+  const name = blobPath(descriptor.digest);
   const where = `${store.path}: manifest ${name}`;
   const manifestBytes = await readBlobSmall(store, descriptor, MAX_MANIFEST, 'manifest');
   const manifest = parseJson<ManifestJson>(manifestBytes, where);
@@ -373,11 +372,11 @@ async function readManifest(store: Store, descriptor: Descriptor, tags: string[]
   const configDescriptor = checkDescriptor(manifest.config, `${where} config`);
   const configBytes = await readBlobSmall(store, configDescriptor, MAX_METADATA, 'config');
   const layerDescriptors = (manifest.layers ?? []).map((l, i) => checkDescriptor(l, `${where} layers[${i}]`));
-  const diffIds = diffIdsOf(configBytes, `${store.path}: config ${blobName(configDescriptor.digest)}`, layerDescriptors.length);
-  await store.lookup(layerDescriptors.map((d) => blobName(d.digest)));
+  const diffIds = diffIdsOf(configBytes, `${store.path}: config ${blobPath(configDescriptor.digest)}`, layerDescriptors.length);
+  await store.lookup(layerDescriptors.map((d) => blobPath(d.digest)));
 
   const layers = layerDescriptors.map((descriptor, i): Layer => {
-    const blob = blobName(descriptor.digest);
+    const blob = blobPath(descriptor.digest);
     const size = store.size(blob);
     if (size === undefined) throw new UserError(`${store.path}: layer ${i + 1} blob ${blob} is missing`);
     if (size !== descriptor.size) throw new UserError(`${store.path}: layer ${i + 1} blob ${blob} is ${size} bytes, its descriptor says ${descriptor.size}`);

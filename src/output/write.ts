@@ -11,7 +11,7 @@ import { layerOf, type Blob, type Compression, type Image, type Layer } from '..
 import { writeArchiveTar } from './archive-tar.js';
 import { ArchiveFile, archiveFileMatches, copyChecked, verifyBlobs } from './archive-file.js';
 import type { OutputFormat } from '../model/formats.js';
-import { archiveEntries, archiveLayout, blobPath, ociLayoutEntries, type ArchiveEntry } from './layout.js';
+import { archiveEntries, archiveLayout, ociLayoutEntries, type ArchiveEntry } from './layout.js';
 
 export type { OutputFormat } from '../model/formats.js';
 export { OUTPUT_FORMATS, parseOutputFormat } from '../model/formats.js';
@@ -133,9 +133,9 @@ class ArchiveOutput implements ImageOutput {
       const written = await write(place.out);
       layer = recordOf(written, meta, []);
       const name = archiveLayout(this.format).layerName(layer);
+      // A layer already in the archive (the same blob twice): its bytes here are overwritten by what follows.
       const known = this.#inArchive.get(name);
       if (known) {
-        place.discard();
         layer.pieces = known;
       } else {
         layer.pieces = await place.placed(name, written.size);
@@ -347,4 +347,3 @@ async function streamBlobFile(blob: Blob, path: string): Promise<void> {
   }
 }
 
-export { blobPath };

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import { basename } from 'node:path';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import type { Agent } from 'undici';
