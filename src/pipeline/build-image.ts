@@ -22,6 +22,7 @@ import { formatBytes } from '../util/units.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { HashPool } from '../util/hash-pool.js';
+import { UnzipPool } from '../wheels/unzip-pool.js';
 import type { PreparedWheels, WheelElfFacts, WheelLayerPlan } from './wheels.js';
 import { summarizeProblems, type Problem } from '../wheels/checks/problems.js';
 import { checksFailed, ProblemsError, writeProblemsFile } from './problems.js';
@@ -164,6 +165,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   };
   // --jobs bounds the layers tarred and compressed at once, the frames compressing, and the threads hashing.
   const hashes = new HashPool(jobs);
+  // The main thread writes the tar meanwhile: one core fewer for inflating wheels.
+  const unzip = new UnzipPool(Math.max(1, jobs - 1));
   const turns = new Turns(jobs);
   const clock = stopwatch();
   let output: ImageOutput | null = null;
@@ -189,6 +192,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
               lock,
               splitThreshold: options.wheelSplitSize,
               hashes,
+              unzip,
               list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
               wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
             })

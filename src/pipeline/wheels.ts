@@ -10,6 +10,7 @@ import { checkWheels, ElfCollector, inspectClosure, type ClosureIndex, type Imag
 import type { ElfObject } from '../wheels/checks/elf-collector.js';
 import { UserError } from '../util/errors.js';
 import type { HashPool } from '../util/hash-pool.js';
+import type { UnzipPool } from '../wheels/unzip-pool.js';
 import { checkWheelLock, readWheelLock } from '../wheels/lock.js';
 import { markerEnvironment } from '../wheels/checks/requirements.js';
 import { lockFailed } from './problems.js';
@@ -92,6 +93,8 @@ export async function prepareWheels(options: {
   splitThreshold?: number;
   /** Hashes the wheel files (the build's pool). */
   hashes?: HashPool;
+  /** Reads, inflates and checks the wheels' entries as their layers are written (the build's pool). */
+  unzip?: UnzipPool;
   /** Lists a store path's files for the closure index (default: from the export; a build passes a cached one). */
   list?: ListNodes;
   /** What was read from each wheel before, by the file's identity: an unchanged wheel is not read again. */
@@ -140,6 +143,7 @@ export async function prepareWheels(options: {
     const layer = wheelLayerSource(info, {
       ...install,
       splitThreshold,
+      unzip: options.unzip,
       inspect: ({ path, entry }) => collectors.get(path)!.entry(info.file, entry.name, path),
     });
     const wheelName = wheelFileName(info.file);

@@ -20,10 +20,12 @@ import { UserError } from '../util/errors.js';
 import { whiteoutInPath } from '../tar/whiteout.js';
 import { recordHash, formatRecordLine } from './record.js';
 import { checkInterpreter, launcherScript, readScriptHead } from './scripts.js';
-import { changedSinceRead, verifiedChunks, type ChunkObserver } from './verify.js';
+import { changedSinceRead, type ChunkObserver } from './verify.js';
 import { isRecordFile, type WheelEntry, type WheelInfo} from './wheel-info.js';
 import { ZipReader, type ZipEntry } from './zip.js';
 import { byCodeUnits } from '../util/order.js';
+import { defaultUnzipPool, type EntryBodies, type UnzipPool } from './unzip-pool.js';
+import type { EntryRequest } from './unzip-worker.js';
 
 export interface WheelInstallOptions {
   /** Absolute install prefix in the image, e.g. `/opt/python`. */
@@ -42,6 +44,8 @@ export interface WheelInstallOptions {
    * `Infinity` keeps the whole install in one layer). Rewritten `#!python` scripts always stay in the main layer.
    */
   splitThreshold?: number;
+  /** Reads, inflates and checks the wheel's entries on worker threads (default: a pool of one thread per CPU). */
+  unzip?: UnzipPool;
 }
 
 /** Installed files at least this large (uncompressed) are split off into a layer each: 256 MiB. */
@@ -270,42 +274,61 @@ async function writeInstall(
       ...members.map((file) => ({ ...file, dir: false as const })),
     ].sort((a, b) => byCodeUnits(a.name, b.name));
 
-    for (const item of items) {
-      if (item.dir) {
-        await sink.add({ type: 'directory', name: item.name, mode: DIR_MODE });
-      } else if (item.kind === 'generated') {
-        await sink.add({ type: 'file', name: item.name, mode: item.mode, size: item.content.length, body: item.content });
-      } else if (item.kind === 'record') {
-        const content = installedRecord(info, scheme, plan, rows, item.name);
-        await sink.add({ type: 'file', name: item.name, mode: FILE_MODE, size: content.length, body: content });
-      } else {
-        const row = await writeWheelFile(info, options, zip, zipEntryFor(item.entry), item, sink);
-        if (row) rows.set(item.name, row);
+    // The wheel's files are read, inflated and checked on the unzip pool, ahead of the tar, in its order.
+    const requests = items.flatMap((item): EntryRequest[] => (!item.dir && item.kind === 'wheel' ? [entryRequest(zipEntryFor(item.entry), item.entry)] : []));
+    const bodies = (options.unzip ?? defaultUnzipPool()).bodies(info.file, requests);
+    try {
+      for (const item of items) {
+        if (item.dir) {
+          await sink.add({ type: 'directory', name: item.name, mode: DIR_MODE });
+        } else if (item.kind === 'generated') {
+          await sink.add({ type: 'file', name: item.name, mode: item.mode, size: item.content.length, body: item.content });
+        } else if (item.kind === 'record') {
+          const content = installedRecord(info, scheme, plan, rows, item.name);
+          await sink.add({ type: 'file', name: item.name, mode: FILE_MODE, size: content.length, body: content });
+        } else {
+          const row = await writeWheelFile(info, options, bodies, item, sink);
+          if (row) rows.set(item.name, row);
+        }
       }
+    } finally {
+      bodies.close();
     }
   } finally {
     await zip.close();
   }
 }
 
+/** What an unzip worker needs to read, inflate and check one entry. */
+function entryRequest(zipEntry: ZipEntry, entry: WheelEntry): EntryRequest {
+  const raw = zipEntry.raw;
+  return {
+    name: entry.name,
+    offset: zipEntry.offset,
+    central: {
+      fileNameRaw: raw.fileNameRaw,
+      generalPurposeBitFlag: raw.generalPurposeBitFlag,
+      compressionMethod: raw.compressionMethod,
+      crc32: raw.crc32,
+      compressedSize: raw.compressedSize,
+      uncompressedSize: raw.uncompressedSize,
+    },
+    hash: entry.recordHash,
+  };
+}
+
 /** Streams one file from the zip into the layer; returns its RECORD row when the installed bytes differ from the wheel's. */
-async function writeWheelFile(
-  info: WheelInfo,
-  options: WheelInstallOptions,
-  zip: ZipReader,
-  zipEntry: ZipEntry,
-  file: WheelFile,
-  sink: TarSink,
-): Promise<InstalledRow | null> {
+async function writeWheelFile(info: WheelInfo, options: WheelInstallOptions, bodies: EntryBodies, file: WheelFile, sink: TarSink): Promise<InstalledRow | null> {
   const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry });
-  const observers = inspector ? [inspector] : [];
+  const body = observed(bodies.next(), inspector);
   if (!file.script) {
-    await sink.add({ type: 'file', name: file.name, mode: file.mode, size: file.entry.size, body: verifiedChunks(zip, zipEntry, file.entry, observers) });
+    await sink.add({ type: 'file', name: file.name, mode: file.mode, size: file.entry.size, body });
     await inspector?.end();
     return null;
   }
   const installed = createHash('sha256');
-  const chunks = verifiedChunks(zip, zipEntry, file.entry, observers);
+  // A script's first chunks are held while its first line is read: copies, not the pool's buffers.
+  const chunks = copied(body);
   try {
     const { head, consumed } = await readScriptHead(chunks, options.interpreter, `${info.file}: entry ${file.entry.name}`);
     const size = file.entry.size - consumed + head.length;
@@ -315,6 +338,19 @@ async function writeWheelFile(
   } finally {
     await chunks.return(undefined);
   }
+}
+
+/** The body's chunks, each shown to the observer as it passes. */
+async function* observed(body: AsyncGenerator<Buffer>, observer: ChunkObserver | undefined): AsyncGenerator<Buffer> {
+  if (!observer) return yield* body;
+  for await (const chunk of body) {
+    observer.push(chunk);
+    yield chunk;
+  }
+}
+
+async function* copied(body: AsyncGenerator<Buffer>): AsyncGenerator<Buffer> {
+  for await (const chunk of body) yield Buffer.from(chunk);
 }
 
 async function* hashedBody(head: Buffer, rest: AsyncIterator<Buffer>, hash: ReturnType<typeof createHash>): AsyncGenerator<Buffer> {

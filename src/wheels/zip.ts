@@ -13,6 +13,7 @@ import yauzl from 'yauzl';
 import { UserError } from '../util/errors.js';
 import { whiteoutInPath } from '../tar/whiteout.js';
 import { BlockRandomAccessReader, BlockReader } from './block-reader.js';
+import { localHeaderDisagreement } from './unzip-worker.js';
 
 export interface ZipEntry {
   /** Decoded name, without the trailing `/` a directory entry has. */
@@ -165,31 +166,6 @@ export class ZipReader {
     this.zip.close();
     await this.handle.close();
   }
-}
-
-/** Bit 0: encrypted. Bit 3: CRC and sizes follow the data (the local header holds zeros). */
-const FLAG_ENCRYPTED = 0x1;
-const FLAG_DATA_DESCRIPTOR = 0x8;
-/** A 32-bit size of all ones: the real one is in the zip64 extra field. */
-const ZIP64_MARKER = 0xffffffff;
-
-/** What a local header says differently from its central directory record, or null when they agree. */
-export function localHeaderDisagreement(header: Buffer, localName: Buffer, central: yauzl.Entry): string | null {
-  if (!localName.equals(central.fileNameRaw)) {
-    return `it names ${JSON.stringify(localName.toString('utf8').slice(0, 200))}, the directory ${JSON.stringify(central.fileNameRaw.toString('utf8').slice(0, 200))}`;
-  }
-  const flags = header.readUInt16LE(6);
-  if ((flags & FLAG_ENCRYPTED) !== (central.generalPurposeBitFlag & FLAG_ENCRYPTED)) return 'one says the entry is encrypted, the other not';
-  const method = header.readUInt16LE(8);
-  if (method !== central.compressionMethod) return `compression method ${method} here, ${central.compressionMethod} there`;
-  if (flags & FLAG_DATA_DESCRIPTOR) return null;
-  const crc = header.readUInt32LE(14);
-  if (crc !== central.crc32) return `CRC-32 0x${crc.toString(16)} here, 0x${central.crc32.toString(16)} there`;
-  const compressed = header.readUInt32LE(18);
-  const size = header.readUInt32LE(22);
-  if (compressed !== ZIP64_MARKER && compressed !== central.compressedSize) return `compressed size ${compressed} here, ${central.compressedSize} there`;
-  if (size !== ZIP64_MARKER && size !== central.uncompressedSize) return `size ${size} here, ${central.uncompressedSize} there`;
-  return null;
 }
 
 export function sizeMismatch(file: string, entry: ZipEntry, actual: number): UserError {

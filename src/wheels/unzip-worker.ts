@@ -1,0 +1,337 @@
+/**
+ * The unzip workers' program: a wheel entry's bytes read from the file, checked against its local
+ * header, inflated and checked against RECORD (size and hash), on a worker thread. The main thread
+ * only puts the bytes into the tar. See unzip-pool.ts for the protocol.
+ */
+
+/** What the central directory says of an entry: what its local header must agree with (a yauzl.Entry has these). */
+export interface CentralRecord {
+  fileNameRaw: Uint8Array;
+  generalPurposeBitFlag: number;
+  compressionMethod: number;
+  crc32: number;
+  compressedSize: number;
+  uncompressedSize: number;
+}
+
+/** One entry to read: where it lies, what it must hold, and the names its errors give. */
+export interface EntryRequest {
+  /** The entry's name, for messages. */
+  name: string;
+  /** Byte offset of its local header. */
+  offset: number;
+  central: CentralRecord;
+  /** RECORD's hash, or null when RECORD lists none (its size is still checked). */
+  hash: { algorithm: string; hex: string } | null;
+}
+
+/** What the main thread asks of an unzip worker. */
+export type UnzipMessage =
+  /** Several small entries: their bytes come back in one buffer, one after the other. */
+  | { type: 'batch'; id: number; file: string; entries: EntryRequest[]; capacity: number; buffer: ArrayBuffer | null }
+  /**
+   * One entry of any size, in chunks of `chunkSize`, at most `credits` of them not yet given back;
+   * `buffers` (chunks used before) are filled first.
+   */
+  | { type: 'stream'; id: number; file: string; entry: EntryRequest; chunkSize: number; credits: number; buffers: ArrayBuffer[] }
+  /** A chunk of the stream `id` given back: the worker may fill it again. */
+  | { type: 'credit'; id: number; buffer: ArrayBuffer }
+  /** The stream `id` is no longer wanted. */
+  | { type: 'cancel'; id: number };
+
+/** What an unzip worker answers. */
+export type UnzipReply =
+  | { type: 'batch'; id: number; buffer: ArrayBuffer; lengths: number[] }
+  | { type: 'chunk'; id: number; buffer: ArrayBuffer; length: number }
+  /** The stream ended; the chunks it holds go back for the next one. */
+  | { type: 'end'; id: number; buffers: ArrayBuffer[] }
+  /** A problem of the wheel, as one line naming file, entry and byte (`index`: which entry of a batch). */
+  | { type: 'failed'; id: number; index: number; message: string; userError: boolean };
+
+/**
+ * What a local header says differently from its central directory record, or null when they agree.
+ * Self-contained (it runs in the workers too): a zip whose two views differ shows one file to the
+ * tools that read local headers and another to those that read the directory, and Python's zipfile
+ * refuses it.
+ */
+export function localHeaderDisagreement(header: Uint8Array, localName: Uint8Array, central: CentralRecord): string | null {
+  /** Bit 0: encrypted. Bit 3: CRC and sizes follow the data (the local header holds zeros). */
+  const FLAG_ENCRYPTED = 0x1;
+  const FLAG_DATA_DESCRIPTOR = 0x8;
+  /** A 32-bit size of all ones: the real one is in the zip64 extra field. */
+  const ZIP64_MARKER = 0xffffffff;
+  const view = new DataView(header.buffer, header.byteOffset, header.byteLength);
+  const same = localName.length === central.fileNameRaw.length && localName.every((b, i) => b === central.fileNameRaw[i]);
+  if (!same) {
+    const text = (bytes: Uint8Array) => JSON.stringify(new TextDecoder().decode(bytes).slice(0, 200));
+    return `it names ${text(localName)}, the directory ${text(central.fileNameRaw)}`;
+  }
+  const flags = view.getUint16(6, true);
+  if ((flags & FLAG_ENCRYPTED) !== (central.generalPurposeBitFlag & FLAG_ENCRYPTED)) return 'one says the entry is encrypted, the other not';
+  const method = view.getUint16(8, true);
+  if (method !== central.compressionMethod) return `compression method ${method} here, ${central.compressionMethod} there`;
+  if (flags & FLAG_DATA_DESCRIPTOR) return null;
+  const crc = view.getUint32(14, true);
+  if (crc !== central.crc32) return `CRC-32 0x${crc.toString(16)} here, 0x${central.crc32.toString(16)} there`;
+  const compressed = view.getUint32(18, true);
+  const size = view.getUint32(22, true);
+  if (compressed !== ZIP64_MARKER && compressed !== central.compressedSize) return `compressed size ${compressed} here, ${central.compressedSize} there`;
+  if (size !== ZIP64_MARKER && size !== central.uncompressedSize) return `size ${size} here, ${central.uncompressedSize} there`;
+  return null;
+}
+
+/**
+ * An unzip worker's whole program. Like the hash workers' it runs as source text and uses nothing from
+ * outside its body but `require`, Buffer and the functions it is given. Each file is opened per job
+ * (the job's entries are read with positional reads). Errors of the wheel (a bad header, a failed
+ * inflate, a size or hash that RECORD does not list) are answered as `failed` with the same one-line
+ * message the main thread's reader gives.
+ */
+export function unzipWorkerMain(disagreement: typeof localHeaderDisagreement): void {
+  const { parentPort } = require('node:worker_threads') as typeof import('node:worker_threads');
+  const { createHash } = require('node:crypto') as typeof import('node:crypto');
+  const fs = require('node:fs') as typeof import('node:fs');
+  const zlib = require('node:zlib') as typeof import('node:zlib');
+  const port = parentPort!;
+  const reply = (message: UnzipReply, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);
+
+  const LOCAL_HEADER_FIXED_SIZE = 30;
+  const LOCAL_HEADER_SIGNATURE = 0x04034b50;
+  const READ_SIZE = 1 << 20;
+  /** An error that is the wheel's fault: its message is the user's. */
+  class WheelError extends Error {}
+
+  const readAt = (fd: number, into: Buffer, at: number): void => {
+    let got = 0;
+    while (got < into.length) {
+      const n = fs.readSync(fd, into, got, into.length - got, at + got);
+      if (n === 0) throw new WheelError(`unexpected end of file at byte ${at + got}`);
+      got += n;
+    }
+  };
+
+  /** Where the entry's data begins, after checking its local header (as ZipReader does). */
+  const dataStart = (fd: number, fileSize: number, file: string, entry: EntryRequest): number => {
+    const fail = (why: string) => new WheelError(`${file}: entry ${JSON.stringify(entry.name)} (local header at byte ${entry.offset}): ${why}`);
+    if (entry.offset + LOCAL_HEADER_FIXED_SIZE > fileSize) throw fail('past the end of the file');
+    const header = Buffer.allocUnsafe(LOCAL_HEADER_FIXED_SIZE);
+    readAt(fd, header, entry.offset);
+    if (header.readUInt32LE(0) !== LOCAL_HEADER_SIGNATURE) throw fail(`bad signature 0x${header.readUInt32LE(0).toString(16)}`);
+    const nameLength = header.readUInt16LE(26);
+    const start = entry.offset + LOCAL_HEADER_FIXED_SIZE + nameLength + header.readUInt16LE(28);
+    if (entry.offset + LOCAL_HEADER_FIXED_SIZE + nameLength > fileSize) throw fail('its name runs past the end of the file');
+    const localName = Buffer.allocUnsafe(nameLength);
+    readAt(fd, localName, entry.offset + LOCAL_HEADER_FIXED_SIZE);
+    const why = disagreement(header, localName, entry.central);
+    if (why) throw fail(`the local header disagrees with the central directory: ${why}`);
+    const compressedSize = entry.central.compressedSize;
+    if (start + compressedSize > fileSize) throw fail(`its ${compressedSize} bytes of data run past the end of the file (${fileSize} bytes)`);
+    return start;
+  };
+
+  /** Checks the bytes as they come: never more than the directory's size, then the size and RECORD's hash. */
+  const checker = (file: string, entry: EntryRequest) => {
+    const size = entry.central.uncompressedSize;
+    const hash = entry.hash ? createHash(entry.hash.algorithm) : null;
+    let seen = 0;
+    const holds = (actual: number) => new WheelError(`${file}: entry ${entry.name} holds ${actual} bytes, the zip directory says ${size}`);
+    return {
+      update(bytes: Uint8Array): void {
+        seen += bytes.length;
+        if (seen > size) throw holds(seen);
+        hash?.update(bytes);
+      },
+      end(): void {
+        if (seen !== size) throw holds(seen);
+        if (!hash || !entry.hash) return;
+        const actual = hash.digest();
+        if (actual.toString('hex') === entry.hash.hex) return;
+        const listed = (bytes: Buffer) => `${entry.hash!.algorithm}=${bytes.toString('base64url')}`;
+        throw new WheelError(
+          `${file}: entry ${entry.name} does not match RECORD: RECORD says ${listed(Buffer.from(entry.hash.hex, 'hex'))}, the entry has ${listed(actual)}`,
+        );
+      },
+    };
+  };
+
+  /** An inflate failure as the main thread's reader words it. */
+  const inflateError = (file: string, entry: EntryRequest, start: number, err: unknown): Error => {
+    if (err instanceof WheelError) return err;
+    const code = (err as NodeJS.ErrnoException).code;
+    const message = code === 'ERR_BUFFER_TOO_LARGE' ? `inflates to more than its ${entry.central.uncompressedSize} bytes` : (err as Error).message;
+    return new WheelError(`${file}: entry ${entry.name} (data at byte ${start}): ${message}`);
+  };
+
+  /** A small entry's bytes, whole. */
+  const readWhole = (fd: number, fileSize: number, file: string, entry: EntryRequest): Buffer => {
+    const start = dataStart(fd, fileSize, file, entry);
+    const check = checker(file, entry);
+    const compressed = Buffer.allocUnsafe(entry.central.compressedSize);
+    readAt(fd, compressed, start);
+    let bytes: Buffer;
+    if (entry.central.compressionMethod === 0) {
+      bytes = compressed;
+    } else {
+      try {
+        // One byte over the stated size is enough to see the entry is too long.
+        const size = entry.central.uncompressedSize;
+        bytes = zlib.inflateRawSync(compressed, { maxOutputLength: size + 1, chunkSize: Math.max(64, size + 1) });
+      } catch (err) {
+        throw inflateError(file, entry, start, err);
+      }
+    }
+    check.update(bytes);
+    check.end();
+    return bytes;
+  };
+
+  const failed = (id: number, index: number, err: unknown) =>
+    reply({ type: 'failed', id, index, message: err instanceof Error ? err.message : String(err), userError: err instanceof WheelError });
+
+  const withFile = <T>(file: string, use: (fd: number, size: number) => T): T => {
+    let fd: number;
+    try {
+      fd = fs.openSync(file, 'r');
+    } catch (err) {
+      throw new WheelError(`${file}: cannot read it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+    try {
+      return use(fd, fs.fstatSync(fd).size);
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+
+  const batch = (id: number, file: string, entries: EntryRequest[], capacity: number, given: ArrayBuffer | null): void => {
+    let index = 0;
+    try {
+      withFile(file, (fd, size) => {
+        const total = entries.reduce((n, e) => n + e.central.uncompressedSize, 0);
+        // Batches have one size, so their memory goes round between the threads instead of being made anew.
+        const out = given && given.byteLength >= total ? Buffer.from(given) : Buffer.allocUnsafeSlow(Math.max(total, capacity));
+        const lengths: number[] = [];
+        let at = 0;
+        for (; index < entries.length; index++) {
+          const bytes = readWhole(fd, size, file, entries[index]!);
+          bytes.copy(out, at);
+          at += bytes.length;
+          lengths.push(bytes.length);
+        }
+        reply({ type: 'batch', id, buffer: out.buffer as ArrayBuffer, lengths }, [out.buffer as ArrayBuffer]);
+      });
+    } catch (err) {
+      failed(id, index, err);
+    }
+  };
+
+  /** Streams in progress: buffers given back, and how to wake a stream waiting for one. */
+  const streams = new Map<number, { free: Buffer[]; wake: (() => void) | null; cancelled: boolean }>();
+
+  const stream = async (id: number, file: string, entry: EntryRequest, chunkSize: number, credits: number, given: ArrayBuffer[]): Promise<void> => {
+    const free = given.filter((b) => b.byteLength === chunkSize).map((b) => Buffer.from(b));
+    const state = { free, wake: null as (() => void) | null, cancelled: false };
+    streams.set(id, state);
+    let made = free.length;
+    let chunk: Buffer | null = null;
+    let used = 0;
+    const take = async (): Promise<Buffer | null> => {
+      while (!state.cancelled && state.free.length === 0 && made >= credits) await new Promise<void>((resolve) => (state.wake = resolve));
+      if (state.cancelled) return null;
+      const buffer = state.free.pop();
+      if (buffer) return buffer;
+      made++;
+      return Buffer.allocUnsafeSlow(chunkSize);
+    };
+    const send = () => {
+      const memory = chunk!.buffer as ArrayBuffer;
+      reply({ type: 'chunk', id, buffer: memory, length: used }, [memory]);
+      chunk = null;
+      used = 0;
+    };
+    /** Copies bytes into chunks, sending each full one; false once the stream is cancelled. */
+    const put = async (bytes: Buffer): Promise<boolean> => {
+      let offset = 0;
+      while (offset < bytes.length) {
+        if (!chunk) {
+          chunk = await take();
+          if (!chunk) return false;
+        }
+        const n = bytes.copy(chunk, used, offset);
+        used += n;
+        offset += n;
+        if (used === chunk.length) send();
+      }
+      return true;
+    };
+    let fd: number | undefined;
+    let start = 0;
+    try {
+      fd = fs.openSync(file, 'r');
+      const fileSize = fs.fstatSync(fd).size;
+      start = dataStart(fd, fileSize, file, entry);
+      const check = checker(file, entry);
+      const compressedSize = entry.central.compressedSize;
+      const input = function* (handle: number): Generator<Buffer> {
+        for (let at = 0; at < compressedSize; ) {
+          const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, compressedSize - at));
+          readAt(handle, piece, start + at);
+          at += piece.length;
+          yield piece;
+        }
+      };
+      let open = true;
+      if (entry.central.compressionMethod === 0) {
+        for (const piece of input(fd)) {
+          check.update(piece);
+          if (!(open = await put(piece))) break;
+        }
+      } else {
+        const { Readable } = require('node:stream') as typeof import('node:stream');
+        const inflate = Readable.from(input(fd)).pipe(zlib.createInflateRaw({ chunkSize: 256 << 10 }));
+        try {
+          for await (const piece of inflate as AsyncIterable<Buffer>) {
+            check.update(piece);
+            if (!(open = await put(piece))) break;
+          }
+        } catch (err) {
+          throw inflateError(file, entry, start, err);
+        } finally {
+          inflate.destroy();
+        }
+      }
+      if (open) {
+        check.end();
+        if (chunk && used > 0) send();
+      }
+      const spare = state.free.map((b) => b.buffer as ArrayBuffer);
+      state.free = [];
+      reply({ type: 'end', id, buffers: spare }, spare);
+    } catch (err) {
+      failed(id, 0, err);
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+      streams.delete(id);
+    }
+  };
+
+  port.on('message', (message: UnzipMessage) => {
+    switch (message.type) {
+      case 'batch':
+        return batch(message.id, message.file, message.entries, message.capacity, message.buffer);
+      case 'stream':
+        void stream(message.id, message.file, message.entry, message.chunkSize, message.credits, message.buffers);
+        return;
+      case 'credit':
+      case 'cancel': {
+        const state = streams.get(message.id);
+        if (!state) return;
+        if (message.type === 'credit') state.free.push(Buffer.from(message.buffer));
+        else state.cancelled = true;
+        const wake = state.wake;
+        state.wake = null;
+        wake?.();
+        return;
+      }
+    }
+  });
+}
