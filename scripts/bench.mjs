@@ -205,6 +205,13 @@ if (existsSync(wheelBench)) {
   await benchWheel({ repo, work, small, report, sha });
 }
 
+// The real ML wheel stack next to pip (issue 14): pip --target, pigz of its tree, nix2oci none and gzip.
+const pipBench = join(repo, 'scripts/bench/pip.mjs');
+if (existsSync(pipBench)) {
+  const { benchPip } = await import(pipBench);
+  await benchPip({ repo, work, report });
+}
+
 // The layer cache (issue 5), on an image shaped like the vLLM one (closure, Python, torch and vllm wheels):
 // cold, nothing changed, one changed wheel, one changed store path; each with the bytes a push would upload.
 const cacheBench = join(repo, 'scripts/bench/cache.mjs');

@@ -19,7 +19,7 @@ const BATCH_ENTRIES = 512;
 const CHUNK_SIZE = 1 << 20;
 const CHUNK_CREDITS = 4;
 /** Bytes of entries one reader asks for ahead of what its consumer has taken. */
-const WINDOW = 16 << 20;
+const WINDOW = 8 << 20;
 /** Buffers kept for reuse, of each size: memory that goes round instead of garbage for the collector. */
 const SPARES = 4;
 
