@@ -35,8 +35,8 @@ export function podmanLoad(archive: string): string {
 }
 
 /** Runs a container to completion with no network and returns its stdout. */
-export function podmanRun(image: string, args: string[] = [], runOptions: string[] = []): string {
-  return podman(['--runtime', 'runc', 'run', '--rm', '--network', 'none', ...runOptions, image, ...args]);
+export function podmanRun(image: string, args: string[] = [], runOptions: string[] = [], options: { timeout?: number } = {}): string {
+  return podman(['--runtime', 'runc', 'run', '--rm', '--network', 'none', ...runOptions, image, ...args], options);
 }
 
 export function podmanRemove(...images: string[]): void {

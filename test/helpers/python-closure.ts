@@ -19,6 +19,9 @@ import { nixBuild, closureOf, exportClosure, pathInfoJson } from './nix.js';
  *                         and VLLM_PYTHON defaulting to the python3 path
  *   zlib-debian-<v>       lib/libz.so.1, when `zlib`
  *   gcc-libs-debian-<v>   lib/libstdc++.so.6, lib/libgcc_s.so.1, when `cxxRuntime`
+ *   python-stdlib-libs-debian  lib/ with libffi, libssl, libcrypto, libbz2, liblzma, libuuid, libsqlite3, when
+ *                         `stdlibLibs`: the python path then also has the stdlib modules that need them
+ *                         (ctypes, ssl, hashlib, bz2, lzma, uuid, sqlite3), their RUNPATH pointing there
  *   python-runtime        the root: bin/ symlinks (python3, python, bash, sh, vllm-server) and
  *                         references to every path above
  *
@@ -41,6 +44,11 @@ export interface PythonClosureOptions {
   cxxRuntime?: boolean;
   /** Add Python's C headers (include/python3.11/Python.h) to the python path. */
   headers?: boolean;
+  /**
+   * The stdlib modules that need C libraries besides libc (ctypes, ssl, hashlib, bz2, lzma, uuid,
+   * sqlite3), with those libraries in a store path of their own: what torch (ctypes) and uvicorn (ssl) import.
+   */
+  stdlibLibs?: boolean;
 }
 
 export interface PythonClosure {
@@ -82,6 +90,10 @@ function debianVersion(pkg: string): string {
   return execFileSync('dpkg-query', ['-W', '-f', '${Version}', pkg], { encoding: 'utf8' }).trim();
 }
 
+/** The stdlib extension modules `stdlibLibs` adds, and the host libraries they need. */
+const STDLIB_MODULES = ['_ctypes', '_ssl', '_hashlib', '_bz2', '_lzma', '_uuid', '_sqlite3'];
+const STDLIB_LIBS = ['libffi.so.8', 'libssl.so.3', 'libcrypto.so.3', 'libbz2.so.1.0', 'liblzma.so.5', 'libuuid.so.1', 'libsqlite3.so.0'];
+
 /** Upstream part of a Debian version: `2.36-9+deb12u14` → `2.36`, `1:1.2.13.dfsg-1` → `1.2.13`. */
 function upstream(version: string): string {
   return version.replace(/^\d+:/, '').replace(/-[^-]*$/, '').replace(/\.dfsg.*$/, '').replace(/\+.*$/, '');
@@ -115,6 +127,7 @@ export function buildPythonClosure(options: PythonClosureOptions = {}): PythonCl
   const zlibVersion = debianVersion('zlib1g');
   const cxxVersion = debianVersion('libstdc++6');
   const modules = selfContainedExtensionModules();
+  const stdlibLibsVersion = debianVersion('libpython3.11-stdlib');
   const loaderName = 'ld-linux-x86-64.so.2';
 
   const expr = `
@@ -127,6 +140,12 @@ let
     for f in libc.so.6 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1 libutil.so.1; do
       cp -L ${hostLibDir}/$f $out/lib/$f
     done
+  '';
+  stdlibLibs = mkDrv "python-stdlib-libs-debian-${upstream(stdlibLibsVersion)}" ''
+    set -e
+    # debian ${stdlibLibsVersion}
+    mkdir -p $out/lib
+    for f in ${STDLIB_LIBS.join(' ')}; do cp -L ${hostLibDir}/$f $out/lib/$f; done
   '';
   relocate = file: rpath: "chmod u+w \${file} && patchelf --set-interpreter \${glibc}/lib/${loaderName} --set-rpath \${rpath} \${file}";
   bash = mkDrv "bash-debian-${upstream(bashVersion)}" ''
@@ -153,7 +172,11 @@ let
     find . -name __pycache__ -prune -exec rm -rf {} +
     mv lib-dynload lib-dynload.all && mkdir lib-dynload
     for m in ${modules.join(' ')}; do mv lib-dynload.all/$m lib-dynload/$m; done
-    rm -rf lib-dynload.all
+${options.stdlibLibs ? `    for m in ${STDLIB_MODULES.map((m) => `${m}.cpython-311-x86_64-linux-gnu.so`).join(' ')}; do
+      mv lib-dynload.all/$m lib-dynload/$m
+      chmod u+w lib-dynload/$m && patchelf --set-rpath \${stdlibLibs}/lib lib-dynload/$m
+    done
+` : ''}    rm -rf lib-dynload.all
     # Debian's site module (frozen into the interpreter, so site.py cannot be patched) looks in
     # dist-packages; add site-packages, where upstream CPython and nixpkgs look.
     mkdir site-packages
@@ -191,7 +214,7 @@ PY
     mkdir -p $out/lib
     cp -L ${hostLibDir}/libstdc++.so.6 ${hostLibDir}/libgcc_s.so.1 $out/lib/
   '';
-  extras = ${options.zlib ? '[ zlib ]' : '[ ]'} ++ ${options.cxxRuntime ? '[ cxxRuntime ]' : '[ ]'};
+  extras = ${options.zlib ? '[ zlib ]' : '[ ]'} ++ ${options.cxxRuntime ? '[ cxxRuntime ]' : '[ ]'}${options.stdlibLibs ? ' ++ [ stdlibLibs ]' : ''};
   root = mkDrv "python-runtime" ''
     set -e
     mkdir -p $out/bin $out/nix-support
