@@ -110,18 +110,40 @@ export function unzipWorkerMain(disagreement: typeof localHeaderDisagreement): v
     }
   };
 
+  /** Bytes of the file at a position: read for the asker, or served from a span read before. */
+  type Source = (position: number, length: number) => Buffer;
+  const direct =
+    (fd: number): Source =>
+    (position, length) => {
+      const bytes = Buffer.allocUnsafe(length);
+      readAt(fd, bytes, position);
+      return bytes;
+    };
+  /** A batch's entries mostly lie side by side: one read of their span (into memory kept for the next batch) serves them all. */
+  const SPAN_LIMIT = 4 << 20;
+  let scratch = Buffer.alloc(0);
+  const spanned = (fd: number, fileSize: number, entries: EntryRequest[]): Source => {
+    const start = Math.min(...entries.map((e) => e.offset));
+    // The local header's extra field is not in the directory: a little room for it.
+    const end = Math.min(fileSize, Math.max(...entries.map((e) => e.offset + LOCAL_HEADER_FIXED_SIZE + e.central.fileNameRaw.length + 64 + e.central.compressedSize)));
+    if (!(end > start) || end - start > SPAN_LIMIT) return direct(fd);
+    if (scratch.length < end - start) scratch = Buffer.allocUnsafeSlow(Math.max(end - start, 1 << 20));
+    const span = scratch.subarray(0, end - start);
+    readAt(fd, span, start);
+    const fallback = direct(fd);
+    return (position, length) => (position >= start && position + length <= end ? span.subarray(position - start, position - start + length) : fallback(position, length));
+  };
+
   /** Where the entry's data begins, after checking its local header (as ZipReader does). */
-  const dataStart = (fd: number, fileSize: number, file: string, entry: EntryRequest): number => {
+  const dataStart = (read: Source, fileSize: number, file: string, entry: EntryRequest): number => {
     const fail = (why: string) => new WheelError(`${file}: entry ${JSON.stringify(entry.name)} (local header at byte ${entry.offset}): ${why}`);
     if (entry.offset + LOCAL_HEADER_FIXED_SIZE > fileSize) throw fail('past the end of the file');
-    const header = Buffer.allocUnsafe(LOCAL_HEADER_FIXED_SIZE);
-    readAt(fd, header, entry.offset);
+    const header = read(entry.offset, LOCAL_HEADER_FIXED_SIZE);
     if (header.readUInt32LE(0) !== LOCAL_HEADER_SIGNATURE) throw fail(`bad signature 0x${header.readUInt32LE(0).toString(16)}`);
     const nameLength = header.readUInt16LE(26);
     const start = entry.offset + LOCAL_HEADER_FIXED_SIZE + nameLength + header.readUInt16LE(28);
     if (entry.offset + LOCAL_HEADER_FIXED_SIZE + nameLength > fileSize) throw fail('its name runs past the end of the file');
-    const localName = Buffer.allocUnsafe(nameLength);
-    readAt(fd, localName, entry.offset + LOCAL_HEADER_FIXED_SIZE);
+    const localName = read(entry.offset + LOCAL_HEADER_FIXED_SIZE, nameLength);
     const why = disagreement(header, localName, entry.central);
     if (why) throw fail(`the local header disagrees with the central directory: ${why}`);
     const compressedSize = entry.central.compressedSize;
@@ -163,11 +185,10 @@ export function unzipWorkerMain(disagreement: typeof localHeaderDisagreement): v
   };
 
   /** A small entry's bytes, whole. */
-  const readWhole = (fd: number, fileSize: number, file: string, entry: EntryRequest): Buffer => {
-    const start = dataStart(fd, fileSize, file, entry);
+  const readWhole = (read: Source, fileSize: number, file: string, entry: EntryRequest): Buffer => {
+    const start = dataStart(read, fileSize, file, entry);
     const check = checker(file, entry);
-    const compressed = Buffer.allocUnsafe(entry.central.compressedSize);
-    readAt(fd, compressed, start);
+    const compressed = read(start, entry.central.compressedSize);
     let bytes: Buffer;
     if (entry.central.compressionMethod === 0) {
       bytes = compressed;
@@ -186,13 +207,13 @@ export function unzipWorkerMain(disagreement: typeof localHeaderDisagreement): v
   };
 
   /**
-   * Inflating leaves garbage buffers (zlib's output, the compressed input) that V8 collects only once
-   * about 64 MiB of them pile up in this thread's heap; a full collection of this small heap every
-   * GC_EVERY bytes costs a few milliseconds and keeps the process's memory down.
+   * Inflating leaves garbage buffers (zlib's output) that V8 collects only once about 64 MiB of them
+   * pile up in this thread's heap; they are young, and a minor collection every GC_EVERY bytes frees
+   * them for a millisecond or so, which keeps the process's memory down.
    */
   const GC_EVERY = 16 << 20;
   let sinceGc = 0;
-  let gc: (() => void) | null | undefined;
+  let gc: ((options: { type: 'minor' }) => void) | null | undefined;
   const collected = (bytes: number) => {
     sinceGc += bytes;
     if (sinceGc < GC_EVERY) return;
@@ -200,12 +221,12 @@ export function unzipWorkerMain(disagreement: typeof localHeaderDisagreement): v
     if (gc === undefined) {
       try {
         require('node:v8').setFlagsFromString('--expose-gc');
-        gc = require('node:vm').runInNewContext('gc') as () => void;
+        gc = require('node:vm').runInNewContext('gc') as (options: { type: 'minor' }) => void;
       } catch {
         gc = null;
       }
     }
-    gc?.();
+    gc?.({ type: 'minor' });
   };
   const failed = (id: number, index: number, err: unknown) =>
     reply({ type: 'failed', id, index, message: err instanceof Error ? err.message : String(err), userError: err instanceof WheelError });
@@ -232,9 +253,10 @@ export function unzipWorkerMain(disagreement: typeof localHeaderDisagreement): v
         // Batches have one size, so their memory goes round between the threads instead of being made anew.
         const out = given && given.byteLength >= total ? Buffer.from(given) : Buffer.allocUnsafeSlow(Math.max(total, capacity));
         const lengths: number[] = [];
+        const read = spanned(fd, size, entries);
         let at = 0;
         for (; index < entries.length; index++) {
-          const bytes = readWhole(fd, size, file, entries[index]!);
+          const bytes = readWhole(read, size, file, entries[index]!);
           bytes.copy(out, at);
           at += bytes.length;
           lengths.push(bytes.length);
@@ -292,7 +314,7 @@ export function unzipWorkerMain(disagreement: typeof localHeaderDisagreement): v
     try {
       fd = fs.openSync(file, 'r');
       const fileSize = fs.fstatSync(fd).size;
-      start = dataStart(fd, fileSize, file, entry);
+      start = dataStart(direct(fd), fileSize, file, entry);
       const check = checker(file, entry);
       const compressedSize = entry.central.compressedSize;
       const input = function* (handle: number): Generator<Buffer> {
