@@ -189,8 +189,8 @@ type Pending =
 
 /**
  * One layer source's reads from one wheel: the entries' bodies in the order given, read ahead within
- * WINDOW bytes. Batches are asked for freely; a stream only once the reader's previous stream ended
- * (its chunks in flight are memory too).
+ * WINDOW bytes (a stream counts for the chunks it may fill ahead), so the next large file is being
+ * inflated while this one is tarred.
  */
 export class EntryBodies {
   readonly #jobs: { first: number; count: number; stream: boolean; bytes: number }[] = [];
@@ -198,7 +198,6 @@ export class EntryBodies {
   #planned = 0;
   #taken = 0;
   #ahead = 0;
-  #streaming = false;
   #closed = false;
 
   constructor(
@@ -284,16 +283,14 @@ export class EntryBodies {
     if (this.#pending[0] !== pending) return;
     this.#pending.shift();
     this.#ahead -= pending.bytes;
-    if (pending.kind === 'stream') this.#streaming = false;
     this.#fill();
   }
 
-  /** Asks for jobs while the window has room (always the next one), a stream only when none runs. */
+  /** Asks for jobs while the window has room (always the next one). */
   #fill(): void {
     while (!this.#closed && this.#planned < this.#jobs.length) {
       const planned = this.#jobs[this.#planned]!;
       if (this.#pending.length > 0 && this.#ahead + planned.bytes > WINDOW) return;
-      if (planned.stream && this.#streaming) return;
       this.#planned++;
       this.#ahead += planned.bytes;
       this.#pending.push(planned.stream ? this.#stream(planned.first, planned.bytes) : this.#batch(planned.first, planned.count, planned.bytes));
@@ -321,7 +318,6 @@ export class EntryBodies {
   }
 
   #stream(index: number, bytes: number): Pending {
-    this.#streaming = true;
     const chunks = new ChunkQueue(this.pool);
     const job: Job = {
       message: { type: 'stream', id: this.pool.id(), file: this.file, entry: this.entries[index]!, chunkSize: CHUNK_SIZE, credits: CHUNK_CREDITS, buffers: [] },
