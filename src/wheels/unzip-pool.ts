@@ -44,7 +44,9 @@ class UnzipWorker {
   batches = 0;
 
   constructor(onBatchDone: (w: UnzipWorker) => void, onDead: (w: UnzipWorker, error: Error) => void) {
-    this.worker = new Worker(WORKER_SOURCE, { eval: true });
+    // Its JavaScript objects are few and small (the bytes are buffers outside the heap): a small young
+    // generation keeps the thread's memory down.
+    this.worker = new Worker(WORKER_SOURCE, { eval: true, resourceLimits: { maxYoungGenerationSizeMb: 4 } });
     this.worker.unref();
     this.worker.on('message', (reply: UnzipReply) => {
       const job = this.jobs.get(reply.id);
