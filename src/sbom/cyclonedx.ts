@@ -41,10 +41,10 @@ export function cyclonedxDocument(facts: SbomFacts): Buffer {
       bomRef: p.path,
       ...(p.version !== null && { version: p.version }),
       purl: storePathPurl(p),
-      hashes: new Models.HashDictionary([[Enums.HashAlgorithm['SHA-256'], p.narHash]]),
+      hashes: new Models.HashDictionary(p.narHash !== null ? [[Enums.HashAlgorithm['SHA-256'], p.narHash]] : []),
       properties: new Models.PropertyRepository([
         new Models.Property('nix:store_path', p.path),
-        new Models.Property('nix:nar_size', String(p.narSize)),
+        ...(p.narSize !== null ? [new Models.Property('nix:nar_size', String(p.narSize))] : []),
         ...layerProperties(p.layers),
       ]),
     });
@@ -61,7 +61,7 @@ export function cyclonedxDocument(facts: SbomFacts): Buffer {
       version: w.version,
       purl: wheelPurl(w),
       ...(w.summary && { description: w.summary }),
-      hashes: new Models.HashDictionary([[Enums.HashAlgorithm['SHA-256'], w.sha256]]),
+      hashes: new Models.HashDictionary(w.sha256 !== null ? [[Enums.HashAlgorithm['SHA-256'], w.sha256]] : []),
       licenses,
       properties: new Models.PropertyRepository([new Models.Property('nix2oci:wheel_file', w.fileName), ...layerProperties(w.layers)]),
     });

@@ -37,9 +37,9 @@ export interface StorePathFacts {
   /** Name and version as Nix splits them (`builtins.parseDrvName`); version null when the name has none. */
   name: string;
   version: string | null;
-  /** sha256 of the NAR, hex. */
-  narHash: string;
-  narSize: number;
+  /** sha256 of the NAR, hex; null in an SBOM rebuilt from an image (its layers do not say). */
+  narHash: string | null;
+  narSize: number | null;
   /** Store paths it refers to, itself left out, sorted. */
   references: string[];
   /** Digests of the layers holding it. */
@@ -51,8 +51,9 @@ export interface WheelFacts {
   name: string;
   version: string;
   fileName: string;
-  sha256: string;
-  size: number;
+  /** The wheel file's sha256 and size; null in an SBOM rebuilt from an image. */
+  sha256: string | null;
+  size: number | null;
   summary?: string;
   homepage?: string;
   /** An SPDX expression, or a license's name as METADATA gives it when it is not one; absent when unknown. */

@@ -61,12 +61,12 @@ export function spdxDocument(facts: SbomFacts): Buffer {
       packageFileName: p.path,
       downloadLocation: 'NOASSERTION',
       filesAnalyzed: false,
-      checksums: [{ algorithm: 'SHA256', checksumValue: p.narHash }],
+      ...(p.narHash !== null && { checksums: [{ algorithm: 'SHA256', checksumValue: p.narHash }] }),
       licenseConcluded: 'NOASSERTION',
       licenseDeclared: 'NOASSERTION',
       copyrightText: 'NOASSERTION',
       externalRefs: [purlRef(storePathPurl(p))],
-      comment: `Nix store path ${p.path}; checksum: sha256 of its NAR (${p.narSize} bytes)`,
+      comment: p.narHash !== null ? `Nix store path ${p.path}; checksum: sha256 of its NAR (${p.narSize} bytes)` : `Nix store path ${p.path}`,
     });
     for (const digest of p.layers) relationships.push({ spdxElementId: layerId(digest), relationshipType: 'CONTAINS', relatedSpdxElement: storePathId(p.path) });
     for (const ref of p.references) relationships.push({ spdxElementId: storePathId(p.path), relationshipType: 'DEPENDS_ON', relatedSpdxElement: storePathId(ref) });
@@ -81,7 +81,7 @@ export function spdxDocument(facts: SbomFacts): Buffer {
       downloadLocation: 'NOASSERTION',
       ...(w.homepage && { homepage: w.homepage }),
       filesAnalyzed: false,
-      checksums: [{ algorithm: 'SHA256', checksumValue: w.sha256 }],
+      ...(w.sha256 !== null && { checksums: [{ algorithm: 'SHA256', checksumValue: w.sha256 }] }),
       licenseConcluded: 'NOASSERTION',
       licenseDeclared: license,
       ...(w.license && 'name' in w.license && { licenseComments: `METADATA License: ${w.license.name}` }),
@@ -89,7 +89,7 @@ export function spdxDocument(facts: SbomFacts): Buffer {
       ...(w.summary && { summary: w.summary }),
       primaryPackagePurpose: 'LIBRARY',
       externalRefs: [purlRef(wheelPurl(w))],
-      comment: `Python wheel ${w.fileName} (${w.size} bytes); checksum: sha256 of the wheel file`,
+      comment: w.sha256 !== null ? `Python wheel ${w.fileName} (${w.size} bytes); checksum: sha256 of the wheel file` : `Python wheel ${w.fileName}`,
     });
     for (const digest of w.layers) relationships.push({ spdxElementId: layerId(digest), relationshipType: 'CONTAINS', relatedSpdxElement: wheelId(w.name) });
     for (const r of w.requires) {
