@@ -82,10 +82,3 @@ export function cyclonedxDocument(facts: SbomFacts): Buffer {
   const serializer = new Serialize.JsonSerializer(new Serialize.JSON.Normalize.Factory(CYCLONEDX_SPEC));
   return Buffer.from(`${serializer.serialize(bom, { sortLists: true, space: 2 })}\n`, 'utf8');
 }
-
-/** Validates a CycloneDX JSON text with the library's validator: null when valid, else the errors as text. */
-export async function cyclonedxProblems(text: string): Promise<string | null> {
-  const { Validation } = await import('@cyclonedx/cyclonedx-library');
-  const errors = await new Validation.JsonStrictValidator(CYCLONEDX_SPEC.version).validate(text);
-  return errors === null ? null : JSON.stringify(errors).slice(0, 2000);
-}

@@ -3,31 +3,17 @@ import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Ajv2019 } from 'ajv/dist/2019.js';
-import { Spec, Validation } from '@cyclonedx/cyclonedx-library';
 import { CLI, cliOk, REPO, runCli } from '../helpers/cli.js';
 import { podman, podmanRemove } from '../helpers/podman.js';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
 import { startReferrersRegistry, type ReferrersRegistry } from '../helpers/referrers-registry.js';
 import { useScratchDirs } from '../helpers/scratch.js';
 import { tools } from '../helpers/tools.js';
+import { cyclonedxErrors, spdxErrors } from '../helpers/sbom-validate.js';
 
 const scratch = useScratchDirs();
 const DEMO = ['--closure', join(REPO, 'layers/demo/demo.closure'), '--path-info', join(REPO, 'layers/demo/demo.path-info.json'), '--recipe', join(REPO, 'layers/demo/image.json')];
 const EPOCH = { SOURCE_DATE_EPOCH: '1700000000' };
-
-const validateSpdx = new Ajv2019({ strict: false, allErrors: true }).compile(JSON.parse(readFileSync(join(import.meta.dirname, 'spdx-2.3-schema.json'), 'utf8')));
-
-/** Null when the SPDX document is valid against SPDX's schema, else the errors. */
-export function spdxErrors(text: string): string | null {
-  return validateSpdx(JSON.parse(text)) ? null : JSON.stringify(validateSpdx.errors).slice(0, 1000);
-}
-
-/** Null when the CycloneDX document is valid (the CycloneDX library's own strict validator), else the errors. */
-export async function cyclonedxErrors(text: string): Promise<string | null> {
-  const errors = await new Validation.JsonStrictValidator(Spec.Version.v1dot6).validate(text);
-  return errors === null ? null : JSON.stringify(errors).slice(0, 1000);
-}
 
 interface SpdxDoc {
   documentNamespace: string;
