@@ -17,7 +17,8 @@ import { readRemembered, type InputMemo } from '../util/file-identity.js';
 import { byCodeUnits } from '../util/order.js';
 import { DEFAULT_PATH } from '../rootfs/entrypoint.js';
 import { normalizeName } from '../wheels/filename.js';
-import { storePathOf, type ResolvedRequirements } from '../sbom/facts.js';
+import type { ResolvedRequirements } from '../sbom/facts.js';
+import { storePathOf } from '../nix/store-path.js';
 
 /**
  * One layer of a wheel's install: the wheel's main layer, or a giant file of it split off into a layer

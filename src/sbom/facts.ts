@@ -195,12 +195,6 @@ export function isSpdxExpression(text: string): boolean {
   }
 }
 
-/** The store path's hash part of a distribution's METADATA path in the closure (`/nix/store/<hash>-…/lib/…`). */
-export function storePathOf(file: string): string | null {
-  const match = /^\/nix\/store\/[0-9a-z]{32}-[^/]+/.exec(file);
-  return match ? match[0] : null;
-}
-
 /**
  * A UUID (version 5 layout) derived from `seed`: the same image always gets the same CycloneDX
  * serial number and SPDX namespace, and no two images share one.

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { parseDrvName, readWheelMetadata, storePathOf, storePathPurl, uuidFrom, wheelPurl } from '../../src/sbom/facts.js';
+import { parseDrvName, readWheelMetadata, storePathPurl, uuidFrom, wheelPurl } from '../../src/sbom/facts.js';
+import { storePathOf } from '../../src/nix/store-path.js';
 import { artifactOf, EMPTY_CONFIG_DESCRIPTOR, parseArtifactManifest, referrersIndex, referrersTag } from '../../src/model/artifact.js';
 import { servingDistributions } from '../../src/wheels/checks/requirements.js';
 import { markerEnvironment } from '../../src/wheels/checks/requirements.js';
@@ -46,7 +47,7 @@ describe("a wheel's METADATA", () => {
 
 describe('requirements resolved in the image', () => {
   it('points a requirement at the wheel or the closure path serving it; extras that do not apply are left out', () => {
-    const closureDist = { name: 'six', version: '1.16', requiresDist: [], source: '/nix/store/00000000000000000000000000000000-python3.11-six-1.16/lib/python3.11/site-packages/six-1.16.dist-info/METADATA', wheel: false };
+    const closureDist = { name: 'six', version: '1.16', requiresDist: [], source: '/nix/store/0000000000000000000000000000000a-python3.11-six-1.16/lib/python3.11/site-packages/six-1.16.dist-info/METADATA', wheel: false };
     const served = servingDistributions({
       wheels: [
         { name: 'app', version: '1', requiresDist: ['lib>=1', 'six', 'missing', 'extra-thing; extra == "x"', 'win; sys_platform == "win32"'], source: 'app.whl', wheel: true },
@@ -60,7 +61,7 @@ describe('requirements resolved in the image', () => {
       ['six', closureDist.source],
       ['missing', null],
     ]);
-    expect(storePathOf(closureDist.source)).toBe('/nix/store/00000000000000000000000000000000-python3.11-six-1.16');
+    expect(storePathOf(closureDist.source)).toBe('/nix/store/0000000000000000000000000000000a-python3.11-six-1.16');
   });
 });
 
