@@ -161,6 +161,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   const jobs = options.jobs ?? availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new UserError(`--jobs must be a whole number from 1 to 256, got ${jobs}`);
   if (options.output === null && options.format === 'oci-layout') throw new UserError('an oci-layout needs --output DIR');
+  if (options.sbomDir !== undefined && (options.sbom ?? recipe.sbom) === undefined && !(options.provenance ?? recipe.provenance)) {
+    throw new UserError("--sbom-dir needs --sbom or --provenance (or the recipe's sbom or provenance)");
+  }
   const format: LayerFormat = { compression, gzipLevel: DEFAULT_GZIP_LEVEL, mtime: options.sourceDateEpoch };
 
   // With a cache, the build's work directory is inside it: cached blobs are hard-linked into the work
@@ -325,10 +328,7 @@ async function attachDocuments(
 ): Promise<AttachedDocument[]> {
   const sbom = options.sbom ?? recipe.sbom;
   const provenance = options.provenance ?? recipe.provenance ?? false;
-  if (sbom === undefined && !provenance) {
-    if (options.sbomDir !== undefined) throw new UserError('--sbom-dir needs --sbom or --provenance (or the recipe\'s sbom or provenance)');
-    return [];
-  }
+  if (sbom === undefined && !provenance) return [];
   const { gatherFacts } = await import('../sbom/facts.js');
   const { sbomDocuments, attachmentsOf } = await import('../sbom/attach.js');
   const { image } = built;

@@ -145,6 +145,15 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman', 'umoci'))('SBOM and 
     }
     expect(statement.predicate.buildDefinition.externalParameters).toMatchObject({ compression: 'gzip', format: 'oci-archive', sbom: 'both' });
     expect(statement.predicate.runDetails.builder.id).toMatch(/^pkg:npm\/nix2oci@/);
+    // An export read from standard input is named `stdin`, by the sha256 of what came in.
+    execFileSync('mkdir', [join(dir, 'docs-stdin')]);
+    cliOk(['build-image', '--closure', '-', '--output', join(dir, 'stdin.tar'), '-q', '--provenance', '--sbom-dir', join(dir, 'docs-stdin')], {
+      input: readFileSync(join(REPO, 'layers/demo/demo.closure')),
+    });
+    const fromStdin = JSON.parse(readFileSync(join(dir, 'docs-stdin/provenance.intoto.json'), 'utf8')) as typeof statement;
+    expect(fromStdin.predicate.buildDefinition.resolvedDependencies).toEqual([
+      { name: 'stdin', digest: { sha256: sha256File(join(REPO, 'layers/demo/demo.closure')) }, annotations: { kind: 'closure' } },
+    ]);
   });
 
   it('attaches each document as an OCI 1.1 artifact in index.json, and `nix2oci sbom` prints it back', () => {
@@ -225,6 +234,8 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman', 'umoci'))('SBOM and 
     expect(bad.stderr.trim().split('\n')).toHaveLength(1);
     expect(bad.stderr).toMatch(/sbom/);
     expect(readdirSync(dir)).not.toContain('never.tar');
+    const lonely = runCli(['build-image', ...DEMO, '--output', out, '--sbom-dir', dir]);
+    expect([lonely.code, lonely.stderr]).toEqual([1, "nix2oci: --sbom-dir needs --sbom or --provenance (or the recipe's sbom or provenance)\n"]);
     const flag = runCli(['build-image', ...DEMO, '--output', out, '--sbom', 'xml']);
     expect(flag.code).not.toBe(0);
     expect(flag.stderr).toMatch(/--sbom <format>.*'xml' is invalid/);
