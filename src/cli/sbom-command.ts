@@ -46,7 +46,7 @@ export function sbomCommand(): Command {
         `warning: ${target} has no SBOM attached; this one is rebuilt from what its layers hold: no NAR hashes, references, wheel hashes or licenses (build with --sbom for those)\n`,
       );
       const created = createdOf(image) ?? (Number(process.env.SOURCE_DATE_EPOCH ?? '') || 1);
-      const facts = factsFromImage(image, created);
+      const facts = factsFromImage(existsSync(target) ? await withScannedContents(image) : image, created);
       process.stdout.write(flags.format === 'cyclonedx' ? cyclonedxDocument(facts) : spdxDocument(facts));
     });
 }
@@ -76,4 +76,19 @@ function createdOf(image: Image): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Layers whose contents the manifest does not name (a docker-archive, a layer of too many paths) are read to find their store paths. */
+async function withScannedContents(image: Image): Promise<Image> {
+  const { scanLayer } = await import('../tar/scan.js');
+  const layers = [];
+  for (const [i, layer] of image.layers.entries()) {
+    if (layer.contents.length > 0) {
+      layers.push(layer);
+      continue;
+    }
+    const { storePaths } = await scanLayer(layer.open(), `layer ${i + 1} (${layer.descriptor.digest})`);
+    layers.push({ ...layer, contents: storePaths });
+  }
+  return { ...image, layers };
 }

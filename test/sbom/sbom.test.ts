@@ -222,9 +222,13 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman', 'umoci'))('SBOM and 
     expect(names.sort()).toEqual(JSON.parse(readFileSync(join(REPO, 'layers/demo/demo.path-info.json'), 'utf8')).map((p: { path: string }) => p.path).sort());
     expect(await cyclonedxErrors(cliOk(['sbom', '--format', 'cyclonedx', plain]).stdout)).toBeNull();
 
-    const docker = runCli(['build-image', ...DEMO, '--output', join(dir, 'demo-docker.tar'), '--format', 'docker-archive', '-q', '--sbom', 'spdx']);
+    const dockerArchive = join(dir, 'demo-docker.tar');
+    const docker = runCli(['build-image', ...DEMO, '--output', dockerArchive, '--format', 'docker-archive', '-q', '--sbom', 'spdx']);
     expect(docker.code).toBe(0);
     expect(docker.stderr).toContain('a docker-archive has no place for attachments');
+    // A docker-archive's manifest names no contents: its layers are read for their store paths.
+    const fromDocker = JSON.parse(cliOk(['sbom', dockerArchive]).stdout) as SpdxDoc;
+    expect(fromDocker.packages.flatMap((p) => (p.packageFileName ? [p.packageFileName] : [])).sort()).toEqual(names);
   });
 
   it('refuses an unknown SBOM format in the recipe or on the command line with one line, and writes nothing', () => {
