@@ -221,6 +221,12 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman', 'umoci'))('SBOM and 
     const names = (JSON.parse(rebuilt.stdout) as SpdxDoc).packages.flatMap((p) => (p.packageFileName ? [p.packageFileName] : []));
     expect(names.sort()).toEqual(JSON.parse(readFileSync(join(REPO, 'layers/demo/demo.path-info.json'), 'utf8')).map((p: { path: string }) => p.path).sort());
     expect(await cyclonedxErrors(cliOk(['sbom', '--format', 'cyclonedx', plain]).stdout)).toBeNull();
+    // The same from a registry: no referrers, so the manifest's contents annotations speak.
+    const ref = `${registry.host}/nix2oci/plain:latest`;
+    cliOk(['push', plain, '--registry', ref, '--tls-verify=false', '-q']);
+    const remote = runCli(['sbom', ref, '--tls-verify=false']);
+    expect(remote.stderr).toMatch(/no SBOM attached/);
+    expect((JSON.parse(remote.stdout) as SpdxDoc).packages.flatMap((p) => (p.packageFileName ? [p.packageFileName] : [])).sort()).toEqual(names.sort());
 
     const dockerArchive = join(dir, 'demo-docker.tar');
     const docker = runCli(['build-image', ...DEMO, '--output', dockerArchive, '--format', 'docker-archive', '-q', '--sbom', 'spdx']);
