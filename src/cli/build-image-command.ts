@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { collect, sizeFlag, wholeNumberFlag } from './flags.js';
 import { addPushOptions, pushOptionsFromFlags, type PushFlags } from './push-command.js';
 import { defaultCacheDir } from '../cache/store.js';
+import { SBOM_CHOICES, type SbomChoice } from '../recipe/schema.js';
 
 
 export function buildImageCommand(): Command {
@@ -33,6 +34,9 @@ export function buildImageCommand(): Command {
     .option('--no-deps-check', 'the same as --no-requirements-check')
     .option('--no-library-check', 'do not fail on shared libraries the image lacks (they are listed as warnings)')
     .option('--problems <file>', 'write every problem the wheel checks find to this file (also when they fail the build)')
+    .addOption(new Option('--sbom <format>', 'attach an SBOM made from what the build knows: spdx, cyclonedx or both (default: the recipe\'s sbom)').choices(SBOM_CHOICES))
+    .option('--provenance', 'attach SLSA provenance v1 (an in-toto statement: inputs by sha256, flags, builder)')
+    .option('--sbom-dir <dir>', 'also write the SBOM and provenance documents into DIR (sbom.spdx.json, sbom.cdx.json, provenance.intoto.json)')
     .option('--push <ref>', 'push the built image to HOST[:PORT]/REPO[:TAG] (push options below apply)')
     .option('--cache-dir <dir>', 'the layer cache (default: $XDG_CACHE_HOME/nix2oci, else ~/.cache/nix2oci)')
     .option('--no-cache', 'build every layer afresh, leaving no cache behind')
@@ -87,6 +91,9 @@ export function buildImageCommand(): Command {
       sourceDateEpoch: sourceDateEpoch(DEFAULT_SOURCE_DATE_EPOCH),
       cacheDir,
       jobs,
+      ...(flags.sbom !== undefined && { sbom: flags.sbom as SbomChoice }),
+      ...(flags.provenance === true && { provenance: true }),
+      ...(flags.sbomDir !== undefined && { sbomDir: checkDirectory(flags.sbomDir as string, '--sbom-dir') }),
       log: say,
       warn: (line) => void warn(line),
     }).catch((err: unknown) => {
@@ -112,6 +119,7 @@ export function buildImageCommand(): Command {
           timings: result.timings,
           cache: cacheDir,
           problems: result.problems,
+          attachments: (result.image.attachments ?? []).map((a) => ({ artifactType: a.artifactType, digest: a.descriptor.digest })),
           reused: result.layers.filter((l) => l.reused).length,
           built: result.layers.filter((l) => !l.reused).length,
           layers: result.layers.map(({ layer, reused, seconds }) => ({
@@ -155,6 +163,12 @@ function sourceDateEpoch(fallback: number): number {
   return Number(text);
 }
 
+
+/** A directory the build will write into: it must exist (told before building). */
+function checkDirectory(path: string, flag: string): string {
+  if (!statSync(path, { throwIfNoEntry: false })?.isDirectory()) throw new UserError(`${flag} ${path}: no such directory`);
+  return path;
+}
 
 /** A file the build will write: its directory must exist and it must not be a directory (told before building). */
 function checkOutputFile(path: string, flag: string): string {

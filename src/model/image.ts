@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { piecesStream, type BytePiece } from '../util/pieces.js';
+import type { Artifact } from './artifact.js';
 
 /**
  * The image model every writer and the registry client consume, after go-containerregistry's
@@ -85,6 +86,11 @@ export interface Image {
   layers: Layer[];
   /** References such as `nix2oci/demo:latest` recorded with the image (may be empty). */
   tags: string[];
+  /**
+   * Artifacts about the image (SBOMs, provenance) whose subject is its manifest: an OCI layout lists them
+   * in index.json beside it, a push uploads them as referrers. A docker-archive has no place for them.
+   */
+  attachments?: Artifact[];
 }
 
 export const MediaTypes = {

@@ -13,7 +13,10 @@ import { storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
 import { writeLayer, writeLayerFile } from '../layer/writer.js';
 import { layerOf, type Image, type Layer } from '../model/image.js';
 import { assembleImage, manifestDigest } from '../model/assemble.js';
-import { emptyRecipe } from '../recipe/schema.js';
+import { emptyRecipe, type Recipe, type SbomChoice } from '../recipe/schema.js';
+import type { AttachedDocument } from '../sbom/attach.js';
+import type { ResolvedRequirements } from '../sbom/facts.js';
+import type { ProvenanceInput } from '../sbom/provenance.js';
 import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
 import { resolveRecipe, toImageConfigSpec } from '../recipe/resolve.js';
 import { rootLayerSource } from '../rootfs/root-layer.js';
@@ -71,6 +74,12 @@ export interface BuildImageOptions {
   /** Told how far the build is, for a progress display (the plain `log` lines say the same). */
   progress?: BuildProgress;
   warn: (line: string) => void;
+  /** SBOM documents to attach (default: the recipe's `sbom`, else none). */
+  sbom?: SbomChoice;
+  /** Attach SLSA provenance (default: the recipe's `provenance`, else none). */
+  provenance?: boolean;
+  /** Also write the documents into this directory (it must exist). */
+  sbomDir?: string;
 }
 
 export interface BuildProgress {
@@ -111,6 +120,8 @@ export interface BuiltImage {
   dispose(): void;
   /** What the wheel checks found that did not stop the build (warnings). */
   problems: Problem[];
+  /** The SBOM and provenance documents made (also in `image.attachments`); empty when none was asked for. */
+  documents: AttachedDocument[];
 }
 
 const NO_WHEELS: PreparedWheels = { layers: [], check: async () => ({ problems: [], env: {} }) };
@@ -150,6 +161,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   const jobs = options.jobs ?? availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new UserError(`--jobs must be a whole number from 1 to 256, got ${jobs}`);
   if (options.output === null && options.format === 'oci-layout') throw new UserError('an oci-layout needs --output DIR');
+  if (options.sbomDir !== undefined && (options.sbom ?? recipe.sbom) === undefined && !(options.provenance ?? recipe.provenance)) {
+    throw new UserError("--sbom-dir needs --sbom or --provenance (or the recipe's sbom or provenance)");
+  }
   const format: LayerFormat = { compression, gzipLevel: DEFAULT_GZIP_LEVEL, mtime: options.sourceDateEpoch };
 
   // With a cache, the build's work directory is inside it: cached blobs are hard-linked into the work
@@ -280,6 +294,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       format: options.format,
     });
     for (const w of warnings) options.warn(w);
+    const documents = await attachDocuments(options, recipe, { image, closure, plan, wheels: wheels.layers, served: checked.served ?? new Map() });
     // Cached layers are checked as the output copies them; a damaged one is made again there.
     if (output) await output.finish(image);
     else await writeImage(image, { format: options.format, output: options.output, hashes, workDir: work });
@@ -292,7 +307,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       }
       r.layer = image.layers[i]!;
     }
-    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, dispose };
+    if (options.sbomDir !== undefined && documents.length > 0) await (await import('../sbom/attach.js')).writeSbomDir(options.sbomDir, documents);
+    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, dispose };
   } catch (err) {
     await output?.abandon();
     dispose();
@@ -300,6 +316,90 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   } finally {
     options.progress?.stop();
   }
+}
+
+/**
+ * The SBOM and provenance asked for (by flag or recipe), made from what the build knows and set on the
+ * image as attachments, so the output and a push carry them. None asked for: none made, nothing loaded.
+ */
+async function attachDocuments(
+  options: BuildImageOptions,
+  recipe: Recipe,
+  built: { image: Image; closure: Closure; plan: { paths: string[] }[]; wheels: WheelLayerPlan[]; served: ResolvedRequirements },
+): Promise<AttachedDocument[]> {
+  const sbom = options.sbom ?? recipe.sbom;
+  const provenance = options.provenance ?? recipe.provenance ?? false;
+  if (sbom === undefined && !provenance) return [];
+  const { gatherFacts } = await import('../sbom/facts.js');
+  const { sbomDocuments, attachmentsOf } = await import('../sbom/attach.js');
+  const { image } = built;
+  const storePathLayers = new Map<string, number[]>();
+  built.plan.forEach((group, index) => {
+    for (const path of group.paths) storePathLayers.set(path, [...(storePathLayers.get(path) ?? []), index]);
+  });
+  const byWheel = new Map<string, { info: WheelLayerPlan['info']; layerIndexes: number[] }>();
+  built.wheels.forEach((w, i) => {
+    const entry = byWheel.get(w.info.file) ?? { info: w.info, layerIndexes: [] };
+    entry.layerIndexes.push(built.plan.length + i);
+    byWheel.set(w.info.file, entry);
+  });
+  const facts = gatherFacts({
+    image,
+    closure: built.closure,
+    wheels: [...byWheel.values()],
+    storePathLayers,
+    requirements: built.served,
+    sourceDateEpoch: options.sourceDateEpoch,
+    warn: options.warn,
+  });
+  const documents = sbomDocuments({
+    facts,
+    sbom,
+    provenance: provenance ? { inputs: await provenanceInputs(options, built.closure, [...byWheel.values()].map((w) => w.info)), parameters: byteParameters(options, recipe) } : undefined,
+  });
+  if (options.format === 'docker-archive' && options.output !== null) {
+    options.warn('a docker-archive has no place for attachments: the SBOM and provenance go only to --sbom-dir and --push');
+  }
+  image.attachments = attachmentsOf(facts, documents);
+  return documents;
+}
+
+/** Every input file by sha256, in the order given: exports (stdin's spooled copy), path-info, recipe, wheels. */
+async function provenanceInputs(options: BuildImageOptions, closure: Closure, wheels: WheelLayerPlan['info'][]): Promise<ProvenanceInput[]> {
+  const { createHash } = await import('node:crypto');
+  const { createReadStream } = await import('node:fs');
+  const sha256 = async (file: string) => {
+    const hash = createHash('sha256');
+    for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+    return hash.digest('hex');
+  };
+  const given = new Set(options.closures);
+  // stdin was spooled into the work directory: the one export file nobody named.
+  const spooled = [...new Set([...closure.paths.values()].map((p) => p.source.file))].filter((f) => !given.has(f));
+  const inputs: ProvenanceInput[] = [];
+  for (const file of options.closures) {
+    const path = file === '-' ? spooled[0] : file;
+    if (path !== undefined) inputs.push({ kind: 'closure', name: file === '-' ? 'stdin' : file, sha256: await sha256(path) });
+  }
+  if (options.pathInfo !== undefined) inputs.push({ kind: 'path-info', name: options.pathInfo, sha256: await sha256(options.pathInfo) });
+  if (options.recipe !== undefined) inputs.push({ kind: 'recipe', name: options.recipe, sha256: await sha256(options.recipe) });
+  for (const w of wheels) inputs.push({ kind: 'wheel', name: w.file, sha256: w.sha256 });
+  return inputs;
+}
+
+/** The flags and recipe values that decide the image's bytes besides the inputs. */
+function byteParameters(options: BuildImageOptions, recipe: Recipe): Record<string, unknown> {
+  return {
+    format: options.format,
+    tags: options.tags.length > 0 ? options.tags : undefined,
+    compression: options.compression ?? recipe.compression ?? 'gzip',
+    maxLayers: options.maxLayers ?? recipe.maxLayers ?? DEFAULT_MAX_LAYERS,
+    layerStrategy: options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY,
+    wheelSplitSize: options.wheelSplitSize,
+    python: options.python,
+    overrides: Object.keys(options.overrides).length > 0 ? options.overrides : undefined,
+    sbom: options.sbom ?? recipe.sbom,
+  };
 }
 
 /** Reads the closure; its NARs are hashed only when something uses the hashes (the cache, --path-info, several exports). */

@@ -16,6 +16,9 @@ import { lockFailed } from './problems.js';
 import { readRemembered, type InputMemo } from '../util/file-identity.js';
 import { byCodeUnits } from '../util/order.js';
 import { DEFAULT_PATH } from '../rootfs/entrypoint.js';
+import { normalizeName } from '../wheels/filename.js';
+import type { ResolvedRequirements } from '../sbom/facts.js';
+import { storePathOf } from '../nix/store-path.js';
 
 /**
  * One layer of a wheel's install: the wheel's main layer, or a giant file of it split off into a layer
@@ -65,6 +68,8 @@ export interface PreparedWheels {
 export interface WheelChecks {
   problems: Problem[];
   env: Record<string, string[]>;
+  /** What serves each wheel's requirements in the image, by wheel name: a wheel, a store path, or nothing. */
+  served?: ResolvedRequirements;
 }
 
 /** The PATH container runtimes use when an image sets none (Docker's and containerd's default). */
@@ -216,7 +221,21 @@ async function runChecks(o: {
   // Launchers go on PATH after the recipe's entries; an image without PATH gets the runtimes' default too,
   // since a PATH of only the wheels' bin would hide it.
   env.PATH = o.recipe.env?.PATH !== undefined ? binDirs : [...binDirs, ...DEFAULT_PATH.split(':')];
-  return { problems: report.problems, env };
+  const served: ResolvedRequirements = new Map(
+    [...report.served].map(([name, list]) => [
+      normalizeName(name),
+      list.map((r) => ({
+        requirement: r.requirement,
+        served: r.by === null ? null : r.by.wheel ? { wheel: normalizeName(r.by.name) } : storePathServing(r.by.source),
+      })),
+    ]),
+  );
+  return { problems: report.problems, env, served };
+}
+
+function storePathServing(source: string): { storePath: string } | null {
+  const path = storePathOf(source);
+  return path === null ? null : { storePath: path };
 }
 
 function factsForCache(info: WheelInfo, split: SplitFile | null, facts: WheelElfFacts): WheelElfFacts {

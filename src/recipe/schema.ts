@@ -64,7 +64,15 @@ export interface Recipe {
   wheelLock?: string;
   python?: RecipePython;
   checks?: RecipeChecks;
+  /** SBOM documents to attach to the image (and write with `--sbom-dir`): `spdx`, `cyclonedx` or `both`. */
+  sbom?: SbomChoice;
+  /** Attach an in-toto statement with SLSA provenance v1 (the inputs by sha256, the flags, the builder). */
+  provenance?: boolean;
 }
+
+/** What `--sbom` and the recipe's `sbom` take. */
+export const SBOM_CHOICES = ['spdx', 'cyclonedx', 'both'] as const;
+export type SbomChoice = (typeof SBOM_CHOICES)[number];
 
 export interface RecipeHealthcheck {
   /** `["CMD", "curl", "-f", "http://localhost:8000/health"]`, `["CMD-SHELL", "curl -f …"]` or `["NONE"]`. */
@@ -234,6 +242,8 @@ export const recipeSchema = {
     compression: { type: 'string', enum: [...COMPRESSIONS] },
     wheels: { type: 'array', items: { type: 'string', minLength: 1 } },
     wheelLock: { type: 'string', minLength: 1 },
+    sbom: { type: 'string', enum: [...SBOM_CHOICES] },
+    provenance: { type: 'boolean' },
     python: {
       type: 'object',
       additionalProperties: false,

@@ -11,6 +11,8 @@ import { RegistryClient } from './client.js';
 import { credentialSecrets, findCredentials } from './credentials.js';
 import { Secrets } from './secrets.js';
 import { pushManifest } from './manifest-push.js';
+import { artifactBlobs, pushReferrers, type ReferrersOutcome } from './referrers.js';
+import { referrersTag } from '../model/artifact.js';
 import { allSources, mountSources, sourcesFor, type MountSources } from './mount-sources.js';
 import { silentProgress, type PushProgress } from './progress.js';
 import { formatReference, parseReference, parseRepository, parseTag, registryEndpoint, type ImageReference } from '../model/reference.js';
@@ -62,6 +64,8 @@ export interface PushResult {
   uploaded: string[];
   skipped: string[];
   mounted: string[];
+  /** The attachments (SBOM, provenance) pushed as referrers of the image, and how they are found. */
+  referrers?: { digests: string[]; via: ReferrersOutcome };
 }
 
 export { DEFAULT_CHUNK_SIZE, DEFAULT_JOBS };
@@ -110,6 +114,12 @@ export async function pushImage(image: Image, reference: string | ImageReference
 
     const digest = await pushManifest(client, plan.ref.repository, image, plan.tags);
     const result: PushResult = { digest, reference: formatReference(plan.ref, plan.tags[0], digest), uploaded: [], skipped: [], mounted: [] };
+    if (image.attachments?.length) {
+      const subject = { mediaType: image.manifestMediaType, digest, size: image.manifestBytes.length };
+      const how = await pushReferrers(client, plan.ref.repository, subject, image.attachments);
+      result.referrers = { digests: image.attachments.map((a) => a.descriptor.digest), via: how };
+      progress.note(`attached ${image.attachments.length} document${image.attachments.length === 1 ? '' : 's'} (${how === 'referrers-api' ? "the registry's referrers API" : `referrers tag ${referrersTag(digest)}`})`);
+    }
     for (const [blobDigest, outcome] of outcomes) result[OUTCOME_LIST[outcome.kind]].push(blobDigest);
     for (const tag of plan.tags.slice(1)) progress.note(`tagged ${formatReference(plan.ref, tag)}`);
     if (options.digestFile) await writeFileAtomically(options.digestFile, digest);
@@ -252,6 +262,11 @@ function blobsOf(image: Image): LabelledBlob[] {
     open: (start = 0) => Readable.from([image.configBytes.subarray(start)]),
   };
   if (!seen.has(config.descriptor.digest)) blobs.push({ blob: config, label: 'config' });
+  seen.add(config.descriptor.digest);
+  for (const blob of artifactBlobs(image.attachments ?? [])) {
+    if (!seen.has(blob.descriptor.digest)) blobs.push({ blob, label: 'attachment' });
+    seen.add(blob.descriptor.digest);
+  }
   return blobs;
 }
 
