@@ -21,7 +21,7 @@ import {
   type CacheIndex,
   type CacheIndexEntry,
 } from '../registry/cache-index.js';
-import { DEFAULT_RETRY_POLICY, type RetryPolicy } from '../registry/retry.js';
+import { DEFAULT_RETRY_POLICY, sleep, type RetryPolicy } from '../registry/retry.js';
 import { DEFAULT_STALL_TIMEOUT_MS } from '../registry/push.js';
 import { UserError } from '../util/errors.js';
 import { formatBytes } from '../util/units.js';
@@ -58,6 +58,8 @@ export class RegistryLayers {
   readonly #present = new Map<string, Promise<boolean>>();
   /** Downloads checked by --verify-registry-cache, by digest. */
   readonly #verified = new Map<string, Promise<boolean>>();
+  /** Keys whose blob the repository lacks (or holds with another size). */
+  readonly #missing = new Set<string>();
 
   private constructor(
     readonly session: RegistrySession,
@@ -123,7 +125,10 @@ export class RegistryLayers {
       });
       this.#present.set(entry.digest, present);
     }
-    if (!(await present)) return null;
+    if (!(await present)) {
+      this.#missing.add(key);
+      return null;
+    }
     if (this.verify) {
       let verified = this.#verified.get(entry.digest);
       if (!verified) {
@@ -197,7 +202,14 @@ export class RegistryLayers {
     return remoteLayer(entry, contents, compression);
   }
 
+  /** Ends the session, saying (once) how many of the index's layers were not in the registry. */
   close(): Promise<void> {
+    const n = this.#missing.size;
+    if (n > 0) {
+      const where = `${this.session.client.registry}/${this.repository}`;
+      this.warn(`registry cache: ${n} ${n === 1 ? 'layer it names is' : 'layers it names are'} not in ${where} with the digest and size it says; made instead`);
+      this.#missing.clear();
+    }
     return this.session.close();
   }
 }
@@ -220,16 +232,18 @@ function remoteLayer(entry: CacheIndexEntry, contents: string[], compression: Co
 }
 
 /**
- * Merges `ours` into the index at `to` and pushes it (after the image, whose blobs the entries name).
- * Two builds updating the same index at once: each reads, merges and writes, then reads again and
- * writes once more if its entries were lost to the other's write; what is left is the rare write that
- * lands between that check and the other's, and it costs only cache misses.
+ * Merges `ours` into the index at `to` and pushes it (after the image, whose blobs the entries name),
+ * unless it holds them already. Registries have no conditional PUT, so two builds updating one index at
+ * once could each write a merge without the other's entries: each reads the index again a moment after
+ * writing (`settleMs`) and, when its entries are gone, merges and writes once more. What is left is a
+ * write landing after that second look, which costs only cache misses (the last writer wins).
  */
 export async function pushCacheIndex(
   to: ImageReference,
   ours: CacheIndex,
   access: RegistryAccess & { retries?: number },
   log: (line: string) => void,
+  settleMs = INDEX_SETTLE_MS,
 ): Promise<void> {
   const retry: RetryPolicy = { ...DEFAULT_RETRY_POLICY, attempts: access.retries ?? DEFAULT_RETRY_POLICY.attempts };
   const tag = to.tag!;
@@ -240,19 +254,30 @@ export async function pushCacheIndex(
     stallTimeoutMs: DEFAULT_STALL_TIMEOUT_MS,
     retry,
   });
+  const current = async (): Promise<CacheIndex> => {
+    const read = await readIndex(session.client, to);
+    return read && 'index' in read ? read.index : new Map();
+  };
+  const holdsOurs = (index: CacheIndex) =>
+    [...ours].every(([key, entry]) => {
+      const held = index.get(key);
+      return held !== undefined && held.digest === entry.digest && held.pushed === entry.pushed && (held.facts === undefined) === (entry.facts === undefined);
+    });
   try {
+    let held = await current();
+    if (holdsOurs(held)) {
+      log(`registry cache ${where}: already holds this image's ${ours.size} layers`);
+      return;
+    }
     for (let attempt = 1; ; attempt++) {
-      const held = await readIndex(session.client, to).catch((err: unknown) => {
-        if (err instanceof UserError) return null;
-        throw err;
-      });
-      const merged = mergeCacheIndex(held && 'index' in held ? held.index : new Map(), ours);
+      const merged = mergeCacheIndex(held, ours);
       const bytes = serializeCacheIndex(merged);
       await pushArtifact(session.client, to.repository, tag, { artifactType: CACHE_INDEX_ARTIFACT_TYPE, mediaType: CACHE_INDEX_MEDIA_TYPE, bytes }, retry);
-      const now = await readIndex(session.client, to).catch(() => null);
-      const kept = now !== null && 'index' in now && [...ours.keys()].every((key) => now.index.get(key)?.digest === ours.get(key)!.digest);
+      await sleep(settleMs);
+      held = await current();
+      const kept = holdsOurs(held);
       if (kept || attempt === 3) {
-        log(`registry cache ${where}: ${merged.size} layers (${formatBytes(bytes.length)})${kept ? '' : '; another build wrote it meanwhile'}`);
+        log(`registry cache ${where}: ${merged.size} layers (${formatBytes(bytes.length)})${kept ? '' : '; another build keeps writing it, this build\'s layers may be missing'}`);
         return;
       }
     }
@@ -262,6 +287,9 @@ export async function pushCacheIndex(
     await session.close();
   }
 }
+
+/** How long after writing the index it is read again, to see whether another build's write replaced it. */
+const INDEX_SETTLE_MS = 1000;
 
 async function readIndex(client: RegistryClient, ref: ImageReference): Promise<{ index: CacheIndex } | { problem: string } | null> {
   try {
