@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, cliOk, REPO, runCli, type CliResult } from '../helpers/cli.js';
 import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
-import { tools } from '../helpers/tools.js';
+import { hasTool, tools } from '../helpers/tools.js';
 import { podmanLoad, podmanRemove, podmanRun } from '../helpers/podman.js';
 import { openRegistry, type RegistryAccess } from '../../src/registry/connect.js';
 import { fetchArtifact, pushArtifact } from '../../src/registry/artifact.js';
@@ -239,5 +239,43 @@ describe.runIf(tools('docker-registry', 'htpasswd', 'skopeo'))('the registry cac
       expect(text).not.toContain(basic);
     }
     expect(index.toString()).not.toContain(USER);
+  });
+
+  it('runs the CI recipe\'s script (docs/ci.md): a second, fresh runner takes every layer from the registry and prints the same digest', () => {
+    const check = spawnSync('shellcheck', [join(REPO, 'scripts/ci-build.sh')], { encoding: 'utf8' });
+    if (hasTool('shellcheck')) expect(check.stdout).toBe('');
+    const job = (n: number) => {
+      const work = mkdtempSync(join(dir, 'ci-job-'));
+      const result = spawnSync('bash', [join(REPO, 'scripts/ci-build.sh')], {
+        cwd: work,
+        encoding: 'utf8',
+        env: {
+          ...process.env,
+          HOME: work, // a fresh runner: no auth files, an empty layer cache
+          XDG_CACHE_HOME: join(work, 'cache'),
+          IMAGE: `${registry.host}/ci/app:run-${n}`,
+          CLOSURE: join(REPO, 'layers/demo/demo.closure'),
+          RECIPE: join(REPO, 'layers/demo/image.json'),
+          REGISTRY_USER: USER,
+          REGISTRY_PASSWORD: PASSWORD,
+          NIX2OCI: `${process.execPath} ${CLI}`,
+          NIX2OCI_FLAGS: `--cert-dir ${join(dir, 'certs')} --json`,
+          GITHUB_OUTPUT: join(work, 'github-output'),
+        },
+      });
+      expect(result.status, result.stderr).toBe(0);
+      expect(result.stdout + result.stderr).not.toContain(PASSWORD);
+      return { stdout: result.stdout, stderr: result.stderr, work };
+    };
+    const first = job(1);
+    const second = job(2);
+    const digest = readFileSync(join(second.work, 'image.digest'), 'utf8').trim();
+    expect(second.stdout).toBe(`${registry.host}/ci/app:run-2@${digest}\n`);
+    expect(first.stdout).toBe(`${registry.host}/ci/app:run-1@${digest}\n`);
+    expect(readFileSync(join(second.work, 'github-output'), 'utf8')).toBe(`digest=${digest}\n`);
+    expect(second.stderr).toContain('already holds this image');
+    expect(second.stderr).not.toMatch(/uploaded/);
+    // The auth file it wrote is gone.
+    expect(readdirSync(second.work).sort()).toEqual(['cache', 'github-output', 'image.digest']);
   });
 });
