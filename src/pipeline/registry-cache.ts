@@ -87,8 +87,16 @@ export class RegistryLayers {
     const mountSources = [...new Set([from.repository, ...options.mountFrom])].filter((r) => r !== target.repository);
     const pushing = options.target !== null;
     const scopes = [`repository:${target.repository}:${pushing ? 'pull,push' : 'pull'}`, ...mountSources.map((r) => `repository:${r}:pull`)];
-    const session = await openRegistry(target.registry, target.repository, options, { scopes, connections: CHECKS + 2, stallTimeoutMs: DEFAULT_STALL_TIMEOUT_MS, retry });
     const where = formatReference(from, from.tag);
+    let session: RegistrySession;
+    try {
+      session = await openRegistry(target.registry, target.repository, options, { scopes, connections: CHECKS + 2, stallTimeoutMs: DEFAULT_STALL_TIMEOUT_MS, retry });
+    } catch (err) {
+      // Without a push, a registry out of reach only means building everything; with one, the push would fail too.
+      if (pushing || !(err instanceof UserError)) throw err;
+      warn(`registry cache ${where} ignored: ${err.message}`);
+      return null;
+    }
     let index: CacheIndex = new Map();
     try {
       const read = await readIndex(session.client, from);
