@@ -157,6 +157,10 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('the registry as a 
       expect([what, warnings(result).length]).toEqual([what, 1]);
       expect(warnings(result)[0]).toMatch(why);
     }
+    // A registry cache out of reach, for a build that does not push: one warning, and every layer built.
+    const away = fresh(['--cache-from', '127.0.0.1:1/nowhere', '--output', join(dir, 'away.tar')]);
+    expect(away.summary.layers.map((l) => l.from)).toEqual(['built', 'built', 'built', 'built']);
+    expect(warnings(away.result)).toEqual([expect.stringMatching(/^warning: registry cache 127\.0\.0\.1:1\/nowhere:nix2oci-cache ignored: .*127\.0\.0\.1:1/)]);
     // The build's own index replaced the one it ignored.
     expect('index' in parseCacheIndex((await indexAt('hostile0'))!.bytes, isElfFactsList)).toBe(true);
 
