@@ -243,37 +243,40 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
             out.writeLayer(index, { contents: group.paths, compression }, (to) => writeStorePathsLayer(infos, ends, format, to, { turns, onBytes })),
         };
       }),
-      ...wheels.layers.map((wheel, i): LayerJob => ({
-        label: wheel.contents.join(', '),
-        contents: wheel.contents,
-        key: wheelLayerKey(wheel.key, format),
-        find: async (cache) => {
-          const served = await cache.findWholeLayer(wheelLayerKey(wheel.key, format), wheel.contents, wheel.source, async () => wheel.factsForCache(await wheel.elfFacts()));
-          if (served) wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
-          return served;
-        },
-        fromRegistry: (entry) => {
-          // The index's facts were checked for their shape as it was read.
-          if (entry.facts === undefined) return false;
-          wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = entry.facts as WheelElfFacts));
-          return true;
-        },
-        facts: () => wheelCacheFacts[i],
-        expected: installedSize(wheel),
-        cached: async (cache, onBytes) => {
-          const served = await cache.wholeLayer(wheelLayerKey(wheel.key, format), wheel.contents, countingSource(wheel.source, onBytes), async () =>
-            wheel.factsForCache(await wheel.elfFacts()),
-          );
-          wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
-          return served;
-        },
-        direct: async (out, index, onBytes) => {
-          const layer = await out.writeLayer(index, { contents: wheel.contents, compression }, (to) => writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }));
-          wheelFacts[i] = await wheel.elfFacts();
-          wheelCacheFacts[i] = wheel.factsForCache(wheelFacts[i]);
-          return layer;
-        },
-      })),
+      ...wheels.layers.map((wheel, i): LayerJob => {
+        const key = wheelLayerKey(wheel.key, format);
+        return {
+          label: wheel.contents.join(', '),
+          contents: wheel.contents,
+          key,
+          find: async (cache) => {
+            const served = await cache.findWholeLayer(key, wheel.contents, wheel.source, async () => wheel.factsForCache(await wheel.elfFacts()));
+            if (served) wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
+            return served;
+          },
+          fromRegistry: (entry) => {
+            // The index's facts were checked for their shape as it was read.
+            if (entry.facts === undefined) return false;
+            wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = entry.facts as WheelElfFacts));
+            return true;
+          },
+          facts: () => wheelCacheFacts[i],
+          expected: installedSize(wheel),
+          cached: async (cache, onBytes) => {
+            const served = await cache.wholeLayer(key, wheel.contents, countingSource(wheel.source, onBytes), async () =>
+              wheel.factsForCache(await wheel.elfFacts()),
+            );
+            wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
+            return served;
+          },
+          direct: async (out, index, onBytes) => {
+            const layer = await out.writeLayer(index, { contents: wheel.contents, compression }, (to) => writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }));
+            wheelFacts[i] = await wheel.elfFacts();
+            wheelCacheFacts[i] = wheel.factsForCache(wheelFacts[i]);
+            return layer;
+          },
+        };
+      }),
       {
         // The image-root layer is tiny and depends on the recipe: never cached, made alongside the others.
         label: 'image root',
