@@ -181,6 +181,9 @@ function registryCacheFrom(flags: Record<string, unknown>): { options?: Registry
   const implied = push && !off ? formatReference(push, DEFAULT_CACHE_TAG) : undefined;
   const from = flags.cacheFrom !== undefined ? cacheReference(flags.cacheFrom as string, '--cache-from') : implied ? cacheReference(implied, '--push') : null;
   const to = flags.cacheTo !== undefined ? cacheReference(flags.cacheTo as string, '--cache-to') : implied ? cacheReference(implied, '--push') : null;
+  if (from && push && from.registry !== push.registry) {
+    throw new UserError(`--cache-from ${formatReference(from, from.tag)} must be on the registry the image goes to (${push.registry})`);
+  }
   if (!from) {
     if (flags.verifyRegistryCache) throw new UserError('--verify-registry-cache needs --cache-from or --push');
     return { to };

@@ -124,6 +124,12 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('the registry as a 
     expect(again.summary.layers.map((l) => (l.digest === lost.digest ? l.from === 'built' : l.from === 'registry'))).toEqual([true, true, true, true]);
     expect(warnings(again.result)).toEqual([expect.stringMatching(/^warning: registry cache: 1 layer it names is not in .*\/lost with the digest and size it says; made instead$/)]);
     expect(again.result.stderr).toMatch(/demo-data: uploaded/);
+
+    // Another repository, with the cache of this one: the blobs are mounted, not built or uploaded.
+    const other = fresh(['--push', `${registry.host}/other:1`, '--cache-from', `${registry.host}/lost`]);
+    expect(other.summary.manifestDigest).toBe(reference);
+    expect(other.summary.layers.map((l) => l.from)).toEqual(['registry', 'registry', 'registry', 'registry']);
+    expect(other.result.stderr.split('\n').filter((l) => l.includes(': uploaded'))).toEqual([expect.stringMatching(/ config: uploaded/)]);
   });
 
   it('an index it cannot trust is ignored with one warning, and the layers are made as without it', async () => {
@@ -199,6 +205,19 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('the registry as a 
       const manifest = JSON.parse(execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registry.host}/shared:${image}`], { encoding: 'utf8' })) as { layers: { digest: string }[] };
       for (const layer of manifest.layers) expect([image, digests.has(layer.digest)]).toEqual([image, true]);
     }
+  });
+});
+
+describe('registry cache flags', () => {
+  it.each([
+    [['--push', 'localhost:5000/a:1', '--no-registry-cache', '--cache-from', 'localhost:5000/a'], '--no-registry-cache contradicts --cache-from and --cache-to; give one'],
+    [['--output', '/tmp/x.tar', '--cache-to', 'localhost:5000/a'], "--cache-to needs --push: the index names the pushed image's blobs"],
+    [['--output', '/tmp/x.tar', '--verify-registry-cache'], '--verify-registry-cache needs --cache-from or --push'],
+    [['--output', '/tmp/x.tar', '--cache-from', `localhost:5000/a@sha256:${'0'.repeat(64)}`], `--cache-from localhost:5000/a@sha256:${'0'.repeat(64)}: a registry cache is named by a tag, not a digest`],
+    [['--push', 'localhost:5000/a:1', '--cache-from', 'example.com/a'], '--cache-from example.com/a:nix2oci-cache must be on the registry the image goes to (localhost:5000)'],
+  ])('refuses %j in one line', (args, message) => {
+    const result = runCli(['build-image', ...DEMO, ...args]);
+    expect([result.code, result.stderr]).toEqual([1, `nix2oci: ${message}\n`]);
   });
 });
 
