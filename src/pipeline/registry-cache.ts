@@ -58,6 +58,7 @@ export class RegistryLayers {
   readonly #present = new Map<string, Promise<boolean>>();
   /** Downloads checked by --verify-registry-cache, by digest. */
   readonly #verified = new Map<string, Promise<boolean>>();
+  #checkFailed = false;
   /** Keys whose blob the repository lacks (or holds with another size). */
   readonly #missing = new Set<string>();
 
@@ -124,17 +125,21 @@ export class RegistryLayers {
   async find(key: string, mediaType: string): Promise<CacheIndexEntry | null> {
     const entry = this.index.get(key);
     if (!entry || entry.mediaType !== mediaType) return null;
-    let present = this.#present.get(entry.digest);
+    // By digest and size: a hostile index may name one blob with two sizes.
+    const blob = `${entry.digest} ${entry.size}`;
+    let present = this.#present.get(blob);
     if (!present) {
       present = this.#limit(() => this.#check(entry)).catch((err: unknown) => {
         if (!(err instanceof UserError)) throw err;
-        this.warn(`registry cache: ${this.session.secrets.scrub(err.message)}; the layer is made instead`);
+        // One warning: a refusal (no pull access) would otherwise be told for every layer.
+        if (!this.#checkFailed) this.warn(`registry cache: ${this.session.secrets.scrub(err.message)}; layers it cannot check are made instead`);
+        this.#checkFailed = true;
         return false;
       });
-      this.#present.set(entry.digest, present);
+      this.#present.set(blob, present);
     }
     if (!(await present)) {
-      this.#missing.add(key);
+      if (!this.#checkFailed) this.#missing.add(key);
       return null;
     }
     if (this.verify) {
