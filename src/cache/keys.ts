@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { StorePathInfo } from '../nix/types.js';
 import { CACHE_FORMAT_VERSION, type LayerFormat } from '../layer/format.js';
+import { byCodeUnits } from '../util/order.js';
 
 function keyOf(kind: string, fields: unknown[]): string {
   return createHash('sha256')
@@ -20,6 +21,17 @@ export function storePathPartKey(info: Pick<StorePathInfo, 'path' | 'narHash'>, 
 /** A layer composed of parts, in order: same parts, same layer. */
 export function composedLayerKey(partKeys: string[], settings: LayerFormat): string {
   return keyOf('composed-layer', [partKeys, ...settingsFields(settings)]);
+}
+
+/** The layer of these store paths (in any order): composed of their parts, in path order. */
+export function storePathsLayerKey(infos: Pick<StorePathInfo, 'path' | 'narHash'>[], settings: LayerFormat): string {
+  const sorted = [...infos].sort((a, b) => byCodeUnits(a.path, b.path));
+  return composedLayerKey(sorted.map((info) => storePathPartKey(info, settings)), settings);
+}
+
+/** The image-root layer, by the sha256 of its tar (tiny, made in memory to be keyed): same tar, same layer. */
+export function imageRootLayerKey(tarSha256: string, settings: LayerFormat): string {
+  return keyOf('image-root', [tarSha256, ...settingsFields(settings)]);
 }
 
 /**

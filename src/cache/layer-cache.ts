@@ -13,7 +13,7 @@ import { layerOf, type Layer } from '../model/image.js';
 import type { HashPool } from '../util/hash-pool.js';
 import type { BytePiece } from '../util/pieces.js';
 import { UserError } from '../util/errors.js';
-import { composedLayerKey, storePathPartKey } from './keys.js';
+import { storePathPartKey, storePathsLayerKey } from './keys.js';
 import { CacheStore, digestHex, isDigest, isRecord, isSize } from './store.js';
 import { byCodeUnits } from '../util/order.js';
 
@@ -130,10 +130,19 @@ export class LayerCache {
 
   /** `onBytes` hears of the file contents tarred, when the layer is (re)made rather than found. */
   async storePathLayer(infos: StorePathInfo[], onBytes?: (bytes: number) => void): Promise<Served> {
+    return (await this.#storePathLayer(infos, onBytes, false))!;
+  }
+
+  /** The layer when the cache holds it whole (a hit, as `storePathLayer` serves it); null, making nothing, otherwise. */
+  findStorePathLayer(infos: StorePathInfo[]): Promise<Served | null> {
+    return this.#storePathLayer(infos, undefined, true);
+  }
+
+  async #storePathLayer(infos: StorePathInfo[], onBytes: ((bytes: number) => void) | undefined, lookupOnly: boolean): Promise<Served | null> {
     storePathsSource(infos); // checks the paths, as a cold write would
     const sorted = [...infos].sort((a, b) => byCodeUnits(a.path, b.path));
     const partKeys = sorted.map((info) => storePathPartKey(info, this.format));
-    const layerKey = composedLayerKey(partKeys, this.format);
+    const layerKey = storePathsLayerKey(infos, this.format);
     const head = await this.#headPart();
     const contents = sorted.map((info) => info.path);
 
@@ -162,6 +171,7 @@ export class LayerCache {
         continue;
       }
 
+      if (lookupOnly) return null;
       const made = await this.#limited(() => this.#make(sorted, partKeys, parts, head, onBytes));
       if (made === null) continue;
       await this.#vouch(made.entry);
@@ -244,6 +254,15 @@ export class LayerCache {
    * `source` is written into the cache and `facts` asked for once it has been.
    */
   async wholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>): Promise<Served & { facts: F }> {
+    return (await this.#wholeLayer(key, contents, source, facts, false))!;
+  }
+
+  /** The whole layer under `key` when the cache holds it; null, making nothing, otherwise. */
+  findWholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>): Promise<(Served & { facts: F }) | null> {
+    return this.#wholeLayer(key, contents, source, facts, true);
+  }
+
+  async #wholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>, lookupOnly: boolean): Promise<(Served & { facts: F }) | null> {
     const known = await this.store.readEntry('wheels', key, isWheelEntry);
     if (known) {
       const file = await this.#link(known.digest);
@@ -262,6 +281,7 @@ export class LayerCache {
       await this.store.removeEntry('wheels', key, trust === 'damaged' ? known.digest : undefined);
       this.#linked.delete(known.digest);
     }
+    if (lookupOnly) return null;
     const written: LayerFile = await this.#limited(() => writeLayerFile(source, this.format, this.store.tempDir, { turns: this.options.turns }));
     await this.store.adoptBlob(written.file, written.digest);
     const found = await facts();

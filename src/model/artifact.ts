@@ -4,8 +4,9 @@ import { descriptorJson, sha256Digest } from './manifest.js';
 
 /**
  * An OCI 1.1 artifact: a manifest whose `artifactType` says what it carries, whose config is the empty
- * descriptor, whose one layer is the document, and whose `subject` is the manifest it is about (an
- * SBOM or provenance of an image, found through the referrers API or the referrers tag schema).
+ * descriptor, and whose one layer is the document. An attachment (an SBOM or provenance of an image)
+ * has the image manifest as its `subject`, and is found through the referrers API or the referrers tag
+ * schema; the registry cache's index has none, and is found by its tag.
  */
 export interface Artifact {
   artifactType: string;
@@ -32,18 +33,25 @@ export const ArtifactTypes = {
 export const ATTACHMENT_ANNOTATION = 'dev.nix2oci.attachment';
 
 /**
- * An artifact manifest carrying `document` (of media type `artifactType`) about `subject`. Bytes depend
- * only on the arguments: the same document about the same image gives the same manifest digest.
+ * An artifact manifest carrying `document` (of media type `documentType`, else `artifactType`), about
+ * `subject` when given. Bytes depend only on the arguments: the same document about the same image
+ * gives the same manifest digest.
  */
-export function artifactOf(options: { artifactType: string; document: Buffer; subject: Descriptor; annotations?: Record<string, string> }): Artifact {
-  const layer: Descriptor = { mediaType: options.artifactType, digest: sha256Digest(options.document), size: options.document.length };
+export function artifactOf(options: {
+  artifactType: string;
+  document: Buffer;
+  documentType?: string;
+  subject?: Descriptor;
+  annotations?: Record<string, string>;
+}): Artifact {
+  const layer: Descriptor = { mediaType: options.documentType ?? options.artifactType, digest: sha256Digest(options.document), size: options.document.length };
   const manifest = {
     schemaVersion: 2,
     mediaType: MediaTypes.ociManifest,
     artifactType: options.artifactType,
     config: descriptorJson(EMPTY_CONFIG_DESCRIPTOR),
     layers: [descriptorJson(layer)],
-    subject: descriptorJson({ mediaType: options.subject.mediaType, digest: options.subject.digest, size: options.subject.size }),
+    ...(options.subject && { subject: descriptorJson({ mediaType: options.subject.mediaType, digest: options.subject.digest, size: options.subject.size }) }),
     ...(options.annotations && { annotations: sortedRecord(options.annotations) }),
   };
   const manifestBytes = Buffer.from(JSON.stringify(manifest), 'utf8');

@@ -50,6 +50,11 @@ export function compressionOf(mediaType: string): Compression {
   return /gzip$/.test(mediaType) ? 'gzip' : 'none';
 }
 
+/** The OCI media type of a layer of this compression. */
+export function layerMediaType(compression: Compression): string {
+  return compression === 'gzip' ? MediaTypes.ociLayerGzip : MediaTypes.ociLayer;
+}
+
 /** A layer whose bytes are `pieces` (local files and small buffers), with the OCI media type of its compression. */
 export function layerOf(fields: {
   digest: string;
@@ -62,7 +67,7 @@ export function layerOf(fields: {
   unverified?: Blob['unverified'];
 }): Layer {
   return {
-    descriptor: { mediaType: fields.compression === 'gzip' ? MediaTypes.ociLayerGzip : MediaTypes.ociLayer, digest: fields.digest, size: fields.size },
+    descriptor: { mediaType: layerMediaType(fields.compression), digest: fields.digest, size: fields.size },
     diffId: fields.diffId,
     uncompressedSize: fields.uncompressedSize,
     compression: fields.compression,

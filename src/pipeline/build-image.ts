@@ -10,8 +10,8 @@ import { DEFAULT_GZIP_LEVEL, type Compression, type LayerFormat } from '../layer
 import { Turns } from '../layer/codec.js';
 import { countingSource } from '../layer/counting-source.js';
 import { storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
-import { writeLayer, writeLayerFile } from '../layer/writer.js';
-import { layerOf, type Image, type Layer } from '../model/image.js';
+import { tarSegmentBytes, writeBlobFile, writeLayer, writeLayerFile } from '../layer/writer.js';
+import { layerMediaType, layerOf, type Image, type Layer } from '../model/image.js';
 import { assembleImage, manifestDigest } from '../model/assemble.js';
 import { emptyRecipe, type Recipe, type SbomChoice } from '../recipe/schema.js';
 import type { AttachedDocument } from '../sbom/attach.js';
@@ -34,7 +34,10 @@ import { exportIndexMemo, wheelInfoMemo } from '../cache/input-memo.js';
 import { memoizedListing } from '../cache/listing-memo.js';
 import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
-import { wheelLayerKey } from '../cache/keys.js';
+import { imageRootLayerKey, storePathsLayerKey, wheelLayerKey } from '../cache/keys.js';
+import type { CacheIndex, CacheIndexEntry } from '../registry/cache-index.js';
+import type { RegistryCacheOptions, RegistryLayers } from './registry-cache.js';
+import { createHash } from 'node:crypto';
 import { expandWheelPaths } from '../wheels/paths.js';
 
 export interface BuildImageOptions {
@@ -70,6 +73,8 @@ export interface BuildImageOptions {
   cacheDir: string | null;
   /** Layers written at a time, and threads hashing (default: the number of CPUs). */
   jobs?: number;
+  /** The registry as a shared layer cache (`--cache-from`): layers found there are neither made nor uploaded. */
+  registryCache?: RegistryCacheOptions;
   log: (line: string) => void;
   /** Told how far the build is, for a progress display (the plain `log` lines say the same). */
   progress?: BuildProgress;
@@ -96,11 +101,15 @@ export interface BuildProgress {
   stop(): void;
 }
 
+/** Where a layer came from: the local layer cache, the registry cache (`--cache-from`), or made now. */
+export type LayerOrigin = 'local' | 'registry' | 'built';
+
 /** How a layer came to be: found in the cache, or made (and how long it took). */
 export interface LayerReport {
   layer: Layer;
   /** True when the layer's bytes all came from the cache (nothing was compressed). */
   reused: boolean;
+  from: LayerOrigin;
   /** Wall-clock seconds spent on this layer. */
   seconds: number;
 }
@@ -122,6 +131,8 @@ export interface BuiltImage {
   problems: Problem[];
   /** The SBOM and provenance documents made (also in `image.attachments`); empty when none was asked for. */
   documents: AttachedDocument[];
+  /** Every keyed layer of the image, as a registry cache index records it (`--cache-to`). */
+  cacheEntries: CacheIndex;
 }
 
 const NO_WHEELS: PreparedWheels = { layers: [], check: async () => ({ problems: [], env: {} }) };
@@ -136,6 +147,14 @@ export const DEFAULT_LAYER_STRATEGY: PlanStrategy = 'size-aware';
 interface LayerJob {
   label: string;
   contents: string[];
+  /** Its layer-cache key, by which a registry cache knows it. */
+  key: string;
+  /** The local cache's copy, when it holds the layer whole; nothing is made. */
+  find(cache: LayerCache): Promise<Served | null>;
+  /** Takes what a registry cache keeps beside the layer (a wheel's facts); false when it lacks what is needed. */
+  fromRegistry?(entry: CacheIndexEntry): boolean;
+  /** What a registry cache is to keep beside the layer, once it is made or found. */
+  facts?(): unknown;
   /** About how many bytes of files it holds (NAR sizes, a wheel's installed size), for progress. */
   expected: number;
   /** Through the cache: served or made and kept. */
@@ -182,6 +201,10 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   const turns = new Turns(jobs);
   const clock = stopwatch();
   let output: ImageOutput | null = null;
+  // The registry cache's index is read while the closure is.
+  const opening = options.registryCache ? import('./registry-cache.js').then((m) => m.RegistryLayers.open(options.registryCache!, options.log, options.warn)) : Promise.resolve(null);
+  opening.catch(() => {});
+  let remote: RegistryLayers | null = null;
   try {
     const closure = await readClosure(options, work, shared, hashes);
     options.log(`closure: ${closure.paths.size} store paths (roots: ${closure.roots.map(storePathName).join(', ')})`);
@@ -219,39 +242,62 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     const ends = await storePathsEnds(format);
     const wheelFacts: WheelElfFacts[] = [];
     const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
+    const rootKey = imageRootLayerKey(createHash('sha256').update(await tarSegmentBytes(root.source, format.mtime)).digest('hex'), format);
+    const wheelCacheFacts: WheelElfFacts[] = [];
     const jobsToDo: LayerJob[] = [
       ...plan.map((group): LayerJob => {
         const infos = group.paths.map((path) => closure.paths.get(path)!);
         return {
           label: group.paths.length === 1 ? storePathName(group.paths[0]!) : `${group.paths.length} store paths`,
           contents: group.paths,
+          key: storePathsLayerKey(infos, format),
+          find: (cache) => cache.findStorePathLayer(infos),
           expected: infos.reduce((n, info) => n + info.narSize, 0),
           cached: (cache, onBytes) => cache.storePathLayer(infos, onBytes),
           direct: (out, index, onBytes) =>
             out.writeLayer(index, { contents: group.paths, compression }, (to) => writeStorePathsLayer(infos, ends, format, to, { turns, onBytes })),
         };
       }),
-      ...wheels.layers.map((wheel, i): LayerJob => ({
-        label: wheel.contents.join(', '),
-        contents: wheel.contents,
-        expected: installedSize(wheel),
-        cached: async (cache, onBytes) => {
-          const served = await cache.wholeLayer(wheelLayerKey(wheel.key, format), wheel.contents, countingSource(wheel.source, onBytes), async () =>
-            wheel.factsForCache(await wheel.elfFacts()),
-          );
-          wheelFacts[i] = wheel.factsFromCache(served.facts);
-          return served;
-        },
-        direct: async (out, index, onBytes) => {
-          const layer = await out.writeLayer(index, { contents: wheel.contents, compression }, (to) => writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }));
-          wheelFacts[i] = await wheel.elfFacts();
-          return layer;
-        },
-      })),
+      ...wheels.layers.map((wheel, i): LayerJob => {
+        const key = wheelLayerKey(wheel.key, format);
+        return {
+          label: wheel.contents.join(', '),
+          contents: wheel.contents,
+          key,
+          find: async (cache) => {
+            const served = await cache.findWholeLayer(key, wheel.contents, wheel.source, async () => wheel.factsForCache(await wheel.elfFacts()));
+            if (served) wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
+            return served;
+          },
+          fromRegistry: (entry) => {
+            // The index's facts were checked for their shape as it was read.
+            if (entry.facts === undefined) return false;
+            wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = entry.facts as WheelElfFacts));
+            return true;
+          },
+          facts: () => wheelCacheFacts[i],
+          expected: installedSize(wheel),
+          cached: async (cache, onBytes) => {
+            const served = await cache.wholeLayer(key, wheel.contents, countingSource(wheel.source, onBytes), async () =>
+              wheel.factsForCache(await wheel.elfFacts()),
+            );
+            wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
+            return served;
+          },
+          direct: async (out, index, onBytes) => {
+            const layer = await out.writeLayer(index, { contents: wheel.contents, compression }, (to) => writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }));
+            wheelFacts[i] = await wheel.elfFacts();
+            wheelCacheFacts[i] = wheel.factsForCache(wheelFacts[i]);
+            return layer;
+          },
+        };
+      }),
       {
         // The image-root layer is tiny and depends on the recipe: never cached, made alongside the others.
         label: 'image root',
         contents: root.contents,
+        key: rootKey,
+        find: async () => null,
         expected: 0,
         cached: async () => {
           const file = await writeLayerFile(root.source, format, work, { turns });
@@ -268,14 +314,36 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     const cache = shared
       ? new LayerCache(shared, format, work, { turns, hashes, limitBuilds: pLimit(jobs), warn: options.warn })
       : null;
-    const reports = await produceLayers(jobsToDo, options, (job, index, onBytes) =>
-      cache ? job.cached(cache, onBytes) : job.direct(output!, index, onBytes).then((layer) => ({ layer, reused: false })),
+    remote = await opening;
+    const mediaType = layerMediaType(compression);
+    /** A layer the registry holds: nothing to make; an output fetches its bytes (checked as they stream). */
+    const fromRegistry = async (job: LayerJob, index: number, entry: CacheIndexEntry): Promise<Layer> => {
+      if (options.output === null) return remote!.layer(entry, job.contents, compression);
+      options.log(`fetching ${entry.digest.slice(7, 19)} (${formatBytes(entry.size)}) from the registry for the output`);
+      const meta = { contents: job.contents, compression };
+      if (output) return output.writeLayer(index, meta, (to) => remote!.fetch(entry, to));
+      const file = await writeBlobFile(work, (to) => remote!.fetch(entry, to));
+      return layerOf({ ...file, uncompressedSize: file.tarSize, ...meta, pieces: file.pieces });
+    };
+    const reports = await produceLayers(jobsToDo, options, async (job, index, onBytes) => {
+      // Local cache first, then the registry's; else the layer is made.
+      if (remote) {
+        const local = cache ? await job.find(cache) : null;
+        if (local) return { ...local, from: 'local' };
+        const entry = await remote.find(job.key, mediaType);
+        if (entry && (job.fromRegistry?.(entry) ?? true)) return { layer: await fromRegistry(job, index, entry), reused: true, from: 'registry' };
+      }
+      const served = cache ? await job.cached(cache, onBytes) : { layer: await job.direct(output!, index, onBytes), reused: false };
+      return { ...served, from: served.reused ? 'local' : 'built' };
+    },
       // Through the cache, lookups wait in parallel (builds are bounded inside it). Straight to the output,
       // uncompressed layers go one at a time (writing is the work; each then goes straight into its place);
       // compressed ones `jobs` at a time, so small layers do not leave cores idle.
       cache ? Math.max(16, 4 * jobs) : compression === 'none' ? 1 : jobs,
     );
     timings.layers = clock.lap();
+    await remote?.close();
+    remote = null;
 
     for (const w of root.warnings) options.warn(w);
     const checked = await wheels.check(wheelFacts);
@@ -303,14 +371,25 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       // A cached layer whose bytes proved damaged as the output read them was made again there.
       if (r.reused && r.layer.unverified && !image.layers[i]!.unverified && r.layer.pieces !== image.layers[i]!.pieces) {
         r.reused = false;
+        r.from = 'built';
         options.warn(`the layer cache's copy of ${r.layer.descriptor.digest} was damaged; it was made again`);
       }
       r.layer = image.layers[i]!;
     }
     if (options.sbomDir !== undefined && documents.length > 0) await (await import('../sbom/attach.js')).writeSbomDir(options.sbomDir, documents);
-    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, dispose };
+    const pushed = new Date().toISOString().slice(0, 10);
+    const cacheEntries: CacheIndex = new Map(
+      reports.map((r, i) => {
+        const { layer } = r;
+        const facts = jobsToDo[i]!.facts?.();
+        const entry: CacheIndexEntry = { digest: layer.descriptor.digest, diffId: layer.diffId, size: layer.descriptor.size, uncompressedSize: layer.uncompressedSize ?? 0, mediaType: layer.descriptor.mediaType, pushed, ...(facts !== undefined && { facts }) };
+        return [jobsToDo[i]!.key, entry];
+      }),
+    );
+    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, cacheEntries, dispose };
   } catch (err) {
     await output?.abandon();
+    await (remote ?? (await opening.catch(() => null)))?.close();
     dispose();
     throw err;
   } finally {
@@ -405,7 +484,7 @@ function byteParameters(options: BuildImageOptions, recipe: Recipe): Record<stri
 /** Reads the closure; its NARs are hashed only when something uses the hashes (the cache, --path-info, several exports). */
 async function readClosure(options: BuildImageOptions, work: string, shared: CacheStore | null, hashes: HashPool): Promise<Closure> {
   options.log(`reading ${options.closures.map((f) => (f === '-' ? 'stdin' : f)).join(', ')}`);
-  const needHashes = shared !== null || options.pathInfo !== undefined || options.closures.length > 1;
+  const needHashes = shared !== null || options.pathInfo !== undefined || options.closures.length > 1 || Boolean(options.registryCache?.from);
   let readBefore = 0;
   let sizeBefore = 0;
   let current = '';
@@ -435,7 +514,7 @@ async function readClosure(options: BuildImageOptions, work: string, shared: Cac
 async function produceLayers(
   jobs: LayerJob[],
   options: BuildImageOptions,
-  make: (job: LayerJob, index: number, onBytes: ((bytes: number) => void) | undefined) => Promise<Served>,
+  make: (job: LayerJob, index: number, onBytes: ((bytes: number) => void) | undefined) => Promise<Served & { from: LayerOrigin }>,
   atOnce: number,
 ): Promise<LayerReport[]> {
   const pool = pLimit(atOnce);
@@ -452,7 +531,7 @@ async function produceLayers(
           finished++;
           options.progress?.layerDone(index, report, job.expected);
           options.log(
-            `layer ${String(index + 1).padStart(3)}/${jobs.length} ${report.reused ? 'reused' : 'built '} ${served.layer.descriptor.digest.slice(7, 19)} ` +
+            `layer ${String(index + 1).padStart(3)}/${jobs.length} ${ORIGIN_WORDS[report.from]} ${served.layer.descriptor.digest.slice(7, 19)} ` +
               `${formatBytes(served.layer.uncompressedSize ?? 0).padStart(9)} ${job.label} (${report.seconds.toFixed(1)} s; ${finished}/${jobs.length} done)`,
           );
           return report;
@@ -466,6 +545,8 @@ async function produceLayers(
   if (failure) throw (failure as { error: unknown }).error;
   return settled.map((r) => (r as PromiseFulfilledResult<LayerReport>).value);
 }
+
+const ORIGIN_WORDS: Record<LayerOrigin, string> = { local: 'reused  ', registry: 'registry', built: 'built   ' };
 
 /** Reports a layer's file bytes as they are tarred; the first report says it is being made. None without a display. */
 function counter(options: BuildImageOptions, index: number, job: LayerJob): ((bytes: number) => void) | undefined {

@@ -238,6 +238,33 @@ function storePathServing(source: string): { storePath: string } | null {
   return path === null ? null : { storePath: path };
 }
 
+/** Whether `value` has the shape of WheelElfFacts (read from a registry cache, which is not trusted). */
+export function isElfFactsList(value: unknown): value is WheelElfFacts {
+  const v = value as Partial<WheelElfFacts> | null;
+  return (
+    typeof v === 'object' && v !== null &&
+    Array.isArray(v.problems) && v.problems.every((p) => typeof p === 'string') &&
+    Array.isArray(v.objects) && v.objects.every(isElfObject)
+  );
+}
+
+const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === 'string');
+const isStringOrNull = (v: unknown) => v === null || typeof v === 'string';
+
+function isElfObject(value: unknown): value is ElfObject {
+  const o = value as Partial<ElfObject> | null;
+  const f = o?.facts;
+  return (
+    typeof o === 'object' && o !== null &&
+    typeof o.wheel === 'string' && typeof o.entry === 'string' && typeof o.imagePath === 'string' &&
+    typeof f === 'object' && f !== null &&
+    (f.elfClass === 32 || f.elfClass === 64) && (f.endian === 'little' || f.endian === 'big') &&
+    Number.isSafeInteger(f.type) && Number.isSafeInteger(f.machine) && isStringOrNull(f.interpreter) &&
+    typeof f.dynamic === 'boolean' && isStringOrNull(f.soname) && isStrings(f.needed) &&
+    (f.rpath === null || isStrings(f.rpath)) && (f.runpath === null || isStrings(f.runpath))
+  );
+}
+
 function factsForCache(info: WheelInfo, split: SplitFile | null, facts: WheelElfFacts): WheelElfFacts {
   // Problems name the wheel and entry first (`<wheel>: <entry>: malformed ELF: …`).
   const label = split ? `${wheelFileName(info.file)}: ${split.entry.name}: ` : '';

@@ -10,7 +10,7 @@ import { firstHeader, type HttpResponse } from './transport.js';
  * or under its digest when there is no tag. Called only once every blob it names is confirmed, so
  * a tag never points at an image with missing blobs. Returns the manifest digest.
  */
-export async function pushManifest(client: RegistryClient, repository: string, image: Image, tags: string[]): Promise<string> {
+export async function pushManifest(client: RegistryClient, repository: string, image: Pick<Image, 'manifestBytes' | 'manifestMediaType'>, tags: string[]): Promise<string> {
   const digest = `sha256:${createHash('sha256').update(image.manifestBytes).digest('hex')}`;
   for (const reference of tags.length > 0 ? tags : [digest]) {
     await putManifest(client, repository, reference, image.manifestBytes, image.manifestMediaType);

@@ -2,38 +2,28 @@ import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
-import type { Agent } from 'undici';
 import type { Blob, Image } from '../model/image.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomically } from '../util/atomic.js';
 import { blobExists, pushBlob, type BlobOutcome } from './blob-upload.js';
-import { RegistryClient } from './client.js';
-import { credentialSecrets, findCredentials } from './credentials.js';
+import type { RegistryClient } from './client.js';
+import { openRegistry, type RegistryAccess, type RegistrySession } from './connect.js';
 import { Secrets } from './secrets.js';
 import { pushManifest } from './manifest-push.js';
-import { artifactBlobs, pushReferrers, type ReferrersOutcome } from './referrers.js';
+import { artifactBlobs } from './artifact.js';
+import { pushReferrers, type ReferrersOutcome } from './referrers.js';
 import { referrersTag } from '../model/artifact.js';
 import { allSources, mountSources, sourcesFor, type MountSources } from './mount-sources.js';
 import { silentProgress, type PushProgress } from './progress.js';
-import { formatReference, parseReference, parseRepository, parseTag, registryEndpoint, type ImageReference } from '../model/reference.js';
+import { formatReference, parseReference, parseRepository, parseTag, type ImageReference } from '../model/reference.js';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
-import { loadTlsOptions } from './tls.js';
 import { DEFAULT_CHUNK_SIZE, DEFAULT_JOBS } from './push-defaults.js';
 import { formatBytes } from '../util/units.js';
 import { storePathName } from '../nix/store-path.js';
-import { createAgent } from './transport.js';
 
-export interface PushOptions {
+export interface PushOptions extends RegistryAccess {
   /** More tags besides the reference's own (`--tag`, repeatable). */
   tags?: string[];
-  /** `--creds USER:PASSWORD`. */
-  creds?: string;
-  /** `--authfile`. */
-  authfile?: string;
-  /** `--cert-dir`. */
-  certDir?: string;
-  /** `--tls-verify` (default true). false allows plain HTTP and unverified TLS. */
-  tlsVerify?: boolean;
   /** Blobs in flight at once (default 4). */
   jobs?: number;
   /** Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size (default 64 MiB). */
@@ -50,8 +40,6 @@ export interface PushOptions {
   digestFile?: string;
   /** Who is told how the push goes, given the bytes it will move at most (default: nobody). */
   progress?: (totalBytes: number) => PushProgress;
-  /** Environment for credential lookup (default process.env). */
-  env?: NodeJS.ProcessEnv;
   signal?: AbortSignal;
 }
 
@@ -69,7 +57,7 @@ export interface PushResult {
 }
 
 export { DEFAULT_CHUNK_SIZE, DEFAULT_JOBS };
-const DEFAULT_STALL_TIMEOUT_MS = 60_000;
+export const DEFAULT_STALL_TIMEOUT_MS = 60_000;
 /** Blobs checked for at once (HEAD requests): a warm push of 100 layers is a few round trips. */
 const EXISTENCE_CHECKS = 16;
 
@@ -88,25 +76,17 @@ export async function pushImage(image: Image, reference: string | ImageReference
   options.signal?.addEventListener('abort', onAbort, { once: true });
   // Every line a push prints passes through the secrets: a registry may echo what it was sent.
   const progress = scrubbedProgress(options.progress?.(totalSize(plan.blobs)) ?? silentProgress, secrets);
-  let agent: Agent | undefined;
+  let session: RegistrySession | undefined;
   try {
-    const env = options.env ?? process.env;
-    const credentials = await findCredentials(plan.ref.registry, plan.ref.repository, { creds: options.creds, authfile: options.authfile, env });
-    secrets.add(...credentialSecrets(credentials));
-    const tlsVerify = options.tlsVerify ?? true;
-    const tls = await loadTlsOptions(plan.ref.registry, { tlsVerify, certDir: options.certDir }, env);
-    agent = createAgent({ tls, connections: plan.checks + 2, stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS });
-    const client = await RegistryClient.connect({
-      registry: plan.ref.registry,
-      endpoint: registryEndpoint(plan.ref.registry),
-      agent,
-      credentials,
+    session = await openRegistry(plan.ref.registry, plan.ref.repository, options, {
       scopes: scopesFor(plan),
-      tlsVerify,
+      connections: plan.checks + 2,
+      stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
       retry: plan.retry,
       secrets,
       signal: stop.signal,
     });
+    const { client } = session;
 
     progress.note(`pushing ${plan.blobs.length} blobs (${formatBytes(totalSize(plan.blobs))}) to ${formatReference(plan.ref)}`);
     const outcomes = await pushBlobs(client, plan, progress, stop);
@@ -130,7 +110,7 @@ export async function pushImage(image: Image, reference: string | ImageReference
   } finally {
     progress.stop();
     options.signal?.removeEventListener('abort', onAbort);
-    await agent?.close().catch(() => {});
+    await session?.close();
   }
 }
 

@@ -1,5 +1,4 @@
-import { Readable } from 'node:stream';
-import { MediaTypes, type Blob, type Descriptor } from '../model/image.js';
+import { MediaTypes, type Descriptor } from '../model/image.js';
 import { referrersIndex, referrersTag, type Artifact } from '../model/artifact.js';
 import { UserError } from '../util/errors.js';
 import { describeFailure, type RegistryClient } from './client.js';
@@ -11,17 +10,6 @@ const MAX_INDEX = 4 << 20;
 
 /** How the artifacts were made findable from their subject. */
 export type ReferrersOutcome = 'referrers-api' | 'referrers-tag';
-
-/** The blobs of artifacts (their empty config and document), each once, to push with the image's. */
-export function artifactBlobs(artifacts: Artifact[]): Blob[] {
-  const byDigest = new Map<string, Blob>();
-  for (const artifact of artifacts) {
-    for (const { descriptor, bytes } of artifact.blobs) {
-      if (!byDigest.has(descriptor.digest)) byDigest.set(descriptor.digest, { descriptor, open: (start = 0) => Readable.from([bytes.subarray(start)]) });
-    }
-  }
-  return [...byDigest.values()];
-}
 
 /**
  * Pushes artifact manifests about `subject` (their blobs must be in the repository already) and makes

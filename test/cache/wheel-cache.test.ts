@@ -9,6 +9,7 @@ import { buildPythonClosure, canBuildPythonClosure, exportPythonClosure } from '
 import { makeZlibExtensionWheel, ZLIB_EXTENSION_ENTRY } from '../helpers/vllm-wheels.js';
 import { makeWheel } from '../helpers/wheels.js';
 import { tools } from '../helpers/tools.js';
+import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
 
 /**
  * Wheel layers through the cache, on the real Python closure: a hit skips the pass that feeds the
@@ -18,7 +19,8 @@ import { tools } from '../helpers/tools.js';
 
 interface Summary {
   manifestDigest: string;
-  layers: { digest: string; contents: string[]; reused: boolean }[];
+  problems: { severity: string; entry?: string; library?: string }[];
+  layers: { digest: string; contents: string[]; reused: boolean; from?: string }[];
 }
 
 const ready = canBuildPythonClosure() && tools('nix-build', 'nix-store', 'gcc', 'python3');
@@ -135,5 +137,36 @@ describe.runIf(ready)('wheel layers from the cache', () => {
     const { problems } = JSON.parse(cold.stdout) as { problems: { severity: string; entry?: string; library?: string }[] };
     expect(problems.filter((p) => p.severity === 'error')).toMatchObject([{ entry: ZLIB_EXTENSION_ENTRY, library: 'libz.so.1' }]);
     expect(warm).toEqual(cold);
+  });
+
+  describe.runIf(tools('docker-registry'))('from the registry cache, on a fresh runner', () => {
+    let registry: RunningRegistry;
+    beforeAll(async () => {
+      registry = await startRegistry();
+    });
+    afterAll(async () => {
+      await registry?.stop();
+    });
+
+    it('takes wheel layers with their library facts from the index: the same image, and the library check fails the same way', () => {
+      const push = (closure: string, tag: string, cache: string) =>
+        runCli(['build-image', '--json', '--closure', closure, '--cache-dir', join(dir, cache), '--wheel', zlibext, '--wheel', pkg1, '--push', `${registry.host}/wheels:${tag}`, '--tls-verify=false']);
+      const summaryOf = (stdout: string) => JSON.parse(stdout.slice(0, stdout.lastIndexOf('}') + 1)) as Summary;
+      const cold = push(withZlib, 'cold', 'registry-cold');
+      expect(cold.code, cold.stderr).toBe(0);
+      const fresh = push(withZlib, 'fresh', 'registry-fresh');
+      expect(fresh.code, fresh.stderr).toBe(0);
+      const [a, b] = [summaryOf(cold.stdout), summaryOf(fresh.stdout)];
+      // The config's LD_LIBRARY_PATH comes from the wheels' facts: the same manifest means the index's facts served.
+      expect(b.manifestDigest).toBe(a.manifestDigest);
+      expect(b.layers.map((l) => l.from)).toEqual(b.layers.map(() => 'registry'));
+
+      const lacking = push(withoutZlib, 'lacking', 'registry-lacking');
+      expect(lacking.code).toBe(1);
+      // Its layer came from the registry, so the check ran on the index's facts.
+      expect(lacking.stderr).toMatch(/registry [0-9a-f]{12} .*zlibext-1\.0/);
+      expect(lacking.stderr).toContain('libz.so.1: needed by 1 file in 1 wheel (zlibext) — add zlib to the closure (zlib)');
+      expect(summaryOf(lacking.stdout).problems.filter((p) => p.severity === 'error')).toMatchObject([{ entry: ZLIB_EXTENSION_ENTRY, library: 'libz.so.1' }]);
+    });
   });
 });
