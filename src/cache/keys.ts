@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { StorePathInfo } from '../nix/types.js';
-import { CACHE_FORMAT_VERSION, type LayerFormat } from '../layer/format.js';
+import { CACHE_FORMAT_VERSION, compressionLevel, type LayerFormat } from '../layer/format.js';
 
 function keyOf(kind: string, fields: unknown[]): string {
   return createHash('sha256')
@@ -8,8 +8,9 @@ function keyOf(kind: string, fields: unknown[]): string {
     .digest('hex');
 }
 
+/** Compression and its level are in every key: a gzip layer is never served as zstd, nor a level as another. */
 function settingsFields(s: LayerFormat): unknown[] {
-  return [s.compression, s.compression === 'gzip' ? s.gzipLevel : 0, s.mtime];
+  return [s.compression, compressionLevel(s), s.mtime];
 }
 
 /** A store path's part: its NAR hash fully determines its files, the path their names. */

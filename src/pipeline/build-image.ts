@@ -6,7 +6,7 @@ import { loadClosure } from '../nix/closure.js';
 import type { Closure } from '../nix/types.js';
 import { storePathName } from '../nix/store-path.js';
 import { planLayers, type PlanStrategy } from '../plan/plan.js';
-import { DEFAULT_GZIP_LEVEL, type Compression, type LayerFormat } from '../layer/format.js';
+import { checkLayerFormat, COMPRESSION_LEVELS, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL, type Compression, type LayerFormat } from '../layer/format.js';
 import { Turns } from '../layer/codec.js';
 import { countingSource } from '../layer/counting-source.js';
 import { storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
@@ -58,6 +58,10 @@ export interface BuildImageOptions {
   /** `NAME[:TAG]` to record; when empty, the recipe's name and tag. */
   tags: string[];
   compression?: Compression;
+  /** The compression's level (default: the recipe's, else gzip 6, zstd 3). */
+  compressionLevel?: number;
+  /** No layer blob larger than this many bytes (default: the recipe's, else no cap). */
+  maxLayerSize?: number;
   maxLayers?: number;
   /** How store paths are grouped into layers (default: the recipe's, else size-aware). */
   layerStrategy?: PlanStrategy;
@@ -121,6 +125,25 @@ export const DEFAULT_MAX_LAYERS = 100;
 /** Size-aware grouping changes far fewer bytes when one store path changes (see plan/size-aware.ts). */
 export const DEFAULT_LAYER_STRATEGY: PlanStrategy = 'size-aware';
 
+/** The layer format of a build; a level that does not fit the compression is a one-line error. */
+function layerFormatOf(compression: Compression, level: number | undefined, mtime: number): LayerFormat {
+  if (level !== undefined) {
+    const range = COMPRESSION_LEVELS[compression];
+    if (!range) throw new UserError('a compression level needs --compression gzip or zstd, not none');
+    if (!Number.isInteger(level) || level < range.min || level > range.max) {
+      throw new UserError(`--compression-level ${level} does not fit ${compression}: it takes ${range.min} to ${range.max}`);
+    }
+  }
+  const format: LayerFormat = {
+    compression,
+    gzipLevel: compression === 'gzip' ? (level ?? DEFAULT_GZIP_LEVEL) : DEFAULT_GZIP_LEVEL,
+    ...(compression === 'zstd' && { zstdLevel: level ?? DEFAULT_ZSTD_LEVEL }),
+    mtime,
+  };
+  checkLayerFormat(format);
+  return format;
+}
+
 /** One layer to make: what it holds, and how to make it through the cache or straight to the output. */
 interface LayerJob {
   label: string;
@@ -150,7 +173,10 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   const jobs = options.jobs ?? availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new UserError(`--jobs must be a whole number from 1 to 256, got ${jobs}`);
   if (options.output === null && options.format === 'oci-layout') throw new UserError('an oci-layout needs --output DIR');
-  const format: LayerFormat = { compression, gzipLevel: DEFAULT_GZIP_LEVEL, mtime: options.sourceDateEpoch };
+  const format = layerFormatOf(compression, options.compressionLevel ?? recipe.compressionLevel, options.sourceDateEpoch);
+  if (compression === 'zstd' && options.format === 'docker-archive' && options.output !== null) {
+    throw new UserError('--compression zstd cannot go into a docker-archive: Docker before 23 cannot load zstd layers (use --format oci-archive, which podman, containerd and Docker 23+ load)');
+  }
 
   // With a cache, the build's work directory is inside it: cached blobs are hard-linked into the work
   // directory and new layers linked into the cache, which only works on one file system (a /tmp on

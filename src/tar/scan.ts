@@ -2,7 +2,40 @@ import { createHash } from 'node:crypto';
 import { Readable, Transform } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
+import { Decompress } from 'fzstd';
 import { UserError } from '../util/errors.js';
+
+/** The first four bytes of a zstd frame, little-endian (RFC 8878 §3.1.1). */
+const ZSTD_MAGIC = 0xfd2fb528;
+
+/**
+ * A zstd decompressing stream. fzstd is plain JavaScript, on every supported Node (zlib's zstd
+ * arrived in Node 22.15); any zstd stream, of one frame or many, whoever wrote it.
+ */
+function zstdDecompressor(): Transform {
+  let push: (chunk: Buffer) => void = () => {};
+  const decompress = new Decompress((chunk) => push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)));
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      push = (out) => this.push(out);
+      try {
+        decompress.push(chunk);
+        callback();
+      } catch (err) {
+        callback(err as Error);
+      }
+    },
+    flush(callback) {
+      push = (out) => this.push(out);
+      try {
+        decompress.push(new Uint8Array(0), true);
+        callback();
+      } catch (err) {
+        callback(err as Error);
+      }
+    },
+  });
+}
 
 export interface LayerScan {
   /** `/nix/store/<name>` of every store path the layer has entries under, sorted. */
@@ -15,17 +48,14 @@ export interface LayerScan {
 }
 
 /**
- * Reads a layer blob once, as a stream: decompresses it if it is gzip (recognised by its magic bytes,
+ * Reads a layer blob once, as a stream: decompresses it if it is gzip or zstd (recognised by its magic bytes,
  * whatever the media type says), and lists what it holds from the tar headers. Bodies are skipped.
  */
 export async function scanLayer(blob: Readable, what: string): Promise<LayerScan> {
   const iterator = blob[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   const first = await iterator.next();
   const head: Buffer = first.done ? Buffer.alloc(0) : first.value;
-  if (head.length >= 4 && head.readUInt32BE(0) === 0x28b52ffd) {
-    blob.destroy();
-    throw new UserError(`${what} is zstd-compressed, which nix2oci cannot read`);
-  }
+  const zstd = head.length >= 4 && head.readUInt32LE(0) === ZSTD_MAGIC;
   const gzip = head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b;
   const source = Readable.from(
     (async function* () {
@@ -65,7 +95,7 @@ export async function scanLayer(blob: Readable, what: string): Promise<LayerScan
       source.destroy();
       reject(err instanceof UserError ? err : new UserError(`${what} is not a readable layer: ${err.message}`, { cause: err }));
     };
-    const stages: NodeJS.ReadWriteStream[] = gzip ? [createGunzip(), measure] : [measure];
+    const stages: NodeJS.ReadWriteStream[] = gzip ? [createGunzip(), measure] : zstd ? [zstdDecompressor(), measure] : [measure];
     let upstream: NodeJS.ReadableStream = source;
     source.on('error', fail);
     for (const stage of stages) {
