@@ -3,13 +3,14 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pLimit from 'p-limit';
 import { loadClosure } from '../nix/closure.js';
-import type { Closure } from '../nix/types.js';
+import type { Closure, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../nix/store-path.js';
-import { planLayers, type PlanStrategy } from '../plan/plan.js';
+import { planLayers, type PlanOptions, type PlanStrategy } from '../plan/plan.js';
+import { capLayers, checkLayerSize, partLabel, type CappedLayer, type StorePathPart } from '../plan/size-cap.js';
 import { checkLayerFormat, COMPRESSION_LEVELS, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL, type Compression, type LayerFormat } from '../layer/format.js';
 import { Turns } from '../layer/codec.js';
 import { countingSource } from '../layer/counting-source.js';
-import { storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
+import { storePathPartSource, storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
 import { writeLayer, writeLayerFile } from '../layer/writer.js';
 import { layerOf, type Image, type Layer } from '../model/image.js';
 import { assembleImage, manifestDigest } from '../model/assemble.js';
@@ -18,7 +19,7 @@ import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
 import { resolveRecipe, toImageConfigSpec } from '../recipe/resolve.js';
 import { rootLayerSource } from '../rootfs/root-layer.js';
 import { openOutput, writeImage, type ImageOutput, type OutputFormat } from '../output/write.js';
-import { formatBytes } from '../util/units.js';
+import { formatBytes, parseByteSize } from '../util/units.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { HashPool } from '../util/hash-pool.js';
@@ -31,7 +32,7 @@ import { exportIndexMemo, wheelInfoMemo } from '../cache/input-memo.js';
 import { memoizedListing } from '../cache/listing-memo.js';
 import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
-import { wheelLayerKey } from '../cache/keys.js';
+import { storePathPartLayerKey, wheelLayerKey } from '../cache/keys.js';
 import { expandWheelPaths } from '../wheels/paths.js';
 
 export interface BuildImageOptions {
@@ -144,6 +145,47 @@ function layerFormatOf(compression: Compression, level: number | undefined, mtim
   return format;
 }
 
+/** A size from the recipe (`5G`), or a one-line error naming the key. */
+function recipeSize(text: string, key: string): number {
+  const size = parseByteSize(text);
+  if (size === null || size === 0) throw new UserError(`recipe ${key}: expected a size such as 5G, 500M or 2048 (bytes), got ${JSON.stringify(text)}`);
+  return size;
+}
+
+/**
+ * The store paths' layers: the plan, then, under `--max-layer-size`, cut to the cap. The cap wins over
+ * `--max-layers`: when cutting makes more layers than the budget, the plan is made again with fewer
+ * groups, until the layers fit or no plan can (a one-line error).
+ */
+async function planCappedLayers(closure: Closure, options: PlanOptions & { reserved: number }, cap: number | undefined): Promise<CappedLayer[]> {
+  if (cap === undefined) return planLayers(closure, options);
+  let budget = options.maxLayers;
+  for (;;) {
+    const capped = await capLayers(planLayers(closure, { ...options, maxLayers: budget }), closure, cap, listNar);
+    const over = capped.length + options.reserved - options.maxLayers;
+    if (over <= 0) return capped;
+    budget -= over;
+    if (budget - options.reserved < 1) {
+      throw new UserError(
+        `--max-layer-size ${formatBytes(cap)} needs ${capped.length} layers for the store paths, more than --max-layers ${options.maxLayers} leaves for them (${options.maxLayers - options.reserved}): raise --max-layers or the cap`,
+      );
+    }
+  }
+}
+
+/** A part of a store path cut by `--max-layer-size`: a layer of its own, cached by the path and the part. */
+function storePathPartJob(info: StorePathInfo, part: StorePathPart, format: LayerFormat, turns: Turns): LayerJob {
+  const source = (onBytes?: (bytes: number) => void) => countingSource(storePathPartSource(info, part), onBytes);
+  return {
+    label: partLabel(storePathName(info.path), part),
+    contents: [info.path],
+    expected: Math.round(info.narSize / part.count),
+    cached: (cache, onBytes) => cache.wholeLayer(storePathPartLayerKey(info, part, format), [info.path], source(onBytes), async () => null),
+    direct: (out, index, onBytes) =>
+      out.writeLayer(index, { contents: [info.path], compression: format.compression }, (to) => writeLayer(source(onBytes), format, to, { turns })),
+  };
+}
+
 /** One layer to make: what it holds, and how to make it through the cache or straight to the output. */
 interface LayerJob {
   label: string;
@@ -170,6 +212,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   if (!Number.isInteger(maxLayers) || maxLayers < 2) {
     throw new UserError(`--max-layers must be a whole number of at least 2, got ${maxLayers}`);
   }
+  const maxLayerSize = options.maxLayerSize ?? (recipe.maxLayerSize !== undefined ? recipeSize(recipe.maxLayerSize, 'maxLayerSize') : undefined);
+  if (maxLayerSize !== undefined && (!Number.isInteger(maxLayerSize) || maxLayerSize < 1)) throw new UserError(`--max-layer-size must be a size of at least 1 byte, got ${maxLayerSize}`);
   const jobs = options.jobs ?? availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new UserError(`--jobs must be a whole number from 1 to 256, got ${jobs}`);
   if (options.output === null && options.format === 'oci-layout') throw new UserError('an oci-layout needs --output DIR');
@@ -213,7 +257,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
               depsCheck: options.depsCheck,
               libraryCheck: options.libraryCheck,
               lock,
-              splitThreshold: options.wheelSplitSize,
+              // Under a cap, wheel files the cap could not hold with others get a layer of their own.
+              splitThreshold:
+                maxLayerSize !== undefined
+                  ? Math.min(options.wheelSplitSize ?? (await import('../wheels/install.js')).SPLIT_THRESHOLD, maxLayerSize)
+                  : options.wheelSplitSize,
               hashes,
               list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
               wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
@@ -226,12 +274,13 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
 
     // Plan: store paths grouped into layers, one layer per wheel piece, the image root last.
     const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;
-    const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy });
+    const plan = await planCappedLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy }, maxLayerSize);
     const ends = await storePathsEnds(format);
     const wheelFacts: WheelElfFacts[] = [];
     const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
     const jobsToDo: LayerJob[] = [
       ...plan.map((group): LayerJob => {
+        if (group.part) return storePathPartJob(closure.paths.get(group.paths[0])!, group.part, format, turns);
         const infos = group.paths.map((path) => closure.paths.get(path)!);
         return {
           label: group.paths.length === 1 ? storePathName(group.paths[0]!) : `${group.paths.length} store paths`,
@@ -287,6 +336,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       cache ? Math.max(16, 4 * jobs) : compression === 'none' ? 1 : jobs,
     );
     timings.layers = clock.lap();
+    if (maxLayerSize !== undefined) {
+      for (const [i, r] of reports.entries()) checkLayerSize(maxLayerSize, r.layer.descriptor.size, { contents: jobsToDo[i]!.contents, part: plan[i]?.part });
+    }
 
     for (const w of root.warnings) options.warn(w);
     const checked = await wheels.check(wheelFacts);
