@@ -39,9 +39,9 @@ export function wheelLayerKey(wheel: WheelKeyInputs, settings: LayerFormat): str
   return keyOf('wheel-layer', [sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold, ...settingsFields(settings)]);
 }
 
-/** A part of a store path cut by `--max-layer-size`: the path's NAR hash and the part's nodes decide its bytes. */
-export function storePathPartLayerKey(info: Pick<StorePathInfo, 'path' | 'narHash'>, part: { from: number; to: number }, settings: LayerFormat): string {
-  return keyOf('store-path-part-layer', [info.path, info.narHash, part.from, part.to, ...settingsFields(settings)]);
+/** A slice of a store path cut by `--max-layer-size`: the path's NAR hash and the slice's nodes decide its bytes. */
+export function storePathSliceLayerKey(info: Pick<StorePathInfo, 'path' | 'narHash'>, slice: { from: number; to: number }, settings: LayerFormat): string {
+  return keyOf('store-path-slice-layer', [info.path, info.narHash, slice.from, slice.to, ...settingsFields(settings)]);
 }
 
 /** What was read from an input file (`kind`: export-index, wheel-info), by the file's identity. */

@@ -94,16 +94,16 @@ export function writeStorePathsLayer(
   return writeComposedLayer(ends.head, segments, ends.end, format, out, options.turns);
 }
 
-/** Thrown through the NAR parser once a part's last node is written. */
-class PartDone extends Error {}
+/** Thrown through the NAR parser once a slice's last node is written. */
+class SliceDone extends Error {}
 
 /**
- * The entries of one part of a store path (`--max-layer-size`): `nix/`, `nix/store/`, the directories
- * above the part's first node (as the whole path's layer has them, so the image's tree is unchanged),
- * then NAR nodes `from` to `to` (exclusive) as `storePathsSource` writes them. Nodes before the part are
+ * The entries of one slice of a store path (`--max-layer-size`): `nix/`, `nix/store/`, the directories
+ * above the slice's first node (as the whole path's layer has them, so the image's tree is unchanged),
+ * then NAR nodes `from` to `to` (exclusive) as `storePathsSource` writes them. Nodes before the slice are
  * skipped unread; reading stops after its last.
  */
-export function storePathPartSource(info: StorePathInfo, range: { from: number; to: number }): LayerSource {
+export function storePathSliceSource(info: StorePathInfo, range: { from: number; to: number }): LayerSource {
   const problem = storePathProblem(info.path);
   if (problem) throw new UserError(`cannot put ${quote(info.path)} in a layer: ${problem}`);
   return async (sink) => {
@@ -114,7 +114,7 @@ export function storePathPartSource(info: StorePathInfo, range: { from: number; 
     let index = 0;
     const visit = async (path: string, emit: () => void | Promise<void>, isDirectory: boolean) => {
       const at = index++;
-      if (at >= range.to) throw new PartDone();
+      if (at >= range.to) throw new SliceDone();
       while (above.length > 0 && !(above[above.length - 1] === '' || path.startsWith(`${above[above.length - 1]}/`))) above.pop();
       if (at === range.from) for (const dir of above) await write.directory({ type: 'directory', path: dir });
       if (at >= range.from) await emit();
@@ -127,7 +127,7 @@ export function storePathPartSource(info: StorePathInfo, range: { from: number; 
         symlink: (node) => visit(node.path, () => write.symlink(node), false),
       });
     } catch (err) {
-      if (!(err instanceof PartDone)) throw err;
+      if (!(err instanceof SliceDone)) throw err;
     }
   };
 }

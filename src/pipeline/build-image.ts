@@ -6,11 +6,11 @@ import { loadClosure } from '../nix/closure.js';
 import type { Closure, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../nix/store-path.js';
 import { planLayers, type PlanOptions, type PlanStrategy } from '../plan/plan.js';
-import { capLayers, checkLayerSize, partLabel, type CappedLayer, type StorePathPart } from '../plan/size-cap.js';
+import { capLayers, checkLayerSize, sliceLabel, type CappedLayer, type StorePathSlice } from '../plan/size-cap.js';
 import { checkLayerFormat, COMPRESSION_LEVELS, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL, type Compression, type LayerFormat } from '../layer/format.js';
 import { Turns } from '../layer/codec.js';
 import { countingSource } from '../layer/counting-source.js';
-import { storePathPartSource, storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
+import { storePathSliceSource, storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
 import { writeLayer, writeLayerFile } from '../layer/writer.js';
 import { layerOf, type Image, type Layer } from '../model/image.js';
 import { assembleImage, manifestDigest } from '../model/assemble.js';
@@ -32,7 +32,7 @@ import { exportIndexMemo, wheelInfoMemo } from '../cache/input-memo.js';
 import { memoizedListing } from '../cache/listing-memo.js';
 import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
-import { storePathPartLayerKey, wheelLayerKey } from '../cache/keys.js';
+import { storePathSliceLayerKey, wheelLayerKey } from '../cache/keys.js';
 import { expandWheelPaths } from '../wheels/paths.js';
 
 export interface BuildImageOptions {
@@ -173,14 +173,14 @@ async function planCappedLayers(closure: Closure, options: PlanOptions & { reser
   }
 }
 
-/** A part of a store path cut by `--max-layer-size`: a layer of its own, cached by the path and the part. */
-function storePathPartJob(info: StorePathInfo, part: StorePathPart, format: LayerFormat, turns: Turns): LayerJob {
-  const source = (onBytes?: (bytes: number) => void) => countingSource(storePathPartSource(info, part), onBytes);
+/** A slice of a store path cut by `--max-layer-size`: a layer of its own, cached by the path and the slice. */
+function storePathSliceJob(info: StorePathInfo, slice: StorePathSlice, format: LayerFormat, turns: Turns): LayerJob {
+  const source = (onBytes?: (bytes: number) => void) => countingSource(storePathSliceSource(info, slice), onBytes);
   return {
-    label: partLabel(storePathName(info.path), part),
+    label: sliceLabel(storePathName(info.path), slice),
     contents: [info.path],
-    expected: Math.round(info.narSize / part.count),
-    cached: (cache, onBytes) => cache.wholeLayer(storePathPartLayerKey(info, part, format), [info.path], source(onBytes), async () => null),
+    expected: Math.round(info.narSize / slice.count),
+    cached: (cache, onBytes) => cache.wholeLayer(storePathSliceLayerKey(info, slice, format), [info.path], source(onBytes), async () => null),
     direct: (out, index, onBytes) =>
       out.writeLayer(index, { contents: [info.path], compression: format.compression }, (to) => writeLayer(source(onBytes), format, to, { turns })),
   };
@@ -280,7 +280,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
     const jobsToDo: LayerJob[] = [
       ...plan.map((group): LayerJob => {
-        if (group.part) return storePathPartJob(closure.paths.get(group.paths[0])!, group.part, format, turns);
+        if (group.slice) return storePathSliceJob(closure.paths.get(group.paths[0])!, group.slice, format, turns);
         const infos = group.paths.map((path) => closure.paths.get(path)!);
         return {
           label: group.paths.length === 1 ? storePathName(group.paths[0]!) : `${group.paths.length} store paths`,
@@ -337,7 +337,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     );
     timings.layers = clock.lap();
     if (maxLayerSize !== undefined) {
-      for (const [i, r] of reports.entries()) checkLayerSize(maxLayerSize, r.layer.descriptor.size, { contents: jobsToDo[i]!.contents, part: plan[i]?.part });
+      for (const [i, r] of reports.entries()) checkLayerSize(maxLayerSize, r.layer.descriptor.size, { contents: jobsToDo[i]!.contents, slice: plan[i]?.slice });
     }
 
     for (const w of root.warnings) options.warn(w);

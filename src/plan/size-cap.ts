@@ -9,24 +9,24 @@ import type { LayerPlan } from './plan.js';
  * so layers are planned by their tar's size, which bounds the blob's: compression never grows a tar by
  * more than a few bytes per block (stored deflate blocks, raw zstd blocks), and MARGIN leaves room for
  * that. A planned layer over the cap is cut: its store paths fill layers one after the other, in name
- * order, and a store path that alone is over the cap is split into parts at file boundaries (files
- * are never split). A part depends only on its store path and the cap, so it has the same digest in
+ * order, and a store path that alone is over the cap is split into slices at file boundaries (files
+ * are never split). A slice depends only on its store path and the cap, so it has the same digest in
  * every image. What cannot fit (one file larger than the cap once compressed) is found after
  * compressing, by `checkLayerSizes`.
  */
 
-/** One layer after the cap: store paths whole, or one part of one store path. */
-export type CappedLayer = { paths: string[]; part?: undefined } | { paths: [string]; part: StorePathPart };
+/** One layer after the cap: store paths whole, or one slice of one store path. */
+export type CappedLayer = { paths: string[]; slice?: undefined } | { paths: [string]; slice: StorePathSlice };
 
 /** A run of a store path's NAR nodes (in NAR order), the directories above the first one added. */
-export interface StorePathPart {
+export interface StorePathSlice {
   /** 1-based, of `count`. */
   index: number;
   count: number;
   /** NAR node indices: `from` to `to` (exclusive). */
   from: number;
   to: number;
-  /** The part's one regular file when it holds a single file (named when it will not fit). */
+  /** The slice's one regular file when it holds a single file (named when it will not fit). */
   onlyFile?: { path: string; size: number };
 }
 
@@ -78,7 +78,7 @@ export async function capLayers(plan: LayerPlan[], closure: Closure, cap: number
       const bound = await boundOf(path);
       if (bound > limit) {
         const info = closure.paths.get(path)!;
-        for (const part of splitStorePath(await list(info), path.slice(1), limit)) out.push({ paths: [path], part });
+        for (const slice of splitStorePath(await list(info), path.slice(1), limit)) out.push({ paths: [path], slice });
         continue;
       }
       if (filled + bound > limit) {
@@ -99,11 +99,11 @@ function pathBound(nodes: NarNode[], root: string): number {
 }
 
 /**
- * A store path's NAR nodes cut into parts of at most `limit` tar bytes, in NAR order. Each part repeats
+ * A store path's NAR nodes cut into slices of at most `limit` tar bytes, in NAR order. Each slice repeats
  * the directories above its first node, with the same modes, so every layer's tree is whole and the
- * image's files are the same as with the path in one layer. A node larger than the limit is a part alone.
+ * image's files are the same as with the path in one layer. A node larger than the limit is a slice alone.
  */
-export function splitStorePath(nodes: NarNode[], root: string, limit: number): StorePathPart[] {
+export function splitStorePath(nodes: NarNode[], root: string, limit: number): StorePathSlice[] {
   const ranges: { from: number; to: number }[] = [];
   let from = 0;
   let used = 0;
@@ -132,18 +132,18 @@ export function splitStorePath(nodes: NarNode[], root: string, limit: number): S
   });
 }
 
-/** The one-line label of a part: `torch-2.5 (part 2 of 5)`. */
-export function partLabel(name: string, part: StorePathPart): string {
-  return `${name} (part ${part.index} of ${part.count})`;
+/** The one-line label of a slice: `torch-2.5 (slice 2 of 5)`. */
+export function sliceLabel(name: string, slice: StorePathSlice): string {
+  return `${name} (slice ${slice.index} of ${slice.count})`;
 }
 
 /**
- * After compressing: every blob within the cap, or a one-line error naming what does not fit. A part of
+ * After compressing: every blob within the cap, or a one-line error naming what does not fit. A slice of
  * one file over the cap names the file: files are never split, so only a larger cap can hold it.
  */
-export function checkLayerSize(cap: number, size: number, what: { contents: string[]; part?: StorePathPart }): void {
+export function checkLayerSize(cap: number, size: number, what: { contents: string[]; slice?: StorePathSlice }): void {
   if (size <= cap) return;
-  const only = what.part?.onlyFile;
+  const only = what.slice?.onlyFile;
   if (only) {
     throw new UserError(
       `--max-layer-size ${formatBytes(cap)}: ${what.contents[0]}/${only.path} is ${formatBytes(only.size)} (${formatBytes(size)} compressed), larger than the cap; files are not split, so raise the cap`,
