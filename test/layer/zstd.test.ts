@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { createReadStream, mkdtempSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +12,7 @@ import { storedZstdFrame } from '../../src/layer/zstd.js';
 import { FRAME_SIZE } from '../../src/layer/format.js';
 import type { LayerSource } from '../../src/layer/types.js';
 import { tarToBuffer } from '../tar/tar-tools.js';
+import { scanLayer } from '../../src/tar/scan.js';
 
 const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 const freshDir = () => mkdtempSync(join(tmpdir(), 'nix2oci-zstd-'));
@@ -73,6 +74,20 @@ describe('zstd layers', () => {
     expect(level19.digest).not.toBe(one.digest);
     expect(level19.diffId).toBe(one.diffId);
     expect(level19.size).toBeLessThan(one.size);
+  });
+
+  it('are read back by scanLayer (inspect), diffID and size', async () => {
+    const blob = await writeLayer(source(), { compression: 'zstd', dir: freshDir(), mtime: 1 });
+    const scan = await scanLayer(createReadStream(blob.file), 'the layer');
+    expect(scan).toEqual({ storePaths: [], topLevel: ['data'], uncompressedSize: blob.uncompressedSize, diffId: blob.diffId });
+    const damaged = readFileSync(blob.file);
+    damaged[damaged.length >> 1] ^= 0xff;
+    const file = join(freshDir(), 'damaged');
+    execFileSync('sh', ['-c', `cat > ${file}`], { input: damaged });
+    const result = await scanLayer(createReadStream(file), 'the layer').catch((err: Error) => err);
+    // A damaged frame is either refused by the decompressor or gives another tar: never the same diffID.
+    if (!(result instanceof Error)) expect(result.diffId).not.toBe(blob.diffId);
+    else expect(result.message).toMatch(/^the layer is not a readable layer: /);
   });
 
   it('store small fixed buffers as raw or RLE blocks that every zstd reads back', () => {
