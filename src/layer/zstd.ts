@@ -1,6 +1,8 @@
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
+import { Transform } from 'node:stream';
 import { Worker } from 'node:worker_threads';
+import { Decompress } from 'fzstd';
 import type { Codec } from './codec.js';
 
 /**
@@ -145,4 +147,46 @@ let pool: ZstdPool | null = null;
 function zstdPool(): ZstdPool {
   pool ??= new ZstdPool(availableParallelism());
   return pool;
+}
+
+/** The first four bytes of a zstd frame, little-endian (RFC 8878 §3.1.1). */
+export const ZSTD_MAGIC = 0xfd2fb528;
+
+/**
+ * A zstd decompressing stream. fzstd is plain JavaScript, on every supported Node (zlib's zstd
+ * arrived in Node 22.15); any zstd stream, of one frame or many, whoever wrote it.
+ */
+export function zstdDecompressor(): Transform {
+  let push: (chunk: Buffer) => void = () => {};
+  const decompress = new Decompress((chunk) => push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)));
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      push = (out) => this.push(out);
+      try {
+        decompress.push(chunk);
+        callback();
+      } catch (err) {
+        callback(err as Error);
+      }
+    },
+    flush(callback) {
+      push = (out) => this.push(out);
+      try {
+        decompress.push(new Uint8Array(0), true);
+        callback();
+      } catch (err) {
+        callback(err as Error);
+      }
+    },
+  });
+}
+
+export interface LayerScan {
+  /** `/nix/store/<name>` of every store path the layer has entries under, sorted. */
+  storePaths: string[];
+  /** First path components of the layer's entries (`nix`, `bin`, `etc`), sorted. */
+  topLevel: string[];
+  uncompressedSize: number;
+  /** `sha256:<hex>` of the uncompressed tar. */
+  diffId: string;
 }

@@ -226,6 +226,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   // directory and new layers linked into the cache, which only works on one file system (a /tmp on
   // tmpfs would otherwise get a copy of every cached layer, in memory).
   const shared = options.cacheDir ? await CacheStore.open(options.cacheDir) : null;
+  await shared?.sweep(); // what killed builds left behind
   const work = shared ? await shared.makeBuildDir() : mkdtempSync(join(tmpdir(), 'nix2oci-build-'));
   const forget = removeOnExit(work);
   const dispose = () => {
@@ -326,7 +327,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     // Produce. Without a cache the layers go straight to the output, which opens now.
     if (!shared) output = await openOutput({ format: options.format, output: options.output, hashes, workDir: work });
     const cache = shared
-      ? new LayerCache(shared, format, work, { turns, hashes, limitBuilds: pLimit(jobs) })
+      ? new LayerCache(shared, format, work, { turns, hashes, limitBuilds: pLimit(jobs), warn: options.warn })
       : null;
     const reports = await produceLayers(jobsToDo, options, (job, index, onBytes) =>
       cache ? job.cached(cache, onBytes) : job.direct(output!, index, onBytes).then((layer) => ({ layer, reused: false })),

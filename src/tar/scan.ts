@@ -2,40 +2,8 @@ import { createHash } from 'node:crypto';
 import { Readable, Transform } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
-import { Decompress } from 'fzstd';
 import { UserError } from '../util/errors.js';
-
-/** The first four bytes of a zstd frame, little-endian (RFC 8878 §3.1.1). */
-const ZSTD_MAGIC = 0xfd2fb528;
-
-/**
- * A zstd decompressing stream. fzstd is plain JavaScript, on every supported Node (zlib's zstd
- * arrived in Node 22.15); any zstd stream, of one frame or many, whoever wrote it.
- */
-function zstdDecompressor(): Transform {
-  let push: (chunk: Buffer) => void = () => {};
-  const decompress = new Decompress((chunk) => push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)));
-  return new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      push = (out) => this.push(out);
-      try {
-        decompress.push(chunk);
-        callback();
-      } catch (err) {
-        callback(err as Error);
-      }
-    },
-    flush(callback) {
-      push = (out) => this.push(out);
-      try {
-        decompress.push(new Uint8Array(0), true);
-        callback();
-      } catch (err) {
-        callback(err as Error);
-      }
-    },
-  });
-}
+import { ZSTD_MAGIC, zstdDecompressor } from '../layer/zstd.js';
 
 export interface LayerScan {
   /** `/nix/store/<name>` of every store path the layer has entries under, sorted. */

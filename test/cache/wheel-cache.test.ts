@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CACHE_FORMAT_VERSION } from '../../src/layer/format.js';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cliOk, runCli } from '../helpers/cli.js';
@@ -77,6 +78,25 @@ describe.runIf(ready)('wheel layers from the cache', () => {
     expect(wheelLayers(healed)).toEqual({ 'cachedemo-1.0-py3-none-any.whl': false });
     expect(healed.manifestDigest).toBe(cold.manifestDigest);
     expect(wheelLayers(build(withZlib, cache, [pkg1]))).toEqual({ 'cachedemo-1.0-py3-none-any.whl': true });
+  });
+
+  it('an entry whose diffID lies (checksum made to match) is caught with a warning, and the image is right', () => {
+    const cache = join(dir, 'cache-lie');
+    const cold = build(withZlib, cache, [pkg1]);
+    const wheels = join(cache, `v${CACHE_FORMAT_VERSION}/wheels`);
+    const [name] = readdirSync(wheels);
+    const { value } = JSON.parse(readFileSync(join(wheels, name!), 'utf8'));
+    const lie = { ...value, diffId: `sha256:${'3'.repeat(64)}` };
+    const sum = createHash('sha256').update(JSON.stringify(lie)).digest('hex');
+    writeFileSync(join(wheels, name!), `${JSON.stringify({ sum, value: lie })}\n`);
+    const args = ['build-image', '--json', '--closure', withZlib, '--cache-dir', cache, '--wheel', pkg1, '--output', join(dir, 'lie.tar')];
+    const run = runCli(args);
+    expect(run.code).toBe(0);
+    expect(run.stderr).toMatch(new RegExp(`wheels/${name}.*diffID sha256:3{64}.*its tar is \\d+ bytes with diffID ${value.diffId}; the layer was made again`));
+    expect((JSON.parse(run.stdout) as Summary).manifestDigest).toBe(cold.manifestDigest);
+    const again = runCli(args);
+    expect(again.stderr).not.toMatch(/diffID/);
+    expect(wheelLayers(JSON.parse(again.stdout) as Summary)).toEqual({ 'cachedemo-1.0-py3-none-any.whl': true });
   });
 
   it('an unchanged wheel is not read again, but one changed in place (same size and mtime) is', () => {
