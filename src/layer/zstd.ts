@@ -15,7 +15,7 @@ import type { Codec } from './codec.js';
  * never changes its bytes, and frame boundaries depend on FRAME_SIZE only.
  */
 
-/** The bytes of one frame of `bytes` at `level`, compressed on the worker pool. */
+/** The zstd codec at `level`: frames compressed on the worker pool, a layer's head and end stored. */
 export function zstdCodec(level: number): Codec {
   return {
     frame: (part) => zstdPool().compress(part, level),
@@ -32,7 +32,7 @@ export function zstdCodec(level: number): Codec {
 export function storedZstdFrame(bytes: Buffer): Buffer {
   if (bytes.length >= 2 ** 32) throw new Error('storedZstdFrame is for small buffers');
   const header = Buffer.alloc(9);
-  header.writeUInt32LE(0xfd2fb528, 0);
+  header.writeUInt32LE(ZSTD_MAGIC, 0);
   header[4] = 0xa0; // Frame_Content_Size_flag 2 (4 bytes), Single_Segment_flag
   header.writeUInt32LE(bytes.length, 5);
   const parts: Buffer[] = [header];

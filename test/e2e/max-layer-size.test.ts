@@ -12,7 +12,7 @@ import { tools } from '../helpers/tools.js';
  * --max-layer-size on a real closure: a 3.4 MB store path of nested directories, files, a symlink and
  * an empty directory, with a cap of 512 KiB. The path is split across layers at file boundaries; every
  * blob stays under the cap; the unpacked image (umoci) is the same, file by file, as without the cap;
- * the parts have the same digests in another image holding the same path; and what cannot fit is a
+ * the slices have the same digests in another image holding the same path; and what cannot fit is a
  * one-line error.
  */
 
@@ -81,25 +81,25 @@ describe.runIf(tools('umoci', 'nix-build', 'nix-store'))('--max-layer-size', () 
     return tree(join(bundle, 'rootfs'));
   };
 
-  it('splits a store path larger than the cap into parts, every blob within it, the same files as without the cap', () => {
+  it('splits a store path larger than the cap into slices, every blob within it, the same files as without the cap', () => {
     const whole = build('whole', ['--closure', closure]);
     const capped = build('capped', ['--closure', closure, '--max-layer-size', String(CAP)]);
     expect(Math.max(...whole.layers.map((l) => l.size))).toBeGreaterThan(CAP);
     for (const layer of capped.layers) expect(layer.size).toBeLessThanOrEqual(CAP);
-    const parts = capped.layers.filter((l) => l.contents.length === 1 && l.contents[0] === bigPath);
-    expect(parts.length).toBeGreaterThanOrEqual(3);
-    expect(capped.layers.length).toBe(whole.layers.length + parts.length - 1);
+    const slices = capped.layers.filter((l) => l.contents.length === 1 && l.contents[0] === bigPath);
+    expect(slices.length).toBeGreaterThanOrEqual(3);
+    expect(capped.layers.length).toBe(whole.layers.length + slices.length - 1);
     const [a, b] = [unpack('whole'), unpack('capped')];
     expect(Object.keys(b).length).toBeGreaterThan(30);
     expect(b).toEqual(a);
-    // The whole image's cap-big layer reads the same too: same modes on the directories the parts repeat.
+    // The whole image's cap-big layer reads the same too: same modes on the directories the slices repeat.
     expect(b[`${bigPath.slice(1)}/lib/a/deep`]).toBe('dir 555');
     expect(b[`${bigPath.slice(1)}/share/empty`]).toBe('dir 555');
 
-    // Another image holding the same path: the same parts, digest for digest.
+    // Another image holding the same path: the same slices, digest for digest.
     const other = build('other', ['--closure', otherClosure, '--max-layer-size', String(CAP)]);
-    const otherParts = other.layers.filter((l) => l.contents.length === 1 && l.contents[0] === bigPath);
-    expect(otherParts.map((l) => l.digest)).toEqual(parts.map((l) => l.digest));
+    const otherSlices = other.layers.filter((l) => l.contents.length === 1 && l.contents[0] === bigPath);
+    expect(otherSlices.map((l) => l.digest)).toEqual(slices.map((l) => l.digest));
 
     // The same through the layer cache, cold and warm.
     const cache = join(dir, 'cache');
@@ -120,7 +120,7 @@ describe.runIf(tools('umoci', 'nix-build', 'nix-store'))('--max-layer-size', () 
     expect(existsSync(output)).toBe(false);
   });
 
-  it('wins over --max-layers: the parts fit the budget exactly, one layer fewer is a one-line error', () => {
+  it('wins over --max-layers: the slices fit the budget exactly, one layer fewer is a one-line error', () => {
     const needed = build('budget', ['--closure', closure, '--max-layer-size', String(CAP)]).layers.length;
     const fits = build('budget-fits', ['--closure', closure, '--max-layer-size', String(CAP), '--max-layers', String(needed)]);
     expect(fits.layers.length).toBe(needed);

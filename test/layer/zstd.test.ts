@@ -13,6 +13,7 @@ import { FRAME_SIZE } from '../../src/layer/format.js';
 import type { LayerSource } from '../../src/layer/types.js';
 import { tarToBuffer } from '../tar/tar-tools.js';
 import { scanLayer } from '../../src/tar/scan.js';
+import { measureLayer } from '../../src/layer/diff-id.js';
 
 const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 const freshDir = () => mkdtempSync(join(tmpdir(), 'nix2oci-zstd-'));
@@ -76,9 +77,11 @@ describe('zstd layers', () => {
     expect(level19.size).toBeLessThan(one.size);
   });
 
-  it('are read back by scanLayer (inspect), diffID and size', async () => {
+  it('are read back by scanLayer (inspect) and measureLayer (the cache), diffID and size', async () => {
     const blob = await writeLayer(source(), { compression: 'zstd', dir: freshDir(), mtime: 1 });
     const scan = await scanLayer(createReadStream(blob.file), 'the layer');
+    // The cache's check of an entry measures the blob the same way.
+    expect(await measureLayer([{ file: blob.file, start: 0, length: blob.size }], 'zstd')).toEqual({ digest: blob.digest, diffId: blob.diffId, uncompressedSize: blob.uncompressedSize });
     expect(scan).toEqual({ storePaths: [], topLevel: ['data'], uncompressedSize: blob.uncompressedSize, diffId: blob.diffId });
     const damaged = readFileSync(blob.file);
     damaged[damaged.length >> 1] ^= 0xff;
