@@ -95,5 +95,12 @@ describe('the packed tarball', () => {
     expect(reference.code, reference.stderr).toBe(0);
     expect(built.manifestDigest).toMatch(/^sha256:[0-9a-f]{64}$/);
     expect(built.manifestDigest).toBe((JSON.parse(reference.stdout) as { manifestDigest: string }).manifestDigest);
+
+    // zstd from the installed package: its WebAssembly loads on the worker threads and gives the checkout's bytes.
+    const zstd = (out: string, cache: string) => [...args(out, cache), '--compression', 'zstd'];
+    const zstdBuilt = JSON.parse(ok(run(nix2oci, zstd(join(work, 'demo-zstd.tar'), join(work, 'cache')), work), 'the installed nix2oci, zstd')) as { manifestDigest: string };
+    const zstdReference = runCli(zstd(join(work, 'checkout', 'demo-zstd.tar'), join(work, 'checkout', 'cache')));
+    expect(zstdReference.code, zstdReference.stderr).toBe(0);
+    expect(zstdBuilt.manifestDigest).toBe((JSON.parse(zstdReference.stdout) as { manifestDigest: string }).manifestDigest);
   }, 600_000);
 });
