@@ -61,6 +61,13 @@ describe.runIf(tools('zstd', 'skopeo', 'umoci', 'podman', 'runc', 'containerd', 
     });
   });
 
+  it('is described by nix2oci inspect, each layer as zstd', () => {
+    const described = JSON.parse(cliOk(['inspect', '--json', image.ociArchive]).stdout) as { layers: { digest: string; compression: string }[] };
+    expect(described.layers.map((l) => [l.digest, l.compression])).toEqual(manifest.layers.map((l) => [l.digest, 'zstd']));
+    const text = cliOk(['inspect', image.ociArchive]).stdout;
+    for (const layer of manifest.layers) expect(text).toContain(`${layer.digest}  zstd  `);
+  });
+
   it('is inspected, and copied unchanged, by skopeo', () => {
     const inspected = JSON.parse(execFileSync('skopeo', ['inspect', `oci-archive:${image.ociArchive}`], { encoding: 'utf8' })) as { Layers: string[] };
     expect(inspected.Layers).toEqual(manifest.layers.map((l) => l.digest));
