@@ -56,7 +56,7 @@ export function changedPathClosure(work, text) {
 }
 
 /** The stand-in Python 3.11 (scripts/bench/python.nix) as a closure file of its own, exported once. */
-function pythonClosure(repo, work) {
+export function pythonClosure(repo, work) {
   const version = execFileSync('/usr/bin/python3.11', ['-c', 'import platform; print(platform.python_version())'], { encoding: 'utf8' }).trim();
   const args = ['--no-out-link', '--quiet', join(repo, 'scripts/bench/python.nix'), '--argstr', 'version', version];
   const path = execFileSync('nix-build', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).trim();

@@ -27,6 +27,8 @@ export function buildImageCommand(): Command {
     .addOption(new Option('--format <format>', 'output format').choices(OUTPUT_FORMATS).default('oci-archive'))
     .addOption(new Option('-t, --tag <name:tag>', 'name to record in the archive (repeatable); default: the recipe\'s name and tag').argParser(collect))
     .addOption(new Option('--compression <kind>', 'layer compression (default: the recipe\'s, else gzip)').choices(COMPRESSIONS))
+    .option('--compression-level <n>', 'the compression\'s level: gzip 1-9 (default 6), zstd 1-19 (default 3)')
+    .option('--max-layer-size <size>', 'no layer blob larger than SIZE, e.g. 5G (large store paths are split across layers; default: the recipe\'s, else none)')
     .option('--max-layers <n>', 'most layers the image may have (default: the recipe\'s, else 100)')
     .addOption(new Option('--layer-strategy <strategy>', 'how store paths share layers (default: the recipe\'s, else size-aware)').choices(['size-aware', 'popularity']))
     .addOption(new Option('--wheel <file...>', 'Python wheels to install: files, or directories (every *.whl in each); repeatable; adds to the recipe\'s'))
@@ -94,6 +96,8 @@ export function buildImageCommand(): Command {
       format: parseOutputFormat(flags.format as string),
       tags: (flags.tag as string[] | undefined) ?? [],
       compression: flags.compression as Compression | undefined,
+      ...(flags.compressionLevel !== undefined && { compressionLevel: wholeNumberFlag(flags.compressionLevel as string, '--compression-level') }),
+      ...(flags.maxLayerSize !== undefined && { maxLayerSize: sizeFlag(flags.maxLayerSize as string, '--max-layer-size', { zero: false }) }),
       maxLayers,
       layerStrategy: flags.layerStrategy as PlanStrategy | undefined,
       sourceDateEpoch: sourceDateEpoch(DEFAULT_SOURCE_DATE_EPOCH),

@@ -4,6 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import type { Compression } from './format.js';
 import { piecesStream, type BytePiece } from '../util/pieces.js';
+import { zstdDecompressor } from './zstd.js';
 
 /** What a layer blob's bytes are, measured: its digest, and its tar's diffID and size. */
 export interface MeasuredLayer {
@@ -34,7 +35,7 @@ export async function measureLayer(pieces: readonly BytePiece[], compression: Co
     const digest = `sha256:${stored.digest('hex')}`;
     return { digest, diffId: digest, uncompressedSize };
   }
-  const inflate = decompressor(compression);
+  const inflate = layerDecompressor(compression);
   const input = piecesStream(pieces);
   input.on('data', (chunk: Buffer) => stored.update(chunk));
   await pipeline(input, inflate, into(tar, true));
@@ -42,10 +43,13 @@ export async function measureLayer(pieces: readonly BytePiece[], compression: Co
 }
 
 /** A stream that decompresses a whole layer blob: every frame of it, concatenated. */
-function decompressor(compression: Exclude<Compression, 'none'>): NodeJS.ReadWriteStream {
+export function layerDecompressor(compression: Exclude<Compression, 'none'>): NodeJS.ReadWriteStream {
   switch (compression) {
     case 'gzip':
       // Node's gunzip reads concatenated members (our frames) as one stream.
       return zlib.createGunzip({ chunkSize: 1 << 20 });
+    case 'zstd':
+      // As do zstd readers with concatenated frames.
+      return zstdDecompressor();
   }
 }

@@ -3,15 +3,16 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pLimit from 'p-limit';
 import { loadClosure } from '../nix/closure.js';
-import type { Closure } from '../nix/types.js';
+import type { Closure, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../nix/store-path.js';
-import { planLayers, type PlanStrategy } from '../plan/plan.js';
-import { DEFAULT_GZIP_LEVEL, type Compression, type LayerFormat } from '../layer/format.js';
+import { planLayers, type PlanOptions, type PlanStrategy } from '../plan/plan.js';
+import { capLayers, checkLayerSize, sliceLabel, type CappedLayer, type StorePathSlice } from '../plan/size-cap.js';
+import { checkLayerFormat, COMPRESSION_LEVELS, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL, type Compression, type LayerFormat } from '../layer/format.js';
 import { Turns } from '../layer/codec.js';
 import { countingSource } from '../layer/counting-source.js';
-import { storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
+import { storePathSliceSource, storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
 import { tarSegmentBytes, writeBlobFile, writeLayer, writeLayerFile } from '../layer/writer.js';
-import { layerMediaType, layerOf, type Image, type Layer } from '../model/image.js';
+import { layerOf, ociLayerMediaType, type Image, type Layer } from '../model/image.js';
 import { assembleImage, manifestDigest } from '../model/assemble.js';
 import { emptyRecipe, type Recipe, type SbomChoice } from '../recipe/schema.js';
 import type { AttachedDocument } from '../sbom/attach.js';
@@ -21,7 +22,7 @@ import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
 import { resolveRecipe, toImageConfigSpec } from '../recipe/resolve.js';
 import { rootLayerSource } from '../rootfs/root-layer.js';
 import { openOutput, writeImage, type ImageOutput, type OutputFormat } from '../output/write.js';
-import { formatBytes } from '../util/units.js';
+import { formatBytes, parseByteSize } from '../util/units.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { HashPool } from '../util/hash-pool.js';
@@ -34,7 +35,7 @@ import { exportIndexMemo, wheelInfoMemo } from '../cache/input-memo.js';
 import { memoizedListing } from '../cache/listing-memo.js';
 import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
-import { imageRootLayerKey, storePathsLayerKey, wheelLayerKey } from '../cache/keys.js';
+import { imageRootLayerKey, storePathSliceLayerKey, storePathsLayerKey, wheelLayerKey } from '../cache/keys.js';
 import type { CacheIndex, CacheIndexEntry } from '../registry/cache-index.js';
 import type { RegistryCacheOptions, RegistryLayers } from './registry-cache.js';
 import { createHash } from 'node:crypto';
@@ -64,6 +65,10 @@ export interface BuildImageOptions {
   /** `NAME[:TAG]` to record; when empty, the recipe's name and tag. */
   tags: string[];
   compression?: Compression;
+  /** The compression's level (default: the recipe's, else gzip 6, zstd 3). */
+  compressionLevel?: number;
+  /** No layer blob larger than this many bytes (default: the recipe's, else no cap). */
+  maxLayerSize?: number;
   maxLayers?: number;
   /** How store paths are grouped into layers (default: the recipe's, else size-aware). */
   layerStrategy?: PlanStrategy;
@@ -143,6 +148,69 @@ export const DEFAULT_MAX_LAYERS = 100;
 /** Size-aware grouping changes far fewer bytes when one store path changes (see plan/size-aware.ts). */
 export const DEFAULT_LAYER_STRATEGY: PlanStrategy = 'size-aware';
 
+/** The layer format of a build; a level that does not fit the compression is a one-line error. */
+function layerFormatOf(compression: Compression, level: number | undefined, mtime: number): LayerFormat {
+  if (level !== undefined) {
+    const range = COMPRESSION_LEVELS[compression];
+    if (!range) throw new UserError('a compression level needs --compression gzip or zstd, not none');
+    if (!Number.isInteger(level) || level < range.min || level > range.max) {
+      throw new UserError(`--compression-level ${level} does not fit ${compression}: it takes ${range.min} to ${range.max}`);
+    }
+  }
+  const format: LayerFormat = {
+    compression,
+    gzipLevel: compression === 'gzip' ? (level ?? DEFAULT_GZIP_LEVEL) : DEFAULT_GZIP_LEVEL,
+    ...(compression === 'zstd' && { zstdLevel: level ?? DEFAULT_ZSTD_LEVEL }),
+    mtime,
+  };
+  checkLayerFormat(format);
+  return format;
+}
+
+/** A size from the recipe (`5G`), or a one-line error naming the key. */
+function recipeSize(text: string, key: string): number {
+  const size = parseByteSize(text);
+  if (size === null || size === 0) throw new UserError(`recipe ${key}: expected a size such as 5G, 500M or 2048 (bytes), got ${JSON.stringify(text)}`);
+  return size;
+}
+
+/**
+ * The store paths' layers: the plan, then, under `--max-layer-size`, cut to the cap. The cap wins over
+ * `--max-layers`: when cutting makes more layers than the budget, the plan is made again with fewer
+ * groups, until the layers fit or no plan can (a one-line error).
+ */
+async function planCappedLayers(closure: Closure, options: PlanOptions & { reserved: number }, cap: number | undefined): Promise<CappedLayer[]> {
+  if (cap === undefined) return planLayers(closure, options);
+  let budget = options.maxLayers;
+  for (;;) {
+    const capped = await capLayers(planLayers(closure, { ...options, maxLayers: budget }), closure, cap, listNar);
+    const over = capped.length + options.reserved - options.maxLayers;
+    if (over <= 0) return capped;
+    budget -= over;
+    if (budget - options.reserved < 1) {
+      throw new UserError(
+        `--max-layer-size ${formatBytes(cap)} needs ${capped.length} layers for the store paths, more than --max-layers ${options.maxLayers} leaves for them (${options.maxLayers - options.reserved}): raise --max-layers or the cap`,
+      );
+    }
+  }
+}
+
+/** A slice of a store path cut by `--max-layer-size`: a layer of its own, cached by the path and the slice. */
+function storePathSliceJob(info: StorePathInfo, slice: StorePathSlice, format: LayerFormat, turns: Turns): LayerJob {
+  const source = (onBytes?: (bytes: number) => void) => countingSource(storePathSliceSource(info, slice), onBytes);
+  const key = storePathSliceLayerKey(info, slice, format);
+  return {
+    label: sliceLabel(storePathName(info.path), slice),
+    contents: [info.path],
+    key,
+    find: (cache) => cache.findWholeLayer(key, [info.path], source(), async () => null),
+    expected: Math.round(info.narSize / slice.count),
+    cached: (cache, onBytes) => cache.wholeLayer(key, [info.path], source(onBytes), async () => null),
+    direct: (out, index, onBytes) =>
+      out.writeLayer(index, { contents: [info.path], compression: format.compression }, (to) => writeLayer(source(onBytes), format, to, { turns })),
+  };
+}
+
 /** One layer to make: what it holds, and how to make it through the cache or straight to the output. */
 interface LayerJob {
   label: string;
@@ -177,13 +245,18 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   if (!Number.isInteger(maxLayers) || maxLayers < 2) {
     throw new UserError(`--max-layers must be a whole number of at least 2, got ${maxLayers}`);
   }
+  const maxLayerSize = options.maxLayerSize ?? (recipe.maxLayerSize !== undefined ? recipeSize(recipe.maxLayerSize, 'maxLayerSize') : undefined);
+  if (maxLayerSize !== undefined && (!Number.isInteger(maxLayerSize) || maxLayerSize < 1)) throw new UserError(`--max-layer-size must be a size of at least 1 byte, got ${maxLayerSize}`);
   const jobs = options.jobs ?? availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new UserError(`--jobs must be a whole number from 1 to 256, got ${jobs}`);
   if (options.output === null && options.format === 'oci-layout') throw new UserError('an oci-layout needs --output DIR');
   if (options.sbomDir !== undefined && (options.sbom ?? recipe.sbom) === undefined && !(options.provenance ?? recipe.provenance)) {
     throw new UserError("--sbom-dir needs --sbom or --provenance (or the recipe's sbom or provenance)");
   }
-  const format: LayerFormat = { compression, gzipLevel: DEFAULT_GZIP_LEVEL, mtime: options.sourceDateEpoch };
+  const format = layerFormatOf(compression, options.compressionLevel ?? recipe.compressionLevel, options.sourceDateEpoch);
+  if (compression === 'zstd' && options.format === 'docker-archive' && options.output !== null) {
+    throw new UserError('--compression zstd cannot go into a docker-archive: Docker before 23 cannot load zstd layers (use --format oci-archive, which podman, containerd and Docker 23+ load)');
+  }
 
   // With a cache, the build's work directory is inside it: cached blobs are hard-linked into the work
   // directory and new layers linked into the cache, which only works on one file system (a /tmp on
@@ -225,7 +298,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
               depsCheck: options.depsCheck,
               libraryCheck: options.libraryCheck,
               lock,
-              splitThreshold: options.wheelSplitSize,
+              // Under a cap, wheel files the cap could not hold with others get a layer of their own.
+              splitThreshold:
+                maxLayerSize !== undefined
+                  ? Math.min(options.wheelSplitSize ?? (await import('../wheels/install.js')).SPLIT_THRESHOLD, maxLayerSize)
+                  : options.wheelSplitSize,
               hashes,
               list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
               wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
@@ -238,7 +315,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
 
     // Plan: store paths grouped into layers, one layer per wheel piece, the image root last.
     const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;
-    const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy });
+    const plan = await planCappedLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy }, maxLayerSize);
     const ends = await storePathsEnds(format);
     const wheelFacts: WheelElfFacts[] = [];
     const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
@@ -246,6 +323,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     const wheelCacheFacts: WheelElfFacts[] = [];
     const jobsToDo: LayerJob[] = [
       ...plan.map((group): LayerJob => {
+        if (group.slice) return storePathSliceJob(closure.paths.get(group.paths[0])!, group.slice, format, turns);
         const infos = group.paths.map((path) => closure.paths.get(path)!);
         return {
           label: group.paths.length === 1 ? storePathName(group.paths[0]!) : `${group.paths.length} store paths`,
@@ -315,7 +393,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       ? new LayerCache(shared, format, work, { turns, hashes, limitBuilds: pLimit(jobs), warn: options.warn })
       : null;
     remote = await opening;
-    const mediaType = layerMediaType(compression);
+    const mediaType = ociLayerMediaType(compression);
     /** A layer the registry holds: nothing to make; an output fetches its bytes (checked as they stream). */
     const fromRegistry = async (job: LayerJob, index: number, entry: CacheIndexEntry): Promise<Layer> => {
       if (options.output === null) return remote!.layer(entry, job.contents, compression);
@@ -344,6 +422,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     timings.layers = clock.lap();
     await remote?.close();
     remote = null;
+    if (maxLayerSize !== undefined) {
+      for (const [i, r] of reports.entries()) checkLayerSize(maxLayerSize, r.layer.descriptor.size, { contents: jobsToDo[i]!.contents, slice: plan[i]?.slice });
+    }
 
     for (const w of root.warnings) options.warn(w);
     const checked = await wheels.check(wheelFacts);

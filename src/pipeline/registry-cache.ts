@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import pLimit from 'p-limit';
-import type { Layer } from '../model/image.js';
+import { compressionOf, type Layer } from '../model/image.js';
 import type { Compression } from '../layer/format.js';
 import type { LayerOutput, Written } from '../layer/writer.js';
+import { layerDecompressor } from '../layer/diff-id.js';
 import { formatReference, type ImageReference } from '../model/reference.js';
 import { ArtifactProblem, fetchArtifact, pushArtifact } from '../registry/artifact.js';
 import { artifactOf } from '../model/artifact.js';
@@ -315,27 +315,25 @@ async function readIndex(client: RegistryClient, ref: ImageReference): Promise<{
   }
 }
 
-/** The diffID of a layer blob as it streams: its own digest uncompressed, else through gunzip. */
+/** The diffID of a layer blob as it streams: its own digest uncompressed, else decompressed. */
 function diffIdOf(mediaType: string): { push(chunk: Buffer): Promise<void> | void; end(): Promise<string> } {
   const hash = createHash('sha256');
-  if (!mediaType.endsWith('+gzip')) {
-    if (mediaType.endsWith('+zstd')) throw new UserError(`--verify-registry-cache cannot check zstd layers yet`);
-    return { push: (chunk) => void hash.update(chunk), end: async () => `sha256:${hash.digest('hex')}` };
-  }
-  const gunzip = createGunzip();
-  gunzip.on('data', (chunk: Buffer) => hash.update(chunk));
+  const compression = compressionOf(mediaType);
+  if (compression === 'none') return { push: (chunk) => void hash.update(chunk), end: async () => `sha256:${hash.digest('hex')}` };
+  const inflate = layerDecompressor(compression);
+  inflate.on('data', (chunk: Buffer) => hash.update(chunk));
   const done = new Promise<string>((resolve, reject) => {
-    gunzip.on('end', () => resolve(`sha256:${hash.digest('hex')}`));
-    gunzip.on('error', (err) => reject(new UserError(`a layer from the registry cache is not valid gzip: ${err.message}`)));
+    inflate.on('end', () => resolve(`sha256:${hash.digest('hex')}`));
+    inflate.on('error', (err: Error) => reject(new UserError(`a layer from the registry cache is not valid ${compression}: ${err.message}`)));
   });
   done.catch(() => {});
   return {
-    // Waits for gunzip to take it: a blob of many GB never piles up in memory.
+    // Waits for the decompressor to take it: a blob of many GB never piles up in memory.
     push: async (chunk) => {
-      if (!gunzip.write(chunk)) await once(gunzip, 'drain');
+      if (!inflate.write(chunk)) await once(inflate, 'drain');
     },
     end: () => {
-      gunzip.end();
+      inflate.end();
       return done;
     },
   };

@@ -55,6 +55,10 @@ export interface Recipe {
   layerStrategy?: RecipeLayerStrategy;
   /** Layer compression; default gzip. */
   compression?: RecipeCompression;
+  /** The compression's level: gzip 1–9 (default 6), zstd 1–19 (default 3). */
+  compressionLevel?: number;
+  /** No layer blob larger than this: a size such as `5G`, `500M` or `2048` (bytes); see `--max-layer-size`. */
+  maxLayerSize?: string;
   /** Python wheels to install, relative to the recipe file: wheel files, or directories (every `*.whl` in them). */
   wheels?: string[];
   /**
@@ -240,6 +244,8 @@ export const recipeSchema = {
     maxLayers: { type: 'integer', minimum: 2, maximum: 127 },
     layerStrategy: { type: 'string', enum: [...LAYER_STRATEGIES] },
     compression: { type: 'string', enum: [...COMPRESSIONS] },
+    compressionLevel: { type: 'integer', minimum: 1, maximum: 19 },
+    maxLayerSize: { type: 'string', pattern: '^[0-9]', description: 'a size such as 5G, 500M or 2048 (bytes)' },
     wheels: { type: 'array', items: { type: 'string', minLength: 1 } },
     wheelLock: { type: 'string', minLength: 1 },
     sbom: { type: 'string', enum: [...SBOM_CHOICES] },

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
-import type { Blob, Image } from '../model/image.js';
+import type { Blob, Compression, Image } from '../model/image.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomically } from '../util/atomic.js';
 import { blobExists, pushBlob, type BlobOutcome } from './blob-upload.js';
@@ -235,7 +235,7 @@ function blobsOf(image: Image): LabelledBlob[] {
   for (const layer of image.layers) {
     if (seen.has(layer.descriptor.digest)) continue;
     seen.add(layer.descriptor.digest);
-    blobs.push({ blob: layer, label: layerLabel(layer.contents) });
+    blobs.push({ blob: layer, label: layerLabel(layer.contents, layer.compression) });
   }
   const config: Blob = {
     descriptor: image.configDescriptor,
@@ -254,11 +254,12 @@ function totalSize(blobs: LabelledBlob[]): number {
   return blobs.reduce((sum, b) => sum + b.blob.descriptor.size, 0);
 }
 
-/** `python3-3.11.9` for `/nix/store/<hash>-python3-3.11.9`; `+N` when the layer holds more. */
-function layerLabel(contents: string[] | undefined): string | undefined {
-  if (!contents?.length) return undefined;
+/** `python3-3.11.9 (zstd)` for `/nix/store/<hash>-python3-3.11.9`; `+N` when the layer holds more. */
+function layerLabel(contents: string[] | undefined, compression: Compression): string {
+  const how = `(${compression === 'none' ? 'uncompressed' : compression})`;
+  if (!contents?.length) return how;
   const first = storePathName(contents[0]!);
-  return contents.length > 1 ? `${first} +${contents.length - 1}` : first;
+  return `${contents.length > 1 ? `${first} +${contents.length - 1}` : first} ${how}`;
 }
 
 /** The progress display with every line it is given scrubbed of secrets first. */
