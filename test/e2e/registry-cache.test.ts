@@ -124,7 +124,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('the registry as a 
     expect(again.summary.manifestDigest).toBe(reference);
     expect(again.summary.layers.map((l) => (l.digest === lost.digest ? l.from === 'built' : l.from === 'registry'))).toEqual([true, true, true, true]);
     expect(warnings(again.result)).toEqual([expect.stringMatching(/^warning: registry cache: 1 layer it names is not in .*\/lost with the digest and size it says; made instead$/)]);
-    expect(again.result.stderr).toMatch(/demo-data: uploaded/);
+    expect(again.result.stderr).toMatch(/demo-data \(gzip\): uploaded/);
 
     // Another repository, with the cache of this one: the blobs are mounted, not built or uploaded.
     const other = fresh(['--push', `${registry.host}/other:1`, '--cache-from', `${registry.host}/lost`]);
