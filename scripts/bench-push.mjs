@@ -11,10 +11,10 @@
 // Targets (from the push issue): cold no slower than skopeo; warm under 2 s for 100 layers.
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { startBenchRegistry } from './bench/registry.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const cli = join(root, 'dist', 'cli', 'main.js');
@@ -100,49 +100,11 @@ function tarNames(file) {
   return names;
 }
 
+/** A local docker-registry (scripts/bench/registry.mjs), stopped by the caller; returns its host. */
 async function startRegistry(registries) {
-  const dir = mkdtempSync(join(tmpdir(), 'nix2oci-bench-registry-'));
-  const port = await new Promise((resolvePort) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port: free } = server.address();
-      server.close(() => resolvePort(free));
-    });
-  });
-  const config = join(dir, 'config.yml');
-  writeFileSync(
-    config,
-    [
-      'version: 0.1',
-      'log: { level: error, accesslog: { disabled: true } }',
-      `storage: { filesystem: { rootdirectory: ${join(dir, 'data')} } }`,
-      `http: { addr: "127.0.0.1:${port}", secret: bench }`,
-      '',
-    ].join('\n'),
-  );
-  const child = spawn('docker-registry', ['serve', config], { stdio: 'ignore' });
-  let missing = false;
-  child.on('error', () => (missing = true));
-  const registry = {
-    host: `127.0.0.1:${port}`,
-    stop: async () => {
-      if (child.exitCode === null && !missing) {
-        child.kill('SIGTERM');
-        await new Promise((r) => child.once('exit', r));
-      }
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  const registry = await startBenchRegistry();
   registries.push(registry);
-  for (let i = 0; i < 100; i++) {
-    if (missing) throw new Error('docker-registry is not installed (scripts/install-system-deps.sh), or pass HOST:PORT');
-    const up = await fetch(`http://${registry.host}/v2/`).then(
-      () => true,
-      () => false,
-    );
-    if (up) return registry.host;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`docker-registry did not start on ${registry.host}`);
+  return registry.host;
 }
 
 function sizeOf(path) {

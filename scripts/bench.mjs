@@ -220,5 +220,19 @@ if (existsSync(cacheBench)) {
   await benchCache({ repo, work, small, report, sha });
 }
 
+// The registry as a shared layer cache (issue 12): fresh CI runners, with and without --cache-from.
+const registryCacheBench = join(repo, 'scripts/bench/registry-cache.mjs');
+if (existsSync(registryCacheBench)) {
+  const { benchRegistryCache } = await import(registryCacheBench);
+  await benchRegistryCache({ repo, work, small, report, sha });
+}
+
+// gzip and zstd side by side (issue 10): size, cold build, decompression, peak RSS.
+const zstdBench = join(repo, 'scripts/bench/zstd.mjs');
+if (existsSync(zstdBench)) {
+  const { benchZstd } = await import(zstdBench);
+  await benchZstd({ repo, work, small, report, runMeasured, closure: big });
+}
+
 const failed = results.filter((r) => r.ok === false);
 console.log(failed.length === 0 ? '\nall targets met' : `\n${failed.length} target(s) missed: ${failed.map((r) => r.name.trim()).join('; ')}`);

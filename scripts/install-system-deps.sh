@@ -2,7 +2,7 @@
 # Installs (as root, with apt) the real tools the tests build and check images with,
 # and configures Nix to work offline. Safe to run again.
 set -euo pipefail
-packages=(nix-bin podman skopeo umoci runc docker-registry apache2-utils python3-pip-whl busybox-static patchelf jq zip python3.11-minimal libpython3.11-stdlib libpython3.11-dev binutils gcc zlib1g-dev containerd docker.io curl shellcheck systemd pigz)
+packages=(nix-bin podman skopeo umoci runc docker-registry apache2-utils python3-pip-whl busybox-static patchelf jq zip python3.11-minimal libpython3.11-stdlib libpython3.11-dev binutils gcc zlib1g-dev containerd docker.io curl shellcheck systemd zstd pigz)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -35,13 +35,14 @@ export function runJson(cli, args) {
       clearInterval(timer);
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;
       if (code !== 0) return reject(new Error(`nix2oci ${args.join(' ')} exited ${code}: ${stderr}`));
-      resolveRun({ seconds, peakRss: peak, summary: JSON.parse(stdout) });
+      // With --push, the pushed reference follows the summary on stdout.
+      resolveRun({ seconds, peakRss: peak, summary: JSON.parse(stdout.slice(0, stdout.lastIndexOf('}') + 1)) });
     });
   });
 }
 
 /** A one-path closure whose content differs with `text`: the "changed store path" of a rebuild. */
-function changedPathClosure(work, text) {
+export function changedPathClosure(work, text) {
   const expr = join(work, 'cache-changed.nix');
   writeFileSync(
     expr,
@@ -80,11 +81,8 @@ function imageBlobs(archive, summary) {
 
 const mb = (bytes) => (bytes >= 0.1 * MB ? `${(bytes / MB).toFixed(1)} MB` : bytes >= 1000 ? `${(bytes / 1000).toFixed(1)} kB` : `${bytes} B`);
 
-export async function benchCache({ repo, work, small, report }) {
-  if (!existsSync('/usr/bin/python3.11') || !existsSync('/usr/lib/python3.11')) {
-    report('layer cache', 'skipped', 'needs Debian\'s python3.11 (scripts/install-system-deps.sh)');
-    return;
-  }
+/** The inputs of the image shaped like the vLLM one: the bench closure, the stand-in Python, "torch" and two "vllm" wheels. */
+export async function vllmShapedInputs({ repo, work, small }) {
   const cli = join(repo, 'dist/cli/main.js');
   const closure = join(work, small ? 'small.closure' : 'bench.closure');
   const python = pythonClosure(repo, work);
@@ -93,6 +91,15 @@ export async function benchCache({ repo, work, small, report }) {
   for (const wheel of [torch, ...Object.values(vllm)]) {
     if (!basename(wheel).endsWith(`-${WHEEL_TAG}.whl`)) throw new Error(`${wheel}: not tagged ${WHEEL_TAG}`);
   }
+  return { cli, closure, python, torch, vllm };
+}
+
+export async function benchCache({ repo, work, small, report }) {
+  if (!existsSync('/usr/bin/python3.11') || !existsSync('/usr/lib/python3.11')) {
+    report('layer cache', 'skipped', 'needs Debian\'s python3.11 (scripts/install-system-deps.sh)');
+    return;
+  }
+  const { cli, closure, python, torch, vllm } = await vllmShapedInputs({ repo, work, small });
   // Per run: two benches at once on one machine must not share (or delete) each other's cache.
   const cache = join(work, `cache-${process.pid}`);
   const out = join(work, `cache-out-${process.pid}.tar`);

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { StorePathInfo } from '../nix/types.js';
-import { CACHE_FORMAT_VERSION, type LayerFormat } from '../layer/format.js';
+import { CACHE_FORMAT_VERSION, compressionLevel, type LayerFormat } from '../layer/format.js';
+import { byCodeUnits } from '../util/order.js';
 
 function keyOf(kind: string, fields: unknown[]): string {
   return createHash('sha256')
@@ -8,8 +9,9 @@ function keyOf(kind: string, fields: unknown[]): string {
     .digest('hex');
 }
 
+/** Compression and its level are in every key: a gzip layer is never served as zstd, nor a level as another. */
 function settingsFields(s: LayerFormat): unknown[] {
-  return [s.compression, s.compression === 'gzip' ? s.gzipLevel : 0, s.mtime];
+  return [s.compression, compressionLevel(s), s.mtime];
 }
 
 /** A store path's part: its NAR hash fully determines its files, the path their names. */
@@ -20,6 +22,17 @@ export function storePathPartKey(info: Pick<StorePathInfo, 'path' | 'narHash'>, 
 /** A layer composed of parts, in order: same parts, same layer. */
 export function composedLayerKey(partKeys: string[], settings: LayerFormat): string {
   return keyOf('composed-layer', [partKeys, ...settingsFields(settings)]);
+}
+
+/** The layer of these store paths (in any order): composed of their parts, in path order. */
+export function storePathsLayerKey(infos: Pick<StorePathInfo, 'path' | 'narHash'>[], settings: LayerFormat): string {
+  const sorted = [...infos].sort((a, b) => byCodeUnits(a.path, b.path));
+  return composedLayerKey(sorted.map((info) => storePathPartKey(info, settings)), settings);
+}
+
+/** The image-root layer, by the sha256 of its tar (tiny, made in memory to be keyed): same tar, same layer. */
+export function imageRootLayerKey(tarSha256: string, settings: LayerFormat): string {
+  return keyOf('image-root', [tarSha256, ...settingsFields(settings)]);
 }
 
 /**
@@ -36,6 +49,11 @@ export function wheelLayerKey(wheel: WheelKeyInputs, settings: LayerFormat): str
   if (wheel.piece === 'file') return keyOf('wheel-file-layer', [wheel.content, wheel.size, wheel.path, wheel.mode, ...settingsFields(settings)]);
   const { sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold } = wheel;
   return keyOf('wheel-layer', [sha256, fileName, prefix, interpreter, pythonVersion, splitThreshold, ...settingsFields(settings)]);
+}
+
+/** A slice of a store path cut by `--max-layer-size`: the path's NAR hash and the slice's nodes decide its bytes. */
+export function storePathSliceLayerKey(info: Pick<StorePathInfo, 'path' | 'narHash'>, slice: { from: number; to: number }, settings: LayerFormat): string {
+  return keyOf('store-path-slice-layer', [info.path, info.narHash, slice.from, slice.to, ...settingsFields(settings)]);
 }
 
 /** What was read from an input file (`kind`: export-index, wheel-info), by the file's identity. */

@@ -8,11 +8,12 @@ import type { LayerSource } from '../layer/types.js';
 import { codecOf, type Turns } from '../layer/codec.js';
 import { END_OF_ARCHIVE, type LayerFormat } from '../layer/format.js';
 import { tarSegment, writeLayer, writeLayerFile, type LayerFile } from '../layer/writer.js';
+import { measureLayer } from '../layer/diff-id.js';
 import { layerOf, type Layer } from '../model/image.js';
 import type { HashPool } from '../util/hash-pool.js';
 import type { BytePiece } from '../util/pieces.js';
 import { UserError } from '../util/errors.js';
-import { composedLayerKey, storePathPartKey } from './keys.js';
+import { storePathPartKey, storePathsLayerKey } from './keys.js';
 import { CacheStore, digestHex, isDigest, isRecord, isSize } from './store.js';
 import { byCodeUnits } from '../util/order.js';
 
@@ -51,6 +52,12 @@ const isPartEntry = (v: unknown): v is PartEntry =>
 const isLayerEntry = (v: unknown): v is LayerEntry =>
   isRecord(v) && isDigest(v.digest) && isSize(v.size) && isDigest(v.diffId) && isSize(v.uncompressedSize);
 const isWheelEntry = (v: unknown): v is WheelEntry => isLayerEntry(v) && 'facts' in v;
+/** A layer blob measured (decompressed and hashed), filed under its digest: what its tar is. */
+type Measurement = Pick<LayerEntry, 'digest' | 'diffId' | 'uncompressedSize'>;
+const isMeasurement = (v: unknown): v is Measurement => isRecord(v) && isDigest(v.digest) && isDigest(v.diffId) && isSize(v.uncompressedSize);
+
+/** What a layer entry proved to be when checked against its blob. */
+type Trust = 'holds' | 'lies' | 'damaged';
 const isComposedEntry = (v: unknown): v is ComposedEntry =>
   isLayerEntry(v) && Array.isArray((v as ComposedEntry).parts) && (v as ComposedEntry).parts.every(isDigest) && isDigest((v as ComposedEntry).frame);
 
@@ -108,6 +115,8 @@ export class LayerCache {
        * outside it: a warm build is many small reads and hash jobs, and waits on them in parallel.
        */
       limitBuilds?: <T>(task: () => Promise<T>) => Promise<T>;
+      /** Hears of entries that proved wrong (they are dropped and their layers made again). */
+      warn?: (line: string) => void;
     },
   ) {
     const codec = codecOf(format);
@@ -121,10 +130,19 @@ export class LayerCache {
 
   /** `onBytes` hears of the file contents tarred, when the layer is (re)made rather than found. */
   async storePathLayer(infos: StorePathInfo[], onBytes?: (bytes: number) => void): Promise<Served> {
+    return (await this.#storePathLayer(infos, onBytes, false))!;
+  }
+
+  /** The layer when the cache holds it whole (a hit, as `storePathLayer` serves it); null, making nothing, otherwise. */
+  findStorePathLayer(infos: StorePathInfo[]): Promise<Served | null> {
+    return this.#storePathLayer(infos, undefined, true);
+  }
+
+  async #storePathLayer(infos: StorePathInfo[], onBytes: ((bytes: number) => void) | undefined, lookupOnly: boolean): Promise<Served | null> {
     storePathsSource(infos); // checks the paths, as a cold write would
     const sorted = [...infos].sort((a, b) => byCodeUnits(a.path, b.path));
     const partKeys = sorted.map((info) => storePathPartKey(info, this.format));
-    const layerKey = composedLayerKey(partKeys, this.format);
+    const layerKey = storePathsLayerKey(infos, this.format);
     const head = await this.#headPart();
     const contents = sorted.map((info) => info.path);
 
@@ -135,7 +153,12 @@ export class LayerCache {
       if (known && parts.every((p): p is PartEntry => p !== null)) {
         const same = known.frame === head.frame && known.parts.length === parts.length && parts.every((p, i) => p.blob === known.parts[i]);
         const pieces = same ? await this.#pieces(head.stored, parts) : null;
-        if (pieces && (await fileSizesHold(pieces))) {
+        const trust = pieces && (await fileSizesHold(pieces)) ? await this.#trust(known, pieces, `layers/${layerKey}.json`) : 'damaged';
+        if (trust === 'lies') {
+          await this.store.removeEntry('layers', layerKey);
+          continue;
+        }
+        if (pieces && trust === 'holds') {
           await Promise.all([this.store.touch('layers', layerKey), ...partKeys.map((key) => this.store.touch('parts', key))]);
           // Not read here: whoever reads the bytes checks them, and asks `repair` when they are damaged.
           const repair = async () => {
@@ -148,8 +171,10 @@ export class LayerCache {
         continue;
       }
 
+      if (lookupOnly) return null;
       const made = await this.#limited(() => this.#make(sorted, partKeys, parts, head, onBytes));
       if (made === null) continue;
+      await this.#vouch(made.entry);
       await this.store.writeEntry('layers', layerKey, made.entry);
       return { layer: this.#layer(made.pieces, made.entry, contents), reused: made.built === 0 };
     }
@@ -229,29 +254,84 @@ export class LayerCache {
    * `source` is written into the cache and `facts` asked for once it has been.
    */
   async wholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>): Promise<Served & { facts: F }> {
+    return (await this.#wholeLayer(key, contents, source, facts, false))!;
+  }
+
+  /** The whole layer under `key` when the cache holds it; null, making nothing, otherwise. */
+  findWholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>): Promise<(Served & { facts: F }) | null> {
+    return this.#wholeLayer(key, contents, source, facts, true);
+  }
+
+  async #wholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>, lookupOnly: boolean): Promise<(Served & { facts: F }) | null> {
     const known = await this.store.readEntry('wheels', key, isWheelEntry);
     if (known) {
       const file = await this.#link(known.digest);
-      if (file && (await sizeOf(file)) === known.size) {
+      const pieces: BytePiece[] = file ? [{ file, start: 0, length: known.size }] : [];
+      const trust = file && (await sizeOf(file)) === known.size ? await this.#trust(known, pieces, `wheels/${key}.json`) : 'damaged';
+      if (trust === 'holds') {
         await this.store.touch('wheels', key);
         const repair = async () => {
           await this.store.removeEntry('wheels', key, known.digest);
           this.#linked.delete(known.digest);
           return this.#remade(await this.wholeLayer(key, contents, source, facts), known.digest);
         };
-        return { layer: this.#layer([{ file, start: 0, length: known.size }], known, contents, repair), reused: true, facts: known.facts as F };
+        return { layer: this.#layer(pieces, known, contents, repair), reused: true, facts: known.facts as F };
       }
-      await this.store.removeEntry('wheels', key, known.digest);
+      // An entry that lied names a sound blob, which the layer made again is (by rename) anyway.
+      await this.store.removeEntry('wheels', key, trust === 'damaged' ? known.digest : undefined);
       this.#linked.delete(known.digest);
     }
+    if (lookupOnly) return null;
     const written: LayerFile = await this.#limited(() => writeLayerFile(source, this.format, this.store.tempDir, { turns: this.options.turns }));
     await this.store.adoptBlob(written.file, written.digest);
     const found = await facts();
     const entry: WheelEntry = { digest: written.digest, size: written.size, diffId: written.diffId, uncompressedSize: written.tarSize, facts: found };
+    await this.#vouch(entry);
     await this.store.writeEntry('wheels', key, entry);
     const file = await this.#link(written.digest);
     if (!file) throw new Error(`cache blob ${written.digest} vanished as it was stored`);
     return { layer: this.#layer([{ file, start: 0, length: written.size }], entry, contents), reused: false, facts: found };
+  }
+
+  /**
+   * Whether a cached entry's diffID and size are those of its blob's tar. Its blob's digest is checked
+   * by whoever reads the bytes, but nothing reading them sees the diffID, which goes into the image
+   * config as it is: an entry that names the right blob with the wrong diffID (edited, or written by a
+   * faulty build) would make a wrong image. A blob is measured (decompressed and hashed) once, and the
+   * measurement filed by its digest; entries this cache writes file their own, from the pass that
+   * wrote the blob, so a warm build reads one small file per layer. Uncompressed layers need no
+   * reading: their diffID is their digest.
+   */
+  async #trust(entry: LayerEntry, pieces: BytePiece[], where: string): Promise<Trust> {
+    const says = `${where} says ${entry.digest} holds a tar of ${entry.uncompressedSize} bytes with diffID ${entry.diffId}`;
+    if (this.format.compression === 'none') {
+      if (entry.diffId === entry.digest && entry.uncompressedSize === entry.size) return 'holds';
+      this.options.warn?.(`the layer cache's entry ${says}, but an uncompressed layer's diffID is its digest; the layer was made again`);
+      return 'lies';
+    }
+    const known = await this.store.readEntry('verified', digestHex(entry.digest), isMeasurement);
+    if (known && known.digest === entry.digest && known.diffId === entry.diffId && known.uncompressedSize === entry.uncompressedSize) return 'holds';
+    let measured: Measurement;
+    try {
+      measured = await measureLayer(pieces, this.format.compression);
+    } catch {
+      return 'damaged'; // unreadable or not a valid stream: dropped like a blob failing its digest
+    }
+    if (measured.digest !== entry.digest) return 'damaged';
+    if (measured.diffId !== entry.diffId || measured.uncompressedSize !== entry.uncompressedSize) {
+      this.options.warn?.(`the layer cache's entry ${says}, but its tar is ${measured.uncompressedSize} bytes with diffID ${measured.diffId}; the layer was made again`);
+      await this.#vouch(measured);
+      return 'lies';
+    }
+    await this.#vouch(measured);
+    return 'holds';
+  }
+
+  /** Files what a blob holds, known from the pass that wrote it or from measuring it. */
+  async #vouch(entry: Measurement): Promise<void> {
+    if (this.format.compression === 'none') return;
+    const { digest, diffId, uncompressedSize } = entry;
+    await this.store.writeEntry('verified', digestHex(digest), { digest, diffId, uncompressedSize });
   }
 
   /** The pieces of a layer made again after its cached bytes proved damaged: they must be the same layer. */

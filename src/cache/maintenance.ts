@@ -29,6 +29,8 @@ interface EntryFile {
   digest: string | null;
   /** The part blobs a composed layer's entry is made of. */
   parts: string[];
+  /** The layer digest a layer, wheel or measurement entry gives. */
+  layer: string | null;
 }
 
 interface Inventory {
@@ -50,9 +52,10 @@ async function inventory(dir: string): Promise<Inventory> {
       const value: unknown = await readFile(path, 'utf8').then((text) => unwrapEntry(JSON.parse(text)), () => null);
       // A part's bytes may lie inside a layer's blob (`blob`); that blob is the one it holds.
       const held = isRecord(value) ? (value.blob ?? value.digest) : null;
-      const digest = kind !== 'layers' && isDigest(held) ? held : null;
+      const digest = kind !== 'layers' && kind !== 'verified' && isDigest(held) ? held : null;
       const parts = kind === 'layers' && isRecord(value) && Array.isArray(value.parts) ? value.parts.filter(isDigest) : [];
-      entries.push({ kind, key: name.slice(0, -5), path, used: info.mtimeMs, digest, parts });
+      const layer = isRecord(value) && isDigest(value.digest) ? value.digest : null;
+      entries.push({ kind, key: name.slice(0, -5), path, used: info.mtimeMs, digest, parts, layer });
     }
   }
   const blobs = new Map<string, { path: string; size: number; mtime: number }>();
@@ -77,7 +80,7 @@ export async function cacheStats(dir: string): Promise<CacheStats> {
   const count = (kind: EntryKind) => inv.entries.filter((e) => e.kind === kind).length;
   return {
     dir,
-    entries: { parts: count('parts'), layers: count('layers'), wheels: count('wheels'), inputs: count('inputs'), listings: count('listings') },
+    entries: { parts: count('parts'), layers: count('layers'), wheels: count('wheels'), inputs: count('inputs'), listings: count('listings'), verified: count('verified') },
     blobs: inv.blobs.size,
     bytes: [...inv.blobs.values()].reduce((n, b) => n + b.size, 0),
     unreferencedBlobs: [...inv.blobs.keys()].filter((d) => !referenced.has(d)).length,
@@ -97,13 +100,13 @@ export interface PruneResult {
 
 /**
  * Shrinks the cache to at most `maxBytes` of blobs, evicting the least recently used entries first.
- * Temp files and unreferenced blobs older than {@link GRACE_MS} go first: younger ones may be a running
- * build's. Safe beside running builds: a build that finds a blob gone rebuilds it.
+ * What killed builds left goes first ({@link CacheStore.sweep}), then unreferenced blobs older than
+ * {@link GRACE_MS} (younger ones may be a running build's). Safe beside running builds: a build that
+ * finds a blob gone rebuilds it.
  */
 export async function pruneCache(dir: string, maxBytes: number, now = Date.now()): Promise<PruneResult> {
   const inv = await inventory(dir);
-  for (const temp of inv.temps) if (now - temp.mtime > GRACE_MS) await rm(temp.path, { force: true });
-  await removeAbandonedBuilds(inv.store.root, now);
+  await inv.store.sweep(now);
 
   const holders = new Map<string, number>();
   for (const e of inv.entries) if (e.digest) holders.set(e.digest, (holders.get(e.digest) ?? 0) + 1);
@@ -140,32 +143,17 @@ export async function pruneCache(dir: string, maxBytes: number, now = Date.now()
       removed.add(entry);
     }
   }
+  // A measurement is worth nothing once no layer entry gives its digest.
+  const layers = new Set(inv.entries.filter((e) => !removed.has(e) && (e.kind === 'layers' || e.kind === 'wheels')).map((e) => e.layer));
+  for (const entry of inv.entries) {
+    if (entry.kind === 'verified' && !removed.has(entry) && !layers.has(entry.layer)) {
+      await rm(entry.path, { force: true });
+      removed.add(entry);
+    }
+  }
   result.removedEntries = removed.size;
   result.bytes = bytes;
   return result;
 }
 
 
-/**
- * Work directories of builds that were killed (SIGKILL, a lost machine): `builds/<pid>-…` whose process
- * no longer runs, older than GRACE_MS. A running build's (its pid alive) is never touched.
- */
-async function removeAbandonedBuilds(root: string, now: number): Promise<void> {
-  const dir = join(root, 'builds');
-  for (const name of await readdir(dir).catch(() => [] as string[])) {
-    const pid = Number(/^(\d+)-/.exec(name)?.[1]);
-    if (!Number.isSafeInteger(pid) || pid <= 0 || isRunning(pid)) continue;
-    const info = await stat(join(dir, name)).catch(() => null);
-    if (info && now - info.mtimeMs > GRACE_MS) await rm(join(dir, name), { recursive: true, force: true });
-  }
-}
-
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it runs, as another user.
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

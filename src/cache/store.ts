@@ -1,8 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { removeOnExit } from '../util/cleanup.js';
+import { abandoned, OWNER_TAG } from '../util/atomic.js';
 import { UserError } from '../util/errors.js';
 import { CACHE_FORMAT_VERSION } from '../layer/format.js';
 import { digestHex } from '../model/manifest.js';
@@ -17,17 +18,21 @@ import { digestHex } from '../model/manifest.js';
  *   <dir>/v3/wheels/<key>.json      a wheel's layer:      { digest, size, diffId, uncompressedSize, facts }
  *   <dir>/v3/inputs/<key>.json      what was read from an unchanged input file (an export's index, a wheel's facts)
  *   <dir>/v3/listings/<key>.json    a store path's file listing for the wheel checks
+ *   <dir>/v3/verified/<hex>.json    a layer blob measured: { digest, diffId, uncompressedSize }, by digest
  *   (each entry file is { sum, value }: sum is the sha256 of the value's JSON)
- *   <dir>/v3/tmp/                   files being written (renamed into place when complete)
- *   <dir>/v3/builds/<pid>-…/        a running build's work directory (cached blobs hard-linked in)
+ *   <dir>/v3/tmp/<pid>-<host>-….tmp files being written (renamed into place when complete)
+ *   <dir>/v3/builds/<pid>-<host>-…/ a running build's work directory (cached blobs hard-linked in)
  *
  * Every file appears by rename, so readers see none or all of it; two builds writing the same entry
  * write the same bytes. Readers never trust a blob: they check its size and sha256 while using it.
  * An entry's mtime is its last use (touched on every hit), which `prune` evicts by.
  */
-/** Entries without blobs: `inputs`, what was read from unchanged input files; `listings`, store paths' file listings. */
-export type EntryKind = 'parts' | 'layers' | 'wheels' | 'inputs' | 'listings';
-export const ENTRY_KINDS: EntryKind[] = ['parts', 'layers', 'wheels', 'inputs', 'listings'];
+/**
+ * Entries without blobs: `inputs`, what was read from unchanged input files; `listings`, store paths'
+ * file listings; `verified`, what a layer blob was measured to hold (its tar's diffID and size).
+ */
+export type EntryKind = 'parts' | 'layers' | 'wheels' | 'inputs' | 'listings' | 'verified';
+export const ENTRY_KINDS: EntryKind[] = ['parts', 'layers', 'wheels', 'inputs', 'listings', 'verified'];
 
 export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   const xdg = env.XDG_CACHE_HOME;
@@ -63,12 +68,13 @@ export class CacheStore {
   }
 
   /**
-   * A new work directory for one build, `builds/<pid>-<random>`: on the blobs' file system, so they can
-   * be hard-linked in and out. The build removes it; `prune` removes one whose process is gone.
+   * A new work directory for one build, `builds/<pid>-<host>-<random>`: on the blobs' file system, so
+   * they can be hard-linked in and out. The build removes it; the next build or `prune` removes one
+   * whose process is gone (see {@link sweep}).
    */
   async makeBuildDir(): Promise<string> {
     try {
-      return await mkdtemp(join(this.root, 'builds', `${process.pid}-`));
+      return await mkdtemp(join(this.root, 'builds', `${OWNER_TAG}-`));
     } catch (err) {
       throw new UserError(`cannot use cache directory ${this.dir}: ${(err as NodeJS.ErrnoException).code ?? String(err)} (pick another with --cache-dir, or --no-cache)`);
     }
@@ -81,7 +87,25 @@ export class CacheStore {
 
   /** A fresh temp file name in the cache (same file system as the blobs, so rename works). */
   tempPath(): string {
-    return join(this.root, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}.tmp`);
+    return join(this.root, 'tmp', `${OWNER_TAG}-${randomBytes(8).toString('hex')}.tmp`);
+  }
+
+  /**
+   * Removes what killed builds left (SIGKILL, a lost machine): temp files and work directories whose
+   * process is gone, or an hour old and not traceable to a running process of this host. Each build
+   * does it as it opens the cache, and `prune` too. Returns how many went. Never fails: housekeeping.
+   */
+  async sweep(now = Date.now()): Promise<number> {
+    let removed = 0;
+    for (const sub of ['tmp', 'builds']) {
+      const dir = join(this.root, sub);
+      for (const name of await readdir(dir).catch(() => [] as string[])) {
+        const info = await lstat(join(dir, name)).catch(() => null);
+        if (!info || !abandoned(name, info.mtimeMs, now)) continue;
+        await rm(join(dir, name), { recursive: true, force: true }).then(() => removed++, () => undefined);
+      }
+    }
+    return removed;
   }
 
   /** An entry's value, or null when absent, unreadable or failing its checksum (a miss: it is rewritten). */

@@ -25,7 +25,7 @@ export function cacheCommand(): Command {
         [
           `cache: ${stats.dir}`,
           `size: ${formatBytes(stats.bytes)} in ${stats.blobs} blobs (${stats.unreferencedBlobs} unreferenced)`,
-          `entries: ${entries.parts} store path parts, ${entries.layers} composed layers, ${entries.wheels} wheel layers, ${entries.inputs} input files read, ${entries.listings} store path listings`,
+          `entries: ${entries.parts} store path parts, ${entries.layers} composed layers, ${entries.wheels} wheel layers, ${entries.inputs} input files read, ${entries.listings} store path listings, ${entries.verified} layers measured`,
           `last used: ${stats.newestUse?.toISOString() ?? 'never'}; least recently: ${stats.oldestUse?.toISOString() ?? 'never'}`,
           ...(stats.tempFiles > 0 ? [`temporary files: ${stats.tempFiles} (builds running, or interrupted; prune removes old ones)`] : []),
         ].join('\n') + '\n',

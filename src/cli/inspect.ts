@@ -1,4 +1,4 @@
-import type { Image } from '../model/image.js';
+import type { Compression, Image } from '../model/image.js';
 import { MediaTypes } from '../model/image.js';
 import { scanLayer } from '../tar/scan.js';
 import { sha256Digest } from '../model/manifest.js';
@@ -9,6 +9,8 @@ export interface LayerDescription {
   mediaType: string;
   /** Bytes as stored (compressed). */
   size: number;
+  /** gzip, zstd or none, as the media type says. */
+  compression: Compression;
   /** Bytes of the uncompressed tar, when known. */
   uncompressedSize?: number;
   diffId: string;
@@ -68,6 +70,7 @@ export async function describeImage(image: Image, options: DescribeOptions = {})
       digest: d.digest,
       mediaType: d.mediaType,
       size: d.size,
+      compression: layer.compression,
       ...(layer.uncompressedSize !== undefined && { uncompressedSize: layer.uncompressedSize }),
       diffId: layer.diffId,
       contents: layer.contents,
@@ -189,7 +192,7 @@ export function formatImageDescription(d: ImageDescription): string {
         ? ` (${formatBytes(layer.uncompressedSize)} uncompressed)`
         : ''
     }`;
-    lines.push(`  ${String(i + 1).padStart(width)}  ${layer.digest}  ${sizes}`);
+    lines.push(`  ${String(i + 1).padStart(width)}  ${layer.digest}  ${layer.compression}  ${sizes}`);
     lines.push(`${indent}diffID ${layer.diffId}`);
     if (layer.contents.length > 0) {
       for (const item of layer.contents) lines.push(`${indent}${item}`);

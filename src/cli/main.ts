@@ -6,6 +6,7 @@ import { buildImageCommand } from './build-image-command.js';
 import { inspectCommand } from './inspect-command.js';
 import { pushCommand } from './push-command.js';
 import { cacheCommand } from './cache-command.js';
+import { sbomCommand } from './sbom-command.js';
 import { runCleanups } from '../util/cleanup.js';
 
 const program = new Command()
@@ -19,6 +20,7 @@ program.addCommand(buildImageCommand());
 program.addCommand(inspectCommand());
 program.addCommand(pushCommand());
 program.addCommand(cacheCommand());
+program.addCommand(sbomCommand());
 
 // An interrupted build removes its temporary files and leaves no output.
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {

@@ -1,12 +1,13 @@
 import zlib from 'node:zlib';
 import { UserError } from '../util/errors.js';
-import { deflateOptions, GZIP_MEMBER_HEADER, type LayerFormat } from './format.js';
+import { compressionLevel, deflateOptions, GZIP_MEMBER_HEADER, type LayerFormat } from './format.js';
+import { zstdCodec } from './zstd.js';
 
 /**
  * A compression as the layer writer uses it: tar parts in, self-contained frames out. Frames of
  * consecutive parts concatenate into one valid stream, so parts compress independently, in parallel,
- * and a layer can be composed of frames compressed at other times. gzip today; zstd frames have the
- * same property and fit the same two methods.
+ * and a layer can be composed of frames compressed at other times: gzip members here, zstd frames in
+ * zstd.ts.
  */
 export interface Codec {
   /** Compresses one part on the thread pool into a whole frame. */
@@ -17,7 +18,9 @@ export interface Codec {
 
 /** The codec of a layer format; null for uncompressed layers (the blob is the tar). */
 export function codecOf(format: LayerFormat): Codec | null {
-  return format.compression === 'gzip' ? gzipCodec(format.gzipLevel) : null;
+  if (format.compression === 'gzip') return gzipCodec(format.gzipLevel);
+  if (format.compression === 'zstd') return zstdCodec(compressionLevel(format));
+  return null;
 }
 
 function gzipCodec(level: number): Codec {

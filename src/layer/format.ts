@@ -14,13 +14,15 @@ export const CACHE_FORMAT_VERSION = 3;
 
 export type { Compression } from '../model/image.js';
 import type { Compression } from '../model/image.js';
-export const COMPRESSIONS: readonly Compression[] = ['gzip', 'none'];
+export const COMPRESSIONS: readonly Compression[] = ['gzip', 'zstd', 'none'];
 
 /** How a layer's tar becomes its blob: compression, its level, and every entry's mtime. */
 export interface LayerFormat {
   compression: Compression;
-  /** zlib level 1–9 for gzip (ignored for none). */
+  /** zlib level 1–9 for gzip (ignored otherwise). */
   gzipLevel: number;
+  /** zstd level 1–19 for zstd (ignored otherwise); default DEFAULT_ZSTD_LEVEL. */
+  zstdLevel?: number;
   /** Seconds since the epoch, every entry's mtime (SOURCE_DATE_EPOCH). */
   mtime: number;
 }
@@ -29,9 +31,29 @@ export interface LayerFormat {
 export const DEFAULT_GZIP_LEVEL = 6;
 
 /**
+ * zstd's own default level: on the bench closure smaller than gzip -6 (about 3 % of the tar less) and
+ * faster to make; levels above it trade much build time for a few per cent.
+ */
+export const DEFAULT_ZSTD_LEVEL = 3;
+
+/** The levels each compression accepts (zstd's regular ones: 20–22 need hundreds of MB per thread). */
+export const COMPRESSION_LEVELS: Readonly<Record<Compression, { min: number; max: number } | null>> = {
+  gzip: { min: 1, max: 9 },
+  zstd: { min: 1, max: 19 },
+  none: null,
+};
+
+/** The level a format compresses at (0 uncompressed): part of every cache key. */
+export function compressionLevel(format: LayerFormat): number {
+  if (format.compression === 'gzip') return format.gzipLevel;
+  if (format.compression === 'zstd') return format.zstdLevel ?? DEFAULT_ZSTD_LEVEL;
+  return 0;
+}
+
+/**
  * A compressed blob is a series of frames, one per FRAME_SIZE of tar, each compressed alone (so one
- * huge layer compresses on every core) and concatenated: gzip members (RFC 1952 §2.2), which every
- * gzip reader reads as one stream. Frame boundaries depend on this constant only, never on the machine.
+ * huge layer compresses on every core) and concatenated: gzip members (RFC 1952 §2.2), or zstd frames
+ * (RFC 8878 §3.1), which every gzip or zstd reader reads as one stream. Frame boundaries depend on this constant only, never on the machine.
  * 4 MiB frames cost 0.03 % in size against one stream on the bench closure (1 MiB frames: 0.19 %).
  */
 export const FRAME_SIZE = 4 << 20;
@@ -55,7 +77,9 @@ export function checkLayerFormat(format: LayerFormat): void {
   if (!COMPRESSIONS.includes(format.compression)) {
     throw new UserError(`unknown compression "${String(format.compression)}" (use ${COMPRESSIONS.join(' or ')})`);
   }
-  if (format.compression === 'gzip' && (!Number.isInteger(format.gzipLevel) || format.gzipLevel < 1 || format.gzipLevel > 9)) {
-    throw new UserError(`gzip level must be 1 to 9, got ${format.gzipLevel}`);
+  const range = COMPRESSION_LEVELS[format.compression];
+  const level = compressionLevel(format);
+  if (range && (!Number.isInteger(level) || level < range.min || level > range.max)) {
+    throw new UserError(`${format.compression} level must be ${range.min} to ${range.max}, got ${level}`);
   }
 }

@@ -93,3 +93,41 @@ export function writeStorePathsLayer(
   const segments = sorted.map((info) => countingSource(storePathsSource([info], { storeDirEntries: false }), options.onBytes));
   return writeComposedLayer(ends.head, segments, ends.end, format, out, options.turns);
 }
+
+/** Thrown through the NAR parser once a slice's last node is written. */
+class SliceDone extends Error {}
+
+/**
+ * The entries of one slice of a store path (`--max-layer-size`): `nix/`, `nix/store/`, the directories
+ * above the slice's first node (as the whole path's layer has them, so the image's tree is unchanged),
+ * then NAR nodes `from` to `to` (exclusive) as `storePathsSource` writes them. Nodes before the slice are
+ * skipped unread; reading stops after its last.
+ */
+export function storePathSliceSource(info: StorePathInfo, range: { from: number; to: number }): LayerSource {
+  const problem = storePathProblem(info.path);
+  if (problem) throw new UserError(`cannot put ${quote(info.path)} in a layer: ${problem}`);
+  return async (sink) => {
+    await sink.add({ type: 'directory', name: 'nix', mode: StoreModes.directory });
+    await sink.add({ type: 'directory', name: 'nix/store', mode: StoreModes.directory });
+    const write = storePathVisitor(info, sink);
+    const above: string[] = []; // directories above the current node, outermost first
+    let index = 0;
+    const visit = async (path: string, emit: () => void | Promise<void>, isDirectory: boolean) => {
+      const at = index++;
+      if (at >= range.to) throw new SliceDone();
+      while (above.length > 0 && !(above[above.length - 1] === '' || path.startsWith(`${above[above.length - 1]}/`))) above.pop();
+      if (at === range.from) for (const dir of above) await write.directory({ type: 'directory', path: dir });
+      if (at >= range.from) await emit();
+      if (isDirectory) above.push(path);
+    };
+    try {
+      await readNar(info, {
+        directory: (node) => visit(node.path, () => write.directory(node), true),
+        regular: (node, contents) => visit(node.path, () => write.regular(node, contents), false),
+        symlink: (node) => visit(node.path, () => write.symlink(node), false),
+      });
+    } catch (err) {
+      if (!(err instanceof SliceDone)) throw err;
+    }
+  };
+}

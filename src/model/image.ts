@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { piecesStream, type BytePiece } from '../util/pieces.js';
+import type { Artifact } from './artifact.js';
 
 /**
  * The image model every writer and the registry client consume, after go-containerregistry's
@@ -28,7 +29,7 @@ export interface Blob {
 }
 
 /** A layer's compression, as its media type says it. */
-export type Compression = 'gzip' | 'none';
+export type Compression = 'gzip' | 'zstd' | 'none';
 
 /**
  * The one record of a layer, from the writer or the cache that made it, through assembly, to every
@@ -46,7 +47,12 @@ export interface Layer extends Blob {
 
 /** A layer's compression from its media type (OCI's or Docker's). */
 export function compressionOf(mediaType: string): Compression {
-  return /gzip$/.test(mediaType) ? 'gzip' : 'none';
+  return /gzip$/.test(mediaType) ? 'gzip' : /zstd$/.test(mediaType) ? 'zstd' : 'none';
+}
+
+/** The OCI media type of a layer of this compression. */
+export function ociLayerMediaType(compression: Compression): string {
+  return compression === 'gzip' ? MediaTypes.ociLayerGzip : compression === 'zstd' ? MediaTypes.ociLayerZstd : MediaTypes.ociLayer;
 }
 
 /** A layer whose bytes are `pieces` (local files and small buffers), with the OCI media type of its compression. */
@@ -61,7 +67,7 @@ export function layerOf(fields: {
   unverified?: Blob['unverified'];
 }): Layer {
   return {
-    descriptor: { mediaType: fields.compression === 'gzip' ? MediaTypes.ociLayerGzip : MediaTypes.ociLayer, digest: fields.digest, size: fields.size },
+    descriptor: { mediaType: ociLayerMediaType(fields.compression), digest: fields.digest, size: fields.size },
     diffId: fields.diffId,
     uncompressedSize: fields.uncompressedSize,
     compression: fields.compression,
@@ -85,6 +91,11 @@ export interface Image {
   layers: Layer[];
   /** References such as `nix2oci/demo:latest` recorded with the image (may be empty). */
   tags: string[];
+  /**
+   * Artifacts about the image (SBOMs, provenance) whose subject is its manifest: an OCI layout lists them
+   * in index.json beside it, a push uploads them as referrers. A docker-archive has no place for them.
+   */
+  attachments?: Artifact[];
 }
 
 export const MediaTypes = {
@@ -93,6 +104,7 @@ export const MediaTypes = {
   ociConfig: 'application/vnd.oci.image.config.v1+json',
   ociLayer: 'application/vnd.oci.image.layer.v1.tar',
   ociLayerGzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
+  ociLayerZstd: 'application/vnd.oci.image.layer.v1.tar+zstd',
   dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
   dockerConfig: 'application/vnd.docker.container.image.v1+json',
   dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar',

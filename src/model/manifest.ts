@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Compression } from './image.js';
-import { MediaTypes, type Descriptor } from './image.js';
+import { MediaTypes, ociLayerMediaType, type Descriptor } from './image.js';
 
 /** Which media types an image uses: OCI's, or Docker's schema 2 (what a docker-archive implies). */
 export type ManifestFormat = 'oci' | 'docker';
@@ -25,7 +25,9 @@ export function configMediaType(format: ManifestFormat): string {
 }
 
 export function layerMediaType(format: ManifestFormat, compression: Compression): string {
-  if (format === 'oci') return compression === 'gzip' ? MediaTypes.ociLayerGzip : MediaTypes.ociLayer;
+  if (format === 'oci') return ociLayerMediaType(compression);
+  // Docker's schema 2 has no zstd layer type; builds refuse zstd for a docker-archive up front.
+  if (compression === 'zstd') throw new Error('zstd layers cannot be described in a Docker manifest');
   return compression === 'gzip' ? MediaTypes.dockerLayerGzip : MediaTypes.dockerLayer;
 }
 

@@ -42,3 +42,9 @@ export function storePathName(path: string): string {
 
 /** A store path's last component: `<32 nix-base32 chars>-<name>`. */
 const HASHED_BASENAME = /^[0-9a-df-np-sv-z]{32}-./;
+
+/** The store path a file lies in (`/nix/store/<hash>-<name>/lib/…` → `/nix/store/<hash>-<name>`), or null. */
+export function storePathOf(file: string): string | null {
+  const match = /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-[^/]+/.exec(file);
+  return match && isStorePath(match[0]) ? match[0] : null;
+}

@@ -1,5 +1,6 @@
 import type { Blob, Descriptor, Image } from '../model/image.js';
 import { MediaTypes } from '../model/image.js';
+import { artifactDescriptorJson } from '../model/artifact.js';
 import { descriptorJson, digestHex, sha256Digest } from '../model/manifest.js';
 import { qualifiedName } from '../model/reference.js';
 
@@ -66,15 +67,24 @@ const OCI_LAYOUT: ArchiveLayout = {
       ...manifestDescriptor,
       annotations: { [CONTAINERD_NAME_ANNOTATION]: qualifiedName(tag), [REF_NAME_ANNOTATION]: tag },
     }));
+    const attachments = image.attachments ?? [];
     const index = {
       schemaVersion: 2,
       mediaType: MediaTypes.ociIndex,
-      manifests: (named.length > 0 ? named : [manifestDescriptor]).map((d) => ({
-        ...descriptorJson(d),
-        ...(platform && { platform }),
-      })),
+      manifests: [
+        ...(named.length > 0 ? named : [manifestDescriptor]).map((d) => ({
+          ...descriptorJson(d),
+          ...(platform && { platform }),
+        })),
+        // Artifacts after the image, without a name: tools that pick an image by name find only the image.
+        ...attachments.map((a) => artifactDescriptorJson(a.descriptor)),
+      ],
     };
     return unique([
+      ...attachments.flatMap((a): ArchiveEntry[] => [
+        ...a.blobs.map((b): ArchiveEntry => ({ kind: 'bytes', name: blobPath(b.descriptor.digest), bytes: b.bytes })),
+        { kind: 'bytes', name: blobPath(a.descriptor.digest), bytes: a.manifestBytes },
+      ]),
       { kind: 'bytes', name: blobPath(image.configDescriptor.digest), bytes: image.configBytes },
       { kind: 'bytes', name: blobPath(manifestDescriptor.digest), bytes: image.manifestBytes },
       { kind: 'bytes', name: 'index.json', bytes: json(index) },

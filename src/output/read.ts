@@ -8,6 +8,7 @@ import { fileKind } from '../util/input-file.js';
 import { UserError } from '../util/errors.js';
 import { CONTENTS_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION } from '../model/assemble.js';
 import { compressionOf, MediaTypes, type Descriptor, type Image, type Layer } from '../model/image.js';
+import { parseArtifactManifest, type Artifact } from '../model/artifact.js';
 import { blobPath, CONTAINERD_NAME_ANNOTATION, REF_NAME_ANNOTATION, type DockerArchiveManifestEntry } from './layout.js';
 import { configMediaType, formatOfManifest, serializeManifest, sha256Digest } from '../model/manifest.js';
 import { sameImageName } from '../model/reference.js';
@@ -21,6 +22,8 @@ export interface ReadImageOptions {
 /** Registries refuse manifests over 4 MiB; configs and indexes get some more room. */
 const MAX_MANIFEST = 4 << 20;
 const MAX_METADATA = 16 << 20;
+/** An SBOM of a large closure is some MB; a document is read whole. */
+const MAX_DOCUMENT = 256 << 20;
 
 /**
  * Reads an image from an oci-archive, docker-archive or OCI layout directory (detected from what it
@@ -263,8 +266,14 @@ async function readOci(store: Store, options: ReadImageOptions): Promise<Image> 
   if (index.schemaVersion !== 2 || !Array.isArray(index.manifests)) throw new UserError(`${where} is not an OCI image index`);
 
   const candidates = new Map<string, Candidate>();
+  const artifacts: Descriptor[] = [];
   for (const [i, raw] of index.manifests.entries()) {
     const descriptor = checkDescriptor(raw, `${where} manifests[${i}]`);
+    // An artifact (an SBOM, a provenance) is about an image, not one: kept for the image it names.
+    if (typeof (raw as { artifactType?: unknown }).artifactType === 'string') {
+      artifacts.push(descriptor);
+      continue;
+    }
     const found =
       descriptor.mediaType === MediaTypes.ociIndex || descriptor.mediaType === 'application/vnd.docker.distribution.manifest.list.v2+json'
         ? await manifestOfNestedIndex(store, descriptor)
@@ -292,7 +301,23 @@ async function readOci(store: Store, options: ReadImageOptions): Promise<Image> 
     // An index without names (as some tools write) may sit beside a docker manifest.json that has them.
     tags = await dockerRepoTagsFor(store, chosen.descriptor);
   }
-  return readManifest(store, chosen.descriptor, tags);
+  const image = await readManifest(store, chosen.descriptor, tags);
+  const attachments = await readAttachments(store, artifacts, chosen.descriptor.digest);
+  return attachments.length > 0 ? { ...image, attachments } : image;
+}
+
+/** The artifacts of index.json whose subject is the image `subject`, with their blobs (documents are small). */
+async function readAttachments(store: Store, descriptors: Descriptor[], subject: string): Promise<Artifact[]> {
+  const attachments: Artifact[] = [];
+  for (const descriptor of descriptors) {
+    const bytes = await readBlobSmall(store, descriptor, MAX_MANIFEST, 'artifact manifest');
+    const parsed = parseArtifactManifest(bytes, `${store.path}: ${blobPath(descriptor.digest)}`);
+    if (parsed.subject.digest !== subject) continue;
+    const blobs = [];
+    for (const d of [parsed.config, ...parsed.layers]) blobs.push({ descriptor: d, bytes: await readBlobSmall(store, d, MAX_DOCUMENT, 'artifact blob') });
+    attachments.push({ artifactType: parsed.artifactType, manifestBytes: bytes, descriptor: { ...descriptor, artifactType: parsed.artifactType }, blobs });
+  }
+  return attachments;
 }
 
 /** The manifest for this machine's platform (or the only one) from a nested index, as Docker 25's save writes. */

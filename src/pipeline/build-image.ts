@@ -3,22 +3,26 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pLimit from 'p-limit';
 import { loadClosure } from '../nix/closure.js';
-import type { Closure } from '../nix/types.js';
+import type { Closure, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../nix/store-path.js';
-import { planLayers, type PlanStrategy } from '../plan/plan.js';
-import { DEFAULT_GZIP_LEVEL, type Compression, type LayerFormat } from '../layer/format.js';
+import { planLayers, type PlanOptions, type PlanStrategy } from '../plan/plan.js';
+import { capLayers, checkLayerSize, sliceLabel, type CappedLayer, type StorePathSlice } from '../plan/size-cap.js';
+import { checkLayerFormat, COMPRESSION_LEVELS, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL, type Compression, type LayerFormat } from '../layer/format.js';
 import { Turns } from '../layer/codec.js';
 import { countingSource } from '../layer/counting-source.js';
-import { storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
-import { writeLayer, writeLayerFile } from '../layer/writer.js';
-import { layerOf, type Image, type Layer } from '../model/image.js';
+import { storePathSliceSource, storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
+import { tarSegmentBytes, writeBlobFile, writeLayer, writeLayerFile } from '../layer/writer.js';
+import { layerOf, ociLayerMediaType, type Image, type Layer } from '../model/image.js';
 import { assembleImage, manifestDigest } from '../model/assemble.js';
-import { emptyRecipe } from '../recipe/schema.js';
+import { emptyRecipe, type Recipe, type SbomChoice } from '../recipe/schema.js';
+import type { AttachedDocument } from '../sbom/attach.js';
+import type { ResolvedRequirements } from '../sbom/facts.js';
+import type { ProvenanceInput } from '../sbom/provenance.js';
 import { applyOverrides, type RecipeOverrides } from '../recipe/overrides.js';
 import { resolveRecipe, toImageConfigSpec } from '../recipe/resolve.js';
 import { rootLayerSource } from '../rootfs/root-layer.js';
 import { openOutput, writeImage, type ImageOutput, type OutputFormat } from '../output/write.js';
-import { formatBytes } from '../util/units.js';
+import { formatBytes, parseByteSize } from '../util/units.js';
 import { removeOnExit } from '../util/cleanup.js';
 import { UserError } from '../util/errors.js';
 import { HashPool } from '../util/hash-pool.js';
@@ -32,7 +36,10 @@ import { exportIndexMemo, wheelInfoMemo } from '../cache/input-memo.js';
 import { memoizedListing } from '../cache/listing-memo.js';
 import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
-import { wheelLayerKey } from '../cache/keys.js';
+import { imageRootLayerKey, storePathSliceLayerKey, storePathsLayerKey, wheelLayerKey } from '../cache/keys.js';
+import type { CacheIndex, CacheIndexEntry } from '../registry/cache-index.js';
+import type { RegistryCacheOptions, RegistryLayers } from './registry-cache.js';
+import { createHash } from 'node:crypto';
 import { expandWheelPaths } from '../wheels/paths.js';
 
 export interface BuildImageOptions {
@@ -59,6 +66,10 @@ export interface BuildImageOptions {
   /** `NAME[:TAG]` to record; when empty, the recipe's name and tag. */
   tags: string[];
   compression?: Compression;
+  /** The compression's level (default: the recipe's, else gzip 6, zstd 3). */
+  compressionLevel?: number;
+  /** No layer blob larger than this many bytes (default: the recipe's, else no cap). */
+  maxLayerSize?: number;
   maxLayers?: number;
   /** How store paths are grouped into layers (default: the recipe's, else size-aware). */
   layerStrategy?: PlanStrategy;
@@ -68,10 +79,18 @@ export interface BuildImageOptions {
   cacheDir: string | null;
   /** Layers written at a time, and threads hashing (default: the number of CPUs). */
   jobs?: number;
+  /** The registry as a shared layer cache (`--cache-from`): layers found there are neither made nor uploaded. */
+  registryCache?: RegistryCacheOptions;
   log: (line: string) => void;
   /** Told how far the build is, for a progress display (the plain `log` lines say the same). */
   progress?: BuildProgress;
   warn: (line: string) => void;
+  /** SBOM documents to attach (default: the recipe's `sbom`, else none). */
+  sbom?: SbomChoice;
+  /** Attach SLSA provenance (default: the recipe's `provenance`, else none). */
+  provenance?: boolean;
+  /** Also write the documents into this directory (it must exist). */
+  sbomDir?: string;
 }
 
 export interface BuildProgress {
@@ -88,11 +107,15 @@ export interface BuildProgress {
   stop(): void;
 }
 
+/** Where a layer came from: the local layer cache, the registry cache (`--cache-from`), or made now. */
+export type LayerOrigin = 'local' | 'registry' | 'built';
+
 /** How a layer came to be: found in the cache, or made (and how long it took). */
 export interface LayerReport {
   layer: Layer;
   /** True when the layer's bytes all came from the cache (nothing was compressed). */
   reused: boolean;
+  from: LayerOrigin;
   /** Wall-clock seconds spent on this layer. */
   seconds: number;
 }
@@ -112,6 +135,10 @@ export interface BuiltImage {
   dispose(): void;
   /** What the wheel checks found that did not stop the build (warnings). */
   problems: Problem[];
+  /** The SBOM and provenance documents made (also in `image.attachments`); empty when none was asked for. */
+  documents: AttachedDocument[];
+  /** Every keyed layer of the image, as a registry cache index records it (`--cache-to`). */
+  cacheEntries: CacheIndex;
 }
 
 const NO_WHEELS: PreparedWheels = { layers: [], check: async () => ({ problems: [], env: {} }) };
@@ -122,10 +149,81 @@ export const DEFAULT_MAX_LAYERS = 100;
 /** Size-aware grouping changes far fewer bytes when one store path changes (see plan/size-aware.ts). */
 export const DEFAULT_LAYER_STRATEGY: PlanStrategy = 'size-aware';
 
+/** The layer format of a build; a level that does not fit the compression is a one-line error. */
+function layerFormatOf(compression: Compression, level: number | undefined, mtime: number): LayerFormat {
+  if (level !== undefined) {
+    const range = COMPRESSION_LEVELS[compression];
+    if (!range) throw new UserError('a compression level needs --compression gzip or zstd, not none');
+    if (!Number.isInteger(level) || level < range.min || level > range.max) {
+      throw new UserError(`--compression-level ${level} does not fit ${compression}: it takes ${range.min} to ${range.max}`);
+    }
+  }
+  const format: LayerFormat = {
+    compression,
+    gzipLevel: compression === 'gzip' ? (level ?? DEFAULT_GZIP_LEVEL) : DEFAULT_GZIP_LEVEL,
+    ...(compression === 'zstd' && { zstdLevel: level ?? DEFAULT_ZSTD_LEVEL }),
+    mtime,
+  };
+  checkLayerFormat(format);
+  return format;
+}
+
+/** A size from the recipe (`5G`), or a one-line error naming the key. */
+function recipeSize(text: string, key: string): number {
+  const size = parseByteSize(text);
+  if (size === null || size === 0) throw new UserError(`recipe ${key}: expected a size such as 5G, 500M or 2048 (bytes), got ${JSON.stringify(text)}`);
+  return size;
+}
+
+/**
+ * The store paths' layers: the plan, then, under `--max-layer-size`, cut to the cap. The cap wins over
+ * `--max-layers`: when cutting makes more layers than the budget, the plan is made again with fewer
+ * groups, until the layers fit or no plan can (a one-line error).
+ */
+async function planCappedLayers(closure: Closure, options: PlanOptions & { reserved: number }, cap: number | undefined): Promise<CappedLayer[]> {
+  if (cap === undefined) return planLayers(closure, options);
+  let budget = options.maxLayers;
+  for (;;) {
+    const capped = await capLayers(planLayers(closure, { ...options, maxLayers: budget }), closure, cap, listNar);
+    const over = capped.length + options.reserved - options.maxLayers;
+    if (over <= 0) return capped;
+    budget -= over;
+    if (budget - options.reserved < 1) {
+      throw new UserError(
+        `--max-layer-size ${formatBytes(cap)} needs ${capped.length} layers for the store paths, more than --max-layers ${options.maxLayers} leaves for them (${options.maxLayers - options.reserved}): raise --max-layers or the cap`,
+      );
+    }
+  }
+}
+
+/** A slice of a store path cut by `--max-layer-size`: a layer of its own, cached by the path and the slice. */
+function storePathSliceJob(info: StorePathInfo, slice: StorePathSlice, format: LayerFormat, turns: Turns): LayerJob {
+  const source = (onBytes?: (bytes: number) => void) => countingSource(storePathSliceSource(info, slice), onBytes);
+  const key = storePathSliceLayerKey(info, slice, format);
+  return {
+    label: sliceLabel(storePathName(info.path), slice),
+    contents: [info.path],
+    key,
+    find: (cache) => cache.findWholeLayer(key, [info.path], source(), async () => null),
+    expected: Math.round(info.narSize / slice.count),
+    cached: (cache, onBytes) => cache.wholeLayer(key, [info.path], source(onBytes), async () => null),
+    direct: (out, index, onBytes) =>
+      out.writeLayer(index, { contents: [info.path], compression: format.compression }, (to) => writeLayer(source(onBytes), format, to, { turns })),
+  };
+}
+
 /** One layer to make: what it holds, and how to make it through the cache or straight to the output. */
 interface LayerJob {
   label: string;
   contents: string[];
+  /** Its layer-cache key, by which a registry cache knows it. */
+  key: string;
+  /** The local cache's copy, when it holds the layer whole; nothing is made. */
+  find(cache: LayerCache): Promise<Served | null>;
+  /** Takes what a registry cache keeps beside the layer (a wheel's facts); false when it lacks what is needed. */
+  fromRegistry?(entry: CacheIndexEntry): boolean;
+  /** What a registry cache is to keep beside the layer, once it is made or found. */
+  facts?(): unknown;
   /** About how many bytes of files it holds (NAR sizes, a wheel's installed size), for progress. */
   expected: number;
   /** Through the cache: served or made and kept. */
@@ -148,15 +246,24 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   if (!Number.isInteger(maxLayers) || maxLayers < 2) {
     throw new UserError(`--max-layers must be a whole number of at least 2, got ${maxLayers}`);
   }
+  const maxLayerSize = options.maxLayerSize ?? (recipe.maxLayerSize !== undefined ? recipeSize(recipe.maxLayerSize, 'maxLayerSize') : undefined);
+  if (maxLayerSize !== undefined && (!Number.isInteger(maxLayerSize) || maxLayerSize < 1)) throw new UserError(`--max-layer-size must be a size of at least 1 byte, got ${maxLayerSize}`);
   const jobs = options.jobs ?? availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1 || jobs > 256) throw new UserError(`--jobs must be a whole number from 1 to 256, got ${jobs}`);
   if (options.output === null && options.format === 'oci-layout') throw new UserError('an oci-layout needs --output DIR');
-  const format: LayerFormat = { compression, gzipLevel: DEFAULT_GZIP_LEVEL, mtime: options.sourceDateEpoch };
+  if (options.sbomDir !== undefined && (options.sbom ?? recipe.sbom) === undefined && !(options.provenance ?? recipe.provenance)) {
+    throw new UserError("--sbom-dir needs --sbom or --provenance (or the recipe's sbom or provenance)");
+  }
+  const format = layerFormatOf(compression, options.compressionLevel ?? recipe.compressionLevel, options.sourceDateEpoch);
+  if (compression === 'zstd' && options.format === 'docker-archive' && options.output !== null) {
+    throw new UserError('--compression zstd cannot go into a docker-archive: Docker before 23 cannot load zstd layers (use --format oci-archive, which podman, containerd and Docker 23+ load)');
+  }
 
   // With a cache, the build's work directory is inside it: cached blobs are hard-linked into the work
   // directory and new layers linked into the cache, which only works on one file system (a /tmp on
   // tmpfs would otherwise get a copy of every cached layer, in memory).
   const shared = options.cacheDir ? await CacheStore.open(options.cacheDir) : null;
+  await shared?.sweep(); // what killed builds left behind
   const work = shared ? await shared.makeBuildDir() : mkdtempSync(join(tmpdir(), 'nix2oci-build-'));
   const forget = removeOnExit(work);
   const dispose = () => {
@@ -170,6 +277,10 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   const turns = new Turns(jobs);
   const clock = stopwatch();
   let output: ImageOutput | null = null;
+  // The registry cache's index is read while the closure is.
+  const opening = options.registryCache ? import('./registry-cache.js').then((m) => m.RegistryLayers.open(options.registryCache!, options.log, options.warn)) : Promise.resolve(null);
+  opening.catch(() => {});
+  let remote: RegistryLayers | null = null;
   try {
     const closure = await readClosure(options, work, shared, hashes);
     options.log(`closure: ${closure.paths.size} store paths (roots: ${closure.roots.map(storePathName).join(', ')})`);
@@ -190,7 +301,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
               depsCheck: options.depsCheck,
               libraryCheck: options.libraryCheck,
               lock,
-              splitThreshold: options.wheelSplitSize,
+              // Under a cap, wheel files the cap could not hold with others get a layer of their own.
+              splitThreshold:
+                maxLayerSize !== undefined
+                  ? Math.min(options.wheelSplitSize ?? (await import('../wheels/install.js')).SPLIT_THRESHOLD, maxLayerSize)
+                  : options.wheelSplitSize,
               hashes,
               unzip,
               list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
@@ -204,43 +319,67 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
 
     // Plan: store paths grouped into layers, one layer per wheel piece, the image root last.
     const strategy = options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY;
-    const plan = planLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy });
+    const plan = await planCappedLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy }, maxLayerSize);
     const ends = await storePathsEnds(format);
     const wheelFacts: WheelElfFacts[] = [];
     const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
+    const rootKey = imageRootLayerKey(createHash('sha256').update(await tarSegmentBytes(root.source, format.mtime)).digest('hex'), format);
+    const wheelCacheFacts: WheelElfFacts[] = [];
     const jobsToDo: LayerJob[] = [
       ...plan.map((group): LayerJob => {
+        if (group.slice) return storePathSliceJob(closure.paths.get(group.paths[0])!, group.slice, format, turns);
         const infos = group.paths.map((path) => closure.paths.get(path)!);
         return {
           label: group.paths.length === 1 ? storePathName(group.paths[0]!) : `${group.paths.length} store paths`,
           contents: group.paths,
+          key: storePathsLayerKey(infos, format),
+          find: (cache) => cache.findStorePathLayer(infos),
           expected: infos.reduce((n, info) => n + info.narSize, 0),
           cached: (cache, onBytes) => cache.storePathLayer(infos, onBytes),
           direct: (out, index, onBytes) =>
             out.writeLayer(index, { contents: group.paths, compression }, (to) => writeStorePathsLayer(infos, ends, format, to, { turns, onBytes })),
         };
       }),
-      ...wheels.layers.map((wheel, i): LayerJob => ({
-        label: wheel.contents.join(', '),
-        contents: wheel.contents,
-        expected: installedSize(wheel),
-        cached: async (cache, onBytes) => {
-          const served = await cache.wholeLayer(wheelLayerKey(wheel.key, format), wheel.contents, countingSource(wheel.source, onBytes), async () =>
-            wheel.factsForCache(await wheel.elfFacts()),
-          );
-          wheelFacts[i] = wheel.factsFromCache(served.facts);
-          return served;
-        },
-        direct: async (out, index, onBytes) => {
-          const layer = await out.writeLayer(index, { contents: wheel.contents, compression }, (to) => writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }));
-          wheelFacts[i] = await wheel.elfFacts();
-          return layer;
-        },
-      })),
+      ...wheels.layers.map((wheel, i): LayerJob => {
+        const key = wheelLayerKey(wheel.key, format);
+        return {
+          label: wheel.contents.join(', '),
+          contents: wheel.contents,
+          key,
+          find: async (cache) => {
+            const served = await cache.findWholeLayer(key, wheel.contents, wheel.source, async () => wheel.factsForCache(await wheel.elfFacts()));
+            if (served) wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
+            return served;
+          },
+          fromRegistry: (entry) => {
+            // The index's facts were checked for their shape as it was read.
+            if (entry.facts === undefined) return false;
+            wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = entry.facts as WheelElfFacts));
+            return true;
+          },
+          facts: () => wheelCacheFacts[i],
+          expected: installedSize(wheel),
+          cached: async (cache, onBytes) => {
+            const served = await cache.wholeLayer(key, wheel.contents, countingSource(wheel.source, onBytes), async () =>
+              wheel.factsForCache(await wheel.elfFacts()),
+            );
+            wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
+            return served;
+          },
+          direct: async (out, index, onBytes) => {
+            const layer = await out.writeLayer(index, { contents: wheel.contents, compression }, (to) => writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }));
+            wheelFacts[i] = await wheel.elfFacts();
+            wheelCacheFacts[i] = wheel.factsForCache(wheelFacts[i]);
+            return layer;
+          },
+        };
+      }),
       {
         // The image-root layer is tiny and depends on the recipe: never cached, made alongside the others.
         label: 'image root',
         contents: root.contents,
+        key: rootKey,
+        find: async () => null,
         expected: 0,
         cached: async () => {
           const file = await writeLayerFile(root.source, format, work, { turns });
@@ -255,16 +394,41 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     // Produce. Without a cache the layers go straight to the output, which opens now.
     if (!shared) output = await openOutput({ format: options.format, output: options.output, hashes, workDir: work });
     const cache = shared
-      ? new LayerCache(shared, format, work, { turns, hashes, limitBuilds: pLimit(jobs) })
+      ? new LayerCache(shared, format, work, { turns, hashes, limitBuilds: pLimit(jobs), warn: options.warn })
       : null;
-    const reports = await produceLayers(jobsToDo, options, (job, index, onBytes) =>
-      cache ? job.cached(cache, onBytes) : job.direct(output!, index, onBytes).then((layer) => ({ layer, reused: false })),
+    remote = await opening;
+    const mediaType = ociLayerMediaType(compression);
+    /** A layer the registry holds: nothing to make; an output fetches its bytes (checked as they stream). */
+    const fromRegistry = async (job: LayerJob, index: number, entry: CacheIndexEntry): Promise<Layer> => {
+      if (options.output === null) return remote!.layer(entry, job.contents, compression);
+      options.log(`fetching ${entry.digest.slice(7, 19)} (${formatBytes(entry.size)}) from the registry for the output`);
+      const meta = { contents: job.contents, compression };
+      if (output) return output.writeLayer(index, meta, (to) => remote!.fetch(entry, to));
+      const file = await writeBlobFile(work, (to) => remote!.fetch(entry, to));
+      return layerOf({ ...file, uncompressedSize: file.tarSize, ...meta, pieces: file.pieces });
+    };
+    const reports = await produceLayers(jobsToDo, options, async (job, index, onBytes) => {
+      // Local cache first, then the registry's; else the layer is made.
+      if (remote) {
+        const local = cache ? await job.find(cache) : null;
+        if (local) return { ...local, from: 'local' };
+        const entry = await remote.find(job.key, mediaType);
+        if (entry && (job.fromRegistry?.(entry) ?? true)) return { layer: await fromRegistry(job, index, entry), reused: true, from: 'registry' };
+      }
+      const served = cache ? await job.cached(cache, onBytes) : { layer: await job.direct(output!, index, onBytes), reused: false };
+      return { ...served, from: served.reused ? 'local' : 'built' };
+    },
       // Through the cache, lookups wait in parallel (builds are bounded inside it). Straight to the output,
       // uncompressed layers go one at a time (writing is the work; each then goes straight into its place);
       // compressed ones `jobs` at a time, so small layers do not leave cores idle.
       cache ? Math.max(16, 4 * jobs) : compression === 'none' ? 1 : jobs,
     );
     timings.layers = clock.lap();
+    await remote?.close();
+    remote = null;
+    if (maxLayerSize !== undefined) {
+      for (const [i, r] of reports.entries()) checkLayerSize(maxLayerSize, r.layer.descriptor.size, { contents: jobsToDo[i]!.contents, slice: plan[i]?.slice });
+    }
 
     for (const w of root.warnings) options.warn(w);
     const checked = await wheels.check(wheelFacts);
@@ -283,6 +447,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       format: options.format,
     });
     for (const w of warnings) options.warn(w);
+    const documents = await attachDocuments(options, recipe, { image, closure, plan, wheels: wheels.layers, served: checked.served ?? new Map() });
     // Cached layers are checked as the output copies them; a damaged one is made again there.
     if (output) await output.finish(image);
     else await writeImage(image, { format: options.format, output: options.output, hashes, workDir: work });
@@ -291,13 +456,25 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       // A cached layer whose bytes proved damaged as the output read them was made again there.
       if (r.reused && r.layer.unverified && !image.layers[i]!.unverified && r.layer.pieces !== image.layers[i]!.pieces) {
         r.reused = false;
+        r.from = 'built';
         options.warn(`the layer cache's copy of ${r.layer.descriptor.digest} was damaged; it was made again`);
       }
       r.layer = image.layers[i]!;
     }
-    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, dispose };
+    if (options.sbomDir !== undefined && documents.length > 0) await (await import('../sbom/attach.js')).writeSbomDir(options.sbomDir, documents);
+    const pushed = new Date().toISOString().slice(0, 10);
+    const cacheEntries: CacheIndex = new Map(
+      reports.map((r, i) => {
+        const { layer } = r;
+        const facts = jobsToDo[i]!.facts?.();
+        const entry: CacheIndexEntry = { digest: layer.descriptor.digest, diffId: layer.diffId, size: layer.descriptor.size, uncompressedSize: layer.uncompressedSize ?? 0, mediaType: layer.descriptor.mediaType, pushed, ...(facts !== undefined && { facts }) };
+        return [jobsToDo[i]!.key, entry];
+      }),
+    );
+    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, cacheEntries, dispose };
   } catch (err) {
     await output?.abandon();
+    await (remote ?? (await opening.catch(() => null)))?.close();
     dispose();
     throw err;
   } finally {
@@ -305,10 +482,94 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   }
 }
 
+/**
+ * The SBOM and provenance asked for (by flag or recipe), made from what the build knows and set on the
+ * image as attachments, so the output and a push carry them. None asked for: none made, nothing loaded.
+ */
+async function attachDocuments(
+  options: BuildImageOptions,
+  recipe: Recipe,
+  built: { image: Image; closure: Closure; plan: { paths: string[] }[]; wheels: WheelLayerPlan[]; served: ResolvedRequirements },
+): Promise<AttachedDocument[]> {
+  const sbom = options.sbom ?? recipe.sbom;
+  const provenance = options.provenance ?? recipe.provenance ?? false;
+  if (sbom === undefined && !provenance) return [];
+  const { gatherFacts } = await import('../sbom/facts.js');
+  const { sbomDocuments, attachmentsOf } = await import('../sbom/attach.js');
+  const { image } = built;
+  const storePathLayers = new Map<string, number[]>();
+  built.plan.forEach((group, index) => {
+    for (const path of group.paths) storePathLayers.set(path, [...(storePathLayers.get(path) ?? []), index]);
+  });
+  const byWheel = new Map<string, { info: WheelLayerPlan['info']; layerIndexes: number[] }>();
+  built.wheels.forEach((w, i) => {
+    const entry = byWheel.get(w.info.file) ?? { info: w.info, layerIndexes: [] };
+    entry.layerIndexes.push(built.plan.length + i);
+    byWheel.set(w.info.file, entry);
+  });
+  const facts = gatherFacts({
+    image,
+    closure: built.closure,
+    wheels: [...byWheel.values()],
+    storePathLayers,
+    requirements: built.served,
+    sourceDateEpoch: options.sourceDateEpoch,
+    warn: options.warn,
+  });
+  const documents = sbomDocuments({
+    facts,
+    sbom,
+    provenance: provenance ? { inputs: await provenanceInputs(options, built.closure, [...byWheel.values()].map((w) => w.info)), parameters: byteParameters(options, recipe) } : undefined,
+  });
+  if (options.format === 'docker-archive' && options.output !== null) {
+    options.warn('a docker-archive has no place for attachments: the SBOM and provenance go only to --sbom-dir and --push');
+  }
+  image.attachments = attachmentsOf(facts, documents);
+  return documents;
+}
+
+/** Every input file by sha256, in the order given: exports (stdin's spooled copy), path-info, recipe, wheels. */
+async function provenanceInputs(options: BuildImageOptions, closure: Closure, wheels: WheelLayerPlan['info'][]): Promise<ProvenanceInput[]> {
+  const { createHash } = await import('node:crypto');
+  const { createReadStream } = await import('node:fs');
+  const sha256 = async (file: string) => {
+    const hash = createHash('sha256');
+    for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+    return hash.digest('hex');
+  };
+  const given = new Set(options.closures);
+  // stdin was spooled into the work directory: the one export file nobody named.
+  const spooled = [...new Set([...closure.paths.values()].map((p) => p.source.file))].filter((f) => !given.has(f));
+  const inputs: ProvenanceInput[] = [];
+  for (const file of options.closures) {
+    const path = file === '-' ? spooled[0] : file;
+    if (path !== undefined) inputs.push({ kind: 'closure', name: file === '-' ? 'stdin' : file, sha256: await sha256(path) });
+  }
+  if (options.pathInfo !== undefined) inputs.push({ kind: 'path-info', name: options.pathInfo, sha256: await sha256(options.pathInfo) });
+  if (options.recipe !== undefined) inputs.push({ kind: 'recipe', name: options.recipe, sha256: await sha256(options.recipe) });
+  for (const w of wheels) inputs.push({ kind: 'wheel', name: w.file, sha256: w.sha256 });
+  return inputs;
+}
+
+/** The flags and recipe values that decide the image's bytes besides the inputs. */
+function byteParameters(options: BuildImageOptions, recipe: Recipe): Record<string, unknown> {
+  return {
+    format: options.format,
+    tags: options.tags.length > 0 ? options.tags : undefined,
+    compression: options.compression ?? recipe.compression ?? 'gzip',
+    maxLayers: options.maxLayers ?? recipe.maxLayers ?? DEFAULT_MAX_LAYERS,
+    layerStrategy: options.layerStrategy ?? recipe.layerStrategy ?? DEFAULT_LAYER_STRATEGY,
+    wheelSplitSize: options.wheelSplitSize,
+    python: options.python,
+    overrides: Object.keys(options.overrides).length > 0 ? options.overrides : undefined,
+    sbom: options.sbom ?? recipe.sbom,
+  };
+}
+
 /** Reads the closure; its NARs are hashed only when something uses the hashes (the cache, --path-info, several exports). */
 async function readClosure(options: BuildImageOptions, work: string, shared: CacheStore | null, hashes: HashPool): Promise<Closure> {
   options.log(`reading ${options.closures.map((f) => (f === '-' ? 'stdin' : f)).join(', ')}`);
-  const needHashes = shared !== null || options.pathInfo !== undefined || options.closures.length > 1;
+  const needHashes = shared !== null || options.pathInfo !== undefined || options.closures.length > 1 || Boolean(options.registryCache?.from);
   let readBefore = 0;
   let sizeBefore = 0;
   let current = '';
@@ -338,7 +599,7 @@ async function readClosure(options: BuildImageOptions, work: string, shared: Cac
 async function produceLayers(
   jobs: LayerJob[],
   options: BuildImageOptions,
-  make: (job: LayerJob, index: number, onBytes: ((bytes: number) => void) | undefined) => Promise<Served>,
+  make: (job: LayerJob, index: number, onBytes: ((bytes: number) => void) | undefined) => Promise<Served & { from: LayerOrigin }>,
   atOnce: number,
 ): Promise<LayerReport[]> {
   const pool = pLimit(atOnce);
@@ -355,7 +616,7 @@ async function produceLayers(
           finished++;
           options.progress?.layerDone(index, report, job.expected);
           options.log(
-            `layer ${String(index + 1).padStart(3)}/${jobs.length} ${report.reused ? 'reused' : 'built '} ${served.layer.descriptor.digest.slice(7, 19)} ` +
+            `layer ${String(index + 1).padStart(3)}/${jobs.length} ${ORIGIN_WORDS[report.from]} ${served.layer.descriptor.digest.slice(7, 19)} ` +
               `${formatBytes(served.layer.uncompressedSize ?? 0).padStart(9)} ${job.label} (${report.seconds.toFixed(1)} s; ${finished}/${jobs.length} done)`,
           );
           return report;
@@ -369,6 +630,8 @@ async function produceLayers(
   if (failure) throw (failure as { error: unknown }).error;
   return settled.map((r) => (r as PromiseFulfilledResult<LayerReport>).value);
 }
+
+const ORIGIN_WORDS: Record<LayerOrigin, string> = { local: 'reused  ', registry: 'registry', built: 'built   ' };
 
 /** Reports a layer's file bytes as they are tarred; the first report says it is being made. None without a display. */
 function counter(options: BuildImageOptions, index: number, job: LayerJob): ((bytes: number) => void) | undefined {

@@ -17,6 +17,9 @@ import { lockFailed } from './problems.js';
 import { readRemembered, type InputMemo } from '../util/file-identity.js';
 import { byCodeUnits } from '../util/order.js';
 import { DEFAULT_PATH } from '../rootfs/entrypoint.js';
+import { normalizeName } from '../wheels/filename.js';
+import type { ResolvedRequirements } from '../sbom/facts.js';
+import { storePathOf } from '../nix/store-path.js';
 
 /**
  * One layer of a wheel's install: the wheel's main layer, or a giant file of it split off into a layer
@@ -66,6 +69,8 @@ export interface PreparedWheels {
 export interface WheelChecks {
   problems: Problem[];
   env: Record<string, string[]>;
+  /** What serves each wheel's requirements in the image, by wheel name: a wheel, a store path, or nothing. */
+  served?: ResolvedRequirements;
 }
 
 /** The PATH container runtimes use when an image sets none (Docker's and containerd's default). */
@@ -220,7 +225,48 @@ async function runChecks(o: {
   // Launchers go on PATH after the recipe's entries; an image without PATH gets the runtimes' default too,
   // since a PATH of only the wheels' bin would hide it.
   env.PATH = o.recipe.env?.PATH !== undefined ? binDirs : [...binDirs, ...DEFAULT_PATH.split(':')];
-  return { problems: report.problems, env };
+  const served: ResolvedRequirements = new Map(
+    [...report.served].map(([name, list]) => [
+      normalizeName(name),
+      list.map((r) => ({
+        requirement: r.requirement,
+        served: r.by === null ? null : r.by.wheel ? { wheel: normalizeName(r.by.name) } : storePathServing(r.by.source),
+      })),
+    ]),
+  );
+  return { problems: report.problems, env, served };
+}
+
+function storePathServing(source: string): { storePath: string } | null {
+  const path = storePathOf(source);
+  return path === null ? null : { storePath: path };
+}
+
+/** Whether `value` has the shape of WheelElfFacts (read from a registry cache, which is not trusted). */
+export function isElfFactsList(value: unknown): value is WheelElfFacts {
+  const v = value as Partial<WheelElfFacts> | null;
+  return (
+    typeof v === 'object' && v !== null &&
+    Array.isArray(v.problems) && v.problems.every((p) => typeof p === 'string') &&
+    Array.isArray(v.objects) && v.objects.every(isElfObject)
+  );
+}
+
+const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === 'string');
+const isStringOrNull = (v: unknown) => v === null || typeof v === 'string';
+
+function isElfObject(value: unknown): value is ElfObject {
+  const o = value as Partial<ElfObject> | null;
+  const f = o?.facts;
+  return (
+    typeof o === 'object' && o !== null &&
+    typeof o.wheel === 'string' && typeof o.entry === 'string' && typeof o.imagePath === 'string' &&
+    typeof f === 'object' && f !== null &&
+    (f.elfClass === 32 || f.elfClass === 64) && (f.endian === 'little' || f.endian === 'big') &&
+    Number.isSafeInteger(f.type) && Number.isSafeInteger(f.machine) && isStringOrNull(f.interpreter) &&
+    typeof f.dynamic === 'boolean' && isStringOrNull(f.soname) && isStrings(f.needed) &&
+    (f.rpath === null || isStrings(f.rpath)) && (f.runpath === null || isStrings(f.runpath))
+  );
 }
 
 function factsForCache(info: WheelInfo, split: SplitFile | null, facts: WheelElfFacts): WheelElfFacts {

@@ -55,6 +55,10 @@ export interface Recipe {
   layerStrategy?: RecipeLayerStrategy;
   /** Layer compression; default gzip. */
   compression?: RecipeCompression;
+  /** The compression's level: gzip 1–9 (default 6), zstd 1–19 (default 3). */
+  compressionLevel?: number;
+  /** No layer blob larger than this: a size such as `5G`, `500M` or `2048` (bytes); see `--max-layer-size`. */
+  maxLayerSize?: string;
   /** Python wheels to install, relative to the recipe file: wheel files, or directories (every `*.whl` in them). */
   wheels?: string[];
   /**
@@ -64,7 +68,15 @@ export interface Recipe {
   wheelLock?: string;
   python?: RecipePython;
   checks?: RecipeChecks;
+  /** SBOM documents to attach to the image (and write with `--sbom-dir`): `spdx`, `cyclonedx` or `both`. */
+  sbom?: SbomChoice;
+  /** Attach an in-toto statement with SLSA provenance v1 (the inputs by sha256, the flags, the builder). */
+  provenance?: boolean;
 }
+
+/** What `--sbom` and the recipe's `sbom` take. */
+export const SBOM_CHOICES = ['spdx', 'cyclonedx', 'both'] as const;
+export type SbomChoice = (typeof SBOM_CHOICES)[number];
 
 export interface RecipeHealthcheck {
   /** `["CMD", "curl", "-f", "http://localhost:8000/health"]`, `["CMD-SHELL", "curl -f …"]` or `["NONE"]`. */
@@ -232,8 +244,12 @@ export const recipeSchema = {
     maxLayers: { type: 'integer', minimum: 2, maximum: 127 },
     layerStrategy: { type: 'string', enum: [...LAYER_STRATEGIES] },
     compression: { type: 'string', enum: [...COMPRESSIONS] },
+    compressionLevel: { type: 'integer', minimum: 1, maximum: 19 },
+    maxLayerSize: { type: 'string', pattern: '^[0-9]', description: 'a size such as 5G, 500M or 2048 (bytes)' },
     wheels: { type: 'array', items: { type: 'string', minLength: 1 } },
     wheelLock: { type: 'string', minLength: 1 },
+    sbom: { type: 'string', enum: [...SBOM_CHOICES] },
+    provenance: { type: 'boolean' },
     python: {
       type: 'object',
       additionalProperties: false,

@@ -65,12 +65,42 @@ export async function blobExists(client: RegistryClient, repository: string, dig
 }
 
 async function headBlob(client: RegistryClient, repository: string, digest: string): Promise<boolean> {
+  return (await headBlobSize(client, repository, digest)) !== null;
+}
+
+/**
+ * The size the repository states for a blob it holds (HEAD; -1 when it states none), or null when it
+ * lacks the blob. A refusal or another status is a UserError.
+ */
+export async function headBlobSize(client: RegistryClient, repository: string, digest: string): Promise<number | null> {
   const res = await client.request({ method: 'HEAD', url: `/v2/${repository}/blobs/${digest}`, retry: true });
   await res.body.dump();
-  if (res.status === 200) return true;
-  if (res.status === 404) return false;
+  if (res.status === 200) {
+    const size = Number(firstHeader(res.headers, 'content-length') ?? -1);
+    return Number.isSafeInteger(size) && size >= 0 ? size : -1;
+  }
+  if (res.status === 404) return null;
   const hint = res.status === 401 || res.status === 403 ? ` (${client.auth.describeIdentity()} has no access)` : '';
   throw new UserError(`checking for blob ${digest} in ${client.registry}/${repository} failed: ${res.status}${hint}`);
+}
+
+/**
+ * Mounts a blob into `repository` from `from` on the same registry; false when the registry would not
+ * (the upload session it may have opened instead is closed).
+ */
+export async function mountBlob(client: RegistryClient, repository: string, digest: string, from: string): Promise<boolean> {
+  const query = `mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(from)}`;
+  const res = await client.request({ method: 'POST', url: `/v2/${repository}/blobs/uploads/?${query}`, retry: true });
+  await res.body.dump();
+  if (res.status === 201) return true;
+  const location = firstHeader(res.headers, 'location');
+  if (res.status === 202 && location) {
+    await client
+      .request({ method: 'DELETE', url: new URL(location, client.baseUrl) })
+      .then((r) => r.body.dump())
+      .catch(() => {});
+  }
+  return false;
 }
 
 class BlobUpload {

@@ -2,36 +2,28 @@ import { createHash } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
-import type { Agent } from 'undici';
-import type { Blob, Image } from '../model/image.js';
+import type { Blob, Compression, Image } from '../model/image.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomically } from '../util/atomic.js';
 import { blobExists, pushBlob, type BlobOutcome } from './blob-upload.js';
-import { RegistryClient } from './client.js';
-import { credentialSecrets, findCredentials } from './credentials.js';
+import type { RegistryClient } from './client.js';
+import { openRegistry, type RegistryAccess, type RegistrySession } from './connect.js';
 import { Secrets } from './secrets.js';
 import { pushManifest } from './manifest-push.js';
+import { artifactBlobs } from './artifact.js';
+import { pushReferrers, type ReferrersOutcome } from './referrers.js';
+import { referrersTag } from '../model/artifact.js';
 import { allSources, mountSources, sourcesFor, type MountSources } from './mount-sources.js';
 import { silentProgress, type PushProgress } from './progress.js';
-import { formatReference, parseReference, parseRepository, parseTag, registryEndpoint, type ImageReference } from '../model/reference.js';
+import { formatReference, parseReference, parseRepository, parseTag, type ImageReference } from '../model/reference.js';
 import { DEFAULT_RETRY_POLICY, type RetryPolicy } from './retry.js';
-import { loadTlsOptions } from './tls.js';
 import { DEFAULT_CHUNK_SIZE, DEFAULT_JOBS } from './push-defaults.js';
 import { formatBytes } from '../util/units.js';
 import { storePathName } from '../nix/store-path.js';
-import { createAgent } from './transport.js';
 
-export interface PushOptions {
+export interface PushOptions extends RegistryAccess {
   /** More tags besides the reference's own (`--tag`, repeatable). */
   tags?: string[];
-  /** `--creds USER:PASSWORD`. */
-  creds?: string;
-  /** `--authfile`. */
-  authfile?: string;
-  /** `--cert-dir`. */
-  certDir?: string;
-  /** `--tls-verify` (default true). false allows plain HTTP and unverified TLS. */
-  tlsVerify?: boolean;
   /** Blobs in flight at once (default 4). */
   jobs?: number;
   /** Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size (default 64 MiB). */
@@ -48,8 +40,6 @@ export interface PushOptions {
   digestFile?: string;
   /** Who is told how the push goes, given the bytes it will move at most (default: nobody). */
   progress?: (totalBytes: number) => PushProgress;
-  /** Environment for credential lookup (default process.env). */
-  env?: NodeJS.ProcessEnv;
   signal?: AbortSignal;
 }
 
@@ -62,10 +52,12 @@ export interface PushResult {
   uploaded: string[];
   skipped: string[];
   mounted: string[];
+  /** The attachments (SBOM, provenance) pushed as referrers of the image, and how they are found. */
+  referrers?: { digests: string[]; via: ReferrersOutcome };
 }
 
 export { DEFAULT_CHUNK_SIZE, DEFAULT_JOBS };
-const DEFAULT_STALL_TIMEOUT_MS = 60_000;
+export const DEFAULT_STALL_TIMEOUT_MS = 60_000;
 /** Blobs checked for at once (HEAD requests): a warm push of 100 layers is a few round trips. */
 const EXISTENCE_CHECKS = 16;
 
@@ -84,25 +76,17 @@ export async function pushImage(image: Image, reference: string | ImageReference
   options.signal?.addEventListener('abort', onAbort, { once: true });
   // Every line a push prints passes through the secrets: a registry may echo what it was sent.
   const progress = scrubbedProgress(options.progress?.(totalSize(plan.blobs)) ?? silentProgress, secrets);
-  let agent: Agent | undefined;
+  let session: RegistrySession | undefined;
   try {
-    const env = options.env ?? process.env;
-    const credentials = await findCredentials(plan.ref.registry, plan.ref.repository, { creds: options.creds, authfile: options.authfile, env });
-    secrets.add(...credentialSecrets(credentials));
-    const tlsVerify = options.tlsVerify ?? true;
-    const tls = await loadTlsOptions(plan.ref.registry, { tlsVerify, certDir: options.certDir }, env);
-    agent = createAgent({ tls, connections: plan.checks + 2, stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS });
-    const client = await RegistryClient.connect({
-      registry: plan.ref.registry,
-      endpoint: registryEndpoint(plan.ref.registry),
-      agent,
-      credentials,
+    session = await openRegistry(plan.ref.registry, plan.ref.repository, options, {
       scopes: scopesFor(plan),
-      tlsVerify,
+      connections: plan.checks + 2,
+      stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
       retry: plan.retry,
       secrets,
       signal: stop.signal,
     });
+    const { client } = session;
 
     progress.note(`pushing ${plan.blobs.length} blobs (${formatBytes(totalSize(plan.blobs))}) to ${formatReference(plan.ref)}`);
     const outcomes = await pushBlobs(client, plan, progress, stop);
@@ -110,6 +94,12 @@ export async function pushImage(image: Image, reference: string | ImageReference
 
     const digest = await pushManifest(client, plan.ref.repository, image, plan.tags);
     const result: PushResult = { digest, reference: formatReference(plan.ref, plan.tags[0], digest), uploaded: [], skipped: [], mounted: [] };
+    if (image.attachments?.length) {
+      const subject = { mediaType: image.manifestMediaType, digest, size: image.manifestBytes.length };
+      const how = await pushReferrers(client, plan.ref.repository, subject, image.attachments);
+      result.referrers = { digests: image.attachments.map((a) => a.descriptor.digest), via: how };
+      progress.note(`attached ${image.attachments.length} document${image.attachments.length === 1 ? '' : 's'} (${how === 'referrers-api' ? "the registry's referrers API" : `referrers tag ${referrersTag(digest)}`})`);
+    }
     for (const [blobDigest, outcome] of outcomes) result[OUTCOME_LIST[outcome.kind]].push(blobDigest);
     for (const tag of plan.tags.slice(1)) progress.note(`tagged ${formatReference(plan.ref, tag)}`);
     if (options.digestFile) await writeFileAtomically(options.digestFile, digest);
@@ -120,7 +110,7 @@ export async function pushImage(image: Image, reference: string | ImageReference
   } finally {
     progress.stop();
     options.signal?.removeEventListener('abort', onAbort);
-    await agent?.close().catch(() => {});
+    await session?.close();
   }
 }
 
@@ -245,13 +235,18 @@ function blobsOf(image: Image): LabelledBlob[] {
   for (const layer of image.layers) {
     if (seen.has(layer.descriptor.digest)) continue;
     seen.add(layer.descriptor.digest);
-    blobs.push({ blob: layer, label: layerLabel(layer.contents) });
+    blobs.push({ blob: layer, label: layerLabel(layer.contents, layer.compression) });
   }
   const config: Blob = {
     descriptor: image.configDescriptor,
     open: (start = 0) => Readable.from([image.configBytes.subarray(start)]),
   };
   if (!seen.has(config.descriptor.digest)) blobs.push({ blob: config, label: 'config' });
+  seen.add(config.descriptor.digest);
+  for (const blob of artifactBlobs(image.attachments ?? [])) {
+    if (!seen.has(blob.descriptor.digest)) blobs.push({ blob, label: 'attachment' });
+    seen.add(blob.descriptor.digest);
+  }
   return blobs;
 }
 
@@ -259,11 +254,12 @@ function totalSize(blobs: LabelledBlob[]): number {
   return blobs.reduce((sum, b) => sum + b.blob.descriptor.size, 0);
 }
 
-/** `python3-3.11.9` for `/nix/store/<hash>-python3-3.11.9`; `+N` when the layer holds more. */
-function layerLabel(contents: string[] | undefined): string | undefined {
-  if (!contents?.length) return undefined;
+/** `python3-3.11.9 (zstd)` for `/nix/store/<hash>-python3-3.11.9`; `+N` when the layer holds more. */
+function layerLabel(contents: string[] | undefined, compression: Compression): string {
+  const how = `(${compression === 'none' ? 'uncompressed' : compression})`;
+  if (!contents?.length) return how;
   const first = storePathName(contents[0]!);
-  return contents.length > 1 ? `${first} +${contents.length - 1}` : first;
+  return `${contents.length > 1 ? `${first} +${contents.length - 1}` : first} ${how}`;
 }
 
 /** The progress display with every line it is given scrubbed of secrets first. */

@@ -3,6 +3,7 @@ import { Readable, Transform } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { UserError } from '../util/errors.js';
+import { ZSTD_MAGIC, zstdDecompressor } from '../layer/zstd.js';
 
 export interface LayerScan {
   /** `/nix/store/<name>` of every store path the layer has entries under, sorted. */
@@ -15,17 +16,14 @@ export interface LayerScan {
 }
 
 /**
- * Reads a layer blob once, as a stream: decompresses it if it is gzip (recognised by its magic bytes,
+ * Reads a layer blob once, as a stream: decompresses it if it is gzip or zstd (recognised by its magic bytes,
  * whatever the media type says), and lists what it holds from the tar headers. Bodies are skipped.
  */
 export async function scanLayer(blob: Readable, what: string): Promise<LayerScan> {
   const iterator = blob[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   const first = await iterator.next();
   const head: Buffer = first.done ? Buffer.alloc(0) : first.value;
-  if (head.length >= 4 && head.readUInt32BE(0) === 0x28b52ffd) {
-    blob.destroy();
-    throw new UserError(`${what} is zstd-compressed, which nix2oci cannot read`);
-  }
+  const zstd = head.length >= 4 && head.readUInt32LE(0) === ZSTD_MAGIC;
   const gzip = head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b;
   const source = Readable.from(
     (async function* () {
@@ -65,7 +63,7 @@ export async function scanLayer(blob: Readable, what: string): Promise<LayerScan
       source.destroy();
       reject(err instanceof UserError ? err : new UserError(`${what} is not a readable layer: ${err.message}`, { cause: err }));
     };
-    const stages: NodeJS.ReadWriteStream[] = gzip ? [createGunzip(), measure] : [measure];
+    const stages: NodeJS.ReadWriteStream[] = gzip ? [createGunzip(), measure] : zstd ? [zstdDecompressor(), measure] : [measure];
     let upstream: NodeJS.ReadableStream = source;
     source.on('error', fail);
     for (const stage of stages) {

@@ -15,9 +15,25 @@ import { describeOsError, ENVIRONMENT_CODES } from './os-errors.js';
  * longer running), and any older than an hour that name another host or no process (older versions
  * named them `.<name>.<hex>.tmp` and `.<name>.tmp-XXXXXX`).
  */
-const STALE_AFTER_MS = 60 * 60 * 1000;
+export const STALE_AFTER_MS = 60 * 60 * 1000;
 /** This machine, shortly: a pid means nothing on another host sharing the directory (NFS, a container). */
 const HOST_TAG = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
+/** `<pid>-<host>`: who writes a temporary file or directory, so that a later run can tell whose process is gone. */
+export const OWNER_TAG = `${process.pid}-${HOST_TAG}`;
+
+/**
+ * Whether a leftover is abandoned: named by an owner tag of this host whose process no longer runs,
+ * or older than an hour and not traceable to a running process here (another host's, or no tag).
+ * `tag` is the name's part where an owner tag would start.
+ */
+export function abandoned(tag: string, mtimeMs: number, now = Date.now()): boolean {
+  const owner = /^(\d+)-([0-9a-f]{8})-/.exec(tag);
+  if (owner && owner[2] === HOST_TAG) return !processRunning(Number(owner[1]));
+  const pid = /^(\d+)-/.exec(tag);
+  // A name of an older version (`<pid>-…`): its process may be running here, however long it takes.
+  if (pid && !owner && processRunning(Number(pid[1]))) return false;
+  return now - mtimeMs > STALE_AFTER_MS;
+}
 
 /**
  * Writes a file through a temporary file beside it and renames it into place, so readers see either
@@ -97,7 +113,7 @@ export function outputError(path: string, err: unknown): unknown {
 
 /** A temporary name beside `target`: `.<name>.<pid>-<host>-<random>.tmp`. */
 function tempName(target: string): string {
-  return join(dirname(target), `.${basename(target)}.${process.pid}-${HOST_TAG}-${randomBytes(6).toString('hex')}.tmp`);
+  return join(dirname(target), `.${basename(target)}.${OWNER_TAG}-${randomBytes(6).toString('hex')}.tmp`);
 }
 
 /**
@@ -117,14 +133,8 @@ export async function removeLeftovers(target: string, now = Date.now()): Promise
     const legacy = /^([0-9a-f]{12}\.tmp|tmp-[A-Za-z0-9]{6}(\.old)?)$/.test(tag);
     if (!ours && !legacy) continue;
     const path = join(dir, name);
-    let stale: boolean;
-    if (ours && ours[2] === HOST_TAG) {
-      stale = !processRunning(Number(ours[1]));
-    } else {
-      const st = await lstat(path).catch(() => undefined);
-      stale = st !== undefined && now - st.mtimeMs > STALE_AFTER_MS;
-    }
-    if (!stale) continue;
+    const st = await lstat(path).catch(() => undefined);
+    if (!st || !abandoned(tag, st.mtimeMs, now)) continue;
     try {
       await rm(path, { recursive: true, force: true });
       removed.push(name);

@@ -286,14 +286,14 @@ describe.runIf(tools('nix-build', 'nix-store'))('nix2oci cache', () => {
     const cache = fresh('cache');
     build(closure, cache);
     const stats = JSON.parse(cliOk(['cache', 'stats', '--json', '--cache-dir', cache]).stdout);
-    expect(stats.entries).toEqual({ parts: 3, layers: 3, wheels: 0, inputs: 1, listings: 0 });
+    expect(stats.entries).toEqual({ parts: 3, layers: 3, wheels: 0, inputs: 1, listings: 0, verified: 3 });
     // The build worked in the cache (its files hard-linked in and out) and left nothing there.
     expect(readdirSync(join(cache, `v${CACHE_FORMAT_VERSION}/builds`))).toEqual([]);
     expect(stats.blobs).toBe(3);
     expect(stats.bytes).toBeGreaterThan(100_000);
-    expect(cliOk(['cache', 'stats', '--cache-dir', cache]).stdout).toMatch(/^cache: .*\nsize: .* in 3 blobs \(0 unreferenced\)\nentries: 3 store path parts, 3 composed layers, 0 wheel layers, 1 input files read, 0 store path listings\n/);
+    expect(cliOk(['cache', 'stats', '--cache-dir', cache]).stdout).toMatch(/^cache: .*\nsize: .* in 3 blobs \(0 unreferenced\)\nentries: 3 store path parts, 3 composed layers, 0 wheel layers, 1 input files read, 0 store path listings, 3 layers measured\n/);
 
-    expect(cliOk(['cache', 'prune', '--max-size', '0', '--cache-dir', cache]).stdout).toMatch(/^pruned .*: removed 7 entries and 3 blobs \(.*\); 0 B left\n$/);
+    expect(cliOk(['cache', 'prune', '--max-size', '0', '--cache-dir', cache]).stdout).toMatch(/^pruned .*: removed 10 entries and 3 blobs \(.*\); 0 B left\n$/);
     expect(JSON.parse(cliOk(['cache', 'stats', '--json', '--cache-dir', cache]).stdout)).toMatchObject({ blobs: 0, bytes: 0 });
     expect(build(closure, cache).layers.every((l) => !l.reused)).toBe(true);
   });

@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { loadClosure } from '../../src/nix/closure.js';
 import type { Closure } from '../../src/nix/types.js';
@@ -39,9 +40,23 @@ beforeAll(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function cacheIn(cacheDir: string, settings: LayerFormat = GZIP): Promise<LayerCache> {
-  return new LayerCache(await CacheStore.open(cacheDir), settings, fresh('work'), { hashes: defaultHashPool() });
+async function cacheIn(cacheDir: string, settings: LayerFormat = GZIP, warn?: (line: string) => void): Promise<LayerCache> {
+  return new LayerCache(await CacheStore.open(cacheDir), settings, fresh('work'), { hashes: defaultHashPool(), warn });
 }
+
+/** The value of every entry of a kind, by file name. */
+function entriesOf(cacheDir: string, kind: string): Map<string, Record<string, unknown>> {
+  const dir = join(cacheDir, `v${CACHE_FORMAT_VERSION}`, kind);
+  return new Map(readdirSync(dir).map((name) => [name, JSON.parse(readFileSync(join(dir, name), 'utf8')).value]));
+}
+
+/** Rewrites an entry as a liar would: another value, its checksum made to match. */
+function forgeEntry(cacheDir: string, kind: string, name: string, value: unknown): void {
+  const sum = createHash('sha256').update(JSON.stringify(value)).digest('hex');
+  writeFileSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}`, kind, name), `${JSON.stringify({ sum, value })}\n`);
+}
+
+const sha256Of = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 
 describe('a layer composed of cached parts', () => {
   it('holds exactly the tar the layer writer makes for the same paths, as a multi-member gzip', async () => {
@@ -107,6 +122,69 @@ describe('a layer composed of cached parts', () => {
   });
 });
 
+describe('a cache entry whose diffID lies', () => {
+  it.each([['one path', 1], ['three paths', 3]] as const)('is caught, reported, dropped, and the layer made right (%s)', async (_name, count) => {
+    const infos = [...closure.paths.values()].slice(0, count);
+    const cacheDir = fresh('cache');
+    const cold = await (await cacheIn(cacheDir)).storePathLayer(infos);
+    const truth = sha256Of(gunzipSync(blobBytes(cold.layer)));
+    expect(cold.layer.diffId).toBe(truth);
+    // The blob stays sound, so its digest checks out; only the diffID the entry gives is wrong.
+    const [[name, entry]] = [...entriesOf(cacheDir, 'layers')];
+    const lie = `sha256:${'0'.repeat(64)}`;
+    forgeEntry(cacheDir, 'layers', name!, { ...entry, diffId: lie });
+    const warnings: string[] = [];
+    const served = await (await cacheIn(cacheDir, GZIP, (w) => warnings.push(w))).storePathLayer(infos);
+    expect(served.layer.diffId).toBe(truth);
+    expect(served.layer.descriptor.digest).toBe(cold.layer.descriptor.digest);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain(`layers/${name}`);
+    expect(warnings[0]).toContain(`diffID ${lie}`);
+    expect(warnings[0]).toContain(`diffID ${truth}`);
+    // The entry was written again, truthfully: the next build hears nothing.
+    expect(entriesOf(cacheDir, 'layers').get(name!)!.diffId).toBe(truth);
+    const again: string[] = [];
+    expect((await (await cacheIn(cacheDir, GZIP, (w) => again.push(w))).storePathLayer(infos)).layer.diffId).toBe(truth);
+    expect(again).toEqual([]);
+  });
+
+  it('a blob measured once is not read again; without its measurement (an older cache, a crash) it is measured on first use', async () => {
+    const infos = [...closure.paths.values()];
+    const cacheDir = fresh('cache');
+    const cold = await (await cacheIn(cacheDir)).storePathLayer(infos);
+    // Made by this cache: its measurement was filed from the pass that wrote it.
+    const measured = entriesOf(cacheDir, 'verified');
+    expect([...measured.values()].map((m) => m.diffId)).toContain(cold.layer.diffId);
+    rmSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}`, 'verified'), { recursive: true });
+    mkdirSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}`, 'verified'));
+    const warnings: string[] = [];
+    const warm = await (await cacheIn(cacheDir, GZIP, (w) => warnings.push(w))).storePathLayer(infos);
+    expect([warm.reused, warm.layer.diffId, warnings]).toEqual([true, cold.layer.diffId, []]);
+    expect([...entriesOf(cacheDir, 'verified').values()]).toEqual([
+      { digest: cold.layer.descriptor.digest, diffId: cold.layer.diffId, uncompressedSize: cold.layer.uncompressedSize },
+    ]);
+    // A measurement that disagrees with its entry is not believed either: the blob is measured again.
+    const [[file, record]] = [...entriesOf(cacheDir, 'verified')];
+    forgeEntry(cacheDir, 'verified', file!, { ...record, diffId: `sha256:${'1'.repeat(64)}` });
+    const third = await (await cacheIn(cacheDir, GZIP, (w) => warnings.push(w))).storePathLayer(infos);
+    expect([third.layer.diffId, warnings]).toEqual([cold.layer.diffId, []]);
+    expect(entriesOf(cacheDir, 'verified').get(file!)!.diffId).toBe(cold.layer.diffId);
+  });
+
+  it('uncompressed: a diffID other than the digest is a lie, found without reading the blob', async () => {
+    const infos = [...closure.paths.values()];
+    const settings: LayerFormat = { ...GZIP, compression: 'none' };
+    const cacheDir = fresh('cache');
+    const cold = await (await cacheIn(cacheDir, settings)).storePathLayer(infos);
+    const [[name, entry]] = [...entriesOf(cacheDir, 'layers')];
+    forgeEntry(cacheDir, 'layers', name!, { ...entry, diffId: `sha256:${'2'.repeat(64)}` });
+    const warnings: string[] = [];
+    const served = await (await cacheIn(cacheDir, settings, (w) => warnings.push(w))).storePathLayer(infos);
+    expect(served.layer.diffId).toBe(cold.layer.descriptor.digest);
+    expect(warnings).toEqual([expect.stringMatching(/an uncompressed layer's diffID is its digest; the layer was made again$/)]);
+  });
+});
+
 describe('a store-path layer written straight to an output', () => {
   it.each(['gzip', 'none'] as const)('is the cache\'s composition of the same paths, byte for byte (%s)', async (compression) => {
     const infos = [...closure.paths.values()];
@@ -137,7 +215,7 @@ describe('cache maintenance', () => {
     const base = Date.now() / 1000 - 1000;
     infos.forEach((info, i) => utimesSync(byPath.get(info.path)!, base + (infos.length - i) * 10, base + (infos.length - i) * 10));
     const before = await cacheStats(cacheDir);
-    expect(before.entries).toEqual({ parts: 3, layers: 3, wheels: 0, inputs: 0, listings: 0 });
+    expect(before.entries).toEqual({ parts: 3, layers: 3, wheels: 0, verified: 3, inputs: 0, listings: 0 });
     // The biggest path's bytes lie in its layer's blob (the part plus the layer's first and last members).
     const biggest = JSON.parse(readFileSync(byPath.get(infos[0]!.path)!, 'utf8')).value;
     const biggestSize = statSync(join(cacheDir, `v${CACHE_FORMAT_VERSION}/blobs`, biggest.blob.slice(7))).size;
@@ -179,6 +257,23 @@ describe('cache maintenance', () => {
     }
     await pruneCache(cacheDir, 1 << 30);
     expect(readdirSync(builds).sort()).toEqual([`${process.pid}-running`, '999999998-young']);
+  });
+
+  it('a build removes what killed builds of this host left, at once; a running one\'s and another host\'s young ones stay', async () => {
+    const cacheDir = fresh('cache');
+    const store = await CacheStore.open(cacheDir);
+    const root = join(cacheDir, `v${CACHE_FORMAT_VERSION}`);
+    // This process's own names, and the same with a pid that cannot run (above Linux's largest).
+    const mine = basename(store.tempPath());
+    const killed = mine.replace(/^\d+-/, '999999999-');
+    const elsewhere = mine.replace(/^(\d+)-[0-9a-f]{8}-/, '999999999-00000000-');
+    for (const name of [mine, killed, elsewhere]) writeFileSync(join(root, 'tmp', name), 'x');
+    const work = await store.makeBuildDir();
+    const killedWork = join(root, 'builds', basename(work).replace(/^\d+-/, '999999999-'));
+    mkdirSync(killedWork);
+    expect(await store.sweep()).toBe(2);
+    expect(readdirSync(join(root, 'tmp')).sort()).toEqual([elsewhere, mine].sort());
+    expect(readdirSync(join(root, 'builds'))).toEqual([basename(work)]);
   });
 
   it('reads sizes with binary units', () => {

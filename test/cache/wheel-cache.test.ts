@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CACHE_FORMAT_VERSION } from '../../src/layer/format.js';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cliOk, runCli } from '../helpers/cli.js';
@@ -8,6 +9,7 @@ import { buildPythonClosure, canBuildPythonClosure, exportPythonClosure } from '
 import { makeZlibExtensionWheel, ZLIB_EXTENSION_ENTRY } from '../helpers/vllm-wheels.js';
 import { makeWheel } from '../helpers/wheels.js';
 import { tools } from '../helpers/tools.js';
+import { startRegistry, type RunningRegistry } from '../helpers/registry.js';
 
 /**
  * Wheel layers through the cache, on the real Python closure: a hit skips the pass that feeds the
@@ -17,7 +19,8 @@ import { tools } from '../helpers/tools.js';
 
 interface Summary {
   manifestDigest: string;
-  layers: { digest: string; contents: string[]; reused: boolean }[];
+  problems: { severity: string; entry?: string; library?: string }[];
+  layers: { digest: string; contents: string[]; reused: boolean; from?: string }[];
 }
 
 const ready = canBuildPythonClosure() && tools('nix-build', 'nix-store', 'gcc', 'python3');
@@ -79,6 +82,25 @@ describe.runIf(ready)('wheel layers from the cache', () => {
     expect(wheelLayers(build(withZlib, cache, [pkg1]))).toEqual({ 'cachedemo-1.0-py3-none-any.whl': true });
   });
 
+  it('an entry whose diffID lies (checksum made to match) is caught with a warning, and the image is right', () => {
+    const cache = join(dir, 'cache-lie');
+    const cold = build(withZlib, cache, [pkg1]);
+    const wheels = join(cache, `v${CACHE_FORMAT_VERSION}/wheels`);
+    const [name] = readdirSync(wheels);
+    const { value } = JSON.parse(readFileSync(join(wheels, name!), 'utf8'));
+    const lie = { ...value, diffId: `sha256:${'3'.repeat(64)}` };
+    const sum = createHash('sha256').update(JSON.stringify(lie)).digest('hex');
+    writeFileSync(join(wheels, name!), `${JSON.stringify({ sum, value: lie })}\n`);
+    const args = ['build-image', '--json', '--closure', withZlib, '--cache-dir', cache, '--wheel', pkg1, '--output', join(dir, 'lie.tar')];
+    const run = runCli(args);
+    expect(run.code).toBe(0);
+    expect(run.stderr).toMatch(new RegExp(`wheels/${name}.*diffID sha256:3{64}.*its tar is \\d+ bytes with diffID ${value.diffId}; the layer was made again`));
+    expect((JSON.parse(run.stdout) as Summary).manifestDigest).toBe(cold.manifestDigest);
+    const again = runCli(args);
+    expect(again.stderr).not.toMatch(/diffID/);
+    expect(wheelLayers(JSON.parse(again.stdout) as Summary)).toEqual({ 'cachedemo-1.0-py3-none-any.whl': true });
+  });
+
   it('an unchanged wheel is not read again, but one changed in place (same size and mtime) is', () => {
     const cache = join(dir, 'cache-e');
     // Stored, not deflated, so the module's text can be found and changed in the file.
@@ -115,5 +137,36 @@ describe.runIf(ready)('wheel layers from the cache', () => {
     const { problems } = JSON.parse(cold.stdout) as { problems: { severity: string; entry?: string; library?: string }[] };
     expect(problems.filter((p) => p.severity === 'error')).toMatchObject([{ entry: ZLIB_EXTENSION_ENTRY, library: 'libz.so.1' }]);
     expect(warm).toEqual(cold);
+  });
+
+  describe.runIf(tools('docker-registry'))('from the registry cache, on a fresh runner', () => {
+    let registry: RunningRegistry;
+    beforeAll(async () => {
+      registry = await startRegistry();
+    });
+    afterAll(async () => {
+      await registry?.stop();
+    });
+
+    it('takes wheel layers with their library facts from the index: the same image, and the library check fails the same way', () => {
+      const push = (closure: string, tag: string, cache: string) =>
+        runCli(['build-image', '--json', '--closure', closure, '--cache-dir', join(dir, cache), '--wheel', zlibext, '--wheel', pkg1, '--push', `${registry.host}/wheels:${tag}`, '--tls-verify=false']);
+      const summaryOf = (stdout: string) => JSON.parse(stdout.slice(0, stdout.lastIndexOf('}') + 1)) as Summary;
+      const cold = push(withZlib, 'cold', 'registry-cold');
+      expect(cold.code, cold.stderr).toBe(0);
+      const fresh = push(withZlib, 'fresh', 'registry-fresh');
+      expect(fresh.code, fresh.stderr).toBe(0);
+      const [a, b] = [summaryOf(cold.stdout), summaryOf(fresh.stdout)];
+      // The config's LD_LIBRARY_PATH comes from the wheels' facts: the same manifest means the index's facts served.
+      expect(b.manifestDigest).toBe(a.manifestDigest);
+      expect(b.layers.map((l) => l.from)).toEqual(b.layers.map(() => 'registry'));
+
+      const lacking = push(withoutZlib, 'lacking', 'registry-lacking');
+      expect(lacking.code).toBe(1);
+      // Its layer came from the registry, so the check ran on the index's facts.
+      expect(lacking.stderr).toMatch(/registry [0-9a-f]{12} .*zlibext-1\.0/);
+      expect(lacking.stderr).toContain('libz.so.1: needed by 1 file in 1 wheel (zlibext) — add zlib to the closure (zlib)');
+      expect(summaryOf(lacking.stdout).problems.filter((p) => p.severity === 'error')).toMatchObject([{ entry: ZLIB_EXTENSION_ENTRY, library: 'libz.so.1' }]);
+    });
   });
 });

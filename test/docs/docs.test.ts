@@ -48,7 +48,7 @@ describe('docs/layout.md', () => {
 
 describe('README.md', () => {
   const readme = read('README.md');
-  const commands = ['build-image', 'inspect', 'push', 'cache stats', 'cache prune'];
+  const commands = ['build-image', 'inspect', 'push', 'cache stats', 'cache prune', 'sbom'];
 
   it.each(commands)('documents every flag of %s', (command) => {
     const help = cliOk([...command.split(' '), '--help']).stdout;

@@ -6,6 +6,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
 import { GZIP_MEMBER_HEADER } from '../../src/layer/format.js';
 import { cliOk } from './cli.js';
+
+/** The first bytes of every zstd frame. */
+const ZSTD_FRAME_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 import { exportClosure, nixBuild, pathInfoJson } from './nix.js';
 import { useScratchDirs } from './scratch.js';
 
@@ -18,12 +21,15 @@ export interface MultiMemberImage {
   name: string;
   ociArchive: string;
   dockerArchive: string;
-  /** Gzip members in the data layer's blob. */
+  /** Gzip members (or zstd frames) in the data layer's blob. */
   dataLayerMembers: number;
+  /** The data layer's digest. */
+  dataLayer: string;
   expectedOutput: string;
 }
 
-export function buildMultiMemberImage(dir: string, name = 'localhost/nix2oci-multimember:test'): MultiMemberImage {
+/** With zstd, only the oci-archive is built (`dockerArchive` is empty): Docker archives cannot carry zstd. */
+export function buildMultiMemberImage(dir: string, name = 'localhost/nix2oci-multimember:test', compression: 'gzip' | 'zstd' = 'gzip'): MultiMemberImage {
   const [top] = nixBuild(`
     let
       bb = mkDrv "busybox-multimember-test" ''
@@ -46,19 +52,20 @@ export function buildMultiMemberImage(dir: string, name = 'localhost/nix2oci-mul
 
   const build = (output: string, format: string) =>
     cliOk(['build-image', '-q', '--json', '--closure', closure, '--path-info', pathInfo, '--entrypoint', JSON.stringify([`${busybox}/bin/sha256sum`, dataFile]),
-      '--tag', name, '--format', format, '--output', output]).stdout;
-  const ociArchive = join(dir, 'multimember.oci.tar');
-  const dockerArchive = join(dir, 'multimember.docker.tar');
-  build(dockerArchive, 'docker-archive');
+      '--tag', name, '--format', format, '--output', output, '--compression', compression]).stdout;
+  const ociArchive = join(dir, `multimember.${compression}.oci.tar`);
+  const dockerArchive = compression === 'gzip' ? join(dir, 'multimember.docker.tar') : '';
+  if (dockerArchive) build(dockerArchive, 'docker-archive');
   const summary = JSON.parse(build(ociArchive, 'oci-archive')) as { layers: { digest: string; contents: string[] }[] };
   const dataLayer = summary.layers.find((l) => l.contents.includes(data))!;
-  const layout = join(dir, 'multimember.oci');
+  const layout = join(dir, `multimember.${compression}.oci`);
   mkdirSync(layout);
   execFileSync('tar', ['-xf', ociArchive, '-C', layout]);
   const blob = readFileSync(join(layout, 'blobs/sha256', dataLayer.digest.slice('sha256:'.length)));
-  const dataLayerMembers = blob.toString('latin1').split(GZIP_MEMBER_HEADER.toString('latin1')).length - 1;
+  const frameStart = compression === 'gzip' ? GZIP_MEMBER_HEADER : ZSTD_FRAME_MAGIC;
+  const dataLayerMembers = blob.toString('latin1').split(frameStart.toString('latin1')).length - 1;
   const hash = createHash('sha256').update(readFileSync(dataFile)).digest('hex');
-  return { name, ociArchive, dockerArchive, dataLayerMembers, expectedOutput: `${hash}  ${dataFile}\n` };
+  return { name, ociArchive, dockerArchive, dataLayerMembers, dataLayer: dataLayer.digest, expectedOutput: `${hash}  ${dataFile}\n` };
 }
 
 /**

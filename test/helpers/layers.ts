@@ -7,9 +7,14 @@ import { writeLayerFile, type LayerFile } from '../../src/layer/writer.js';
 /** A whole layer written to `<dir>/<digest hex>` by the layer writer, with the fields tests look at. */
 export async function writeLayer(
   source: LayerSource,
-  options: { compression: Compression; dir: string; mtime: number; gzipLevel?: number; jobs?: number },
+  options: { compression: Compression; dir: string; mtime: number; gzipLevel?: number; zstdLevel?: number; jobs?: number },
 ): Promise<LayerFile & { uncompressedSize: number; compression: Compression }> {
-  const format = { compression: options.compression, gzipLevel: options.gzipLevel ?? DEFAULT_GZIP_LEVEL, mtime: options.mtime };
+  const format = {
+    compression: options.compression,
+    gzipLevel: options.gzipLevel ?? DEFAULT_GZIP_LEVEL,
+    ...(options.zstdLevel !== undefined && { zstdLevel: options.zstdLevel }),
+    mtime: options.mtime,
+  };
   const file = await writeLayerFile(source, format, options.dir, { turns: options.jobs !== undefined ? new Turns(options.jobs) : undefined });
   return { ...file, uncompressedSize: file.tarSize, compression: options.compression };
 }

@@ -36,6 +36,8 @@ export interface MakeWheelOptions {
   rootIsPurelib?: boolean;
   /** WHEEL's Wheel-Version, default `1.0`. */
   wheelVersion?: string;
+  /** More METADATA header lines, as written (`License-Expression: MIT`, `Summary: …`). */
+  metadataLines?: string[];
   /** METADATA's Name when it should differ from `name`. */
   metadataName?: string;
   /**
@@ -86,6 +88,7 @@ export function makeWheel(options: MakeWheelOptions): string {
     ...(options.requiresPython ? [`Requires-Python: ${options.requiresPython}`] : []),
     ...(options.providesExtra ?? []).map((e) => `Provides-Extra: ${e}`),
     ...(options.requires ?? []).map((r) => `Requires-Dist: ${r}`),
+    ...(options.metadataLines ?? []),
     '',
     'A test wheel.',
     '',

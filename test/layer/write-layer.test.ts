@@ -141,6 +141,7 @@ describe('writeLayer', () => {
   it('refuses a bad gzip level or compression', async () => {
     const dir = freshDir();
     await expect(writeLayer(sampleSource(), { compression: 'gzip', dir, mtime: 1, gzipLevel: 0 })).rejects.toThrow(UserError);
-    await expect(writeLayer(sampleSource(), { compression: 'zstd' as 'gzip', dir, mtime: 1 })).rejects.toThrow(/unknown compression "zstd"/);
+    await expect(writeLayer(sampleSource(), { compression: 'brotli' as 'gzip', dir, mtime: 1 })).rejects.toThrow(/unknown compression "brotli"/);
+    await expect(writeLayer(sampleSource(), { compression: 'zstd', dir, mtime: 1, zstdLevel: 20 })).rejects.toThrow(/zstd level must be 1 to 19, got 20/);
   });
 });

@@ -41,6 +41,7 @@ describe('describeImage', () => {
         digest: layers[0]!.descriptor.digest,
         mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
         size: layers[0]!.descriptor.size,
+        compression: 'gzip',
         uncompressedSize: layers[0]!.uncompressedSize,
         diffId: layers[0]!.diffId,
         contents: [BUSYBOX_PATH],

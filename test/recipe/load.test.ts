@@ -119,7 +119,7 @@ describe('loadRecipe', () => {
     expect(userErrorOf(() => parseRecipe({ env: { 'MY-VAR': 'x' } }, 'r.json'))).toBe(
       "r.json: /env: invalid key 'MY-VAR': expected a variable name (letters, digits, _)",
     );
-    expect(userErrorOf(() => parseRecipe({ compression: 'zstd' }, 'r.json'))).toBe('r.json: /compression: must be one of gzip, none, got "zstd"');
+    expect(userErrorOf(() => parseRecipe({ compression: 'brotli' }, 'r.json'))).toBe('r.json: /compression: must be one of gzip, zstd, none, got "brotli"');
     expect(userErrorOf(() => parseRecipe({ name: 'Nix2OCI/Demo' }, 'r.json'))).toContain('/name: expected an image name');
   });
 

@@ -17,7 +17,10 @@ import { makeWheel } from '../helpers/wheels.js';
 const scratch = useScratchDirs();
 const ready = tools('nix-build', 'nix-store', 'python3');
 
-/** Reference manifest digests, recorded from main before the layer pipeline was re-laid (issue 9). */
+/**
+ * Reference manifest digests, recorded from main before the layer pipeline was re-laid (issue 9); the
+ * zstd ones when zstd layers came (issue 10).
+ */
 const EXPECTED: Record<string, string> = {
   'demo oci-archive gzip': 'sha256:5052eaf317a8fa771e142c84db4ff23bcb8fe59f09e22201f4326a478827bbba',
   'demo oci-archive none': 'sha256:3dadd320af6cd95bee116d34ec2baeea8a4ba917e1c306e9fca6047b10803c66',
@@ -30,6 +33,9 @@ const EXPECTED: Record<string, string> = {
   'synthetic none popularity': 'sha256:3831491b908c8351b2f6a9ec2e7841b11dbe3a72cde474dd708357188de8de9f',
   'synthetic wheels gzip': 'sha256:420ff722323331e93735ded0bed061190e7a2d3fbee73bd353f45048f8100572',
   'synthetic wheels none': 'sha256:65a9853860cb8ac8cd3009cde381c0f723f399eebb9b9128078b9dea2286ef8a',
+  'demo oci-archive zstd': 'sha256:886e0f393598b560900afd801ca9f41856d7eb08db97a846f08bd15f61c6fedb',
+  'synthetic zstd size-aware': 'sha256:2026a2ae66d1874f86bdfbbe5d7b0744b33f3aca8a66ff0a79427140d44361e4',
+  'synthetic wheels zstd': 'sha256:9f3613acc3c6b93553fc6f5891ae4cfa6a6a29e55903160f689bed67111471bf',
 };
 
 /**
@@ -104,6 +110,7 @@ describe.runIf(ready)('reference builds keep their manifest digests', () => {
   it('the demo image, in every format and plan', () => {
     build('demo oci-archive gzip', demo);
     build('demo oci-archive none', [...demo, '--compression', 'none']);
+    build('demo oci-archive zstd', [...demo, '--compression', 'zstd']);
     build('demo oci-archive popularity', [...demo, '--layer-strategy', 'popularity']);
     build('demo docker-archive', [...demo, '--format', 'docker-archive']);
     const layout = build('demo oci-layout', [...demo, '--format', 'oci-layout']);
@@ -121,10 +128,12 @@ describe.runIf(ready)('reference builds keep their manifest digests', () => {
         check(name);
       }
     }
+    build('synthetic zstd size-aware', ['--closure', synthetic, '--max-layers', '8', '--compression', 'zstd']);
+    check('synthetic zstd size-aware');
   });
 
   it('wheels installed on the closure', () => {
-    for (const compression of ['gzip', 'none']) {
+    for (const compression of ['gzip', 'none', 'zstd']) {
       const name = `synthetic wheels ${compression}`;
       build(name, ['--closure', synthetic, '--max-layers', '8', '--compression', compression, ...wheels.flatMap((w) => ['--wheel', w])]);
       check(name);
@@ -133,7 +142,7 @@ describe.runIf(ready)('reference builds keep their manifest digests', () => {
 
   it('the same digests through the layer cache, cold and warm', () => {
     const cache = join(dir, 'cache');
-    for (const compression of ['gzip', 'none']) {
+    for (const compression of ['gzip', 'none', 'zstd']) {
       const name = `synthetic ${compression} size-aware`;
       const args = ['--closure', synthetic, '--max-layers', '8', '--compression', compression, '--cache-dir', cache];
       for (const round of ['cold', 'warm']) {

@@ -95,5 +95,16 @@ describe('the packed tarball', () => {
     expect(reference.code, reference.stderr).toBe(0);
     expect(built.manifestDigest).toMatch(/^sha256:[0-9a-f]{64}$/);
     expect(built.manifestDigest).toBe((JSON.parse(reference.stdout) as { manifestDigest: string }).manifestDigest);
+
+    // SBOMs need only runtime dependencies (the CycloneDX library's validator's are dev-only).
+    const sbom = ok(run(nix2oci, [...args(join(work, 'sbom.tar'), join(work, 'cache')), '--sbom', 'both', '--provenance'], work), 'the installed nix2oci build-image --sbom both');
+    expect((JSON.parse(sbom) as { attachments: unknown[] }).attachments).toHaveLength(3);
+    expect(JSON.parse(ok(run(nix2oci, ['sbom', '--format', 'cyclonedx', join(work, 'sbom.tar')], work), 'the installed nix2oci sbom'))).toMatchObject({ bomFormat: 'CycloneDX' });
+    // zstd from the installed package: its WebAssembly loads on the worker threads and gives the checkout's bytes.
+    const zstd = (out: string, cache: string) => [...args(out, cache), '--compression', 'zstd'];
+    const zstdBuilt = JSON.parse(ok(run(nix2oci, zstd(join(work, 'demo-zstd.tar'), join(work, 'cache')), work), 'the installed nix2oci, zstd')) as { manifestDigest: string };
+    const zstdReference = runCli(zstd(join(work, 'checkout', 'demo-zstd.tar'), join(work, 'checkout', 'cache')));
+    expect(zstdReference.code, zstdReference.stderr).toBe(0);
+    expect(zstdBuilt.manifestDigest).toBe((JSON.parse(zstdReference.stdout) as { manifestDigest: string }).manifestDigest);
   }, 600_000);
 });

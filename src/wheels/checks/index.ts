@@ -10,6 +10,8 @@ import { findImagePython, type ImagePython } from './python.js';
 import {
   checkRequirements,
   formatUnmet,
+  servingDistributions,
+  type ServedRequirement,
   markerEnvironment,
   readClosureDistributions,
   type Distribution,
@@ -93,6 +95,8 @@ export interface CheckWheelsReport {
   /** The warnings' messages. */
   warnings: string[];
   env: { LD_LIBRARY_PATH: string[] };
+  /** What serves each wheel's requirements in the image, by wheel name (for the SBOM's dependency edges). */
+  served: Map<string, ServedRequirement[]>;
 }
 
 export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWheelsReport> {
@@ -201,6 +205,11 @@ export async function checkWheels(options: CheckWheelsOptions): Promise<CheckWhe
     errors: problems.filter((p) => p.severity === 'error').map((p) => p.message),
     warnings: problems.filter((p) => p.severity === 'warning').map((p) => p.message),
     env: { LD_LIBRARY_PATH: libraries.ldLibraryPath },
+    served: servingDistributions({
+      wheels: wheelDistributions,
+      closureDistributions,
+      environment: markerEnvironment(python, options.machine ?? 'x86_64'),
+    }),
   };
 }
 

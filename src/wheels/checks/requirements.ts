@@ -198,3 +198,41 @@ export async function readClosureDistributions(
   }
   return { distributions, skipped };
 }
+
+/** A requirement of a wheel and the distribution that serves it in the image (null when none does). */
+export interface ServedRequirement {
+  requirement: string;
+  /** The serving distribution's `source`: a wheel file, or a METADATA path in the closure. */
+  by: Distribution | null;
+}
+
+/**
+ * For each wheel (by its name as given), its own requirements that apply in the environment and what
+ * serves each, held as `checkRequirements` holds them (a wheel first, then the closure in sys.path order).
+ * A requirement that cannot be parsed is left out (the requirements check reports it when it runs).
+ */
+export function servingDistributions(options: {
+  wheels: Distribution[];
+  closureDistributions: Distribution[];
+  environment: MarkerEnvironment;
+}): Map<string, ServedRequirement[]> {
+  const held = new Map<string, Distribution>();
+  for (const d of options.wheels) held.set(normalizeName(d.name), d);
+  for (const d of options.closureDistributions) if (!held.has(normalizeName(d.name))) held.set(normalizeName(d.name), d);
+  const served = new Map<string, ServedRequirement[]>();
+  for (const wheel of options.wheels) {
+    const list: ServedRequirement[] = [];
+    for (const line of wheel.requiresDist) {
+      let req: Requirement;
+      try {
+        req = parseRequirement(line);
+      } catch {
+        continue;
+      }
+      if (!applies(req, options.environment, '')) continue;
+      list.push({ requirement: line, by: held.get(normalizeName(req.name)) ?? null });
+    }
+    served.set(wheel.name, list);
+  }
+  return served;
+}
