@@ -216,8 +216,8 @@ function storePathSliceJob(info: StorePathInfo, slice: StorePathSlice, format: L
 interface LayerJob {
   label: string;
   contents: string[];
-  /** Its layer-cache key, by which a registry cache knows it. */
-  key: string;
+  /** Its layer-cache key, by which a registry cache knows it; null when no registry cache is used and keying costs work (the image root's is its tar's hash). */
+  key: string | null;
   /** The local cache's copy, when it holds the layer whole; nothing is made. */
   find(cache: LayerCache): Promise<Served | null>;
   /** Takes what a registry cache keeps beside the layer (a wheel's facts); false when it lacks what is needed. */
@@ -323,7 +323,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     const ends = await storePathsEnds(format);
     const wheelFacts: WheelElfFacts[] = [];
     const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
-    const rootKey = imageRootLayerKey(createHash('sha256').update(await tarSegmentBytes(root.source, format.mtime)).digest('hex'), format);
+    // Keying the image root means tarring it once more: only a registry cache needs it.
+    const rootKey = options.registryCache ? imageRootLayerKey(createHash('sha256').update(await tarSegmentBytes(root.source, format.mtime)).digest('hex'), format) : null;
     const wheelCacheFacts: WheelElfFacts[] = [];
     const jobsToDo: LayerJob[] = [
       ...plan.map((group): LayerJob => {
@@ -412,7 +413,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       if (remote) {
         const local = cache ? await job.find(cache) : null;
         if (local) return { ...local, from: 'local' };
-        const entry = await remote.find(job.key, mediaType);
+        const entry = job.key === null ? null : await remote.find(job.key, mediaType);
         if (entry && (job.fromRegistry?.(entry) ?? true)) return { layer: await fromRegistry(job, index, entry), reused: true, from: 'registry' };
       }
       const served = cache ? await job.cached(cache, onBytes) : { layer: await job.direct(output!, index, onBytes), reused: false };
@@ -464,11 +465,13 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     if (options.sbomDir !== undefined && documents.length > 0) await (await import('../sbom/attach.js')).writeSbomDir(options.sbomDir, documents);
     const pushed = new Date().toISOString().slice(0, 10);
     const cacheEntries: CacheIndex = new Map(
-      reports.map((r, i) => {
+      reports.flatMap((r, i): [string, CacheIndexEntry][] => {
+        const { key } = jobsToDo[i]!;
+        if (key === null) return [];
         const { layer } = r;
         const facts = jobsToDo[i]!.facts?.();
         const entry: CacheIndexEntry = { digest: layer.descriptor.digest, diffId: layer.diffId, size: layer.descriptor.size, uncompressedSize: layer.uncompressedSize ?? 0, mediaType: layer.descriptor.mediaType, pushed, ...(facts !== undefined && { facts }) };
-        return [jobsToDo[i]!.key, entry];
+        return [[key, entry]];
       }),
     );
     return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, cacheEntries, dispose };
