@@ -121,10 +121,12 @@ export function buildImageCommand(): Command {
       throw err;
     });
     const seconds = (Date.now() - started) / 1000;
-    if (flags.json) {
+    // With --push, --json waits for the push: standard output is then one JSON document, the pushed reference in it.
+    const printSummary = (pushed: string | null) =>
       process.stdout.write(
         `${JSON.stringify({
           output,
+          ...(pushed !== null && { pushed }),
           format: flags.format,
           manifestDigest: result.manifestDigest,
           tags: result.tags,
@@ -148,7 +150,9 @@ export function buildImageCommand(): Command {
           })),
         }, null, 2)}\n`,
       );
-    } else if (output !== '-' && output !== null) {
+    if (flags.json && flags.push === undefined) {
+      printSummary(null);
+    } else if (!flags.json && output !== '-' && output !== null) {
       const done = (line: string) => {
         if (!quiet) process.stderr.write(`${line}\n`);
       };
@@ -162,7 +166,7 @@ export function buildImageCommand(): Command {
         // The built image's layers are still where the build left them: nothing is written and read back.
         const { pushAndShow } = await import('./push-progress.js');
         const pushOptions = pushOptionsFromFlags(pushFlags);
-        await pushAndShow(result.image, flags.push as string, pushOptions);
+        const pushed = await pushAndShow(result.image, flags.push as string, { ...pushOptions, ...(flags.json === true && { stdout: null }) });
         // After the image: the index names its blobs. A failure here costs only cache misses later.
         if (registryCache.to) {
           const { pushCacheIndex } = await import('../pipeline/registry-cache.js');
@@ -171,6 +175,7 @@ export function buildImageCommand(): Command {
             warn(`the registry cache index was not updated: ${err.message}`);
           });
         }
+        if (flags.json) printSummary(pushed.reference);
       }
     } finally {
       result.dispose();
