@@ -99,10 +99,11 @@ export function gatherFacts(options: {
 }): SbomFacts {
   const { image } = options;
   const digestsOf = (indexes: number[]) => [...new Set(indexes.map((i) => image.layers[i]!.descriptor.digest))].sort(byCodeUnits);
+  const unversioned: string[] = [];
   const storePaths = [...options.closure.paths.values()]
     .map((info): StorePathFacts => {
       const { name, version } = parseDrvName(storePathName(info.path));
-      if (version === null) options.warn(`SBOM: store path ${info.path} has no version in its name; its component has none`);
+      if (version === null) unversioned.push(storePathName(info.path));
       return {
         path: info.path,
         hashPart: info.path.slice('/nix/store/'.length, '/nix/store/'.length + 32),
@@ -115,6 +116,12 @@ export function gatherFacts(options: {
       };
     })
     .sort((a, b) => byCodeUnits(a.path, b.path));
+  // One line for all of them: a large closure has many (sources, scripts, `-lib` outputs are fine).
+  if (unversioned.length > 0) {
+    const names = unversioned.sort(byCodeUnits);
+    const shown = names.slice(0, 5).join(', ') + (names.length > 5 ? `, … (${names.length - 5} more)` : '');
+    options.warn(`SBOM: ${names.length} store path${names.length === 1 ? ' has' : 's have'} no version in the name (${shown}); ${names.length === 1 ? 'its component has' : 'their components have'} none`);
+  }
   const wheels = options.wheels
     .map(({ info, layerIndexes }): WheelFacts => {
       const fileName = info.file.slice(info.file.lastIndexOf('/') + 1);
