@@ -1,6 +1,6 @@
 import type { Compression, Image } from '../model/image.js';
 import { MediaTypes } from '../model/image.js';
-import { scanLayer } from '../tar/scan.js';
+import { scanLayer } from '../layer/scan.js';
 import { sha256Digest } from '../model/manifest.js';
 import { formatBytes } from '../util/units.js';
 

@@ -80,7 +80,7 @@ function createdOf(image: Image): number | undefined {
 
 /** Layers whose contents the manifest does not name (a docker-archive, a layer of too many paths) are read to find their store paths. */
 async function withScannedContents(image: Image): Promise<Image> {
-  const { scanLayer } = await import('../tar/scan.js');
+  const { scanLayer } = await import('../layer/scan.js');
   const layers = [];
   for (const [i, layer] of image.layers.entries()) {
     if (layer.contents.length > 0) {

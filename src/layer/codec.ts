@@ -2,19 +2,10 @@ import zlib from 'node:zlib';
 import { UserError } from '../util/errors.js';
 import { compressionLevel, deflateOptions, GZIP_MEMBER_HEADER, type LayerFormat } from './format.js';
 import { zstdCodec } from './zstd.js';
+import type { Codec } from './types.js';
 
-/**
- * A compression as the layer writer uses it: tar parts in, self-contained frames out. Frames of
- * consecutive parts concatenate into one valid stream, so parts compress independently, in parallel,
- * and a layer can be composed of frames compressed at other times: gzip members here, zstd frames in
- * zstd.ts.
- */
-export interface Codec {
-  /** Compresses one part on the thread pool into a whole frame. */
-  frame(part: Buffer): Promise<Buffer>;
-  /** The same for small in-memory bytes (a layer's first and last blocks), on this thread. */
-  frameSync(bytes: Buffer): Buffer;
-}
+export type { Codec } from './types.js';
+
 
 /** The codec of a layer format; null for uncompressed layers (the blob is the tar). */
 export function codecOf(format: LayerFormat): Codec | null {

@@ -3,7 +3,7 @@ import { availableParallelism } from 'node:os';
 import { Transform } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { Decompress } from 'fzstd';
-import type { Codec } from './codec.js';
+import type { Codec } from './types.js';
 
 /**
  * zstd frames, made by one pinned build of zstd compiled to WebAssembly (`@bokuweb/zstd-wasm`, exact

@@ -1,22 +1,8 @@
 import { UserError } from '../util/errors.js';
-import { MediaTypes, type Descriptor } from './image.js';
+import { MediaTypes, type Artifact, type Descriptor } from './image.js';
 import { descriptorJson, sha256Digest } from './manifest.js';
 
-/**
- * An OCI 1.1 artifact: a manifest whose `artifactType` says what it carries, whose config is the empty
- * descriptor, and whose one layer is the document. An attachment (an SBOM or provenance of an image)
- * has the image manifest as its `subject`, and is found through the referrers API or the referrers tag
- * schema; the registry cache's index has none, and is found by its tag.
- */
-export interface Artifact {
-  artifactType: string;
-  /** The manifest exactly as stored and pushed. */
-  manifestBytes: Buffer;
-  /** The manifest's descriptor, with `artifactType`, as an index lists it. */
-  descriptor: Descriptor & { artifactType: string };
-  /** The blobs the manifest names: the empty config, then the document. */
-  blobs: { descriptor: Descriptor; bytes: Buffer }[];
-}
+export type { Artifact } from './image.js';
 
 /** The empty config every artifact manifest names (image-spec 1.1 "guidance for an empty descriptor"). */
 export const EMPTY_CONFIG = Buffer.from('{}', 'utf8');

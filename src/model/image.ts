@@ -1,6 +1,5 @@
 import type { Readable } from 'node:stream';
 import { piecesStream, type BytePiece } from '../util/pieces.js';
-import type { Artifact } from './artifact.js';
 
 /**
  * The image model every writer and the registry client consume, after go-containerregistry's
@@ -96,6 +95,23 @@ export interface Image {
    * in index.json beside it, a push uploads them as referrers. A docker-archive has no place for them.
    */
   attachments?: Artifact[];
+}
+
+/**
+ * An OCI 1.1 artifact: a manifest whose `artifactType` says what it carries, whose config is the empty
+ * descriptor, and whose one layer is the document. An attachment (an SBOM or provenance of an image)
+ * has the image manifest as its `subject`, and is found through the referrers API or the referrers tag
+ * schema; the registry cache's index has none, and is found by its tag.
+ */
+
+export interface Artifact {
+  artifactType: string;
+  /** The manifest exactly as stored and pushed. */
+  manifestBytes: Buffer;
+  /** The manifest's descriptor, with `artifactType`, as an index lists it. */
+  descriptor: Descriptor & { artifactType: string };
+  /** The blobs the manifest names: the empty config, then the document. */
+  blobs: { descriptor: Descriptor; bytes: Buffer }[];
 }
 
 export const MediaTypes = {

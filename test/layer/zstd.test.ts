@@ -12,7 +12,7 @@ import { storedZstdFrame } from '../../src/layer/zstd.js';
 import { FRAME_SIZE } from '../../src/layer/format.js';
 import type { LayerSource } from '../../src/layer/types.js';
 import { tarToBuffer } from '../tar/tar-tools.js';
-import { scanLayer } from '../../src/tar/scan.js';
+import { scanLayer } from '../../src/layer/scan.js';
 import { measureLayer } from '../../src/layer/diff-id.js';
 
 const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;

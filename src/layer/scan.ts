@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { Readable, Transform } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { UserError } from '../util/errors.js';
-import { ZSTD_MAGIC, zstdDecompressor } from '../layer/zstd.js';
+import { layerDecompressor } from './diff-id.js';
+import { ZSTD_MAGIC } from './zstd.js';
 
 export interface LayerScan {
   /** `/nix/store/<name>` of every store path the layer has entries under, sorted. */
@@ -63,7 +63,7 @@ export async function scanLayer(blob: Readable, what: string): Promise<LayerScan
       source.destroy();
       reject(err instanceof UserError ? err : new UserError(`${what} is not a readable layer: ${err.message}`, { cause: err }));
     };
-    const stages: NodeJS.ReadWriteStream[] = gzip ? [createGunzip(), measure] : zstd ? [zstdDecompressor(), measure] : [measure];
+    const stages: NodeJS.ReadWriteStream[] = gzip ? [layerDecompressor('gzip'), measure] : zstd ? [layerDecompressor('zstd'), measure] : [measure];
     let upstream: NodeJS.ReadableStream = source;
     source.on('error', fail);
     for (const stage of stages) {
