@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { once } from 'node:events';
 import zlib from 'node:zlib';
 import type { Compression } from './format.js';
 import { piecesStream, type BytePiece } from '../util/pieces.js';
@@ -20,26 +19,44 @@ export interface MeasuredLayer {
  */
 export async function measureLayer(pieces: readonly BytePiece[], compression: Compression): Promise<MeasuredLayer> {
   const stored = createHash('sha256');
-  const tar = createHash('sha256');
-  let uncompressedSize = 0;
-  const into = (hash: ReturnType<typeof createHash>, count: boolean) =>
-    new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        hash.update(chunk);
-        if (count) uncompressedSize += chunk.length;
-        done();
-      },
-    });
-  if (compression === 'none') {
-    await pipeline(piecesStream(pieces), into(stored, true));
-    const digest = `sha256:${stored.digest('hex')}`;
-    return { digest, diffId: digest, uncompressedSize };
+  const tar = tarHasher(compression);
+  for await (const chunk of piecesStream(pieces) as AsyncIterable<Buffer>) {
+    stored.update(chunk);
+    await tar.push(chunk);
   }
+  return { digest: `sha256:${stored.digest('hex')}`, ...(await tar.end()) };
+}
+
+/**
+ * The diffID and size of a layer blob's tar, from its stored bytes pushed in as they come (from a file,
+ * or from a registry as they are downloaded): hashed as they are when uncompressed, else decompressed.
+ * `push` waits for the decompressor to take a chunk, so a blob of many GB never piles up in memory.
+ */
+export function tarHasher(compression: Compression): { push(chunk: Buffer): Promise<void> | void; end(): Promise<{ diffId: string; uncompressedSize: number }> } {
+  const hash = createHash('sha256');
+  let uncompressedSize = 0;
+  const take = (chunk: Buffer) => {
+    hash.update(chunk);
+    uncompressedSize += chunk.length;
+  };
+  const result = () => ({ diffId: `sha256:${hash.digest('hex')}`, uncompressedSize });
+  if (compression === 'none') return { push: take, end: async () => result() };
   const inflate = layerDecompressor(compression);
-  const input = piecesStream(pieces);
-  input.on('data', (chunk: Buffer) => stored.update(chunk));
-  await pipeline(input, inflate, into(tar, true));
-  return { digest: `sha256:${stored.digest('hex')}`, diffId: `sha256:${tar.digest('hex')}`, uncompressedSize };
+  inflate.on('data', take);
+  const done = new Promise<{ diffId: string; uncompressedSize: number }>((resolve, reject) => {
+    inflate.on('end', () => resolve(result()));
+    inflate.on('error', reject);
+  });
+  done.catch(() => {}); // told by end(), or by push() once the stream has failed
+  return {
+    push: async (chunk) => {
+      if (!inflate.write(chunk)) await Promise.race([once(inflate, 'drain'), done]);
+    },
+    end: () => {
+      inflate.end();
+      return done;
+    },
+  };
 }
 
 /** A stream that decompresses a whole layer blob: every frame of it, concatenated. */

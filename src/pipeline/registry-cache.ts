@@ -1,11 +1,10 @@
 import { createHash } from 'node:crypto';
-import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import { compressionOf, type Layer } from '../model/image.js';
 import type { Compression } from '../layer/format.js';
 import type { LayerOutput, Written } from '../layer/writer.js';
-import { layerDecompressor } from '../layer/diff-id.js';
+import { tarHasher } from '../layer/diff-id.js';
 import { formatReference, type ImageReference } from '../model/reference.js';
 import { ArtifactProblem, fetchArtifact, pushArtifact } from '../registry/artifact.js';
 import { artifactOf } from '../model/artifact.js';
@@ -190,7 +189,9 @@ export class RegistryLayers {
       throw new UserError(`${what} cannot be read (${res.status})`);
     }
     const digest = createHash('sha256');
-    const diff = this.verify ? diffIdOf(entry.mediaType) : null;
+    const compression = compressionOf(entry.mediaType);
+    const diff = this.verify ? tarHasher(compression) : null;
+    const invalid = (err: unknown) => new UserError(`a layer from the registry cache is not valid ${compression}: ${(err as Error).message}`);
     let size = 0;
     for await (const chunk of res.body as AsyncIterable<Buffer>) {
       if (size + chunk.length > entry.size) {
@@ -198,14 +199,18 @@ export class RegistryLayers {
         throw new UserError(`${what} is larger than the ${entry.size} bytes the registry cache says`);
       }
       digest.update(chunk);
-      await diff?.push(chunk);
+      await Promise.resolve(diff?.push(chunk)).catch((err: unknown) => {
+        throw invalid(err);
+      });
       if (out) await writeFully(out, chunk, out.at + size);
       size += chunk.length;
     }
     const actual = `sha256:${digest.digest('hex')}`;
     if (size !== entry.size || actual !== entry.digest) throw new UserError(`${what} does not hold the bytes its digest names (${size} bytes, ${actual})`);
     if (diff) {
-      const diffId = await diff.end();
+      const { diffId } = await diff.end().catch((err: unknown) => {
+        throw invalid(err);
+      });
       if (diffId !== entry.diffId) throw new UserError(`${what} has diffID ${diffId}, not ${entry.diffId} as the registry cache says`);
     }
     return { digest: entry.digest, size: entry.size, diffId: entry.diffId, tarSize: entry.uncompressedSize };
@@ -313,30 +318,6 @@ async function readIndex(client: RegistryClient, ref: ImageReference): Promise<{
     if (err instanceof ArtifactProblem) return { problem: err.message };
     throw err;
   }
-}
-
-/** The diffID of a layer blob as it streams: its own digest uncompressed, else decompressed. */
-function diffIdOf(mediaType: string): { push(chunk: Buffer): Promise<void> | void; end(): Promise<string> } {
-  const hash = createHash('sha256');
-  const compression = compressionOf(mediaType);
-  if (compression === 'none') return { push: (chunk) => void hash.update(chunk), end: async () => `sha256:${hash.digest('hex')}` };
-  const inflate = layerDecompressor(compression);
-  inflate.on('data', (chunk: Buffer) => hash.update(chunk));
-  const done = new Promise<string>((resolve, reject) => {
-    inflate.on('end', () => resolve(`sha256:${hash.digest('hex')}`));
-    inflate.on('error', (err: Error) => reject(new UserError(`a layer from the registry cache is not valid ${compression}: ${err.message}`)));
-  });
-  done.catch(() => {});
-  return {
-    // Waits for the decompressor to take it: a blob of many GB never piles up in memory.
-    push: async (chunk) => {
-      if (!inflate.write(chunk)) await once(inflate, 'drain');
-    },
-    end: () => {
-      inflate.end();
-      return done;
-    },
-  };
 }
 
 async function writeFully(out: LayerOutput, bytes: Buffer, at: number): Promise<void> {

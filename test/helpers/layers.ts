@@ -23,3 +23,16 @@ export async function writeLayer(
 export function asLayer(file: Awaited<ReturnType<typeof writeLayer>>, contents: string[]): Layer {
   return layerOf({ digest: file.digest, size: file.size, diffId: file.diffId, uncompressedSize: file.tarSize, compression: file.compression, pieces: file.pieces, contents });
 }
+
+/** Deterministic pseudo-random bytes: incompressible enough to make gzip work, cheap to make. */
+export function noise(size: number, seed: number): Buffer {
+  const out = Buffer.alloc(size + 3);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < size; i += 4) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out.writeUInt32LE(x >>> 0, i);
+  }
+  return out.subarray(0, size);
+}

@@ -57,6 +57,11 @@ export function compileWriter(script: string): string {
   return compiled;
 }
 
+/** What run.mjs of `compiled` prints (one JSON line), under this Node and every one of NODE_VERSIONS, in that order. */
+export function runUnderEveryNode<T>(compiled: string): T[] {
+  return [process.execPath, ...NODE_VERSIONS.map(nodeBinary)].map((node) => JSON.parse(execFileSync(node, [join(compiled, 'run.mjs')], { encoding: 'utf8' })) as T);
+}
+
 /** The inputs and source every Node writes: ~7 MB of mixed data, past a frame boundary. Script text. */
 export const WRITER_INPUTS = `
 function* inputs() {

@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { writeLayer } from '../helpers/layers.js';
+import { noise, writeLayer } from '../helpers/layers.js';
 import type { LayerSource } from '../../src/layer/types.js';
 import { UserError } from '../../src/util/errors.js';
 import { tarToBuffer, tarStreamList } from '../tar/tar-tools.js';
@@ -15,19 +15,6 @@ function sha256(bytes: Buffer): string {
 
 function freshDir(): string {
   return mkdtempSync(join(tmpdir(), 'nix2oci-layer-'));
-}
-
-/** Deterministic pseudo-random bytes: incompressible enough to make gzip work, cheap to make. */
-function noise(size: number, seed: number): Buffer {
-  const out = Buffer.alloc(size + 3);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out.writeUInt32LE(x >>> 0, i);
-  }
-  return out.subarray(0, size);
 }
 
 /** A layer of a few MB: several files, some compressible, crossing many 1 MiB chunks. */

@@ -1,8 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFileSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import { join } from 'node:path';
-import { compileWriter, NODE_VERSIONS, nodeBinary, WRITER_INPUTS } from '../helpers/node-versions.js';
+import { compileWriter, runUnderEveryNode, WRITER_INPUTS } from '../helpers/node-versions.js';
 
 /**
  * zstd layer digests must not depend on the Node release, nor on how many frames compress at once. The
@@ -49,14 +47,10 @@ describe('zstd layers across Node releases', () => {
   afterAll(() => rmSync(compiled, { recursive: true, force: true }));
 
   it('gives byte-identical, valid blobs under Node 20, 22, 24 and 26 at levels 1, 3 and 9, whatever the turns', () => {
-    const binaries = [process.execPath, ...NODE_VERSIONS.map(nodeBinary)];
-    const results = binaries.map(
-      (node) =>
-        JSON.parse(execFileSync(node, [join(compiled, 'run.mjs')], { encoding: 'utf8' })) as {
-          node: string;
-          layers: Record<string, { digest: string; size: number; diffId: string; untarred: string; frames: number }>;
-        },
-    );
+    const results = runUnderEveryNode<{
+      node: string;
+      layers: Record<string, { digest: string; size: number; diffId: string; untarred: string; frames: number }>;
+    }>(compiled);
     console.log(results.map((r) => `${r.node}: level 3 ${r.layers['3/4']!.digest}`).join('\n'));
     expect(new Set(results.map((r) => r.node.split('.')[0])).size).toBe(4); // v20, v22, v24, v26 all ran
     const first = results[0]!.layers;

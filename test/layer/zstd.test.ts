@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decompress } from 'fzstd';
-import { writeLayer } from '../helpers/layers.js';
+import { noise, writeLayer } from '../helpers/layers.js';
 import { tools } from '../helpers/tools.js';
 import { storedZstdFrame } from '../../src/layer/zstd.js';
 import { FRAME_SIZE } from '../../src/layer/format.js';
@@ -17,19 +17,6 @@ import { measureLayer } from '../../src/layer/diff-id.js';
 
 const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 const freshDir = () => mkdtempSync(join(tmpdir(), 'nix2oci-zstd-'));
-
-/** Deterministic pseudo-random bytes. */
-function noise(size: number, seed: number): Buffer {
-  const out = Buffer.alloc(size + 3);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out.writeUInt32LE(x >>> 0, i);
-  }
-  return out.subarray(0, size);
-}
 
 /** About 9 MB of tar: three frames, some compressible, some not. */
 function source(): LayerSource {
