@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { createReadStream, copyFileSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { createReadStream, copyFileSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ElfScanner, type ElfFacts, type ElfScanResult } from '../../../src/wheels/checks/elf.js';
 import { UserError } from '../../../src/util/errors.js';
@@ -121,6 +121,16 @@ describe.runIf(tools('readelf', 'patchelf'))('ElfScanner against readelf', () =>
       expect(most).toBeLessThanOrEqual(prefixLimit + 8192 + 64 * 1024);
     }
   });
+
+  it('holds nothing once the facts are known, even when a whole small library comes in one chunk', () => {
+    const file = `${libdir}/libz.so.1`;
+    const scanner = new ElfScanner({ label: file });
+    scanner.push(readFileSync(file));
+    expect(scanner.wantsMore).toBe(false);
+    expect(scanner.bufferedBytes).toBe(0);
+    const result = scanner.end();
+    expect(result.kind === 'elf' && pickFacts(result.facts)).toEqual(readelfFacts(file));
+  });
 });
 
 describe('ElfScanner on synthetic files', () => {
@@ -128,6 +138,8 @@ describe('ElfScanner on synthetic files', () => {
     const scanner = new ElfScanner();
     scanner.push(Buffer.from('PK\x03\x04 a zip, not an ELF file'));
     expect(scanner.wantsMore).toBe(false);
+    // Nothing of it is held.
+    expect(scanner.bufferedBytes).toBe(0);
     expect(scanner.end()).toEqual({ kind: 'not-elf' });
     const short = new ElfScanner();
     short.push(Buffer.from('\x7fEL'));
