@@ -106,20 +106,22 @@ const TEST_FILE = /(^|\/)tests?\//;
 
 /**
  * The problems as a user reads them, most useful first: missing libraries grouped by fix (sonames that
- * share one on one line), other problems one a line with their fix, the executables of test
- * directories that cannot run one line per wheel.
+ * share one on one line), other problems one a line with their fix, a wheel's programs that cannot
+ * start (built for another system's loader) one line per wheel, and so are those of its test directories.
  */
 export function summarizeProblems(problems: readonly Problem[]): { errors: string[]; warnings: string[] } {
   const errors: string[] = [];
   const warnings: string[] = [];
   const missing = { error: [] as Problem[], warning: [] as Problem[], waived: [] as Problem[] };
   const tests = new Map<string, Problem[]>();
+  const programs = new Map<string, Problem[]>();
   for (const p of problems) {
     if (p.kind === 'missing-library') {
       (p.waived ? missing.waived : missing[p.severity]).push(p);
-    } else if (p.kind === 'foreign-interpreter' && p.entry && TEST_FILE.test(p.entry)) {
+    } else if (p.kind === 'foreign-interpreter' && p.entry && p.severity === 'warning') {
+      const group = TEST_FILE.test(p.entry) ? tests : programs;
       const key = `${p.wheel}\0${p.interpreter}`;
-      tests.set(key, [...(tests.get(key) ?? []), p]);
+      group.set(key, [...(group.get(key) ?? []), p]);
     } else {
       (p.severity === 'error' ? errors : warnings).push(withFix(p));
     }
@@ -127,6 +129,18 @@ export function summarizeProblems(problems: readonly Problem[]): { errors: strin
   errors.push(...groupMissing(missing.error, true));
   warnings.push(...groupMissing(missing.warning, true).map((line) => `${line} (the library check is off)`));
   warnings.push(...groupMissing(missing.waived, false).map((line) => `waived: ${line}`));
+  for (const group of programs.values()) {
+    const first = group[0]!;
+    if (group.length === 1) {
+      warnings.push(withFix(first));
+      continue;
+    }
+    // A wheel's programs built for another system's loader (torch's bin/: protoc, its store tests):
+    // one line per wheel, the first named; --problems lists each.
+    const names = group.map((p) => p.entry!);
+    const shown = names.slice(0, 3).join(', ') + (names.length > 3 ? ', …' : '');
+    warnings.push(`${first.wheel}: ${group.length} programs (${shown}) run with ${first.interpreter}, which the image does not have: they cannot start in it`);
+  }
   for (const group of tests.values()) {
     const first = group[0]!;
     const dirs = [...new Set(group.map((p) => testDir(p.entry!)))];

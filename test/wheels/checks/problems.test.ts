@@ -79,6 +79,17 @@ describe('problems a user can act on', () => {
     });
   });
 
+  it("collapses a wheel's programs that cannot start into one line per wheel, naming the first three", () => {
+    const programs = ['torch/bin/FileStoreTest', 'torch/bin/HashStoreTest', 'torch/bin/protoc', 'torch/bin/torch_shm_manager'];
+    const problems = [...programs.map((entry) => foreign(TORCH, entry)), foreign(NUMPY, 'numpy/bin/f2py-helper')];
+    expect(summarizeProblems(problems).warnings).toEqual([
+      `${TORCH}: 4 programs (torch/bin/FileStoreTest, torch/bin/HashStoreTest, torch/bin/protoc, …) run with /lib64/ld-linux-x86-64.so.2, which the image does not have: they cannot start in it`,
+      `numpy/bin/f2py-helper (${NUMPY}) runs with /lib64/ld-linux-x86-64.so.2, which a Nix image does not have`,
+    ]);
+    // The problems file still has every one.
+    expect(formatProblemsFile(problems).split('\n').filter((l) => l.startsWith('warning: '))).toHaveLength(5);
+  });
+
   it('tells waived libraries and those of a library check turned off as grouped warnings', () => {
     const waived = { ...missing(TORCH, 'torch', 'torch/lib/libtorch_cuda.so', 'libcuda.so.1', 'warning'), waived: true, message: 'waived library: …' };
     const off = missing(NUMPY, 'numpy', 'numpy/x.so', 'libstdc++.so.6', 'warning');
