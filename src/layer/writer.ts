@@ -57,11 +57,13 @@ export interface Written {
 
 /** Tar chunks in flight: bounds memory to a few MiB whatever the layer's size. */
 const CHUNK_SIZE = 1 << 20;
-const CHUNKS_IN_FLIGHT = 8;
+const CHUNKS_IN_FLIGHT = 4;
 /** Frames of one layer being compressed at most (each holds a FRAME_SIZE buffer of tar until compressed). */
 const FRAMES_IN_FLIGHT = 4;
+/** Frame-sized buffers a layer keeps for its next parts. */
+const SPARE_PARTS = 2;
 /** Bytes queued for the disk before the writer waits: a slow disk must not let them pile up. */
-const WRITE_BACKLOG = 16 << 20;
+const WRITE_BACKLOG = 8 << 20;
 
 export async function writeLayer(source: LayerSource, format: LayerFormat, out: LayerOutput, options: WriteOptions = {}): Promise<Written> {
   const { whole = true, around, alsoHash, onTarred } = options;
@@ -336,6 +338,7 @@ class Frames {
   #part: Buffer | null = null;
   #used = 0;
   #spare: Buffer[] = [];
+  #queue: Promise<void> = Promise.resolve();
   #next = 0;
   #nextEmit = 0;
   #done = new Map<number, Buffer>();
@@ -350,8 +353,18 @@ class Frames {
     private readonly emit: (frame: Buffer) => void,
   ) {}
 
-  /** Takes the bytes (copied); resolves once there is room for more. */
-  async write(bytes: Buffer): Promise<void> {
+  /**
+   * Takes the bytes (copied); resolves once there is room for more. Calls may overlap (the tar writer
+   * hands over its next chunk before this one resolves): they are queued and copied in call order, so
+   * parts fill in tar order and only one part at a time waits for a turn.
+   */
+  write(bytes: Buffer): Promise<void> {
+    const done = this.#queue.then(() => this.#write(bytes));
+    this.#queue = done.catch(() => undefined);
+    return done;
+  }
+
+  async #write(bytes: Buffer): Promise<void> {
     let offset = 0;
     while (offset < bytes.length) {
       if (this.#failure) throw this.#failure;
@@ -365,6 +378,7 @@ class Frames {
 
   /** Sends what is left to be compressed (an empty tar still gets one frame); resolves once under way. */
   async flush(): Promise<void> {
+    await this.#queue;
     if (this.#used > 0 || this.#next === 0) await this.#dispatch();
   }
 
@@ -380,15 +394,17 @@ class Frames {
     const length = this.#used;
     this.#part = null;
     this.#used = 0;
+    // Numbered as it is cut, before any wait: frames come out in tar order whoever waits longest.
+    const seq = this.#next++;
     while (this.#inFlight >= FRAMES_IN_FLIGHT) await new Promise<void>((resolve) => this.#roomWaiters.push(resolve));
+    this.#inFlight++;
     const turn = this.turns.take();
     if (turn) await turn;
     if (this.#failure) {
       this.turns.give();
+      this.#finished(seq, part, Buffer.alloc(0), false);
       throw this.#failure;
     }
-    const seq = this.#next++;
-    this.#inFlight++;
     this.codec.frame(part.subarray(0, length)).then(
       (framed) => this.#finished(seq, part, framed),
       (err: unknown) => {
@@ -398,9 +414,10 @@ class Frames {
     );
   }
 
-  #finished(seq: number, part: Buffer, framed: Buffer): void {
-    this.turns.give();
-    if (part.length === FRAME_SIZE) this.#spare.push(part);
+  #finished(seq: number, part: Buffer, framed: Buffer, turned = true): void {
+    if (turned) this.turns.give();
+    // A few spares suffice: parts are cut one after another, and only a turn's worth compress at once.
+    if (part.length === FRAME_SIZE && this.#spare.length < SPARE_PARTS) this.#spare.push(part);
     this.#done.set(seq, framed);
     // In order; a part counts as in flight until its frame is emitted, so frames waiting behind a slow
     // earlier part stay bounded too.
