@@ -17,11 +17,11 @@ const BATCH_BYTES = 2 << 20;
 const BATCH_ENTRIES = 512;
 /** A large entry's chunks, and how many of them may be away from the worker at once. */
 const CHUNK_SIZE = 1 << 20;
-const CHUNK_CREDITS = 4;
+const CHUNK_CREDITS = 2;
 /** Bytes of entries one reader asks for ahead of what its consumer has taken. */
-const WINDOW = 8 << 20;
+const WINDOW = 4 << 20;
 /** Buffers kept for reuse, of each size: memory that goes round instead of garbage for the collector. */
-const SPARES = 4;
+const SPARES = 2;
 
 /** The worker's program as source text (see unzipWorkerMain), given the local header check it shares with ZipReader. */
 const WORKER_SOURCE = `'use strict';\n(${unzipWorkerMain.toString()})(${localHeaderDisagreement.toString()});\n`;
