@@ -156,13 +156,14 @@ function installScheme(info: WheelInfo, options: WheelInstallOptions): Scheme {
 }
 
 function planInstall(info: WheelInfo, options: WheelInstallOptions, scheme: Scheme): PlannedFile[] {
-  const files = new Map<string, PlannedFile & { from: string }>();
+  // Each file with where it comes from (for messages); kept apart so every file keeps one shape.
+  const files = new Map<string, { file: PlannedFile; from: string }>();
   const add = (file: PlannedFile, from: string) => {
     const existing = files.get(file.name);
     if (existing) throw new UserError(`${info.file}: ${existing.from} and ${from} both install /${file.name}`);
     const whiteout = whiteoutInPath(file.name);
     if (whiteout) throw new UserError(`${info.file}: ${from} would install /${file.name}, whose ${JSON.stringify(whiteout.component)} ${whiteout.problem}`);
-    files.set(file.name, { ...file, from });
+    files.set(file.name, { file, from });
   };
   const rootScheme = info.rootIsPurelib ? scheme.purelib : scheme.platlib;
   const dataPrefix = info.dataDir + '/';
@@ -198,7 +199,7 @@ function planInstall(info: WheelInfo, options: WheelInstallOptions, scheme: Sche
   add({ kind: 'generated', name: `${distInfo}/INSTALLER`, mode: FILE_MODE, content: Buffer.from(INSTALLER_TEXT) }, 'INSTALLER');
   add({ kind: 'record', name: `${distInfo}/RECORD` }, 'RECORD');
 
-  return [...files.values()].map(({ from: _, ...file }) => file).sort((a, b) => byCodeUnits(a.name, b.name));
+  return [...files.values()].map(({ file }) => file).sort((a, b) => byCodeUnits(a.name, b.name));
 }
 
 function isSchemeKey(key: string): key is keyof Scheme {
@@ -268,19 +269,17 @@ async function writeInstall(
       }
     }
 
-    type Item = { name: string; dir: true } | ({ dir: false } & PlannedFile);
-    const items: Item[] = [
-      ...directoriesOf(members).map((name) => ({ name, dir: true as const })),
-      ...members.map((file) => ({ ...file, dir: false as const })),
-    ].sort((a, b) => byCodeUnits(a.name, b.name));
+    // Directories (a name) and files, in tar order.
+    const items: (string | PlannedFile)[] = [...directoriesOf(members), ...members];
+    items.sort((a, b) => byCodeUnits(typeof a === 'string' ? a : a.name, typeof b === 'string' ? b : b.name));
 
     // The wheel's files are read, inflated and checked on the unzip pool, ahead of the tar, in its order.
-    const requests = items.flatMap((item): EntryRequest[] => (!item.dir && item.kind === 'wheel' ? [entryRequest(zipEntryFor(item.entry), item.entry)] : []));
+    const requests = items.flatMap((item): EntryRequest[] => (typeof item !== 'string' && item.kind === 'wheel' ? [entryRequest(zipEntryFor(item.entry), item.entry)] : []));
     const bodies = (options.unzip ?? defaultUnzipPool()).bodies(info.file, requests);
     try {
       for (const item of items) {
-        if (item.dir) {
-          await sink.add({ type: 'directory', name: item.name, mode: DIR_MODE });
+        if (typeof item === 'string') {
+          await sink.add({ type: 'directory', name: item, mode: DIR_MODE });
         } else if (item.kind === 'generated') {
           await sink.add({ type: 'file', name: item.name, mode: item.mode, size: item.content.length, body: item.content });
         } else if (item.kind === 'record') {
@@ -306,7 +305,9 @@ function entryRequest(zipEntry: ZipEntry, entry: WheelEntry): EntryRequest {
     name: entry.name,
     offset: zipEntry.offset,
     central: {
-      fileNameRaw: raw.fileNameRaw,
+      // A copy of its own: the zip reader's name is a view of Node's 8 KiB buffer pool, and a message
+      // clones a view's whole buffer (8 KiB per entry, both ways, for every entry of every wheel).
+      fileNameRaw: new Uint8Array(raw.fileNameRaw),
       generalPurposeBitFlag: raw.generalPurposeBitFlag,
       compressionMethod: raw.compressionMethod,
       crc32: raw.crc32,
@@ -320,6 +321,18 @@ function entryRequest(zipEntry: ZipEntry, entry: WheelEntry): EntryRequest {
 /** Streams one file from the zip into the layer; returns its RECORD row when the installed bytes differ from the wheel's. */
 async function writeWheelFile(info: WheelInfo, options: WheelInstallOptions, bodies: EntryBodies, file: WheelFile, sink: TarSink): Promise<InstalledRow | null> {
   const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry });
+  const whole = file.script ? null : bodies.whole();
+  if (whole) {
+    const { body, release } = await whole;
+    try {
+      inspector?.push(body);
+      await sink.add({ type: 'file', name: file.name, mode: file.mode, size: file.entry.size, body });
+    } finally {
+      release();
+    }
+    await inspector?.end();
+    return null;
+  }
   const body = observed(bodies.next(), inspector);
   if (!file.script) {
     await sink.add({ type: 'file', name: file.name, mode: file.mode, size: file.entry.size, body });

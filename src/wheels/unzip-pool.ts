@@ -270,6 +270,32 @@ export class EntryBodies {
     }
   }
 
+  /**
+   * The next entry's body whole, when it was read in a batch (null for a large entry: take it with
+   * `next`). Call `release` once done with the bytes: they are the batch's memory, which goes round.
+   * No generator and no chunks: most of a wheel's entries are small, and this is their fast path.
+   */
+  whole(): Promise<{ body: Buffer; release: () => void }> | null {
+    const pending = this.#pending[0];
+    if (!pending || pending.kind !== 'batch') return null;
+    const index = this.#taken++;
+    const last = index === pending.first + pending.count - 1;
+    return pending.result.then(
+      ({ bodies, memory }) => ({
+        body: bodies[index - pending.first]!,
+        release: () => {
+          if (!last) return;
+          this.pool.recycle(memory);
+          this.#done(pending);
+        },
+      }),
+      (err: unknown) => {
+        if (last) this.#done(pending);
+        throw err;
+      },
+    );
+  }
+
   /** Stops every read still under way (after a failure); the reader is unusable afterwards. */
   close(): void {
     this.#closed = true;
