@@ -385,8 +385,10 @@ async function* hashedBody(head: Buffer, rest: AsyncIterator<Buffer>, hash: Retu
 function installedRecord(info: WheelInfo, scheme: Scheme, plan: PlannedFile[], rows: Map<string, InstalledRow>, recordName: string): Buffer {
   const base = info.rootIsPurelib ? scheme.purelib : scheme.platlib;
   const lines: [string, string][] = [];
+  const under = base === '' ? '' : base + '/';
   for (const file of plan) {
-    const relative = relativeName(base, file.name);
+    // Most files lie under site-packages: their relative name is a slice.
+    const relative = under !== '' && file.name.startsWith(under) ? file.name.slice(under.length) : relativeName(base, file.name);
     if (file.kind === 'record') {
       lines.push([relative, formatRecordLine(relative, '', null)]);
       continue;
