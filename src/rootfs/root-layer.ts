@@ -68,19 +68,20 @@ export function rootLayerSource(closure: Closure, spec: RootSpec, options: RootL
     return info;
   });
   const warnings: string[] = [];
+  // Worked out once, however often the layer is tarred (a registry cache keys it by its tar, then writes it).
+  let entries: Promise<TarEntry[]> | undefined;
   const layer: RootLayer = {
     contents: ['image-root'],
     warnings,
     source: async (sink) => {
-      warnings.length = 0;
-      const entries = await rootEntries(closure, spec, infos, {
+      entries ??= rootEntries(closure, spec, infos, {
         walk: options.walk ?? readNarForListing,
         warn: (message) => {
           warnings.push(message);
           options.warn?.(message);
         },
       });
-      for (const entry of entries) await sink.add(entry);
+      for (const entry of await entries) await sink.add(entry);
     },
   };
   return layer;
@@ -175,8 +176,19 @@ export async function shellLinkTargets(
     const rest = [...closure.paths.values()]
       .filter((info) => !linked.has(info.path))
       .sort((a, b) => byCodePoints(storePathName(a.path), storePathName(b.path)) || byCodePoints(a.path, b.path));
-    for (const info of rest) {
-      const found = await findEntries(info, ['bin/bash', 'bin/env', 'bin/sh'], walk);
+    // Several store paths are read at once (each read is mostly waiting), and taken in order.
+    const finding: Promise<Set<string>>[] = [];
+    const find = (i: number): void => {
+      const info = rest[i];
+      if (!info) return;
+      finding[i] = findEntries(info, ['bin/bash', 'bin/env', 'bin/sh'], walk);
+      // Read ahead of need: a failure counts only if the search gets that far.
+      finding[i].catch(() => {});
+    };
+    for (let i = 0; i < FINDS_AHEAD; i++) find(i);
+    for (const [i, info] of rest.entries()) {
+      const found = await finding[i]!;
+      find(i + FINDS_AHEAD);
       note(info.path, (entry) => found.has(entry));
       if (done()) break;
     }
@@ -186,6 +198,9 @@ export async function shellLinkTargets(
     ...(want.env && env !== undefined && { env }),
   };
 }
+
+/** Store paths searched for `bin/sh` and `bin/env` at once. */
+const FINDS_AHEAD = 8;
 
 function hasLeaf(tree: StoreTree, path: string): boolean {
   let node: StoreTree | undefined = tree;
