@@ -338,7 +338,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     const plan = await planCappedLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy }, maxLayerSize);
     const ends = await storePathsEnds(format);
     const wheelFacts: WheelElfFacts[] = [];
-    const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
+    const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) }, { listed: noted });
     // Keying the image root means tarring it once more: only a registry cache needs it.
     const rootKey = options.registryCache ? imageRootLayerKey(createHash('sha256').update(await tarSegmentBytes(root.source, format.mtime)).digest('hex'), format) : null;
     const wheelCacheFacts: WheelElfFacts[] = [];

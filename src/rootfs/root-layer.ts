@@ -1,5 +1,5 @@
 import type { LayerSource, TarEntry } from '../layer/types.js';
-import type { Closure, StorePathInfo } from '../nix/types.js';
+import type { Closure, NarNode, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../nix/store-path.js';
 import { UserError } from '../util/errors.js';
 import { checkImageUsers, groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
@@ -36,6 +36,12 @@ export interface RootLayerOptions {
   walk?: NarWalker;
   /** Told about collisions between copyToRoot paths; they are also collected in `warnings`. */
   warn?: (message: string) => void;
+  /**
+   * A store path's nodes noted when its export was read, holding at least every entry directly in its
+   * `bin/` (as the wheel checks' listing does); undefined when none were noted. The search for
+   * `bin/sh` and `bin/env` then reads no NAR.
+   */
+  listed?: (info: StorePathInfo) => NarNode[] | undefined;
 }
 
 export interface RootLayer {
@@ -76,6 +82,7 @@ export function rootLayerSource(closure: Closure, spec: RootSpec, options: RootL
     source: async (sink) => {
       entries ??= rootEntries(closure, spec, infos, {
         walk: options.walk ?? readNarForListing,
+        listed: options.listed ?? (() => undefined),
         warn: (message) => {
           warnings.push(message);
           options.warn?.(message);
@@ -131,7 +138,7 @@ async function rootEntries(
   const wantSh = tree.lookup('bin/sh') === 'absent';
   const wantEnv = tree.lookup('usr/bin/env') === 'absent';
   if (wantSh || wantEnv) {
-    const targets = await shellLinkTargets(closure, copyToRoot, trees, options.walk, { sh: wantSh, env: wantEnv });
+    const targets = await shellLinkTargets(closure, copyToRoot, trees, options.walk, { sh: wantSh, env: wantEnv }, options.listed);
     if (targets.sh) tree.addSymlink('bin/sh', targets.sh);
     if (targets.env) tree.addSymlink('usr/bin/env', targets.env);
   }
@@ -156,6 +163,7 @@ export async function shellLinkTargets(
   copyToRootTrees: StoreTree[],
   walk: NarWalker,
   want: { sh: boolean; env: boolean },
+  listed: RootLayerOptions['listed'] = () => undefined,
 ): Promise<{ sh?: string; env?: string }> {
   let sh: string | undefined;
   let bash: string | undefined;
@@ -181,7 +189,10 @@ export async function shellLinkTargets(
     const find = (i: number): void => {
       const info = rest[i];
       if (!info) return;
-      finding[i] = findEntries(info, ['bin/bash', 'bin/env', 'bin/sh'], walk);
+      const nodes = listed(info);
+      finding[i] = nodes
+        ? Promise.resolve(new Set(nodes.filter((n) => n.type !== 'directory' && SHELLS.includes(n.path)).map((n) => n.path)))
+        : findEntries(info, SHELLS, walk);
       // Read ahead of need: a failure counts only if the search gets that far.
       finding[i].catch(() => {});
     };
@@ -199,6 +210,7 @@ export async function shellLinkTargets(
   };
 }
 
+const SHELLS = ['bin/bash', 'bin/env', 'bin/sh'];
 /** Store paths searched for `bin/sh` and `bin/env` at once. */
 const FINDS_AHEAD = 8;
 
