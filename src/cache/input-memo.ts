@@ -3,6 +3,7 @@ import type { WheelInfo } from '../wheels/wheel-info.js';
 import type { InputMemo } from '../util/file-identity.js';
 import { inputMemoKey } from './keys.js';
 import { isRecord, isSize, type CacheStore } from './store.js';
+import { isListedNodes } from './listing-memo.js';
 
 /**
  * What was read from input files (export indexes, wheels' metadata and sha256), kept in the cache by
@@ -32,7 +33,8 @@ const isRemembered = (v: unknown): v is RememberedPath =>
   (v.deriver === null || typeof v.deriver === 'string') &&
   isHex(v.narHash) &&
   isSize(v.narSize) &&
-  isSize(v.offset);
+  isSize(v.offset) &&
+  (v.listing === undefined || isListedNodes(v.listing));
 
 export function exportIndexMemo(store: CacheStore): IndexMemo {
   return inputMemo(store, 'export-index', (v): v is RememberedPath[] => Array.isArray(v) && v.every(isRemembered));

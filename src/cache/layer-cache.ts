@@ -148,8 +148,10 @@ export class LayerCache {
 
     // A damaged or missing part is dropped and the layer tried again, which rebuilds it.
     for (let attempt = 0; attempt < 3; attempt++) {
-      const known = await this.store.readEntry('layers', layerKey, isComposedEntry);
-      const parts = await Promise.all(partKeys.map((key) => this.store.readEntry('parts', key, isPartEntry)));
+      const reading = this.store.readEntry('layers', layerKey, isComposedEntry);
+      // A lookup ends at a missing layer entry (a fresh runner's every layer): its parts cannot make a hit.
+      if (lookupOnly && (await reading) === null) return null;
+      const [known, parts] = await Promise.all([reading, Promise.all(partKeys.map((key) => this.store.readEntry('parts', key, isPartEntry)))]);
       if (known && parts.every((p): p is PartEntry => p !== null)) {
         const same = known.frame === head.frame && known.parts.length === parts.length && parts.every((p, i) => p.blob === known.parts[i]);
         const pieces = same ? await this.#pieces(head.stored, parts) : null;

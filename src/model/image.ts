@@ -23,6 +23,12 @@ export interface Blob {
    * (the same bytes: layers are deterministic), and the reader uses the pieces it returns.
    */
   unverified?: { repair(): Promise<BytePiece[]> };
+  /**
+   * `HOST/REPOSITORY` where this build has just found the blob with its digest and size (the registry
+   * cache's check, or a mount there): a push to that repository skips asking again. The registry still
+   * refuses a manifest naming a blob it lacks.
+   */
+  foundIn?: string;
   /** A fresh stream of the blob's bytes from `start` (default 0) to the end. */
   open(start?: number): Readable;
 }

@@ -8,11 +8,11 @@ import { readRemembered, type InputMemo } from '../util/file-identity.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import type { Closure, StorePathInfo } from './types.js';
+import type { Closure, NarNode, StorePathInfo } from './types.js';
 import { UserError } from '../util/errors.js';
 import { defaultHashPool, type HashPool } from '../util/hash-pool.js';
 import { describeOsError, environmentErrorMessage } from '../util/os-errors.js';
-import { indexExport, spoolToFile } from './export.js';
+import { indexExport, spoolToFile, type NarListing } from './export.js';
 import { checkAgainstPathInfo, readPathInfo, sriOf } from './path-info.js';
 
 export { storePathName, storePathProblem, isStorePath } from './store-path.js';
@@ -41,13 +41,20 @@ export interface LoadClosureOptions {
    * keys by NAR hash).
    */
   hashes?: HashPool | null;
+  /** Nodes to note from each NAR as it is indexed (see indexExport); a file whose index the memo recalls gives none. */
+  listing?: NarListing;
+  /** Called when a file's NARs are all parsed, its hashes perhaps still being computed (see indexExport); not for a file the memo recalls. */
+  onParsed?: (file: string) => void;
 }
 
 /** An export file's index, remembered by the file's identity (see fileIdentity): its NARs are not hashed again. */
 export type IndexMemo = InputMemo<RememberedPath[]>;
 
-/** A path's index entry without the file name (the file may be reached by another name next time). */
-export type RememberedPath = Omit<StorePathInfo, 'source'> & { offset: number };
+/**
+ * A path's index entry without the file name (the file may be reached by another name next time), and
+ * the nodes the caller's `listing` kept of it, so a recalled index gives them too.
+ */
+export type RememberedPath = Omit<StorePathInfo, 'source'> & { offset: number; listing?: NarNode[] };
 
 /** The name a file has in messages: `stdin` for '-', else the path as given. */
 function labelFor(file: string): string {
@@ -75,7 +82,12 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
     labels.set(file, label);
     const onProgress = opts.onProgress && ((read: number, total: number) => opts.onProgress!(label, read, total));
     // Only a file read in place can be remembered: stdin and pipes are spooled to a new file each time.
-    const infos = file !== given ? await indexExport(file, { label, onProgress, hashes: opts.hashes === undefined ? defaultHashPool() : opts.hashes }) : await indexRemembered(file, label, opts.hashes === undefined ? defaultHashPool() : opts.hashes, opts.memo, onProgress, opts.onRecalled);
+    const hashes = opts.hashes === undefined ? defaultHashPool() : opts.hashes;
+    const onParsed = opts.onParsed && (() => opts.onParsed!(label));
+    const infos =
+      file !== given
+        ? await indexExport(file, { label, onProgress, hashes, listing: opts.listing, onParsed })
+        : await indexRemembered(file, { label, hashes, memo: opts.memo, onProgress, onRecalled: opts.onRecalled, listing: opts.listing, onParsed });
     for (const info of infos) {
       const seen = merged.get(info.path);
       if (!seen) {
@@ -176,20 +188,39 @@ async function spool(stream: Readable, label: string, opts: LoadClosureOptions):
 /** Indexes a regular file, or takes its index from the memo when the file is the one indexed before. */
 async function indexRemembered(
   file: string,
-  label: string,
-  hashes: HashPool | null,
-  memo: IndexMemo | undefined,
-  onProgress?: (read: number, total: number) => void,
-  onRecalled?: (file: string) => void,
+  o: {
+    label: string;
+    hashes: HashPool | null;
+    memo: IndexMemo | undefined;
+    onProgress?: (read: number, total: number) => void;
+    onRecalled?: (file: string) => void;
+    listing?: NarListing;
+    onParsed?: () => void;
+  },
 ): Promise<StorePathInfo[]> {
+  const { label, onProgress, onRecalled, listing } = o;
+  let recalled = false;
   const paths = await readRemembered(
     file,
-    memo,
-    async () => (await indexExport(file, { label, onProgress, hashes })).map(({ source, ...info }) => ({ ...info, offset: source.offset })),
+    o.memo,
+    async () => {
+      const listed = new Map<string, NarNode[]>();
+      const noting = listing && {
+        keep: listing.keep,
+        found: (path: string, nodes: NarNode[]) => {
+          listed.set(path, nodes);
+          listing.found(path, nodes);
+        },
+      };
+      const infos = await indexExport(file, { label, onProgress, hashes: o.hashes, listing: noting, onParsed: o.onParsed });
+      return infos.map(({ source, ...info }) => ({ ...info, offset: source.offset, ...(listed.has(info.path) && { listing: listed.get(info.path) }) }));
+    },
     ({ size }) => {
+      recalled = true;
       onRecalled?.(label);
       onProgress?.(size, size);
     },
   );
-  return paths.map(({ offset, ...info }) => ({ ...info, source: { file, offset } }));
+  if (recalled && listing) for (const p of paths) if (p.listing) listing.found(p.path, p.listing);
+  return paths.map(({ offset, listing: _, ...info }) => ({ ...info, source: { file, offset } }));
 }

@@ -6,7 +6,7 @@
  */
 import type { Readable } from 'node:stream';
 import { spoolExport } from './spool.js';
-import type { StorePathInfo } from './types.js';
+import type { NarNode, NarVisitor, StorePathInfo } from './types.js';
 import { UserError } from '../util/errors.js';
 import { ChunkReader, EndOfDataError, ReadFailedError, closeFd, openForReading, sizeOfFd } from './chunk-reader.js';
 import { parseNar, narMessage, type NarProblem } from './nar.js';
@@ -34,6 +34,20 @@ export interface IndexOptions {
    * keys by it (no cache, no path-info, one export): reading an export is then parsing alone.
    */
   hashes?: HashPool | null;
+  /**
+   * The nodes of each NAR that `keep` takes, handed to `found` with the path's name as the pass reads
+   * them: a caller that needs a listing of every path (the wheel checks' closure index) then does not
+   * read each NAR again.
+   */
+  listing?: NarListing;
+  /** Called once every NAR is parsed, while the hash pool may still be hashing: the thread is free for other work. */
+  onParsed?: () => void;
+}
+
+/** Which nodes of each NAR to keep while indexing, and who gets them (once per path, in file order). */
+export interface NarListing {
+  keep(node: NarNode): boolean;
+  found(path: string, nodes: NarNode[]): void;
 }
 
 /**
@@ -56,7 +70,7 @@ export async function indexExport(file: string, opts: IndexOptions = {}): Promis
     let hashed = 0;
     const onProgress = opts.onProgress;
     const reader = new ChunkReader(fd, 0, size, { chunkSize: opts.chunkSize ?? INDEX_CHUNK });
-    const indexer = new ExportIndexer(reader, file, label, opts.hashes === undefined ? defaultHashPool() : opts.hashes, onProgress && ((n) => onProgress((hashed += n), size)));
+    const indexer = new ExportIndexer(reader, file, label, opts.hashes === undefined ? defaultHashPool() : opts.hashes, onProgress && ((n) => onProgress((hashed += n), size)), opts);
     try {
       const infos = await indexer.run();
       // Only NAR bytes are counted as they are hashed; the trailers between them complete the file.
@@ -83,6 +97,7 @@ class ExportIndexer {
     readonly label: string,
     readonly hashes: HashPool | null,
     readonly onHashed?: (bytes: number) => void,
+    readonly opts: Pick<IndexOptions, 'listing' | 'onParsed'> = {},
   ) {}
 
   fail(offset: number, message: string): UserError {
@@ -92,6 +107,7 @@ class ExportIndexer {
   async run(): Promise<StorePathInfo[]> {
     try {
       const infos = await this.#paths();
+      this.opts.onParsed?.();
       const hashes = await Promise.all(this.#hashes);
       for (const [i, info] of infos.entries()) info.narHash = hashes[i]!.digest.slice('sha256:'.length);
       return infos;
@@ -127,8 +143,9 @@ class ExportIndexer {
       this.#where = pending;
       const offset = r.position;
       let problem: NarProblem | null = null;
-      // No visitor: indexing only validates, skipping over file contents; the hash pool reads them.
-      await parseNar(r, null, {
+      const nodes: NarNode[] = [];
+      // Indexing only validates, skipping over file contents (the hash pool reads them); a listing only notes nodes.
+      await parseNar(r, this.opts.listing ? keeper(this.opts.listing, nodes) : null, {
         file: this.label,
         label: pending,
         onNameProblem: (p) => {
@@ -152,6 +169,7 @@ class ExportIndexer {
       this.#where = path;
       // A bad name inside the NAR is only reported now, when the path it belongs to is known.
       if (problem) throw new UserError(narMessage(this.label, path, problem));
+      this.opts.listing?.found(path, nodes);
 
       const countAt = r.position;
       const count = await this.#u64();
@@ -237,6 +255,14 @@ class ExportIndexer {
     if (why) throw this.fail(at, `${what} ${quote(text)} is not a valid store path: ${why}`);
     return text;
   }
+}
+
+/** A visitor that notes the nodes `listing` keeps and leaves every file's contents unread. */
+function keeper(listing: NarListing, nodes: NarNode[]): NarVisitor {
+  const note = (node: NarNode) => {
+    if (listing.keep(node)) nodes.push(node);
+  };
+  return { directory: note, regular: note, symlink: note };
 }
 
 function hex(n: number | bigint): string {

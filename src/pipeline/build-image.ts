@@ -3,7 +3,7 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pLimit from 'p-limit';
 import { loadClosure } from '../nix/closure.js';
-import type { Closure, StorePathInfo } from '../nix/types.js';
+import type { Closure, NarNode, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../nix/store-path.js';
 import { planLayers, type PlanOptions, type PlanStrategy } from '../plan/plan.js';
 import { capLayers, checkLayerSize, sliceLabel, type CappedLayer, type StorePathSlice } from '../plan/size-cap.js';
@@ -277,12 +277,27 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   const turns = new Turns(jobs);
   const clock = stopwatch();
   let output: ImageOutput | null = null;
+  // The wheels given on the command line are read once the first export is parsed, while its NARs are
+  // still being hashed (the recipe's are known only once the closure is resolved); their errors are
+  // told later, in order.
+  const wheelInfos = shared ? wheelInfoMemo(shared) : undefined;
+  const readWheel = options.wheels.length > 0 ? import('./wheels.js').then((m) => m.wheelReader(hashes, wheelInfos)) : null;
+  readWheel?.catch(() => {});
+  let wheelsStarted = false;
+  const startWheels = () => {
+    if (wheelsStarted) return;
+    wheelsStarted = true;
+    readWheel?.then((read) => expandWheelPaths(options.wheels).forEach(read)).catch(() => {});
+  };
   // The registry cache's index is read while the closure is.
   const opening = options.registryCache ? import('./registry-cache.js').then((m) => m.RegistryLayers.open(options.registryCache!, options.log, options.warn)) : Promise.resolve(null);
   opening.catch(() => {});
   let remote: RegistryLayers | null = null;
+  // The wheel checks' closure index needs a listing of every store path: noted as the exports are read, not read again.
+  const listings = new Map<string, NarNode[]>();
+  const noted = (info: StorePathInfo) => listings.get(info.path);
   try {
-    const closure = await readClosure(options, work, shared, hashes);
+    const closure = await readClosure(options, work, shared, hashes, { listings, onParsed: startWheels });
     options.log(`closure: ${closure.paths.size} store paths (roots: ${closure.roots.map(storePathName).join(', ')})`);
     if (options.cacheDir) options.log(`layer cache: ${options.cacheDir}`);
 
@@ -308,8 +323,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
                   : options.wheelSplitSize,
               hashes,
               unzip,
-              list: shared ? memoizedListing(shared, listNar, mattersToIndex) : undefined,
-              wheelInfos: shared ? wheelInfoMemo(shared) : undefined,
+              list: shared ? memoizedListing(shared, listNar, mattersToIndex, noted) : async (info) => noted(info) ?? listNar(info),
+              wheelInfos,
+              ...(readWheel && { read: await readWheel }),
             })
             .catch(async (err: unknown) => {
               // The lock's problems are problems too: --problems lists them.
@@ -322,7 +338,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     const plan = await planCappedLayers(closure, { maxLayers, reserved: 1 + wheels.layers.length, strategy }, maxLayerSize);
     const ends = await storePathsEnds(format);
     const wheelFacts: WheelElfFacts[] = [];
-    const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) });
+    const root = rootLayerSource(closure, { ...resolved.root, lowerLayerFiles: wheels.layers.flatMap((l) => l.piece.files) }, { listed: noted });
     // Keying the image root means tarring it once more: only a registry cache needs it.
     const rootKey = options.registryCache ? imageRootLayerKey(createHash('sha256').update(await tarSegmentBytes(root.source, format.mtime)).digest('hex'), format) : null;
     const wheelCacheFacts: WheelElfFacts[] = [];
@@ -570,7 +586,13 @@ function byteParameters(options: BuildImageOptions, recipe: Recipe): Record<stri
 }
 
 /** Reads the closure; its NARs are hashed only when something uses the hashes (the cache, --path-info, several exports). */
-async function readClosure(options: BuildImageOptions, work: string, shared: CacheStore | null, hashes: HashPool): Promise<Closure> {
+async function readClosure(
+  options: BuildImageOptions,
+  work: string,
+  shared: CacheStore | null,
+  hashes: HashPool,
+  { listings, onParsed }: { listings: Map<string, NarNode[]>; onParsed: () => void },
+): Promise<Closure> {
   options.log(`reading ${options.closures.map((f) => (f === '-' ? 'stdin' : f)).join(', ')}`);
   const needHashes = shared !== null || options.pathInfo !== undefined || options.closures.length > 1 || Boolean(options.registryCache?.from);
   let readBefore = 0;
@@ -581,6 +603,8 @@ async function readClosure(options: BuildImageOptions, work: string, shared: Cac
     tmpDir: work,
     hashes: needHashes ? hashes : null,
     memo: shared ? exportIndexMemo(shared) : undefined,
+    listing: { keep: mattersToIndex, found: (path, nodes) => void (listings.has(path) || listings.set(path, nodes)) },
+    onParsed,
     onRecalled: (file) => options.log(`${file}: unchanged since it was last indexed; its index comes from the cache`),
     // Per file: add up across the files given.
     onProgress: (file, read, total) => {

@@ -216,9 +216,9 @@ export class RegistryLayers {
     return { digest: entry.digest, size: entry.size, diffId: entry.diffId, tarSize: entry.uncompressedSize };
   }
 
-  /** A layer that is in the registry and nowhere here: a push finds it present; nothing can read it. */
+  /** A layer that is in the registry and nowhere here: a push there knows it present without asking again; nothing can read it. */
   layer(entry: CacheIndexEntry, contents: string[], compression: Compression): Layer {
-    return remoteLayer(entry, contents, compression);
+    return { ...remoteLayer(entry, contents, compression), foundIn: `${this.session.client.registry}/${this.repository}` };
   }
 
   /** Ends the session, saying (once) how many of the index's layers were not in the registry. */
@@ -254,15 +254,18 @@ function remoteLayer(entry: CacheIndexEntry, contents: string[], compression: Co
  * Merges `ours` into the index at `to` and pushes it (after the image, whose blobs the entries name),
  * unless it holds them already. Registries have no conditional PUT, so two builds updating one index at
  * once could each write a merge without the other's entries: each reads the index again a moment after
- * writing (`settleMs`) and, when its entries are gone, merges and writes once more. What is left is a
- * write landing after that second look, which costs only cache misses (the last writer wins).
+ * writing and, when its entries are gone, merges and writes once more. The moment (`settleMs`, by
+ * default settleAfter) is twice what this build's own read, merge and write took: another build that
+ * read before this write landed writes its merge about as long after its read. What is left is a
+ * write landing after that second look (a build stalled for longer between its read and its write),
+ * which costs only cache misses (the last writer wins).
  */
 export async function pushCacheIndex(
   to: ImageReference,
   ours: CacheIndex,
   access: RegistryAccess & { retries?: number },
   log: (line: string) => void,
-  settleMs = INDEX_SETTLE_MS,
+  settleMs?: number,
 ): Promise<void> {
   const retry: RetryPolicy = { ...DEFAULT_RETRY_POLICY, attempts: access.retries ?? DEFAULT_RETRY_POLICY.attempts };
   const tag = to.tag!;
@@ -283,6 +286,7 @@ export async function pushCacheIndex(
       return held !== undefined && held.digest === entry.digest && held.pushed === entry.pushed && (held.facts === undefined) === (entry.facts === undefined);
     });
   try {
+    let readAt = performance.now();
     let held = await current();
     if (holdsOurs(held)) {
       log(`registry cache ${where}: already holds this image's ${ours.size} layers`);
@@ -292,7 +296,8 @@ export async function pushCacheIndex(
       const merged = mergeCacheIndex(held, ours);
       const bytes = serializeCacheIndex(merged);
       await pushArtifact(session.client, to.repository, tag, artifactOf({ artifactType: CACHE_INDEX_ARTIFACT_TYPE, documentType: CACHE_INDEX_MEDIA_TYPE, document: bytes }), retry);
-      await sleep(settleMs);
+      await sleep(settleMs ?? settleAfter(performance.now() - readAt));
+      readAt = performance.now();
       held = await current();
       const kept = holdsOurs(held);
       if (kept || attempt === 3) {
@@ -307,8 +312,17 @@ export async function pushCacheIndex(
   }
 }
 
-/** How long after writing the index it is read again, to see whether another build's write replaced it. */
-const INDEX_SETTLE_MS = 1000;
+/**
+ * How long after writing the index it is read again, to see whether another build's write replaced it:
+ * twice the time from this build's read to its write landing (another build's read-merge-write takes
+ * about as long on the same registry), at least MIN_SETTLE_MS (scheduling noise on a busy runner), at
+ * most MAX_SETTLE_MS.
+ */
+export function settleAfter(readToWrittenMs: number): number {
+  return Math.min(MAX_SETTLE_MS, Math.max(MIN_SETTLE_MS, Math.ceil(2 * readToWrittenMs)));
+}
+const MIN_SETTLE_MS = 200;
+const MAX_SETTLE_MS = 10_000;
 
 async function readIndex(client: RegistryClient, ref: ImageReference): Promise<{ index: CacheIndex } | { problem: string } | null> {
   try {

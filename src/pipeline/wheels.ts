@@ -104,19 +104,18 @@ export async function prepareWheels(options: {
   list?: ListNodes;
   /** What was read from each wheel before, by the file's identity: an unchanged wheel is not read again. */
   wheelInfos?: InputMemo<WheelInfo>;
+  /** Reads a wheel: a build passes the wheelReader it started before the closure was read. */
+  read?: (file: string) => Promise<WheelInfo>;
 }): Promise<PreparedWheels> {
   const { files, closure, recipe } = options;
   const splitThreshold = options.splitThreshold;
-  // The lock is read first: a mistake in it is told before anything else is read.
+  // The lock is read first: a mistake in it is told before anything else.
   const lock = options.lock !== undefined ? { file: options.lock, entries: readWheelLock(options.lock) } : null;
   if (files.length === 0 && !lock) return { layers: [], check: async () => ({ problems: [], env: {} }) };
 
-  // The wheels are read (and hashed, on the hash pool) while the closure is indexed; errors are still
-  // reported in order: the closure's first, then each wheel's.
-  const reading = files.map((file) =>
-    readRemembered(file, options.wheelInfos, () => readWheelInfo(file, options.hashes)).then((info) => ({ ...info, file })),
-  );
-  for (const r of reading) r.catch(() => {});
+  // The wheels are read (and hashed, on the hash pool) at once, and a build starts on those it knows
+  // while the closure is indexed; errors are still reported in order: the closure's first, then each wheel's.
+  const reading = files.map(options.read ?? wheelReader(options.hashes, options.wheelInfos));
   const explicitPython = options.python ?? recipe.python.interpreter;
   const { index, python } = await inspectClosure(closure, { python: explicitPython, list: options.list });
   const platform = PLATFORM_OF_ARCH[recipe.architecture ?? 'amd64'];
@@ -187,6 +186,24 @@ export async function prepareWheels(options: {
         depsCheck: options.depsCheck && !recipe.checks.skipRequirements,
         libraryCheck: options.libraryCheck !== false && !recipe.checks.skipLibraries,
       }),
+  };
+}
+
+/**
+ * Reads each wheel file once however often asked (its zip directory, RECORD, and its sha256 on the hash
+ * pool), so a build can start on the wheels it knows before the closure is read. A failure is kept
+ * until the reading is awaited: errors are still told in the order of the wheels.
+ */
+export function wheelReader(hashes?: HashPool, memo?: InputMemo<WheelInfo>): (file: string) => Promise<WheelInfo> {
+  const started = new Map<string, Promise<WheelInfo>>();
+  return (file) => {
+    let reading = started.get(file);
+    if (!reading) {
+      reading = readRemembered(file, memo, () => readWheelInfo(file, hashes)).then((info) => ({ ...info, file }));
+      reading.catch(() => {});
+      started.set(file, reading);
+    }
+    return reading;
   };
 }
 

@@ -174,10 +174,12 @@ async function pushBlobs(
   const refusedMountSources = new Set<string>();
   const pushOne = async ({ blob, label }: LabelledBlob): Promise<[string, BlobOutcome]> => {
     const { digest, size } = blob.descriptor;
-    const present = await checkLimit(() => {
-      stop.signal.throwIfAborted();
-      return blobExists(client, plan.ref.repository, digest);
-    });
+    const present =
+      blob.foundIn === `${client.registry}/${plan.ref.repository}` ||
+      (await checkLimit(() => {
+        stop.signal.throwIfAborted();
+        return blobExists(client, plan.ref.repository, digest);
+      }));
     if (present) {
       progress.blob(digest, size, label).finished({ kind: 'skipped' });
       return [digest, { kind: 'skipped' }];

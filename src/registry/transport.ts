@@ -95,6 +95,10 @@ export async function send(agent: Dispatcher, request: HttpRequest): Promise<Htt
         headers,
         body: payload,
         signal: request.signal,
+        // undici closes the connection after a HEAD (in case a server sends a body anyway): a build
+        // checking a hundred blobs would open a hundred connections (TLS handshakes on a real
+        // registry). Registries answer HEAD as HTTP says, as Go's client (skopeo, containerd) expects.
+        ...(method === 'HEAD' && { reset: false }),
       });
     } finally {
       // A body the server did not read to the end (an error, an early answer) must still close its file.

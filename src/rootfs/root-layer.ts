@@ -1,5 +1,5 @@
 import type { LayerSource, TarEntry } from '../layer/types.js';
-import type { Closure, StorePathInfo } from '../nix/types.js';
+import type { Closure, NarNode, StorePathInfo } from '../nix/types.js';
 import { storePathName } from '../nix/store-path.js';
 import { UserError } from '../util/errors.js';
 import { checkImageUsers, groupFile, nsswitchFile, passwdFile, ROOT_USER, type ImageUser } from './nss.js';
@@ -36,6 +36,12 @@ export interface RootLayerOptions {
   walk?: NarWalker;
   /** Told about collisions between copyToRoot paths; they are also collected in `warnings`. */
   warn?: (message: string) => void;
+  /**
+   * A store path's nodes noted when its export was read, holding at least every entry directly in its
+   * `bin/` (as the wheel checks' listing does); undefined when none were noted. The search for
+   * `bin/sh` and `bin/env` then reads no NAR.
+   */
+  listed?: (info: StorePathInfo) => NarNode[] | undefined;
 }
 
 export interface RootLayer {
@@ -68,19 +74,21 @@ export function rootLayerSource(closure: Closure, spec: RootSpec, options: RootL
     return info;
   });
   const warnings: string[] = [];
+  // Worked out once, however often the layer is tarred (a registry cache keys it by its tar, then writes it).
+  let entries: Promise<TarEntry[]> | undefined;
   const layer: RootLayer = {
     contents: ['image-root'],
     warnings,
     source: async (sink) => {
-      warnings.length = 0;
-      const entries = await rootEntries(closure, spec, infos, {
+      entries ??= rootEntries(closure, spec, infos, {
         walk: options.walk ?? readNarForListing,
+        listed: options.listed ?? (() => undefined),
         warn: (message) => {
           warnings.push(message);
           options.warn?.(message);
         },
       });
-      for (const entry of entries) await sink.add(entry);
+      for (const entry of await entries) await sink.add(entry);
     },
   };
   return layer;
@@ -130,7 +138,7 @@ async function rootEntries(
   const wantSh = tree.lookup('bin/sh') === 'absent';
   const wantEnv = tree.lookup('usr/bin/env') === 'absent';
   if (wantSh || wantEnv) {
-    const targets = await shellLinkTargets(closure, copyToRoot, trees, options.walk, { sh: wantSh, env: wantEnv });
+    const targets = await shellLinkTargets(closure, copyToRoot, trees, options.walk, { sh: wantSh, env: wantEnv }, options.listed);
     if (targets.sh) tree.addSymlink('bin/sh', targets.sh);
     if (targets.env) tree.addSymlink('usr/bin/env', targets.env);
   }
@@ -155,6 +163,7 @@ export async function shellLinkTargets(
   copyToRootTrees: StoreTree[],
   walk: NarWalker,
   want: { sh: boolean; env: boolean },
+  listed: RootLayerOptions['listed'] = () => undefined,
 ): Promise<{ sh?: string; env?: string }> {
   let sh: string | undefined;
   let bash: string | undefined;
@@ -175,8 +184,22 @@ export async function shellLinkTargets(
     const rest = [...closure.paths.values()]
       .filter((info) => !linked.has(info.path))
       .sort((a, b) => byCodePoints(storePathName(a.path), storePathName(b.path)) || byCodePoints(a.path, b.path));
-    for (const info of rest) {
-      const found = await findEntries(info, ['bin/bash', 'bin/env', 'bin/sh'], walk);
+    // Several store paths are read at once (each read is mostly waiting), and taken in order.
+    const finding: Promise<Set<string>>[] = [];
+    const find = (i: number): void => {
+      const info = rest[i];
+      if (!info) return;
+      const nodes = listed(info);
+      finding[i] = nodes
+        ? Promise.resolve(new Set(nodes.filter((n) => n.type !== 'directory' && SHELLS.includes(n.path)).map((n) => n.path)))
+        : findEntries(info, SHELLS, walk);
+      // Read ahead of need: a failure counts only if the search gets that far.
+      finding[i].catch(() => {});
+    };
+    for (let i = 0; i < FINDS_AHEAD; i++) find(i);
+    for (const [i, info] of rest.entries()) {
+      const found = await finding[i]!;
+      find(i + FINDS_AHEAD);
       note(info.path, (entry) => found.has(entry));
       if (done()) break;
     }
@@ -186,6 +209,10 @@ export async function shellLinkTargets(
     ...(want.env && env !== undefined && { env }),
   };
 }
+
+const SHELLS = ['bin/bash', 'bin/env', 'bin/sh'];
+/** Store paths searched for `bin/sh` and `bin/env` at once. */
+const FINDS_AHEAD = 8;
 
 function hasLeaf(tree: StoreTree, path: string): boolean {
   let node: StoreTree | undefined = tree;

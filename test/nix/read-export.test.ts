@@ -4,11 +4,11 @@ import { createHash } from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NarVisitor, StorePathInfo } from '../../src/nix/types.js';
+import type { NarNode, NarVisitor, StorePathInfo } from '../../src/nix/types.js';
 import { indexExport } from '../../src/nix/export.js';
 import { readNar, listNar, readNarFile, parseNar } from '../../src/nix/nar.js';
 import { ChunkReader } from '../../src/nix/chunk-reader.js';
-import { loadClosure } from '../../src/nix/closure.js';
+import { loadClosure, type RememberedPath } from '../../src/nix/closure.js';
 import { closureOf, pathInfoJson } from '../helpers/nix.js';
 import { tools } from '../helpers/tools.js';
 import { buildFixtures, diskTree, LONG_ENTRY, MARKER, type Fixtures, type NodeWithHash } from './fixtures.js';
@@ -163,6 +163,23 @@ describe.runIf(tools('nix-build', 'nix-store', 'nix'))('reading real nix-store -
     await expect(readNarFile(info, 'big.txt', 1000)).rejects.toThrow(
       new RegExp(`^${f.fixture.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/big\\.txt is \\d+ bytes, more than the 1000 expected$`),
     );
+  });
+
+  it('notes the nodes a listing keeps as it indexes, as listing each path afterwards would; a remembered index gives them again', async () => {
+    const keep = (node: NarNode) => node.type !== 'directory' && node.path.endsWith('.txt');
+    const expected = new Map(await Promise.all(infos.map(async (info) => [info.path, (await listNar(info)).filter(keep)] as const)));
+    expect([...expected.values()].some((nodes) => nodes.length > 0)).toBe(true);
+    const stored = new Map<string, RememberedPath[]>();
+    const memo = { recall: async (key: string) => stored.get(key) ?? null, remember: async (key: string, value: RememberedPath[]) => void stored.set(key, value) };
+    for (const round of ['indexed', 'recalled']) {
+      const noted = new Map<string, NarNode[]>();
+      const parsed: string[] = [];
+      const closure = await loadClosure([f.appExport], { memo, listing: { keep, found: (path, nodes) => void noted.set(path, nodes) }, onParsed: (file) => parsed.push(file) });
+      expect([round, noted]).toEqual([round, expected]);
+      // Told once the NARs are parsed (their hashes may still be running); a recalled index parses nothing.
+      expect([round, parsed]).toEqual([round, round === 'indexed' ? [f.appExport] : []]);
+      expect([...closure.paths.values()].map(({ source: _, ...info }) => info)).toEqual(infos.map(({ source: _, ...info }) => info));
+    }
   });
 
   it('merges exports: a path in both is read once, from the first file', async () => {

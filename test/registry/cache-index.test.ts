@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { mergeCacheIndex, parseCacheIndex, serializeCacheIndex, type CacheIndex, type CacheIndexEntry } from '../../src/registry/cache-index.js';
 import { isElfFactsList } from '../../src/pipeline/wheels.js';
+import { settleAfter } from '../../src/pipeline/registry-cache.js';
 
 const hex = (c: string) => c.repeat(64);
 const entry = (c: string, pushed = '2026-12-01', extra: Partial<CacheIndexEntry> = {}): CacheIndexEntry => ({
@@ -54,5 +55,13 @@ describe('the registry cache index', () => {
     // Bounded: ours always, then b (newest of the others), not c.
     expect([...mergeCacheIndex(held, ours, 3).keys()].sort()).toEqual([hex('a'), hex('b'), hex('d')]);
     expect([...mergeCacheIndex(held, ours, 1).keys()].sort()).toEqual([hex('a'), hex('d')]);
+  });
+});
+
+describe('writing the index beside other builds', () => {
+  it('reads it back after twice its own read-to-write time, at least 0.2 s and at most 10 s', () => {
+    expect([settleAfter(0), settleAfter(30), settleAfter(99.2)]).toEqual([200, 200, 200]);
+    expect([settleAfter(150), settleAfter(1234.5)]).toEqual([300, 2469]);
+    expect(settleAfter(60_000)).toBe(10_000);
   });
 });

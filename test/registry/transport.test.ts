@@ -59,6 +59,24 @@ describe('send', () => {
       (e: unknown) => e as Error,
     );
 
+  it('keeps the connection after a HEAD: checking many blobs opens one connection, not one each', async () => {
+    const own = new Agent({ connections: 1 });
+    let connections = 0;
+    const counting = () => void connections++;
+    origin.server.on('connection', counting);
+    try {
+      for (let i = 0; i < 5; i++) {
+        const res = await send(own, { method: 'HEAD', url: new URL(`${origin.url}/v2/r/blobs/sha256:${i}`), allowPlainHttp: true });
+        await res.body.dump();
+        expect(res.status).toBe(200);
+      }
+    } finally {
+      origin.server.off('connection', counting);
+      await own.close();
+    }
+    expect(connections).toBe(1);
+  });
+
   it('does not send a credential body to another origin, but follows on its own origin', async () => {
     const before = elsewhere.seen.length;
     const form = () => Buffer.from('grant_type=refresh_token&refresh_token=Secret-Refresh-Token');

@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import type { TarEntry, TarSink } from '../../src/layer/types.js';
 import { rootLayerSource, type RootSpec } from '../../src/rootfs/root-layer.js';
-import { findEntries } from '../../src/rootfs/store-tree.js';
+import { findEntries, type NarWalker } from '../../src/rootfs/store-tree.js';
+import type { NarNode } from '../../src/nix/types.js';
+import { mattersToIndex } from '../../src/wheels/checks/closure-index.js';
 import { UserError } from '../../src/util/errors.js';
 import { tarStreamList, tarToBuffer } from '../tar/tar-tools.js';
 import { fakeClosure, fakeStorePath } from '../recipe/fake-closure.js';
@@ -187,6 +189,28 @@ describe('rootLayerSource', () => {
       { name: 'usr/bin', type: 'directory', mode: 0o755 },
       { name: 'usr/bin/env', type: 'symlink', target: `${busybox}/bin/env` },
     ]);
+  });
+
+  it('takes /bin/sh and /usr/bin/env from listings noted as the export was read: the same layer, no NAR read for them', async () => {
+    const paths = [python, dash, bash, coreutils, busybox];
+    const fake = nars(paths);
+    const listings = new Map<string, NarNode[]>();
+    for (const path of paths) {
+      const nodes: NarNode[] = [];
+      const note = (node: NarNode) => void (mattersToIndex(node) && nodes.push(node));
+      await fake.walk(fakeClosure(paths).paths.get(path)!, { directory: note, regular: note, symlink: note });
+      listings.set(path, nodes);
+    }
+    const walked: string[] = [];
+    const walk: NarWalker = (info, visitor) => {
+      walked.push(info.path);
+      return fake.walk(info, visitor);
+    };
+    const listed = rootLayerSource(fakeClosure(paths), spec({ copyToRoot: [python] }), { walk, listed: (info) => listings.get(info.path) });
+    const walkedAll = rootLayerSource(fakeClosure(paths), spec({ copyToRoot: [python] }), { walk: fake.walk });
+    expect(await tarToBuffer(listed.source)).toEqual(await tarToBuffer(walkedAll.source));
+    // Only the copyToRoot path's tree is read; the search for sh and env reads none.
+    expect([...new Set(walked)]).toEqual([python]);
   });
 
   it('prefers a copyToRoot bash over an sh elsewhere, and falls back to bash when no path has sh', async () => {
