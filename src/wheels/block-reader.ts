@@ -15,6 +15,8 @@ const BLOCK_COUNT = 4;
 export class BlockReader {
   /** Block index → its bytes (shorter at the end of the file), most recently used last. */
   readonly #blocks = new Map<number, Promise<Buffer>>();
+  /** The blocks among those whose read has completed. */
+  readonly #ready = new Map<number, Buffer>();
 
   constructor(
     private readonly handle: FileHandle,
@@ -40,6 +42,21 @@ export class BlockReader {
     return Buffer.concat([a.subarray(start), b.subarray(0, length - (a.length - start))]);
   }
 
+  /**
+   * The bytes at once when one block already read holds them all (copied into `into` at `at`), else
+   * false: the many small reads of a zip directory mostly hit a block read moments before, and need no
+   * trip through the event loop.
+   */
+  copyCached(position: number, length: number, into: Buffer, at: number): boolean {
+    const index = Math.floor(position / BLOCK_SIZE);
+    if (length === 0 || index !== Math.floor((position + length - 1) / BLOCK_SIZE) || position + length > this.size) return false;
+    const block = this.#ready.get(index);
+    if (!block || !this.#blocks.has(index)) return false;
+    const start = position - index * BLOCK_SIZE;
+    block.copy(into, at, start, start + length);
+    return true;
+  }
+
   /** Chunks of at most BLOCK_SIZE covering [position, position + length). */
   async *chunks(position: number, length: number): AsyncGenerator<Buffer> {
     const end = position + length;
@@ -60,10 +77,20 @@ export class BlockReader {
       this.#blocks.delete(index);
     } else {
       const start = index * BLOCK_SIZE;
-      block = this.#readDirect(start, Math.min(BLOCK_SIZE, this.size - start));
-      if (this.#blocks.size >= BLOCK_COUNT) this.#blocks.delete(this.#blocks.keys().next().value!);
+      const reading = this.#readDirect(start, Math.min(BLOCK_SIZE, this.size - start));
+      block = reading;
+      if (this.#blocks.size >= BLOCK_COUNT) {
+        const oldest = this.#blocks.keys().next().value!;
+        this.#blocks.delete(oldest);
+        this.#ready.delete(oldest);
+      }
       // A failed read must not stay cached.
-      block.catch(() => this.#blocks.delete(index));
+      reading.then(
+        (bytes) => {
+          if (this.#blocks.get(index) === reading) this.#ready.set(index, bytes);
+        },
+        () => this.#blocks.delete(index),
+      );
     }
     this.#blocks.set(index, block);
     return block;
@@ -91,6 +118,7 @@ export class BlockRandomAccessReader extends yauzl.RandomAccessReader {
   }
 
   override read(buffer: Buffer, offset: number, length: number, position: number, callback: (err: Error | null) => void): void {
+    if (this.blocks.copyCached(position, length, buffer, offset)) return callback(null);
     this.blocks.read(position, length).then(
       (bytes) => {
         bytes.copy(buffer, offset);
