@@ -9,7 +9,7 @@ import { FRAME_SIZE, type LayerFormat } from '../../src/layer/format.js';
 import { writeComposedLayer, writeLayer as writeLayerTo } from '../../src/layer/writer.js';
 import type { LayerSource } from '../../src/layer/types.js';
 import { UserError } from '../../src/util/errors.js';
-import { writeLayer } from '../helpers/layers.js';
+import { noise, writeLayer } from '../helpers/layers.js';
 import { tarToBuffer } from '../tar/tar-tools.js';
 
 const GZIP: LayerFormat = { compression: 'gzip', gzipLevel: 1, mtime: 1 };
@@ -62,6 +62,33 @@ describe('the layer writer', () => {
       ]);
       expect(one.digest).toBe(alone.digest);
       expect(gunzipSync(readFileSync(two.file)).length).toBe(two.uncompressedSize);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps the frames in tar order however late the compressing turns come', async () => {
+    // Turns granted after random delays, so parts wait for theirs in every order: the tar writer hands
+    // its next chunks over meanwhile, and a part numbered when its turn came (not when it was cut)
+    // could land after a later one.
+    class LateTurns extends Turns {
+      override take(): Promise<void> | undefined {
+        const turn = super.take() ?? Promise.resolve();
+        return turn.then(() => new Promise<void>((resolve) => setTimeout(resolve, Math.floor(Math.random() * 8))));
+      }
+    }
+    const data = noise(10 * FRAME_SIZE + 12345, 7);
+    const source = fileSource('big', data);
+    const tar = await tarToBuffer(source, 1, 1 << 20);
+    const dir = scratch();
+    try {
+      for (let round = 0; round < 5; round++) {
+        const handle = await open(join(dir, `blob-${round}`), 'w');
+        const written = await writeLayerTo(source, GZIP, { handle, at: 0, path: 'blob' }, { turns: new LateTurns(2) });
+        await handle.close();
+        expect(gunzipSync(readFileSync(join(dir, `blob-${round}`))).equals(tar)).toBe(true);
+        expect(written.tarSize).toBe(tar.length);
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
