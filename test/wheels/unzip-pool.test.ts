@@ -73,6 +73,29 @@ describe('unzip pool', () => {
     }
   });
 
+  it('gives a batched entry whole (one buffer, no generator) and a streamed one only through next', async () => {
+    const info = await readWheelInfo(mixedWheel(scratchDir('nix2oci-unzip-')));
+    const { requests: all, expected } = await requests(info);
+    const pool = new UnzipPool(2);
+    const bodies = pool.bodies(info.file, all);
+    let whole = 0;
+    for (const [i, request] of all.entries()) {
+      const taken = bodies.whole();
+      if (request.central.uncompressedSize > 1 << 20) {
+        expect(taken, request.name).toBeNull();
+        expect((await collect(bodies.next())).bytes.equals(expected[i]!), request.name).toBe(true);
+        continue;
+      }
+      expect(taken, request.name).not.toBeNull();
+      const { body, release } = await taken!;
+      expect(body.equals(expected[i]!), request.name).toBe(true);
+      release();
+      whole++;
+    }
+    expect(whole).toBe(all.filter((r) => r.central.uncompressedSize <= 1 << 20).length);
+    bodies.close();
+  });
+
   it('reads several wheels at once on one thread without waiting on each other', async () => {
     const dir = scratchDir('nix2oci-unzip-');
     const info = await readWheelInfo(mixedWheel(dir));
