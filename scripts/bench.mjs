@@ -198,40 +198,24 @@ report('  peak RSS, closure of half the size', `${(halfRun.peakRss / 2 ** 20).to
   report('  size vs one deflate stream', `${all.blobBytes} B`, `${(((all.blobBytes / single.blobBytes) - 1) * 100).toFixed(3)} % larger`);
 }
 
-// Wheels (issue 3): a realistic wheel installed into a layer, against a store-path layer of the same size.
-const wheelBench = join(repo, 'scripts/bench/wheel.mjs');
-if (existsSync(wheelBench)) {
-  const { benchWheel } = await import(wheelBench);
-  await benchWheel({ repo, work, small, report, sha });
-}
-
-// The real ML wheel stack next to pip (issue 14): pip --target, pigz of its tree, nix2oci none and gzip.
-const pipBench = join(repo, 'scripts/bench/pip.mjs');
-if (existsSync(pipBench)) {
-  const { benchPip } = await import(pipBench);
-  await benchPip({ repo, work, report });
-}
-
-// The layer cache (issue 5), on an image shaped like the vLLM one (closure, Python, torch and vllm wheels):
-// cold, nothing changed, one changed wheel, one changed store path; each with the bytes a push would upload.
-const cacheBench = join(repo, 'scripts/bench/cache.mjs');
-if (existsSync(cacheBench)) {
-  const { benchCache } = await import(cacheBench);
-  await benchCache({ repo, work, small, report, sha });
-}
-
-// The registry as a shared layer cache (issue 12): fresh CI runners, with and without --cache-from.
-const registryCacheBench = join(repo, 'scripts/bench/registry-cache.mjs');
-if (existsSync(registryCacheBench)) {
-  const { benchRegistryCache } = await import(registryCacheBench);
-  await benchRegistryCache({ repo, work, small, report, sha });
-}
-
-// gzip and zstd side by side (issue 10): size, cold build, decompression, peak RSS.
-const zstdBench = join(repo, 'scripts/bench/zstd.mjs');
-if (existsSync(zstdBench)) {
-  const { benchZstd } = await import(zstdBench);
-  await benchZstd({ repo, work, small, report, runMeasured, closure: big });
+// The benches of later issues, each a module of scripts/bench/ given the run's context (each takes
+// what it needs of it: the bench closure, the machine's sha256 rate, the measured runner):
+//   wheel.mjs (issue 3): a realistic wheel installed into a layer, against a store-path layer of the same size;
+//   pip.mjs (issue 14): the real ML wheel stack next to pip (pip --target, pigz of its tree, nix2oci none and gzip);
+//   cache.mjs (issue 5): the layer cache on an image shaped like the vLLM one (closure, Python, torch and vllm
+//     wheels): cold, nothing changed, one changed wheel, one changed store path, with the bytes a push would upload;
+//   registry-cache.mjs (issue 12): the registry as a shared layer cache, fresh CI runners with and without --cache-from;
+//   zstd.mjs (issue 10): gzip and zstd side by side: size, cold build, decompression, peak RSS.
+const hooks = [
+  ['wheel.mjs', 'benchWheel'],
+  ['pip.mjs', 'benchPip'],
+  ['cache.mjs', 'benchCache'],
+  ['registry-cache.mjs', 'benchRegistryCache'],
+  ['zstd.mjs', 'benchZstd'],
+];
+for (const [file, name] of hooks) {
+  const hook = join(repo, 'scripts/bench', file);
+  if (existsSync(hook)) await (await import(hook))[name]({ repo, work, small, report, sha, runMeasured, closure: big });
 }
 
 const failed = results.filter((r) => r.ok === false);

@@ -230,24 +230,19 @@ export class EntryBodies {
 
   /** The next entry's body, in chunks; take it whole before asking for the next. Throws the entry's error after its bytes. */
   async *next(): AsyncGenerator<Buffer> {
-    const index = this.#taken++;
-    const pending = this.#pending[0];
-    if (!pending) throw new Error(`no entry ${index} of ${this.file} was asked for`);
-    if (pending.kind === 'batch') {
-      const { bodies, memory } = await pending.result;
-      const last = index === pending.first + pending.count - 1;
+    const whole = this.whole();
+    if (whole) {
+      const { body, release } = await whole;
       try {
-        const body = bodies[index - pending.first]!;
         if (body.length > 0) yield body;
       } finally {
-        // Once the batch's last body was taken, its memory goes back for another batch.
-        if (last) {
-          this.pool.recycle(memory);
-          this.#done(pending);
-        }
+        release();
       }
       return;
     }
+    const index = this.#taken++;
+    const pending = this.#pending[0];
+    if (!pending || pending.kind !== 'stream') throw new Error(`no entry ${index} of ${this.file} was asked for`);
     let ended = false;
     try {
       for (;;) {
@@ -284,6 +279,7 @@ export class EntryBodies {
       ({ bodies, memory }) => ({
         body: bodies[index - pending.first]!,
         release: () => {
+          // Once the batch's last body was taken, its memory goes back for another batch.
           if (!last) return;
           this.pool.recycle(memory);
           this.#done(pending);
