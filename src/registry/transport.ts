@@ -1,5 +1,6 @@
+import { createRequire } from 'node:module';
 import type { Readable } from 'node:stream';
-import { Agent, type Dispatcher } from 'undici';
+import type { Agent, Dispatcher } from 'undici';
 import type { TlsConnectOptions } from './tls.js';
 import { UserError } from '../util/errors.js';
 import { errorCode } from './retry.js';
@@ -23,7 +24,26 @@ export interface TransportOptions {
   stallTimeoutMs: number;
 }
 
+/**
+ * undici's Agent and the request API it gets from undici's entry point, loaded when the first agent
+ * is made. The entry point loads all of undici (fetch, WebSocket, caches, mocks): 70 ms of start-up
+ * on every run, on the path of a fresh CI runner's build, for three modules used. The entry point
+ * adds the API to the Dispatcher prototype in the same way (undici has no exports map, and the
+ * lockfile pins the version these paths are from).
+ */
+let agentClass: typeof Agent | null = null;
+function loadAgent(): typeof Agent {
+  if (agentClass) return agentClass;
+  const require = createRequire(import.meta.url);
+  const dispatcher = require('undici/lib/dispatcher/dispatcher.js') as { prototype: object };
+  const api = require('undici/lib/api/index.js') as object;
+  if (!('request' in dispatcher.prototype)) Object.assign(dispatcher.prototype, api);
+  agentClass = require('undici/lib/dispatcher/agent.js') as typeof Agent;
+  return agentClass;
+}
+
 export function createAgent(options: TransportOptions): Agent {
+  const Agent = loadAgent();
   return new Agent({
     connections: options.connections,
     keepAliveTimeout: 30_000,
