@@ -19,7 +19,8 @@ function inputMemo<T>(store: CacheStore, kind: string, valid: (value: unknown) =
       return entry?.value ?? null;
     },
     async remember(identity, value) {
-      await store.writeEntry('inputs', inputMemoKey(kind, identity), { value });
+      // Only a later build reads it: written when the store is flushed (the value is not changed meanwhile).
+      store.writeLater('inputs', inputMemoKey(kind, identity), { value });
     },
   };
 }

@@ -43,6 +43,8 @@ export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
 
 export class CacheStore {
   readonly root: string;
+  /** Entry writes put off until `flush` (see writeLater). */
+  readonly #later: (() => Promise<void>)[] = [];
 
   private constructor(readonly dir: string) {
     this.root = join(dir, `v${CACHE_FORMAT_VERSION}`);
@@ -133,6 +135,25 @@ export class CacheStore {
     } finally {
       forget();
       await rm(temp, { force: true });
+    }
+  }
+
+  /**
+   * Writes an entry that only later builds read (what was read from an input file) at `flush`, not now:
+   * serializing an export's index with its listings is 80 ms of the build's one thread, just when that
+   * thread is the one handing the hashing threads their work. The build flushes while it waits for the
+   * registry or the disk, and before it ends.
+   */
+  writeLater(kind: EntryKind, key: string, value: unknown): void {
+    this.#later.push(() => this.writeEntry(kind, key, value));
+  }
+
+  /** Writes what writeLater put off; throws the first failure once every write has ended. */
+  async flush(): Promise<void> {
+    while (this.#later.length > 0) {
+      const results = await Promise.allSettled(this.#later.splice(0).map((write) => write()));
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
     }
   }
 

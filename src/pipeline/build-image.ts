@@ -296,6 +296,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   // The wheel checks' closure index needs a listing of every store path: noted as the exports are read, not read again.
   const listings = new Map<string, NarNode[]>();
   const noted = (info: StorePathInfo) => listings.get(info.path);
+  let flushing: Promise<void> | null = null;
   try {
     const closure = await readClosure(options, work, shared, hashes, { listings, onParsed: startWheels });
     options.log(`closure: ${closure.paths.size} store paths (roots: ${closure.roots.map(storePathName).join(', ')})`);
@@ -424,7 +425,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       const file = await writeBlobFile(work, (to) => remote!.fetch(entry, to));
       return layerOf({ ...file, uncompressedSize: file.tarSize, ...meta, pieces: file.pieces });
     };
-    const reports = await produceLayers(jobsToDo, options, async (job, index, onBytes) => {
+    const producing = produceLayers(jobsToDo, options, async (job, index, onBytes) => {
       // Local cache first, then the registry's; else the layer is made.
       if (remote) {
         const local = cache ? await job.find(cache) : null;
@@ -440,6 +441,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       // compressed ones `jobs` at a time, so small layers do not leave cores idle.
       cache ? Math.max(16, 4 * jobs) : compression === 'none' ? 1 : jobs,
     );
+    // What only later builds read (the inputs' memos) is written once the layers' lookups are under way,
+    // while this thread waits for them, not while it feeds the hashing threads.
+    flushing = shared ? new Promise<void>((resolve) => setImmediate(resolve)).then(() => shared.flush()) : null;
+    flushing?.catch(() => {});
+    const reports = await producing;
     timings.layers = clock.lap();
     await remote?.close();
     remote = null;
@@ -490,8 +496,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
         return [[key, entry]];
       }),
     );
+    await flushing;
     return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, cacheEntries, dispose };
   } catch (err) {
+    // A failed build still keeps what it read from its inputs.
+    await (flushing ?? shared?.flush())?.catch(() => {});
     await output?.abandon();
     await (remote ?? (await opening.catch(() => null)))?.close();
     dispose();
