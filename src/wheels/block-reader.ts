@@ -6,8 +6,6 @@
  * Memory is bounded: BLOCK_COUNT blocks of BLOCK_SIZE bytes.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { Readable } from 'node:stream';
-import yauzl from 'yauzl';
 
 const BLOCK_SIZE = 1 << 20;
 const BLOCK_COUNT = 4;
@@ -15,8 +13,6 @@ const BLOCK_COUNT = 4;
 export class BlockReader {
   /** Block index → its bytes (shorter at the end of the file), most recently used last. */
   readonly #blocks = new Map<number, Promise<Buffer>>();
-  /** The blocks among those whose read has completed. */
-  readonly #ready = new Map<number, Buffer>();
 
   constructor(
     private readonly handle: FileHandle,
@@ -40,21 +36,6 @@ export class BlockReader {
     const [a, b] = await Promise.all([this.#block(first), this.#block(last)]);
     const start = position - first * BLOCK_SIZE;
     return Buffer.concat([a.subarray(start), b.subarray(0, length - (a.length - start))]);
-  }
-
-  /**
-   * The bytes at once when one block already read holds them all (copied into `into` at `at`), else
-   * false: the many small reads of a zip directory mostly hit a block read moments before, and need no
-   * trip through the event loop.
-   */
-  copyCached(position: number, length: number, into: Buffer, at: number): boolean {
-    const index = Math.floor(position / BLOCK_SIZE);
-    if (length === 0 || index !== Math.floor((position + length - 1) / BLOCK_SIZE) || position + length > this.size) return false;
-    const block = this.#ready.get(index);
-    if (!block || !this.#blocks.has(index)) return false;
-    const start = position - index * BLOCK_SIZE;
-    block.copy(into, at, start, start + length);
-    return true;
   }
 
   /** Chunks of at most BLOCK_SIZE covering [position, position + length). */
@@ -82,15 +63,9 @@ export class BlockReader {
       if (this.#blocks.size >= BLOCK_COUNT) {
         const oldest = this.#blocks.keys().next().value!;
         this.#blocks.delete(oldest);
-        this.#ready.delete(oldest);
       }
       // A failed read must not stay cached.
-      reading.then(
-        (bytes) => {
-          if (this.#blocks.get(index) === reading) this.#ready.set(index, bytes);
-        },
-        () => this.#blocks.delete(index),
-      );
+      reading.catch(() => this.#blocks.delete(index));
     }
     this.#blocks.set(index, block);
     return block;
@@ -105,37 +80,5 @@ export class BlockReader {
       filled += bytesRead;
     }
     return buffer;
-  }
-}
-
-/** yauzl's view of a BlockReader, so its many small metadata reads are served from the cache. */
-export class BlockRandomAccessReader extends yauzl.RandomAccessReader {
-  constructor(
-    private readonly blocks: BlockReader,
-    private readonly onClose: () => Promise<void>,
-  ) {
-    super();
-  }
-
-  override read(buffer: Buffer, offset: number, length: number, position: number, callback: (err: Error | null) => void): void {
-    if (this.blocks.copyCached(position, length, buffer, offset)) return callback(null);
-    this.blocks.read(position, length).then(
-      (bytes) => {
-        bytes.copy(buffer, offset);
-        callback(null);
-      },
-      (err: Error) => callback(err),
-    );
-  }
-
-  override _readStreamForRange(start: number, end: number): Readable {
-    return Readable.from(this.blocks.chunks(start, end - start));
-  }
-
-  override close(callback: (err: Error | null) => void): void {
-    this.onClose().then(
-      () => callback(null),
-      (err: Error) => callback(err),
-    );
   }
 }

@@ -300,20 +300,11 @@ async function writeInstall(
 
 /** What an unzip worker needs to read, inflate and check one entry. */
 function entryRequest(zipEntry: ZipEntry, entry: WheelEntry): EntryRequest {
-  const raw = zipEntry.raw;
   return {
     name: entry.name,
     offset: zipEntry.offset,
-    central: {
-      // A copy of its own: the zip reader's name is a view of Node's 8 KiB buffer pool, and a message
-      // clones a view's whole buffer (8 KiB per entry, both ways, for every entry of every wheel).
-      fileNameRaw: new Uint8Array(raw.fileNameRaw),
-      generalPurposeBitFlag: raw.generalPurposeBitFlag,
-      compressionMethod: raw.compressionMethod,
-      crc32: raw.crc32,
-      compressedSize: raw.compressedSize,
-      uncompressedSize: raw.uncompressedSize,
-    },
+    // Its name is a buffer of its own (see readCentralDirectory), so a message copies only its bytes.
+    central: zipEntry.central,
     hash: entry.recordHash,
   };
 }

@@ -4,7 +4,7 @@
  * only puts the bytes into the tar. See unzip-pool.ts for the protocol.
  */
 
-/** What the central directory says of an entry: what its local header must agree with (a yauzl.Entry has these). */
+/** What the central directory says of an entry: what its local header must agree with . */
 export interface CentralRecord {
   fileNameRaw: Uint8Array;
   generalPurposeBitFlag: number;

@@ -1,7 +1,6 @@
 /**
- * Reading a wheel's zip: the central directory (names, sizes, modes) and one entry's bytes at a time,
- * by seeking. yauzl does the format work (zip64 included); this module adds the checks a wheel
- * needs before anything is installed from it, each failing with a UserError naming the file and entry:
+ * Reading a wheel's zip: the central directory (names, sizes, modes; see central-directory.ts) and one
+ * entry's bytes at a time, by seeking. This module adds the checks a wheel needs before anything is installed from it, each failing with a UserError naming the file and entry:
  * the archive is whole (central directory present and readable, every entry's data inside the file
  * and before the central directory, no two entries sharing bytes), names are safe relative paths,
  * no name appears twice, only stored or deflated entries, no encryption.
@@ -9,11 +8,11 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { createInflateRaw, inflateRawSync } from 'node:zlib';
-import yauzl from 'yauzl';
 import { UserError } from '../util/errors.js';
 import { whiteoutInPath } from '../tar/whiteout.js';
-import { BlockRandomAccessReader, BlockReader } from './block-reader.js';
-import { localHeaderDisagreement } from './unzip-worker.js';
+import { BlockReader } from './block-reader.js';
+import { readCentralDirectory, type CentralEntry } from './central-directory.js';
+import { localHeaderDisagreement, type CentralRecord } from './unzip-worker.js';
 
 export interface ZipEntry {
   /** Decoded name, without the trailing `/` a directory entry has. */
@@ -26,20 +25,22 @@ export interface ZipEntry {
   unixMode: number | null;
   /** Byte offset of the entry's local header in the file (for messages). */
   offset: number;
-  raw: yauzl.Entry;
+  /** What its local header must agree with. */
+  central: CentralRecord;
 }
 
 /** Zip "version made by" host 3 = Unix: only then do the high 16 bits of the external attributes hold st_mode. */
 const HOST_UNIX = 3;
 const LOCAL_HEADER_FIXED_SIZE = 30;
 const LOCAL_HEADER_SIGNATURE = 0x04034b50;
+/** General purpose flag bit 0: the entry is encrypted. */
+const FLAG_ENCRYPTED = 0x1;
 /** Entries this small (both sizes) are inflated in one synchronous call: far cheaper than a zlib stream each. */
 const SMALL_ENTRY = 1 << 20;
 
 export class ZipReader {
   private constructor(
     readonly file: string,
-    private readonly zip: yauzl.ZipFile,
     private readonly blocks: BlockReader,
     private readonly handle: FileHandle,
     /** In central directory order. */
@@ -48,7 +49,6 @@ export class ZipReader {
 
   static async open(file: string): Promise<ZipReader> {
     let handle: FileHandle;
-    let zip: yauzl.ZipFile;
     let blocks: BlockReader;
     try {
       handle = await open(file, 'r');
@@ -60,28 +60,22 @@ export class ZipReader {
       if (!stat.isFile()) throw Object.assign(new Error('not a regular file'), { code: stat.isDirectory() ? 'EISDIR' : 'ENOTREG' });
       const size = stat.size;
       blocks = new BlockReader(handle, size);
-      // The handle is closed by close() below, not by yauzl.
-      const reader = new BlockRandomAccessReader(blocks, async () => {});
-      zip = await yauzl.fromRandomAccessReaderPromise(reader, size, {
-        autoClose: false,
-        lazyEntries: true,
-        decodeStrings: false,
-        validateEntrySizes: true,
-      });
     } catch (err) {
       await handle.close();
       throw zipOpenError(file, err);
     }
     try {
-      // Before the first entry is read, yauzl's cursor is the central directory's offset.
-      const centralDirectoryOffset = zip.readEntryCursor as unknown as number;
-      const entries: ZipEntry[] = [];
-      for await (const raw of zip.eachEntry()) entries.push(toZipEntry(file, raw));
+      let directory;
+      try {
+        directory = await readCentralDirectory(blocks);
+      } catch (err) {
+        throw zipOpenError(file, err);
+      }
+      const entries = directory.entries.map((central) => toZipEntry(file, central));
       checkNames(file, entries);
-      checkDataRanges(file, entries, centralDirectoryOffset);
-      return new ZipReader(file, zip, blocks, handle, entries);
+      checkDataRanges(file, entries, directory.offset);
+      return new ZipReader(file, blocks, handle, entries);
     } catch (err) {
-      zip.close();
       await handle.close();
       if (err instanceof UserError) throw err;
       throw new UserError(`${file}: not a whole zip file: bad central directory: ${(err as Error).message}`, { cause: err });
@@ -95,7 +89,7 @@ export class ZipReader {
   async *read(entry: ZipEntry): AsyncGenerator<Buffer> {
     const dataStart = await this.dataStart(entry);
     try {
-      if (entry.raw.compressionMethod === 0) {
+      if (entry.central.compressionMethod === 0) {
         yield* this.blocks.chunks(dataStart, entry.compressedSize);
         return;
       }
@@ -120,7 +114,7 @@ export class ZipReader {
   }
 
   /**
-   * Where the entry's data begins, from its local header (read here rather than through yauzl: one
+   * Where the entry's data begins, from its local header (one
    * cached read instead of a chain of callbacks, which counts with tens of thousands of entries).
    * The local header must agree with the central directory (name, compression, encryption, and the
    * CRC and sizes when it states them): a zip whose two views differ shows one file to the tools that
@@ -140,7 +134,7 @@ export class ZipReader {
     const start = entry.offset + LOCAL_HEADER_FIXED_SIZE + nameLength + header.readUInt16LE(28);
     if (entry.offset + LOCAL_HEADER_FIXED_SIZE + nameLength > this.blocks.size) throw fail('its name runs past the end of the file');
     const localName = nameLength === 0 ? Buffer.alloc(0) : await this.blocks.read(entry.offset + LOCAL_HEADER_FIXED_SIZE, nameLength);
-    const disagreement = localHeaderDisagreement(header, localName, entry.raw);
+    const disagreement = localHeaderDisagreement(header, localName, entry.central);
     if (disagreement) throw fail(`the local header disagrees with the central directory: ${disagreement}`);
     if (start + entry.compressedSize > this.blocks.size) {
       throw fail(`its ${entry.compressedSize} bytes of data run past the end of the file (${this.blocks.size} bytes)`);
@@ -163,7 +157,6 @@ export class ZipReader {
   }
 
   async close(): Promise<void> {
-    this.zip.close();
     await this.handle.close();
   }
 }
@@ -185,13 +178,13 @@ function zipOpenError(file: string, err: unknown): UserError {
   return new UserError(`${file}: not a whole zip file: ${message}`, { cause: err });
 }
 
-function toZipEntry(file: string, raw: yauzl.Entry): ZipEntry {
-  // strictFileNames keeps backslashes, so checkNames can refuse them instead of guessing.
-  const decoded = yauzl.getFileNameLowLevel(raw.generalPurposeBitFlag, raw.fileNameRaw, raw.extraFields, true);
+function toZipEntry(file: string, raw: CentralEntry): ZipEntry {
+  // Backslashes are kept, so checkNames can refuse them instead of guessing.
+  const decoded = raw.fileName;
   const isDir = decoded.endsWith('/');
   const name = isDir ? decoded.replace(/\/+$/, '') : decoded;
   const where = () => `${file}: entry ${JSON.stringify(decoded)} (at byte ${raw.relativeOffsetOfLocalHeader})`;
-  if (raw.isEncrypted()) throw new UserError(`${where()} is encrypted`);
+  if (raw.generalPurposeBitFlag & FLAG_ENCRYPTED) throw new UserError(`${where()} is encrypted`);
   if (raw.compressionMethod !== 0 && raw.compressionMethod !== 8) {
     throw new UserError(`${where()} uses compression method ${raw.compressionMethod}; wheels use stored (0) or deflate (8)`);
   }
@@ -203,7 +196,14 @@ function toZipEntry(file: string, raw: yauzl.Entry): ZipEntry {
     compressedSize: raw.compressedSize,
     unixMode,
     offset: raw.relativeOffsetOfLocalHeader,
-    raw,
+    central: {
+      fileNameRaw: raw.fileNameRaw,
+      generalPurposeBitFlag: raw.generalPurposeBitFlag,
+      compressionMethod: raw.compressionMethod,
+      crc32: raw.crc32,
+      compressedSize: raw.compressedSize,
+      uncompressedSize: raw.uncompressedSize,
+    },
   };
 }
 
@@ -256,7 +256,7 @@ function checkDataRanges(file: string, entries: ZipEntry[], centralDirectoryOffs
   const byOffset = [...entries].sort((a, b) => a.offset - b.offset);
   for (let i = 0; i < byOffset.length; i++) {
     const entry = byOffset[i]!;
-    const end = entry.offset + LOCAL_HEADER_FIXED_SIZE + entry.raw.fileNameLength + entry.compressedSize;
+    const end = entry.offset + LOCAL_HEADER_FIXED_SIZE + entry.central.fileNameRaw.length + entry.compressedSize;
     const next = byOffset[i + 1];
     const limit = next ? next.offset : centralDirectoryOffset;
     if (end > limit) {

@@ -27,7 +27,7 @@ async function requests(info: WheelInfo): Promise<{ requests: EntryRequest[]; ex
       requests: files.map((e) => ({
         name: e.name,
         offset: e.offset,
-        central: e.raw,
+        central: e.central,
         hash: byName.get(e.name)!.recordHash,
       })),
       expected,
