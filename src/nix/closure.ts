@@ -75,19 +75,37 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
   const pathInfo = opts.pathInfoFile === undefined ? null : await readPathInfo(opts.pathInfoFile);
 
   const labels = new Map<string, string>(); // indexed file → label
+  // Files are parsed one after the other, but the next file's parsing does not wait for the last one's
+  // NARs to be hashed: parsing is this thread's work, hashing the pool's, and each would idle the other.
+  const indexing: Promise<StorePathInfo[]>[] = [];
+  try {
+    for (const given of files) {
+      const label = labelFor(given);
+      const file = given === '-' ? await spoolStdin(opts) : await seekable(given, opts);
+      labels.set(file, label);
+      const onProgress = opts.onProgress && ((read: number, total: number) => opts.onProgress!(label, read, total));
+      // Only a file read in place can be remembered: stdin and pipes are spooled to a new file each time.
+      const hashes = opts.hashes === undefined ? defaultHashPool() : opts.hashes;
+      let parsed!: () => void;
+      const parsing = new Promise<void>((resolve) => (parsed = resolve));
+      const onParsed = () => {
+        parsed();
+        opts.onParsed?.(label);
+      };
+      const infos =
+        file !== given
+          ? indexExport(file, { label, onProgress, hashes, listing: opts.listing, onParsed })
+          : indexRemembered(file, { label, hashes, memo: opts.memo, onProgress, onRecalled: opts.onRecalled, listing: opts.listing, onParsed });
+      indexing.push(infos);
+      await Promise.race([parsing, infos]);
+    }
+  } catch (err) {
+    // The files before the failed one may still be hashing; their outcome no longer matters.
+    for (const pending of indexing) pending.catch(() => {});
+    throw err;
+  }
   const merged = new Map<string, StorePathInfo>();
-  for (const given of files) {
-    const label = labelFor(given);
-    const file = given === '-' ? await spoolStdin(opts) : await seekable(given, opts);
-    labels.set(file, label);
-    const onProgress = opts.onProgress && ((read: number, total: number) => opts.onProgress!(label, read, total));
-    // Only a file read in place can be remembered: stdin and pipes are spooled to a new file each time.
-    const hashes = opts.hashes === undefined ? defaultHashPool() : opts.hashes;
-    const onParsed = opts.onParsed && (() => opts.onParsed!(label));
-    const infos =
-      file !== given
-        ? await indexExport(file, { label, onProgress, hashes, listing: opts.listing, onParsed })
-        : await indexRemembered(file, { label, hashes, memo: opts.memo, onProgress, onRecalled: opts.onRecalled, listing: opts.listing, onParsed });
+  for (const infos of await inOrder(indexing)) {
     for (const info of infos) {
       const seen = merged.get(info.path);
       if (!seen) {
@@ -223,4 +241,12 @@ async function indexRemembered(
   );
   if (recalled && listing) for (const p of paths) if (p.listing) listing.found(p.path, p.listing);
   return paths.map(({ offset, listing: _, ...info }) => ({ ...info, source: { file, offset } }));
+}
+
+/** Every result once all have settled; the first failure in the given order otherwise (not the first to happen). */
+async function inOrder<T>(pending: Promise<T>[]): Promise<T[]> {
+  const settled = await Promise.allSettled(pending);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failed) throw failed.reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<T>).value);
 }

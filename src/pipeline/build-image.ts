@@ -604,9 +604,8 @@ async function readClosure(
 ): Promise<Closure> {
   options.log(`reading ${options.closures.map((f) => (f === '-' ? 'stdin' : f)).join(', ')}`);
   const needHashes = shared !== null || options.pathInfo !== undefined || options.closures.length > 1 || Boolean(options.registryCache?.from);
-  let readBefore = 0;
-  let sizeBefore = 0;
-  let current = '';
+  // Per file (a file's hashing may still report while the next is parsed): added up across the files given.
+  const files = new Map<string, { read: number; total: number }>();
   return loadClosure(options.closures, {
     pathInfoFile: options.pathInfo,
     tmpDir: work,
@@ -615,14 +614,11 @@ async function readClosure(
     listing: { keep: mattersToIndex, found: (path, nodes) => void (listings.has(path) || listings.set(path, nodes)) },
     onParsed,
     onRecalled: (file) => options.log(`${file}: unchanged since it was last indexed; its index comes from the cache`),
-    // Per file: add up across the files given.
     onProgress: (file, read, total) => {
-      if (file !== current) {
-        readBefore = sizeBefore;
-        sizeBefore += total;
-        current = file;
-      }
-      options.progress?.reading(readBefore + read, sizeBefore);
+      files.set(file, { read, total });
+      let [allRead, allTotal] = [0, 0];
+      for (const f of files.values()) [allRead, allTotal] = [allRead + f.read, allTotal + f.total];
+      options.progress?.reading(allRead, allTotal);
     },
   });
 }
