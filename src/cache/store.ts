@@ -115,7 +115,7 @@ export class CacheStore {
     const path = this.entryPath(kind, key);
     let value: unknown;
     try {
-      value = unwrapEntry(JSON.parse(await readFile(path, 'utf8')));
+      value = entryValue(await readFile(path, 'utf8'));
     } catch {
       return null;
     }
@@ -130,7 +130,7 @@ export class CacheStore {
     const temp = this.tempPath();
     const forget = removeOnExit(temp);
     try {
-      await writeFile(temp, `${JSON.stringify(wrapEntry(value))}\n`, { flag: 'wx' });
+      await writeFile(temp, entryText(value), { flag: 'wx' });
       await rename(temp, this.entryPath(kind, key));
     } finally {
       forget();
@@ -183,15 +183,40 @@ export class CacheStore {
  * Entries carry a sha256 of their value: a layer's digest is taken from its entry once its parts check
  * out, so an entry must not be trusted on its shape alone.
  */
-function wrapEntry(value: unknown): { sum: string; value: unknown } {
-  return { sum: createHash('sha256').update(JSON.stringify(value)).digest('hex'), value };
+/**
+ * An entry's file: `{"sum":"<sha256 of the value's JSON>","value":<the value's JSON>}` and a newline, as
+ * JSON.stringify({ sum, value }) writes it, with the value serialized once (a wheel's facts run to megabytes).
+ */
+function entryText(value: unknown): string {
+  const json = JSON.stringify(value);
+  return `${ENTRY_HEAD}${sha256Hex(json)}${ENTRY_MIDDLE}${json}}\n`;
+}
+const ENTRY_HEAD = '{"sum":"';
+const ENTRY_MIDDLE = '","value":';
+const SUM_HEX = 64;
+
+/**
+ * The value of an entry's file, or null when its checksum fails. A file in the shape entryText writes is
+ * checked on its own bytes, then parsed once; any other JSON is parsed and its value serialized again.
+ */
+export function entryValue(text: string): unknown {
+  const start = ENTRY_HEAD.length + SUM_HEX + ENTRY_MIDDLE.length;
+  const end = text.endsWith('}\n') ? text.length - 2 : -1;
+  if (end > start && text.startsWith(ENTRY_HEAD) && text.startsWith(ENTRY_MIDDLE, ENTRY_HEAD.length + SUM_HEX)) {
+    const json = text.slice(start, end);
+    return sha256Hex(json) === text.slice(ENTRY_HEAD.length, ENTRY_HEAD.length + SUM_HEX) ? JSON.parse(json) : null;
+  }
+  return unwrapEntry(JSON.parse(text));
 }
 
-/** The value of a stored entry, or null when its checksum fails. */
+/** The value of a stored entry (parsed), or null when its checksum fails. */
 export function unwrapEntry(stored: unknown): unknown {
   if (!isRecord(stored) || typeof stored.sum !== 'string') return null;
-  const sum = createHash('sha256').update(JSON.stringify(stored.value)).digest('hex');
-  return sum === stored.sum ? stored.value : null;
+  return sha256Hex(JSON.stringify(stored.value)) === stored.sum ? stored.value : null;
+}
+
+function sha256Hex(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
 }
 
 export { digestHex };
