@@ -1,6 +1,6 @@
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CacheStore, ENTRY_KINDS, isDigest, isRecord, unwrapEntry, type EntryKind } from './store.js';
+import { CacheStore, ENTRY_KINDS, entryValue, isDigest, isRecord, type EntryKind } from './store.js';
 
 /** A temp file or unreferenced blob younger than this may belong to a build still running. */
 export const GRACE_MS = 60 * 60 * 1000;
@@ -49,7 +49,7 @@ async function inventory(dir: string): Promise<Inventory> {
       const path = join(store.root, kind, name);
       const info = await stat(path).catch(() => null);
       if (!info) continue;
-      const value: unknown = await readFile(path, 'utf8').then((text) => unwrapEntry(JSON.parse(text)), () => null);
+      const value: unknown = await readFile(path, 'utf8').then(entryValue, () => null);
       // A part's bytes may lie inside a layer's blob (`blob`); that blob is the one it holds.
       const held = isRecord(value) ? (value.blob ?? value.digest) : null;
       const digest = kind !== 'layers' && kind !== 'verified' && isDigest(held) ? held : null;
@@ -128,7 +128,8 @@ export async function pruneCache(dir: string, maxBytes: number, now = Date.now()
   const byAge = [...inv.entries].sort((a, b) => a.used - b.used || (a.path < b.path ? -1 : 1));
   const removed = new Set<EntryFile>();
   for (const entry of byAge) {
-    if (bytes <= maxBytes) break;
+    // Size 0 empties the cache: entries without a blob (inputs' memos, listings) weigh nothing, but go too.
+    if (bytes <= maxBytes && maxBytes > 0) break;
     await rm(entry.path, { force: true });
     removed.add(entry);
     if (!entry.digest) continue;

@@ -178,6 +178,7 @@ export function buildImageCommand(): Command {
         if (flags.json) printSummary(pushed.reference);
       }
     } finally {
+      await result.saved;
       result.dispose();
     }
   });

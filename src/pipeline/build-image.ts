@@ -24,6 +24,7 @@ import { rootLayerSource } from '../rootfs/root-layer.js';
 import { openOutput, writeImage, type ImageOutput, type OutputFormat } from '../output/write.js';
 import { formatBytes, parseByteSize } from '../util/units.js';
 import { removeOnExit } from '../util/cleanup.js';
+import { describeOsError, environmentErrorMessage } from '../util/os-errors.js';
 import { UserError } from '../util/errors.js';
 import { HashPool } from '../util/hash-pool.js';
 import { UnzipPool } from '../wheels/unzip-pool.js';
@@ -133,6 +134,12 @@ export interface BuiltImage {
   timings: { closure: number; layers: number; checks: number; output: number };
   /** Removes the build's work directory; the image's layers may not be read afterwards. */
   dispose(): void;
+  /**
+   * What later builds read (the inputs' memos) being written to the layer cache, from the next turn of
+   * the event loop: while a push waits on the registry, not while this build works. Never rejects
+   * (a failure is a warning); await it before the process ends.
+   */
+  saved: Promise<void>;
   /** What the wheel checks found that did not stop the build (warnings). */
   problems: Problem[];
   /** The SBOM and provenance documents made (also in `image.attachments`); empty when none was asked for. */
@@ -296,7 +303,6 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   // The wheel checks' closure index needs a listing of every store path: noted as the exports are read, not read again.
   const listings = new Map<string, NarNode[]>();
   const noted = (info: StorePathInfo) => listings.get(info.path);
-  let flushing: Promise<void> | null = null;
   try {
     const closure = await readClosure(options, work, shared, hashes, { listings, onParsed: startWheels });
     options.log(`closure: ${closure.paths.size} store paths (roots: ${closure.roots.map(storePathName).join(', ')})`);
@@ -441,10 +447,6 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       // compressed ones `jobs` at a time, so small layers do not leave cores idle.
       cache ? Math.max(16, 4 * jobs) : compression === 'none' ? 1 : jobs,
     );
-    // What only later builds read (the inputs' memos) is written once the layers' lookups are under way,
-    // while this thread waits for them, not while it feeds the hashing threads.
-    flushing = shared ? new Promise<void>((resolve) => setImmediate(resolve)).then(() => shared.flush()) : null;
-    flushing?.catch(() => {});
     const reports = await producing;
     timings.layers = clock.lap();
     await remote?.close();
@@ -496,11 +498,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
         return [[key, entry]];
       }),
     );
-    await flushing;
-    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, cacheEntries, dispose };
+    const saved = saveForLater(shared, options.warn);
+    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, cacheEntries, dispose, saved };
   } catch (err) {
     // A failed build still keeps what it read from its inputs.
-    await (flushing ?? shared?.flush())?.catch(() => {});
+    await saveForLater(shared, options.warn);
     await output?.abandon();
     await (remote ?? (await opening.catch(() => null)))?.close();
     dispose();
@@ -508,6 +510,13 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   } finally {
     options.progress?.stop();
   }
+}
+
+/** Writes what the cache store put off (see CacheStore.writeLater), once this turn of the event loop is done. */
+async function saveForLater(shared: CacheStore | null, warn: (line: string) => void): Promise<void> {
+  if (!shared) return;
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  await shared.flush().catch((err: unknown) => warn(`the layer cache could not keep what was read from the inputs: ${environmentErrorMessage(err) ?? describeOsError(err)}`));
 }
 
 /**
