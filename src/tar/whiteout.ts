@@ -20,6 +20,8 @@ export function whiteoutProblem(component: string): string | null {
 
 /** The first component of a `/`-separated path that is a whiteout name, with why, or null. */
 export function whiteoutInPath(path: string): { component: string; problem: string } | null {
+  // Checked for every file of every layer: almost no path holds the prefix at all.
+  if (!path.includes(WHITEOUT_PREFIX)) return null;
   for (const component of path.split('/')) {
     const problem = whiteoutProblem(component);
     if (problem) return { component, problem };

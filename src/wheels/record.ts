@@ -15,31 +15,33 @@ export interface RecordRow {
 }
 
 const ALGORITHMS: ReadonlySet<string> = new Set(['sha256', 'sha384', 'sha512']);
+const HEX_LENGTH: Record<HashAlgorithm, number> = { sha256: 64, sha384: 96, sha512: 128 };
 
 export function parseRecord(text: string, where: string): RecordRow[] {
   const rows: RecordRow[] = [];
   parseCsv(text, where).forEach((fields, index) => {
-    const at = `${where}: line ${index + 1}`; // cheap enough: one short string per row
+    // Made only for a message: torch's RECORD has tens of thousands of rows.
+    const at = () => `${where}: line ${index + 1}`;
     if (fields.length === 1 && fields[0] === '') return;
-    if (fields.length !== 3) throw new UserError(`${at}: expected 3 fields (path,hash,size), got ${fields.length}`);
+    if (fields.length !== 3) throw new UserError(`${at()}: expected 3 fields (path,hash,size), got ${fields.length}`);
     const [path, hashField, sizeField] = fields as [string, string, string];
-    if (path === '') throw new UserError(`${at}: empty path`);
+    if (path === '') throw new UserError(`${at()}: empty path`);
     let hash: RecordRow['hash'] = null;
     if (hashField !== '') {
       const eq = hashField.indexOf('=');
       const algorithm = eq > 0 ? hashField.slice(0, eq) : '';
       if (!ALGORITHMS.has(algorithm)) {
-        throw new UserError(`${at}: ${path} has hash "${hashField}"; RECORD hashes must be sha256, sha384 or sha512`);
+        throw new UserError(`${at()}: ${path} has hash "${hashField}"; RECORD hashes must be sha256, sha384 or sha512`);
       }
       const encoded = hashField.slice(eq + 1);
-      if (!/^[A-Za-z0-9_-]+=*$/.test(encoded)) throw new UserError(`${at}: ${path} has a malformed ${algorithm} hash`);
+      if (!/^[A-Za-z0-9_-]+=*$/.test(encoded)) throw new UserError(`${at()}: ${path} has a malformed ${algorithm} hash`);
       hash = { algorithm: algorithm as HashAlgorithm, hex: Buffer.from(encoded, 'base64url').toString('hex') };
-      const expectedLength = { sha256: 64, sha384: 96, sha512: 128 }[hash.algorithm];
-      if (hash.hex.length !== expectedLength) throw new UserError(`${at}: ${path} has a malformed ${algorithm} hash`);
+      const expectedLength = HEX_LENGTH[hash.algorithm];
+      if (hash.hex.length !== expectedLength) throw new UserError(`${at()}: ${path} has a malformed ${algorithm} hash`);
     }
     let size: number | null = null;
     if (sizeField !== '') {
-      if (!/^\d+$/.test(sizeField)) throw new UserError(`${at}: ${path} has size "${sizeField}", not a number`);
+      if (!/^\d+$/.test(sizeField)) throw new UserError(`${at()}: ${path} has size "${sizeField}", not a number`);
       size = Number(sizeField);
     }
     rows.push({ path, hash, size });

@@ -207,15 +207,19 @@ function toZipEntry(file: string, raw: CentralEntry): ZipEntry {
   };
 }
 
+/** A `..` component; an empty or `.` component (the name's start or end, or between two slashes). */
+const DOT_DOT_COMPONENT = /(?:^|\/)\.\.(?:\/|$)/;
+const EMPTY_OR_DOT_COMPONENT = /(?:^|\/)\.?(?:\/|$)/;
+
 /** Why a name is not a safe relative path, or null. */
 function nameProblem(name: string): string | null {
   if (name === '') return 'has an empty name';
   if (name.startsWith('/') || /^[A-Za-z]:/.test(name)) return 'is an absolute path';
   if (name.includes('\\')) return 'contains a backslash';
   if (name.includes('\0')) return 'contains a NUL byte';
-  const parts = name.split('/');
-  if (parts.includes('..')) return 'contains "..": it would escape the install directory';
-  if (parts.some((p) => p === '' || p === '.')) return 'has an empty or "." path component';
+  // As components, without splitting the name (every entry of every wheel comes here).
+  if (DOT_DOT_COMPONENT.test(name)) return 'contains "..": it would escape the install directory';
+  if (EMPTY_OR_DOT_COMPONENT.test(name)) return 'has an empty or "." path component';
   const whiteout = whiteoutInPath(name);
   if (whiteout) return `has a component ${JSON.stringify(whiteout.component)} that ${whiteout.problem}`;
   return null;
