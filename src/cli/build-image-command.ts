@@ -168,7 +168,12 @@ export function buildImageCommand(): Command {
         const pushOptions = pushOptionsFromFlags(pushFlags);
         const pushed = await pushAndShow(result.image, flags.push as string, { ...pushOptions, ...(flags.json === true && { stdout: null }) });
         // After the image: the index names its blobs. A failure here costs only cache misses later.
-        if (registryCache.to) {
+        const from = registryCache.options?.from;
+        const sameIndex = from && registryCache.to && formatReference(from, from.tag) === formatReference(registryCache.to, registryCache.to.tag);
+        if (registryCache.to && sameIndex && result.cacheIndexHeld) {
+          // Read moments ago with every entry this build has: a fresh runner with nothing changed writes nothing.
+          say(`registry cache ${formatReference(registryCache.to, registryCache.to.tag)}: already holds this image's ${result.cacheEntries.size} layers`);
+        } else if (registryCache.to) {
           const { pushCacheIndex } = await import('../pipeline/registry-cache.js');
           await pushCacheIndex(registryCache.to, result.cacheEntries, pushOptions, say).catch((err: unknown) => {
             if (!isUserError(err)) throw err;

@@ -146,6 +146,11 @@ export interface BuiltImage {
   documents: AttachedDocument[];
   /** Every keyed layer of the image, as a registry cache index records it (`--cache-to`). */
   cacheEntries: CacheIndex;
+  /**
+   * The registry cache index read at the start (`--cache-from`) held every entry of `cacheEntries`:
+   * writing it back to the same index would change nothing.
+   */
+  cacheIndexHeld: boolean;
 }
 
 const NO_WHEELS: PreparedWheels = { layers: [], check: async () => ({ problems: [], env: {} }) };
@@ -449,6 +454,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     );
     const reports = await producing;
     timings.layers = clock.lap();
+    const indexRead = remote?.index ?? null;
     await remote?.close();
     remote = null;
     if (maxLayerSize !== undefined) {
@@ -499,7 +505,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       }),
     );
     const saved = saveForLater(shared, options.warn);
-    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, cacheEntries, dispose, saved };
+    const cacheIndexHeld = indexRead !== null && (await import('./registry-cache.js')).holdsEntries(indexRead, cacheEntries);
+    return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, cacheEntries, cacheIndexHeld, dispose, saved };
   } catch (err) {
     // A failed build still keeps what it read from its inputs.
     await saveForLater(shared, options.warn);

@@ -250,6 +250,14 @@ function remoteLayer(entry: CacheIndexEntry, contents: string[], compression: Co
   };
 }
 
+/** Whether `index` has every entry of `ours` as this build would write it (same blob, same day, facts or none). */
+export function holdsEntries(index: CacheIndex, ours: CacheIndex): boolean {
+  return [...ours].every(([key, entry]) => {
+    const held = index.get(key);
+    return held !== undefined && held.digest === entry.digest && held.pushed === entry.pushed && (held.facts === undefined) === (entry.facts === undefined);
+  });
+}
+
 /**
  * Merges `ours` into the index at `to` and pushes it (after the image, whose blobs the entries name),
  * unless it holds them already. Registries have no conditional PUT, so two builds updating one index at
@@ -280,11 +288,7 @@ export async function pushCacheIndex(
     const read = await readIndex(session.client, to);
     return read && 'index' in read ? read.index : new Map();
   };
-  const holdsOurs = (index: CacheIndex) =>
-    [...ours].every(([key, entry]) => {
-      const held = index.get(key);
-      return held !== undefined && held.digest === entry.digest && held.pushed === entry.pushed && (held.facts === undefined) === (entry.facts === undefined);
-    });
+  const holdsOurs = (index: CacheIndex) => holdsEntries(index, ours);
   try {
     let readAt = performance.now();
     let held = await current();

@@ -80,6 +80,7 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('the registry as a 
     expect('index' in read && [...read.index.values()].map((e) => e.digest).sort()).toEqual(cold.summary.layers.map((l) => l.digest).sort());
 
     for (const cacheFlags of [[], ['--no-cache']]) {
+      const held = (await indexAt('app'))!.bytes;
       const args = cacheFlags.length ? ['--no-cache'] : [];
       const root = join(dir, `push-only-${cacheFlags.length}`);
       mkdirSync(root);
@@ -95,6 +96,8 @@ describe.runIf(tools('docker-registry', 'skopeo', 'podman'))('the registry as a 
       const left = readdirSync(root).filter((f) => f !== 'cache');
       expect(left).toEqual([]);
       if (!args.length) expect(readdirSync(join(root, 'cache', 'v3', 'blobs'))).toEqual([]);
+      // The index already held every entry: it was not written again.
+      expect((await indexAt('app'))!.bytes).toEqual(held);
     }
 
     // Pulled back by skopeo, the image podman loads runs.
