@@ -515,6 +515,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     dispose();
     throw err;
   } finally {
+    hashes.close();
     options.progress?.stop();
   }
 }

@@ -87,6 +87,12 @@ class HashWorker {
     this.worker.on('exit', (code) => die(new Error(`hash worker exited with code ${code}`)));
   }
 
+  /** Ends the idle thread; it is no longer the pool's (its exit is not a death). */
+  retire(): void {
+    this.dead = true;
+    void this.worker.terminate();
+  }
+
   run(job: Job): void {
     this.job = job;
     this.worker.ref();
@@ -128,6 +134,17 @@ export class HashPool {
       this.#queue.push(job);
       if (this.#live < this.threads) this.#start();
     });
+  }
+
+  /**
+   * Ends the idle threads now (a later job starts one again). A build calls it when it is done hashing:
+   * a thread's teardown then overlaps the push instead of holding up the process's exit (about 15 ms each).
+   */
+  close(): void {
+    for (const worker of this.#idle.splice(0)) {
+      this.#live--;
+      worker.retire();
+    }
   }
 
   #next = (worker: HashWorker): void => {
