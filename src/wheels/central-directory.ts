@@ -103,7 +103,7 @@ async function readEntries(blocks: BlockReader, offset: number, count: number): 
     if (flags & FLAG_STRONG_ENCRYPTION) throw new Error('strong encryption is not supported');
     const entry: CentralEntry = {
       fileName: '',
-      fileNameRaw: EMPTY,
+      fileNameBytes: '',
       versionMadeBy: w.readUInt16LE(p + 4),
       generalPurposeBitFlag: flags,
       compressionMethod: w.readUInt16LE(p + 10),
@@ -119,10 +119,11 @@ async function readEntries(blocks: BlockReader, offset: number, count: number): 
     cursor += ENTRY_FIXED_SIZE;
     p = await bytesAt(nameLength + extraLength + commentLength);
     const v = window;
-    // A copy of its own: it goes to an unzip worker in a message, which would clone a view's whole buffer.
-    entry.fileNameRaw = v.subarray(p, p + nameLength).slice();
+    // A string, not a view of the window (a message would clone the view's whole buffer) or a buffer of
+    // its own per entry (20,000 of them for torch, each an object the garbage collector tracks).
+    entry.fileNameBytes = v.toString('latin1', p, p + nameLength);
     const extras = extraLength > 0 ? extraFields(v.subarray(p + nameLength, p + nameLength + extraLength)) : NO_EXTRAS;
-    entry.fileName = decodeName(entry.fileNameRaw, flags, v, p, nameLength, extras);
+    entry.fileName = decodeName(flags, v, p, nameLength, extras);
     cursor += nameLength + extraLength + commentLength;
     const zip64 = extras.find((e) => e.id === EXTRA_ZIP64);
     if (zip64) applyZip64(entry, zip64.data);
@@ -142,7 +143,6 @@ interface ExtraField {
   data: Buffer;
 }
 const NO_EXTRAS: ExtraField[] = [];
-const EMPTY = new Uint8Array(0);
 
 function extraFields(bytes: Buffer): ExtraField[] {
   const fields: ExtraField[] = [];
@@ -174,12 +174,12 @@ function applyZip64(entry: CentralEntry, data: Buffer): void {
  * UTF-8 when flagged, and plain printable ASCII as itself (every wheel's names, in practice); anything
  * else, or a name with a Unicode Path field, as yauzl decodes it.
  */
-function decodeName(raw: Uint8Array, flags: number, window: Buffer, at: number, length: number, extras: ExtraField[]): string {
+function decodeName(flags: number, window: Buffer, at: number, length: number, extras: ExtraField[]): string {
   if (!extras.some((e) => e.id === EXTRA_UNICODE_PATH)) {
     if (flags & FLAG_UTF8) return window.toString('utf8', at, at + length);
     let ascii = true;
-    for (let i = 0; i < raw.length; i++) {
-      const b = raw[i]!;
+    for (let i = at; i < at + length; i++) {
+      const b = window[i]!;
       if (b < 0x20 || b > 0x7e) {
         ascii = false;
         break;
@@ -187,7 +187,7 @@ function decodeName(raw: Uint8Array, flags: number, window: Buffer, at: number, 
     }
     if (ascii) return window.toString('latin1', at, at + length);
   }
-  return yauzlNames().getFileNameLowLevel(flags, Buffer.from(raw), extras, true);
+  return yauzlNames().getFileNameLowLevel(flags, Buffer.from(window.subarray(at, at + length)), extras, true);
 }
 
 type NameDecoder = { getFileNameLowLevel(flags: number, name: Buffer, extras: ExtraField[], strict: boolean): string };

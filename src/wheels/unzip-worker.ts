@@ -6,7 +6,8 @@
 
 /** What the central directory says of an entry: what its local header must agree with . */
 export interface CentralRecord {
-  fileNameRaw: Uint8Array;
+  /** The name's bytes, one per character (latin1): compact, and cheap to copy into a message. */
+  fileNameBytes: string;
   generalPurposeBitFlag: number;
   compressionMethod: number;
   crc32: number;
@@ -61,10 +62,10 @@ export function localHeaderDisagreement(header: Uint8Array, localName: Uint8Arra
   /** A 32-bit size of all ones: the real one is in the zip64 extra field. */
   const ZIP64_MARKER = 0xffffffff;
   const view = new DataView(header.buffer, header.byteOffset, header.byteLength);
-  const same = localName.length === central.fileNameRaw.length && localName.every((b, i) => b === central.fileNameRaw[i]);
+  const same = localName.length === central.fileNameBytes.length && Buffer.from(localName.buffer, localName.byteOffset, localName.byteLength).toString('latin1') === central.fileNameBytes;
   if (!same) {
     const text = (bytes: Uint8Array) => JSON.stringify(new TextDecoder().decode(bytes).slice(0, 200));
-    return `it names ${text(localName)}, the directory ${text(central.fileNameRaw)}`;
+    return `it names ${text(localName)}, the directory ${text(Buffer.from(central.fileNameBytes, 'latin1'))}`;
   }
   const flags = view.getUint16(6, true);
   if ((flags & FLAG_ENCRYPTED) !== (central.generalPurposeBitFlag & FLAG_ENCRYPTED)) return 'one says the entry is encrypted, the other not';
@@ -125,7 +126,7 @@ export function unzipWorkerMain(disagreement: typeof localHeaderDisagreement): v
   const spanned = (fd: number, fileSize: number, entries: EntryRequest[]): Source => {
     const start = Math.min(...entries.map((e) => e.offset));
     // The local header's extra field is not in the directory: a little room for it.
-    const end = Math.min(fileSize, Math.max(...entries.map((e) => e.offset + LOCAL_HEADER_FIXED_SIZE + e.central.fileNameRaw.length + 64 + e.central.compressedSize)));
+    const end = Math.min(fileSize, Math.max(...entries.map((e) => e.offset + LOCAL_HEADER_FIXED_SIZE + e.central.fileNameBytes.length + 64 + e.central.compressedSize)));
     if (!(end > start) || end - start > SPAN_LIMIT) return direct(fd);
     if (scratch.length < end - start) scratch = Buffer.allocUnsafeSlow(Math.max(end - start, 1 << 20));
     const span = scratch.subarray(0, end - start);

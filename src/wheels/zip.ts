@@ -197,7 +197,7 @@ function toZipEntry(file: string, raw: CentralEntry): ZipEntry {
     unixMode,
     offset: raw.relativeOffsetOfLocalHeader,
     central: {
-      fileNameRaw: raw.fileNameRaw,
+      fileNameBytes: raw.fileNameBytes,
       generalPurposeBitFlag: raw.generalPurposeBitFlag,
       compressionMethod: raw.compressionMethod,
       crc32: raw.crc32,
@@ -260,7 +260,7 @@ function checkDataRanges(file: string, entries: ZipEntry[], centralDirectoryOffs
   const byOffset = [...entries].sort((a, b) => a.offset - b.offset);
   for (let i = 0; i < byOffset.length; i++) {
     const entry = byOffset[i]!;
-    const end = entry.offset + LOCAL_HEADER_FIXED_SIZE + entry.central.fileNameRaw.length + entry.compressedSize;
+    const end = entry.offset + LOCAL_HEADER_FIXED_SIZE + entry.central.fileNameBytes.length + entry.compressedSize;
     const next = byOffset[i + 1];
     const limit = next ? next.offset : centralDirectoryOffset;
     if (end > limit) {

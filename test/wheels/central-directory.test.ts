@@ -33,7 +33,7 @@ async function ours(file: string): Promise<Seen | Error> {
       offset: directory.offset,
       entries: directory.entries.map((e) => ({
         fileName: e.fileName,
-        fileNameRaw: Buffer.from(e.fileNameRaw).toString('hex'),
+        fileNameRaw: Buffer.from(e.fileNameBytes, 'latin1').toString('hex'),
         versionMadeBy: e.versionMadeBy,
         flags: e.generalPurposeBitFlag,
         method: e.compressionMethod,
