@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { removeOnExit } from '../util/cleanup.js';
 import { abandoned, OWNER_TAG } from '../util/atomic.js';
 import { UserError } from '../util/errors.js';
+import { settleInOrder } from '../util/settle.js';
 import { CACHE_FORMAT_VERSION } from '../layer/format.js';
 import { digestHex } from '../model/manifest.js';
 
@@ -150,11 +151,7 @@ export class CacheStore {
 
   /** Writes what writeLater put off; throws the first failure once every write has ended. */
   async flush(): Promise<void> {
-    while (this.#later.length > 0) {
-      const results = await Promise.allSettled(this.#later.splice(0).map((write) => write()));
-      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed) throw failed.reason;
-    }
+    while (this.#later.length > 0) await settleInOrder(this.#later.splice(0).map((write) => write()));
   }
 
   /** Marks an entry as just used, for least-recently-used pruning. Best effort. */
@@ -180,12 +177,10 @@ export class CacheStore {
 }
 
 /**
- * Entries carry a sha256 of their value: a layer's digest is taken from its entry once its parts check
- * out, so an entry must not be trusted on its shape alone.
- */
-/**
  * An entry's file: `{"sum":"<sha256 of the value's JSON>","value":<the value's JSON>}` and a newline, as
- * JSON.stringify({ sum, value }) writes it, with the value serialized once (a wheel's facts run to megabytes).
+ * JSON.stringify({ sum, value }) writes it, with the value serialized once (a wheel's facts run to
+ * megabytes). Entries carry a sha256 of their value: a layer's digest is taken from its entry once its
+ * parts check out, so an entry must not be trusted on its shape alone.
  */
 function entryText(value: unknown): string {
   const json = JSON.stringify(value);
@@ -210,7 +205,7 @@ export function entryValue(text: string): unknown {
 }
 
 /** The value of a stored entry (parsed), or null when its checksum fails. */
-export function unwrapEntry(stored: unknown): unknown {
+function unwrapEntry(stored: unknown): unknown {
   if (!isRecord(stored) || typeof stored.sum !== 'string') return null;
   return sha256Hex(JSON.stringify(stored.value)) === stored.sum ? stored.value : null;
 }

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Closure, NarNode, StorePathInfo } from './types.js';
 import { UserError } from '../util/errors.js';
+import { settleInOrder } from '../util/settle.js';
 import { defaultHashPool, type HashPool } from '../util/hash-pool.js';
 import { describeOsError, environmentErrorMessage } from '../util/os-errors.js';
 import { indexExport, spoolToFile, type NarListing } from './export.js';
@@ -105,7 +106,7 @@ export async function loadClosure(files: string[], opts: LoadClosureOptions = {}
     throw err;
   }
   const merged = new Map<string, StorePathInfo>();
-  for (const infos of await inOrder(indexing)) {
+  for (const infos of await settleInOrder(indexing)) {
     for (const info of infos) {
       const seen = merged.get(info.path);
       if (!seen) {
@@ -241,12 +242,4 @@ async function indexRemembered(
   );
   if (recalled && listing) for (const p of paths) if (p.listing) listing.found(p.path, p.listing);
   return paths.map(({ offset, listing: _, ...info }) => ({ ...info, source: { file, offset } }));
-}
-
-/** Every result once all have settled; the first failure in the given order otherwise (not the first to happen). */
-async function inOrder<T>(pending: Promise<T>[]): Promise<T[]> {
-  const settled = await Promise.allSettled(pending);
-  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (failed) throw failed.reason;
-  return settled.map((s) => (s as PromiseFulfilledResult<T>).value);
 }

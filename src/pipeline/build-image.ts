@@ -38,7 +38,7 @@ import { memoizedListing } from '../cache/listing-memo.js';
 import { listNar } from '../nix/nar.js';
 import { mattersToIndex } from '../wheels/checks/closure-index.js';
 import { imageRootLayerKey, storePathSliceLayerKey, storePathsLayerKey, wheelLayerKey } from '../cache/keys.js';
-import type { CacheIndex, CacheIndexEntry } from '../registry/cache-index.js';
+import { holdsEntries, type CacheIndex, type CacheIndexEntry } from '../registry/cache-index.js';
 import type { RegistryCacheOptions, RegistryLayers } from './registry-cache.js';
 import { createHash } from 'node:crypto';
 import { expandWheelPaths } from '../wheels/paths.js';
@@ -436,7 +436,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       const file = await writeBlobFile(work, (to) => remote!.fetch(entry, to));
       return layerOf({ ...file, uncompressedSize: file.tarSize, ...meta, pieces: file.pieces });
     };
-    const producing = produceLayers(jobsToDo, options, async (job, index, onBytes) => {
+    const reports = await produceLayers(jobsToDo, options, async (job, index, onBytes) => {
       // Local cache first, then the registry's; else the layer is made.
       if (remote) {
         const local = cache ? await job.find(cache) : null;
@@ -452,7 +452,6 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       // compressed ones `jobs` at a time, so small layers do not leave cores idle.
       cache ? Math.max(16, 4 * jobs) : compression === 'none' ? 1 : jobs,
     );
-    const reports = await producing;
     timings.layers = clock.lap();
     const indexRead = remote?.index ?? null;
     await remote?.close();
@@ -505,7 +504,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       }),
     );
     const saved = saveForLater(shared, options.warn);
-    const cacheIndexHeld = indexRead !== null && (await import('./registry-cache.js')).holdsEntries(indexRead, cacheEntries);
+    const cacheIndexHeld = indexRead !== null && holdsEntries(indexRead, cacheEntries);
     return { image, manifestDigest: manifestDigest(image), layers: reports, tags: image.tags, timings, problems: checked.problems, documents, cacheEntries, cacheIndexHeld, dispose, saved };
   } catch (err) {
     // A failed build still keeps what it read from its inputs.

@@ -14,6 +14,7 @@ import { openRegistry, type RegistryAccess, type RegistrySession } from '../regi
 import {
   CACHE_INDEX_ARTIFACT_TYPE,
   CACHE_INDEX_MEDIA_TYPE,
+  holdsEntries,
   MAX_INDEX_BYTES,
   mergeCacheIndex,
   parseCacheIndex,
@@ -250,14 +251,6 @@ function remoteLayer(entry: CacheIndexEntry, contents: string[], compression: Co
   };
 }
 
-/** Whether `index` has every entry of `ours` as this build would write it (same blob, same day, facts or none). */
-export function holdsEntries(index: CacheIndex, ours: CacheIndex): boolean {
-  return [...ours].every(([key, entry]) => {
-    const held = index.get(key);
-    return held !== undefined && held.digest === entry.digest && held.pushed === entry.pushed && (held.facts === undefined) === (entry.facts === undefined);
-  });
-}
-
 /**
  * Merges `ours` into the index at `to` and pushes it (after the image, whose blobs the entries name),
  * unless it holds them already. Registries have no conditional PUT, so two builds updating one index at
@@ -288,11 +281,10 @@ export async function pushCacheIndex(
     const read = await readIndex(session.client, to);
     return read && 'index' in read ? read.index : new Map();
   };
-  const holdsOurs = (index: CacheIndex) => holdsEntries(index, ours);
   try {
     let readAt = performance.now();
     let held = await current();
-    if (holdsOurs(held)) {
+    if (holdsEntries(held, ours)) {
       log(`registry cache ${where}: already holds this image's ${ours.size} layers`);
       return;
     }
@@ -303,7 +295,7 @@ export async function pushCacheIndex(
       await sleep(settleMs ?? settleAfter(performance.now() - readAt));
       readAt = performance.now();
       held = await current();
-      const kept = holdsOurs(held);
+      const kept = holdsEntries(held, ours);
       if (kept || attempt === 3) {
         log(`registry cache ${where}: ${merged.size} layers (${formatBytes(bytes.length)})${kept ? '' : '; another build keeps writing it, this build\'s layers may be missing'}`);
         return;

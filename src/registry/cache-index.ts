@@ -81,6 +81,14 @@ export function mergeCacheIndex(held: CacheIndex, ours: CacheIndex, limit = MAX_
   return new Map([...ours, ...others.slice(0, Math.max(0, limit - ours.size))]);
 }
 
+/** Whether `index` has every entry of `ours` as this build would write it (same blob, same day, facts or none). */
+export function holdsEntries(index: CacheIndex, ours: CacheIndex): boolean {
+  return [...ours].every(([key, entry]) => {
+    const held = index.get(key);
+    return held !== undefined && held.digest === entry.digest && held.pushed === entry.pushed && (held.facts === undefined) === (entry.facts === undefined);
+  });
+}
+
 /** The index as stored: keys sorted, fields in a fixed order, so the same index is the same bytes. */
 export function serializeCacheIndex(index: CacheIndex): Buffer {
   const entries: Record<string, CacheIndexEntry> = {};

@@ -41,7 +41,8 @@ const EXTRA_ZIP64 = 0x0001;
 const EXTRA_UNICODE_PATH = 0x7075;
 const FLAG_STRONG_ENCRYPTION = 0x40;
 const FLAG_UTF8 = 0x800;
-const FLAG_ENCRYPTED = 0x1;
+/** General purpose flag bit 0: the entry is encrypted. */
+export const FLAG_ENCRYPTED = 0x1;
 /** How much of the directory is read at once (BlockReader's block size: such reads are served from its cache). */
 const WINDOW = 1 << 20;
 
@@ -85,17 +86,17 @@ async function readEntries(blocks: BlockReader, offset: number, count: number): 
   let window: Buffer = Buffer.alloc(0);
   let windowStart = offset;
   let cursor = offset;
-  /** `length` bytes at the cursor, as an offset into `window`. */
-  const bytesAt = async (length: number): Promise<number> => {
-    if (cursor < windowStart || cursor + length > windowStart + window.length) {
-      if (cursor + length > size) throw new Error('unexpected EOF');
-      windowStart = cursor;
-      window = await blocks.read(cursor, Math.min(size - cursor, Math.max(length, WINDOW - (cursor % WINDOW))));
-    }
-    return cursor - windowStart;
+  /** Whether `length` bytes at the cursor are in `window`: almost always, so the loop awaits nothing then. */
+  const held = (length: number): boolean => cursor >= windowStart && cursor + length <= windowStart + window.length;
+  /** Reads the window anew from the cursor, at least `length` bytes. */
+  const refill = async (length: number): Promise<void> => {
+    if (cursor + length > size) throw new Error('unexpected EOF');
+    windowStart = cursor;
+    window = await blocks.read(cursor, Math.min(size - cursor, Math.max(length, WINDOW - (cursor % WINDOW))));
   };
   for (let i = 0; i < count; i++) {
-    let p = await bytesAt(ENTRY_FIXED_SIZE);
+    if (!held(ENTRY_FIXED_SIZE)) await refill(ENTRY_FIXED_SIZE);
+    let p = cursor - windowStart;
     const w = window;
     const signature = w.readUInt32LE(p);
     if (signature !== ENTRY_SIGNATURE) throw new Error(`invalid central directory file header signature: 0x${signature.toString(16)}`);
@@ -117,7 +118,8 @@ async function readEntries(blocks: BlockReader, offset: number, count: number): 
     const extraLength = w.readUInt16LE(p + 30);
     const commentLength = w.readUInt16LE(p + 32);
     cursor += ENTRY_FIXED_SIZE;
-    p = await bytesAt(nameLength + extraLength + commentLength);
+    if (!held(nameLength + extraLength + commentLength)) await refill(nameLength + extraLength + commentLength);
+    p = cursor - windowStart;
     const v = window;
     // A string, not a view of the window (a message would clone the view's whole buffer) or a buffer of
     // its own per entry (20,000 of them for torch, each an object the garbage collector tracks).

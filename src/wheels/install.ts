@@ -303,7 +303,7 @@ function entryRequest(zipEntry: ZipEntry, entry: WheelEntry): EntryRequest {
   return {
     name: entry.name,
     offset: zipEntry.offset,
-    // Its name is a buffer of its own (see readCentralDirectory), so a message copies only its bytes.
+    // Small and flat (the name's bytes as a string): a message copies only what the worker needs.
     central: zipEntry.central,
     hash: entry.recordHash,
   };

@@ -4,7 +4,7 @@
  * only puts the bytes into the tar. See unzip-pool.ts for the protocol.
  */
 
-/** What the central directory says of an entry: what its local header must agree with . */
+/** What the central directory says of an entry: what its local header must agree with. */
 export interface CentralRecord {
   /** The name's bytes, one per character (latin1): compact, and cheap to copy into a message. */
   fileNameBytes: string;

@@ -1,6 +1,7 @@
 /**
  * Reading a wheel's zip: the central directory (names, sizes, modes; see central-directory.ts) and one
- * entry's bytes at a time, by seeking. This module adds the checks a wheel needs before anything is installed from it, each failing with a UserError naming the file and entry:
+ * entry's bytes at a time, by seeking. This module adds the checks a wheel needs before anything is
+ * installed from it, each failing with a UserError naming the file and entry:
  * the archive is whole (central directory present and readable, every entry's data inside the file
  * and before the central directory, no two entries sharing bytes), names are safe relative paths,
  * no name appears twice, only stored or deflated entries, no encryption.
@@ -11,7 +12,7 @@ import { createInflateRaw, inflateRawSync } from 'node:zlib';
 import { UserError } from '../util/errors.js';
 import { whiteoutInPath } from '../tar/whiteout.js';
 import { BlockReader } from './block-reader.js';
-import { readCentralDirectory, type CentralEntry } from './central-directory.js';
+import { FLAG_ENCRYPTED, readCentralDirectory, type CentralEntry } from './central-directory.js';
 import { localHeaderDisagreement, type CentralRecord } from './unzip-worker.js';
 
 export interface ZipEntry {
@@ -33,8 +34,6 @@ export interface ZipEntry {
 const HOST_UNIX = 3;
 const LOCAL_HEADER_FIXED_SIZE = 30;
 const LOCAL_HEADER_SIGNATURE = 0x04034b50;
-/** General purpose flag bit 0: the entry is encrypted. */
-const FLAG_ENCRYPTED = 0x1;
 /** Entries this small (both sizes) are inflated in one synchronous call: far cheaper than a zlib stream each. */
 const SMALL_ENTRY = 1 << 20;
 

@@ -5,7 +5,7 @@ import { deflateRawSync } from 'node:zlib';
 import { beforeAll, describe, expect, it } from 'vitest';
 import yauzl from 'yauzl';
 import { BlockReader } from '../../src/wheels/block-reader.js';
-import { readCentralDirectory } from '../../src/wheels/central-directory.js';
+import { readCentralDirectory, type CentralEntry } from '../../src/wheels/central-directory.js';
 import { mutate } from '../helpers/mutate.js';
 import { useScratchDirs } from '../helpers/scratch.js';
 import { tools } from '../helpers/tools.js';
@@ -20,9 +20,26 @@ import { makeWheel } from '../helpers/wheels.js';
 
 const scratch = useScratchDirs();
 
+type SeenEntry = ReturnType<typeof seen>;
 interface Seen {
   offset: number;
-  entries: { fileName: string; fileNameRaw: string; versionMadeBy: number; flags: number; method: number; crc32: number; compressedSize: number; uncompressedSize: number; attributes: number; at: number }[];
+  entries: SeenEntry[];
+}
+
+/** An entry as either reader gives it (their field names are yauzl's), with its name's bytes in hex. */
+function seen(e: Omit<CentralEntry, 'fileNameBytes'>, raw: Uint8Array) {
+  return {
+    fileName: e.fileName,
+    fileNameRaw: Buffer.from(raw).toString('hex'),
+    versionMadeBy: e.versionMadeBy,
+    flags: e.generalPurposeBitFlag,
+    method: e.compressionMethod,
+    crc32: e.crc32,
+    compressedSize: e.compressedSize,
+    uncompressedSize: e.uncompressedSize,
+    attributes: e.externalFileAttributes,
+    at: e.relativeOffsetOfLocalHeader,
+  };
 }
 
 async function ours(file: string): Promise<Seen | Error> {
@@ -31,18 +48,7 @@ async function ours(file: string): Promise<Seen | Error> {
     const directory = await readCentralDirectory(new BlockReader(handle, (await handle.stat()).size));
     return {
       offset: directory.offset,
-      entries: directory.entries.map((e) => ({
-        fileName: e.fileName,
-        fileNameRaw: Buffer.from(e.fileNameBytes, 'latin1').toString('hex'),
-        versionMadeBy: e.versionMadeBy,
-        flags: e.generalPurposeBitFlag,
-        method: e.compressionMethod,
-        crc32: e.crc32,
-        compressedSize: e.compressedSize,
-        uncompressedSize: e.uncompressedSize,
-        attributes: e.externalFileAttributes,
-        at: e.relativeOffsetOfLocalHeader,
-      })),
+      entries: directory.entries.map((e) => seen(e, Buffer.from(e.fileNameBytes, 'latin1'))),
     };
   } catch (err) {
     return err as Error;
@@ -57,20 +63,9 @@ async function reference(file: string): Promise<Seen | Error> {
     // From memory: yauzl's file reader throws an uncaught error on a zip64 offset past 2^53.
     zip = await yauzl.fromBufferPromise(readFileSync(file), { autoClose: false, lazyEntries: true, decodeStrings: false, validateEntrySizes: true });
     const offset = zip.readEntryCursor as unknown as number;
-    const entries: Seen['entries'] = [];
+    const entries: SeenEntry[] = [];
     for await (const e of zip.eachEntry()) {
-      entries.push({
-        fileName: yauzl.getFileNameLowLevel(e.generalPurposeBitFlag, e.fileNameRaw, e.extraFields, true),
-        fileNameRaw: Buffer.from(e.fileNameRaw).toString('hex'),
-        versionMadeBy: e.versionMadeBy,
-        flags: e.generalPurposeBitFlag,
-        method: e.compressionMethod,
-        crc32: e.crc32,
-        compressedSize: e.compressedSize,
-        uncompressedSize: e.uncompressedSize,
-        attributes: e.externalFileAttributes,
-        at: e.relativeOffsetOfLocalHeader,
-      });
+      entries.push(seen({ ...e, fileName: yauzl.getFileNameLowLevel(e.generalPurposeBitFlag, e.fileNameRaw, e.extraFields, true) }, e.fileNameRaw));
     }
     return { offset, entries };
   } catch (err) {
