@@ -1,14 +1,14 @@
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
 import type { BytePiece } from './pieces.js';
 import { hashWorkerMain, type WorkerJob, type WorkerReply } from './hash-worker.js';
+import { sharedThreads, type Connection, type Service, type Thread, type Threads } from './threads.js';
 
 /**
  * sha256 of byte ranges of files, on worker threads (copying or comparing them on the way if asked): one core hashes about 1.1 GB/s, so indexing a
  * closure of many GB or checking a warm cache's blobs is bound by hashing, and spreading the ranges over
  * every core divides that time. A job is a list of pieces hashed as one stream (a composed layer is a
- * small head, ranges of several files and a small end). Workers read with their own buffers, so the
- * main thread only hands out jobs; they are unref'd while idle, so an idle pool never holds the process.
+ * small head, ranges of several files and a small end). Threads read with their own buffers, so the
+ * main thread only hands out jobs; an idle pool never holds the process.
  */
 
 export interface HashResult {
@@ -55,63 +55,69 @@ type FromWorker = WorkerReply;
 const READ_SIZE = 1 << 20;
 const PROGRESS_EVERY = 32 << 20;
 
-/** The worker's program as source text (see hashWorkerMain): self-contained, type-checked. */
-const WORKER_SOURCE = `'use strict';\n(${hashWorkerMain.toString()})(${READ_SIZE}, ${PROGRESS_EVERY});\n`;
+/** The hash service (see hashWorkerMain), as the threads run it. */
+const HASH_SERVICE: Service = { name: 'hash', source: `(port) => (${hashWorkerMain.toString()})(port, ${READ_SIZE}, ${PROGRESS_EVERY})` };
 
+/** The pool's line to one thread: one job at a time. */
 class HashWorker {
-  readonly worker: Worker;
+  readonly connection: Connection;
   job: Job | null = null;
   dead = false;
 
-  constructor(onIdle: (w: HashWorker) => void, onDead: (w: HashWorker, error: Error) => void) {
-    this.worker = new Worker(WORKER_SOURCE, { eval: true });
-    this.worker.unref();
-    this.worker.on('message', (m: FromWorker) => {
+  constructor(
+    readonly index: number,
+    thread: Thread,
+    onIdle: (w: HashWorker) => void,
+    onDead: (w: HashWorker) => void,
+  ) {
+    const die = (error: Error | null) => {
+      if (this.dead) return;
+      this.dead = true;
+      if (this.job) this.job.reject(error ?? new Error('hash thread stopped'));
+      this.job = null;
+      onDead(this);
+    };
+    this.connection = thread.connect(HASH_SERVICE, die);
+    this.connection.port.on('message', (m: FromWorker) => {
       const job = this.job;
       if (!job) return;
       if (m.type === 'progress') return job.progress?.(m.bytes);
       this.job = null;
-      this.worker.unref();
+      this.connection.idle();
       if (m.type === 'done') job.resolve({ digest: m.hex === null ? null : `sha256:${m.hex}`, same: m.same });
       else job.reject(new HashReadError(m.file, m.code, m.at));
       onIdle(this);
     });
-    const die = (error: Error) => {
-      if (this.dead) return;
-      this.dead = true;
-      this.job?.reject(error);
-      this.job = null;
-      onDead(this, error);
-    };
-    this.worker.on('error', die);
-    this.worker.on('exit', (code) => die(new Error(`hash worker exited with code ${code}`)));
   }
 
-  /** Ends the idle thread; it is no longer the pool's (its exit is not a death). */
+  /** The pool is done with this line (the thread goes on serving others). */
   retire(): void {
     this.dead = true;
-    void this.worker.terminate();
+    this.connection.close();
   }
 
   run(job: Job): void {
     this.job = job;
-    this.worker.ref();
+    this.connection.busy();
     // Buffers are copied by postMessage; file pieces are only names and numbers, and fds are the process's.
     const message: WorkerJob = { pieces: job.pieces, hash: job.hash !== false, copyTo: job.copyTo, compareWith: job.compareWith };
-    this.worker.postMessage(message);
+    this.connection.post(message);
   }
 }
 
 /**
- * A pool of hash workers: one per build (its size from --jobs), passed to whatever hashes or copies
- * file ranges. Threads start on demand and are unref'd while idle.
+ * A pool of hash jobs: one per build (its size from --jobs), passed to whatever hashes or copies file
+ * ranges. It runs on the first `threads` of the shared threads, which start on demand.
  */
 export class HashPool {
   readonly #idle: HashWorker[] = [];
   readonly #queue: Job[] = [];
-  #live = 0;
+  readonly #live = new Set<HashWorker>();
 
-  constructor(readonly threads: number = availableParallelism()) {
+  constructor(
+    readonly threads: number = availableParallelism(),
+    private readonly on: Threads = sharedThreads(),
+  ) {
     if (!Number.isInteger(threads) || threads < 1) throw new Error(`hash pool threads must be a whole number of at least 1, got ${threads}`);
   }
 
@@ -132,17 +138,14 @@ export class HashPool {
       const worker = this.#idle.pop();
       if (worker) return worker.run(job);
       this.#queue.push(job);
-      if (this.#live < this.threads) this.#start();
+      if (this.#live.size < this.threads) this.#start();
     });
   }
 
-  /**
-   * Ends the idle threads now (a later job starts one again). A build calls it when it is done hashing:
-   * a thread's teardown then overlaps the push instead of holding up the process's exit (about 15 ms each).
-   */
+  /** Lets go of the idle lines to the threads (a later job makes one again). */
   close(): void {
     for (const worker of this.#idle.splice(0)) {
-      this.#live--;
+      this.#live.delete(worker);
       worker.retire();
     }
   }
@@ -154,15 +157,19 @@ export class HashPool {
   };
 
   #dead = (worker: HashWorker): void => {
-    this.#live--;
+    this.#live.delete(worker);
     const i = this.#idle.indexOf(worker);
     if (i >= 0) this.#idle.splice(i, 1);
     if (this.#queue.length > 0) this.#start();
   };
 
   #start(): void {
-    this.#live++;
-    this.#next(new HashWorker(this.#next, this.#dead));
+    const used = new Set([...this.#live].map((w) => w.index));
+    let index = 0;
+    while (used.has(index)) index++;
+    const worker = new HashWorker(index, this.on.thread(index), this.#next, this.#dead);
+    this.#live.add(worker);
+    this.#next(worker);
   }
 }
 

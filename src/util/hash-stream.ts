@@ -1,8 +1,5 @@
-import { Worker } from 'node:worker_threads';
 import { streamHashWorkerMain, type StreamMessage, type StreamReply } from './hash-worker.js';
-
-/** The worker's program as source text (see streamHashWorkerMain): self-contained, type-checked. */
-const WORKER_SOURCE = `'use strict';\n(${streamHashWorkerMain.toString()})();\n`;
+import { sharedThreads, type Connection, type Service } from './threads.js';
 
 /** Buffers made to travel: their memory is moved to the worker and back instead of copied. */
 const TRAVELLERS = new WeakSet<ArrayBuffer>();
@@ -16,20 +13,30 @@ export function travellingBuffer(size: number): Buffer {
 
 const idle: StreamHash[] = [];
 
+/** The stream hash service (see streamHashWorkerMain), as the threads run it. */
+const STREAM_HASH_SERVICE: Service = { name: 'stream-hash', source: `(port) => (${streamHashWorkerMain.toString()})(port)` };
+
 /**
  * sha256 of a stream of bytes on a worker thread, in the order given: the main thread hands over a
  * buffer and gets it back once hashed (a travelling buffer moves without a copy; others are copied).
- * Workers are kept for reuse and unref'd while idle.
+ * Hashers are kept for reuse, each on the thread that was least busy when it was made.
  */
 export class StreamHash {
-  readonly #worker: Worker;
+  readonly #connection: Connection;
   readonly #hashed: ((returned: Buffer | null) => void)[] = [];
   #digest: { resolve: (hex: string) => void; reject: (error: Error) => void } | null = null;
   #failure: Error | null = null;
 
   private constructor() {
-    this.#worker = new Worker(WORKER_SOURCE, { eval: true });
-    this.#worker.on('message', (reply: StreamReply) => {
+    this.#connection = sharedThreads().leastBusy().connect(STREAM_HASH_SERVICE, (error) => {
+      const i = idle.indexOf(this);
+      if (i >= 0) idle.splice(i, 1);
+      this.#failure ??= error ?? new Error('stream hash thread stopped');
+      for (const done of this.#hashed.splice(0)) done(null);
+      this.#digest?.reject(this.#failure);
+      this.#digest = null;
+    });
+    this.#connection.port.on('message', (reply: StreamReply) => {
       if (reply.type === 'digest') {
         const done = this.#digest;
         this.#digest = null;
@@ -40,20 +47,12 @@ export class StreamHash {
       if (reply.buffer) TRAVELLERS.add(reply.buffer);
       this.#hashed.shift()?.(returned);
     });
-    const die = (error: Error) => {
-      this.#failure ??= error;
-      for (const done of this.#hashed.splice(0)) done(null);
-      this.#digest?.reject(error);
-      this.#digest = null;
-    };
-    this.#worker.on('error', die);
-    this.#worker.on('exit', () => die(new Error('stream hash worker exited')));
   }
 
-  /** A hasher for one stream: an idle one, or a new worker. */
+  /** A hasher for one stream: an idle one, or a new one. */
   static take(): StreamHash {
     const hasher = idle.pop() ?? new StreamHash();
-    hasher.#worker.ref();
+    hasher.#connection.busy();
     return hasher;
   }
 
@@ -69,7 +68,7 @@ export class StreamHash {
     if (travels) TRAVELLERS.delete(memory);
     const message: StreamMessage = { type: 'update', buffer, length: bytes.length, back: travels };
     this.#hashed.push(done);
-    this.#worker.postMessage(message, [buffer]);
+    this.#connection.post(message, [buffer]);
   }
 
   /** `sha256:<hex>` of everything given; the hasher then goes back to the idle ones. */
@@ -78,14 +77,14 @@ export class StreamHash {
     return new Promise((resolve, reject) => {
       this.#digest = {
         resolve: (hex) => {
-          this.#worker.unref();
+          this.#connection.idle();
           idle.push(this);
           resolve(`sha256:${hex}`);
         },
         reject,
       };
       const message: StreamMessage = { type: 'digest' };
-      this.#worker.postMessage(message);
+      this.#connection.post(message);
     });
   }
 }

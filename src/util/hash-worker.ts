@@ -1,3 +1,4 @@
+import type { MessagePort } from 'node:worker_threads';
 import type { BytePiece } from './pieces.js';
 
 /** What the main thread asks of a hash worker: one job at a time. */
@@ -15,15 +16,14 @@ export type WorkerReply =
   | { type: 'error'; file: string; code: string; at: number };
 
 /**
- * A hash worker's whole program. It runs as the worker's source (`new Worker(source, { eval: true })`),
- * so it runs the same from dist/ and from the TypeScript sources under the test runner, and it is
- * type-checked here: it must use nothing from outside its own body but `require` and Buffer.
+ * The hash service's whole program, run once per connection on a worker thread (see util/threads.ts).
+ * It runs as source text, so it runs the same from dist/ and from the TypeScript sources under the test
+ * runner, and it is type-checked here: it must use nothing from outside its own body but `require` and
+ * Buffer. A thread runs other services too: a long job lets them in every YIELD_EVERY bytes.
  */
-export function hashWorkerMain(readSize: number, progressEvery: number): void {
-  const { parentPort } = require('node:worker_threads') as typeof import('node:worker_threads');
+export function hashWorkerMain(port: MessagePort, readSize: number, progressEvery: number): void {
   const { createHash } = require('node:crypto') as typeof import('node:crypto');
   const fs = require('node:fs') as typeof import('node:fs');
-  const port = parentPort!;
   const buffer = Buffer.allocUnsafeSlow(readSize);
   const theirs = Buffer.allocUnsafeSlow(readSize);
   const reply = (message: WorkerReply) => port.postMessage(message);
@@ -31,7 +31,10 @@ export function hashWorkerMain(readSize: number, progressEvery: number): void {
   const STOP = Symbol('stop');
   type Failure = NodeJS.ErrnoException & { output?: boolean };
 
-  port.on('message', ({ pieces, hash: wanted, copyTo, compareWith }: WorkerJob) => {
+  const YIELD_EVERY = 16 << 20;
+  const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+  port.on('message', async ({ pieces, hash: wanted, copyTo, compareWith }: WorkerJob) => {
+    let sinceTurn = 0;
     const hash = wanted ? createHash('sha256') : null;
     let unreported = 0;
     let out = 0;
@@ -75,6 +78,10 @@ export function hashWorkerMain(readSize: number, progressEvery: number): void {
             take(n === buffer.length ? buffer : buffer.subarray(0, n));
             at += n;
             unreported += n;
+            if ((sinceTurn += n) >= YIELD_EVERY) {
+              sinceTurn = 0;
+              await turn();
+            }
             if (unreported >= progressEvery) {
               reply({ type: 'progress', bytes: unreported });
               unreported = 0;
@@ -106,14 +113,12 @@ export type StreamMessage = { type: 'update'; buffer: ArrayBuffer; length: numbe
 export type StreamReply = { type: 'hashed'; buffer: ArrayBuffer | null } | { type: 'digest'; hex: string };
 
 /**
- * A stream hash worker's whole program: sha256 of the bytes it is sent, in order, so that a layer's
+ * The stream hash service's whole program: sha256 of the bytes it is sent, in order, so that a layer's
  * digest is computed on another core while the main thread tars. Like hashWorkerMain, it runs as
  * source text and uses nothing from outside its own body but `require`.
  */
-export function streamHashWorkerMain(): void {
-  const { parentPort } = require('node:worker_threads') as typeof import('node:worker_threads');
+export function streamHashWorkerMain(port: MessagePort): void {
   const { createHash } = require('node:crypto') as typeof import('node:crypto');
-  const port = parentPort!;
   let hash = createHash('sha256');
   port.on('message', (message: StreamMessage) => {
     if (message.type === 'digest') {

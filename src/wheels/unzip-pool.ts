@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
 import { UserError } from '../util/errors.js';
+import { sharedThreads, type Connection, type Service, type Thread, type Threads } from '../util/threads.js';
 import { localHeaderDisagreement, unzipWorkerMain, type EntryRequest, type UnzipMessage, type UnzipReply } from './unzip-worker.js';
 
 /**
@@ -23,8 +23,8 @@ const WINDOW = 4 << 20;
 /** Buffers kept for reuse, of each size: memory that goes round instead of garbage for the collector. */
 const SPARES = 2;
 
-/** The worker's program as source text (see unzipWorkerMain), given the local header check it shares with ZipReader. */
-const WORKER_SOURCE = `'use strict';\n(${unzipWorkerMain.toString()})(${localHeaderDisagreement.toString()});\n`;
+/** The unzip service (see unzipWorkerMain), as the threads run it, given the local header check it shares with ZipReader. */
+const UNZIP_SERVICE: Service = { name: 'unzip', source: `(port) => (${unzipWorkerMain.toString()})(port, ${localHeaderDisagreement.toString()})` };
 
 interface Job {
   message: Extract<UnzipMessage, { type: 'batch' | 'stream' }>;
@@ -34,21 +34,33 @@ interface Job {
 }
 
 /**
- * One worker thread. It runs at most one batch at a time (synchronous work there) and any number of
- * streams, which wait for their chunks to come back without holding the thread: a stream whose
- * consumer is slow never stops another reader's entries.
+ * The pool's line to one thread. It runs at most one batch at a time (synchronous work there) and any
+ * number of streams, which wait for their chunks to come back without holding the thread: a stream
+ * whose consumer is slow never stops another reader's entries.
  */
 class UnzipWorker {
-  readonly worker: Worker;
+  readonly connection: Connection;
   readonly jobs = new Map<number, Job>();
   batches = 0;
 
-  constructor(onBatchDone: (w: UnzipWorker) => void, onDead: (w: UnzipWorker, error: Error) => void) {
-    // Its JavaScript objects are few and small (the bytes are buffers outside the heap): a small young
-    // generation keeps the thread's memory down.
-    this.worker = new Worker(WORKER_SOURCE, { eval: true, resourceLimits: { maxYoungGenerationSizeMb: 4 } });
-    this.worker.unref();
-    this.worker.on('message', (reply: UnzipReply) => {
+  constructor(
+    readonly index: number,
+    thread: Thread,
+    onBatchDone: (w: UnzipWorker) => void,
+    onDead: (w: UnzipWorker) => void,
+  ) {
+    let dead = false;
+    this.connection = thread.connect(UNZIP_SERVICE, (error) => {
+      if (dead) return;
+      dead = true;
+      const jobs = [...this.jobs.values()];
+      this.jobs.clear();
+      this.batches = 0;
+      const message = (error ?? new Error('unzip thread stopped')).message;
+      for (const job of jobs) job.onReply({ type: 'failed', id: job.message.id, index: 0, message, userError: false });
+      onDead(this);
+    });
+    this.connection.port.on('message', (reply: UnzipReply) => {
       const job = this.jobs.get(reply.id);
       if (!job) return;
       const last = reply.type !== 'chunk';
@@ -56,23 +68,11 @@ class UnzipWorker {
       if (last) {
         this.jobs.delete(reply.id);
         if (batch) this.batches--;
-        if (this.jobs.size === 0) this.worker.unref();
+        if (this.jobs.size === 0) this.connection.idle();
       }
       job.onReply(reply);
       if (last && batch) onBatchDone(this);
     });
-    let dead = false;
-    const die = (error: Error) => {
-      if (dead) return;
-      dead = true;
-      const jobs = [...this.jobs.values()];
-      this.jobs.clear();
-      this.batches = 0;
-      for (const job of jobs) job.onReply({ type: 'failed', id: job.message.id, index: 0, message: error.message, userError: false });
-      onDead(this, error);
-    };
-    this.worker.on('error', die);
-    this.worker.on('exit', (code) => die(new Error(`unzip worker exited with code ${code}`)));
   }
 
   run(job: Job): void {
@@ -80,20 +80,20 @@ class UnzipWorker {
     this.jobs.set(message.id, job);
     if (message.type === 'batch') this.batches++;
     job.worker = this;
-    this.worker.ref();
+    this.connection.busy();
     const moved = message.type === 'batch' ? (message.buffer ? [message.buffer] : []) : message.buffers;
-    this.worker.postMessage(message, moved);
+    this.connection.post(message, moved);
   }
 
   send(message: UnzipMessage, transfer: ArrayBuffer[] = []): void {
-    this.worker.postMessage(message, transfer);
+    this.connection.post(message, transfer);
   }
 }
 
 /**
- * A pool of unzip workers: one per build (its size from --jobs), passed to the wheel layer sources.
- * Threads start on demand and are unref'd while idle. Batches run in the order given, one per thread
- * at a time; streams start at once, on the thread with the fewest.
+ * A pool of unzip jobs: one per build (its size from --jobs), passed to the wheel layer sources. It runs
+ * on the first `threads` of the shared threads, which start on demand. Batches run in the order given,
+ * one per thread at a time; streams start at once, on the thread with the fewest.
  */
 export class UnzipPool {
   readonly #workers: UnzipWorker[] = [];
@@ -102,7 +102,10 @@ export class UnzipPool {
   readonly #spares = new Map<number, ArrayBuffer[]>();
   #nextId = 1;
 
-  constructor(readonly threads: number = availableParallelism()) {
+  constructor(
+    readonly threads: number = availableParallelism(),
+    private readonly on: Threads = sharedThreads(),
+  ) {
     if (!Number.isInteger(threads) || threads < 1) throw new Error(`unzip pool threads must be a whole number of at least 1, got ${threads}`);
   }
 
@@ -171,7 +174,10 @@ export class UnzipPool {
   };
 
   #start(): UnzipWorker {
-    const worker = new UnzipWorker(this.#batchDone, this.#dead);
+    const used = new Set(this.#workers.map((w) => w.index));
+    let index = 0;
+    while (used.has(index)) index++;
+    const worker = new UnzipWorker(index, this.on.thread(index), this.#batchDone, this.#dead);
     this.#workers.push(worker);
     return worker;
   }

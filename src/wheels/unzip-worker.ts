@@ -4,6 +4,8 @@
  * only puts the bytes into the tar. See unzip-pool.ts for the protocol.
  */
 
+import type { MessagePort } from 'node:worker_threads';
+
 /** What the central directory says of an entry: what its local header must agree with. */
 export interface CentralRecord {
   /** The name's bytes, one per character (latin1): compact, and cheap to copy into a message. */
@@ -82,18 +84,17 @@ export function localHeaderDisagreement(header: Uint8Array, localName: Uint8Arra
 }
 
 /**
- * An unzip worker's whole program. Like the hash workers' it runs as source text and uses nothing from
- * outside its body but `require`, Buffer and the functions it is given. Each file is opened per job
+ * The unzip service's whole program, run once per connection on a worker thread (see util/threads.ts).
+ * Like the hash service it runs as source text and uses nothing from outside its body but `require`,
+ * Buffer and the functions it is given. Each file is opened per job
  * (the job's entries are read with positional reads). Errors of the wheel (a bad header, a failed
  * inflate, a size or hash that RECORD does not list) are answered as `failed` with the same one-line
  * message the main thread's reader gives.
  */
-export function unzipWorkerMain(disagreement: typeof localHeaderDisagreement): void {
-  const { parentPort } = require('node:worker_threads') as typeof import('node:worker_threads');
+export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHeaderDisagreement): void {
   const { createHash } = require('node:crypto') as typeof import('node:crypto');
   const fs = require('node:fs') as typeof import('node:fs');
   const zlib = require('node:zlib') as typeof import('node:zlib');
-  const port = parentPort!;
   const reply = (message: UnzipReply, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);
 
   const LOCAL_HEADER_FIXED_SIZE = 30;

@@ -2,6 +2,8 @@ import { describe, it, expect } from 'vitest';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { UnzipPool } from '../../src/wheels/unzip-pool.js';
+import { HashPool } from '../../src/util/hash-pool.js';
+import { Threads } from '../../src/util/threads.js';
 import { readWheelInfo, type WheelInfo } from '../../src/wheels/wheel-info.js';
 import { ZipReader } from '../../src/wheels/zip.js';
 import type { EntryRequest } from '../../src/wheels/unzip-worker.js';
@@ -141,5 +143,47 @@ describe('unzip pool', () => {
     const wrong: EntryRequest = { ...small, hash: { algorithm: 'sha256', hex: createHash('sha256').update('other').digest('hex') } };
     await expect(collect(new UnzipPool(1).bodies(info.file, [wrong]).next())).rejects.toThrow(/entry mix\/small000\.py does not match RECORD/);
     expect(readFileSync(info.file).length).toBe(info.fileSize);
+  });
+});
+
+describe('the threads the pools share', () => {
+  it('run the hash and unzip jobs of one build on the same threads, end when idle, and start again when needed', async () => {
+    const info = await readWheelInfo(mixedWheel(scratchDir('nix2oci-threads-')));
+    const { requests: all, expected } = await requests(info);
+    const threads = new Threads(2);
+    const hashes = new HashPool(2, threads);
+    const unzip = new UnzipPool(2, threads);
+    const whole = createHash('sha256').update(readFileSync(info.file)).digest('hex');
+    const unzipAll = async () => {
+      const bodies = unzip.bodies(info.file, all);
+      for (const [i, request] of all.entries()) expect((await collect(bodies.next())).bytes.equals(expected[i]!), request.name).toBe(true);
+      bodies.close();
+    };
+    const size = readFileSync(info.file).length;
+    const [digests] = await Promise.all([Promise.all([0, 1].map(() => hashes.sha256([{ file: info.file, start: 0, length: size }]))), unzipAll()]);
+    expect(digests.map((d) => d.digest)).toEqual([`sha256:${whole}`, `sha256:${whole}`]);
+    expect(threads.running).toBe(2);
+
+    hashes.close();
+    threads.stopIdle();
+    expect(threads.running).toBe(0);
+    // Both pools start their threads again.
+    await unzipAll();
+    expect((await hashes.sha256([{ file: info.file, start: 0, length: size }])).digest).toBe(`sha256:${whole}`);
+    expect(threads.running).toBeGreaterThan(0);
+    threads.stopIdle();
+  });
+
+  it('fail the jobs of a thread that dies, and run the next ones on a new thread', async () => {
+    const info = await readWheelInfo(mixedWheel(scratchDir('nix2oci-threads-')));
+    const threads = new Threads(1);
+    const hashes = new HashPool(1, threads);
+    const size = readFileSync(info.file).length;
+    const job = hashes.sha256(Array.from({ length: 200 }, () => ({ file: info.file, start: 0, length: size })));
+    threads.thread(0).stop();
+    await expect(job).rejects.toThrow(/thread stopped/);
+    const whole = createHash('sha256').update(readFileSync(info.file)).digest('hex');
+    expect((await hashes.sha256([{ file: info.file, start: 0, length: size }])).digest).toBe(`sha256:${whole}`);
+    threads.stopIdle();
   });
 });
