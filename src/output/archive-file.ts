@@ -73,6 +73,26 @@ export class ArchiveFile {
     };
   }
 
+  /**
+   * A place for a layer whose size is known before it is made: the members after it are placed (and
+   * written) at once. Call `placed` with its member name once it is written.
+   */
+  reserve(size: number): { out: LayerOutput; size: number; placed(name: string): Promise<BytePiece[]> } {
+    const headerAt = this.#at;
+    const out = { handle: this.handle, at: headerAt + BLOCK_SIZE, path: this.label };
+    this.#at = out.at + padToBlock(size);
+    return {
+      out,
+      size,
+      placed: async (name) => {
+        this.#names.add(name);
+        await writeAll(this.handle, blobHeader(name, size), headerAt);
+        await this.#pad(out.at + size);
+        return [{ file: this.path, start: out.at, length: size }];
+      },
+    };
+  }
+
   /** True when an entry of this name was written already. */
   has(name: string): boolean {
     return this.#names.has(name);

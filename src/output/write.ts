@@ -45,6 +45,11 @@ export interface ImageOutput {
    * when it is its turn, else into a work file until its turn comes.
    */
   writeLayer(index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer>;
+  /**
+   * What uncompressed layers will measure, by index, for those known before they are made: an archive
+   * then places them as soon as the layers before them are placed, and they are written alongside others.
+   */
+  expectSizes?(sizes: (number | undefined)[]): void;
   finish(image: Image): Promise<void>;
   abandon(): Promise<void>;
 }
@@ -81,14 +86,21 @@ export async function writeImage(image: Image, options: OutputOptions): Promise<
 
 /**
  * An archive file, its layers written into it in order. The layer whose turn it is writes straight into
- * its place; one made ahead of its turn (so that every core is busy) waits in a work file and is copied
- * in when its turn comes, compressed, so only its compressed bytes are copied. Uncompressed layers gain
- * nothing from running ahead (the writing is the work), so builds give them one at a time.
+ * its place; a compressed one made ahead of its turn (so that every core is busy) waits in a work file
+ * and is copied in when its turn comes, so only its compressed bytes are copied. An uncompressed layer
+ * would be copied whole: it waits for its turn instead. One whose size is known then gets its place at
+ * once, and the next layer's turn comes while it is being written.
  */
 class ArchiveOutput implements ImageOutput {
   #next = 0;
   #direct = false;
   readonly #ahead = new Map<number, Layer>();
+  /** Uncompressed layers waiting for their turn, by index; and why none will come, once a layer failed. */
+  readonly #waiting = new Map<number, { resolve: () => void; reject: (error: unknown) => void }>();
+  #failed: { error: unknown } | null = null;
+  /** Sizes known before the layers are made (expectSizes), and the places set aside for them. */
+  #sizes: (number | undefined)[] = [];
+  readonly #reserved = new Map<number, ReturnType<ArchiveFile['reserve']>>();
   /** Layers whose bytes are in the archive being written, by member name. */
   readonly #inArchive = new Map<string, BytePiece[]>();
 
@@ -111,14 +123,27 @@ class ArchiveOutput implements ImageOutput {
     return output;
   }
 
+  expectSizes(sizes: (number | undefined)[]): void {
+    this.#sizes = sizes;
+    this.#wake();
+  }
+
   async writeLayer(index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer> {
     return this.#writeLayer(index, meta, write).catch((err: unknown) => {
+      // The layers waiting for their turn wait no more.
+      this.#fail(err);
       throw outputError(this.pending.target, err);
     });
   }
 
   async #writeLayer(index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>): Promise<Layer> {
-    if (index !== this.#next || this.#direct) {
+    if (meta.compression === 'none') {
+      // Placed as soon as the layers before it are (its size was known), or written in its turn: a layer
+      // made ahead would be copied whole.
+      await this.#turn(index);
+      const place = this.#reserved.get(index);
+      if (place) return this.#writePlaced(index, meta, write, place);
+    } else if (index !== this.#next || this.#direct) {
       if (!this.workDir) throw new Error('a layer ahead of its turn needs a work directory');
       const file = await writeBlobFile(this.workDir, write);
       const layer = recordOf(file, meta, file.pieces);
@@ -145,8 +170,53 @@ class ArchiveOutput implements ImageOutput {
     } finally {
       this.#direct = false;
     }
+    this.#wake();
     await this.#placeAhead();
     return layer;
+  }
+
+  /** A layer written into the place set aside for it. */
+  async #writePlaced(index: number, meta: LayerMeta, write: (out: LayerOutput) => Promise<Written>, place: ReturnType<ArchiveFile['reserve']>): Promise<Layer> {
+    this.#reserved.delete(index);
+    const written = await write(place.out);
+    if (written.size !== place.size) throw new Error(`layer ${index + 1} is ${written.size} bytes, ${place.size} were set aside for it`);
+    const layer = recordOf(written, meta, []);
+    const name = archiveLayout(this.format).layerName(layer);
+    // The same blob twice (as in #writeLayer): its place is taken already, so this one is a second member of that name.
+    layer.pieces = await place.placed(name);
+    if (!this.#inArchive.has(name)) this.#inArchive.set(name, layer.pieces);
+    return layer;
+  }
+
+  /** Resolves when every layer before `index` has its place (and `index` too, when its size was known). */
+  #turn(index: number): Promise<void> {
+    if (this.#failed) return Promise.reject(this.#failed.error);
+    if (this.#reserved.has(index) || (index === this.#next && !this.#direct)) return Promise.resolve();
+    return new Promise((resolve, reject) => this.#waiting.set(index, { resolve, reject }));
+  }
+
+  /** The next layer's turn: layers of known size are placed at once, and whoever waits for them or for the next turn is woken. */
+  #wake(): void {
+    if (this.#direct) return;
+    for (let size = this.#sizes[this.#next]; size !== undefined; size = this.#sizes[this.#next]) {
+      this.#reserved.set(this.#next, this.archive.reserve(size));
+      this.#resolve(this.#next);
+      this.#next++;
+    }
+    this.#resolve(this.#next);
+  }
+
+  #resolve(index: number): void {
+    const waiter = this.#waiting.get(index);
+    if (!waiter) return;
+    this.#waiting.delete(index);
+    waiter.resolve();
+  }
+
+  #fail(error: unknown): void {
+    this.#failed ??= { error };
+    for (const waiter of this.#waiting.values()) waiter.reject(error);
+    this.#waiting.clear();
   }
 
   /** Copies in the layers made ahead whose turn has come. */
@@ -178,6 +248,7 @@ class ArchiveOutput implements ImageOutput {
   }
 
   async abandon(): Promise<void> {
+    this.#fail(new Error('the archive was abandoned'));
     await this.archive.settle();
     await this.pending.abandon();
   }

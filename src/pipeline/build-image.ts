@@ -28,6 +28,7 @@ import { describeOsError, environmentErrorMessage } from '../util/os-errors.js';
 import { UserError } from '../util/errors.js';
 import { HashPool } from '../util/hash-pool.js';
 import { UnzipPool } from '../wheels/unzip-pool.js';
+import { sharedThreads } from '../util/threads.js';
 import type { PreparedWheels, WheelElfFacts, WheelLayerPlan } from './wheels.js';
 import { summarizeProblems, type Problem } from '../wheels/checks/problems.js';
 import { checksFailed, ProblemsError, writeProblemsFile } from './problems.js';
@@ -238,6 +239,8 @@ interface LayerJob {
   facts?(): unknown;
   /** About how many bytes of files it holds (NAR sizes, a wheel's installed size), for progress. */
   expected: number;
+  /** Its tar's size, when known before it is made (a wheel's layer, unless a script is rewritten). */
+  size?(): number | undefined;
   /** Through the cache: served or made and kept. */
   cached(cache: LayerCache, onBytes?: (bytes: number) => void): Promise<Served>;
   /** Without a cache: written straight to where the output puts it. */
@@ -284,8 +287,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
   };
   // --jobs bounds the layers tarred and compressed at once, the frames compressing, and the threads hashing.
   const hashes = new HashPool(jobs);
-  // The main thread writes the tar meanwhile: one core fewer for inflating wheels.
-  const unzip = new UnzipPool(Math.max(1, jobs - 1));
+  // On the threads the hashing uses. Uncompressed, inflating is most of the work: every core does it.
+  // Compressed, the compression needs the cores (and an unzip thread more only held more memory).
+  const unzip = new UnzipPool(compression === 'none' ? jobs : Math.max(1, jobs - 1));
   const turns = new Turns(jobs);
   const clock = stopwatch();
   let output: ImageOutput | null = null;
@@ -395,6 +399,7 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
             wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
             return served;
           },
+          size: () => wheel.piece.tarSize(format.mtime) ?? undefined,
           direct: async (out, index, onBytes) => {
             const layer = await out.writeLayer(index, { contents: wheel.contents, compression }, (to) => writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }));
             wheelFacts[i] = await wheel.elfFacts();
@@ -436,6 +441,11 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       const file = await writeBlobFile(work, (to) => remote!.fetch(entry, to));
       return layerOf({ ...file, uncompressedSize: file.tarSize, ...meta, pieces: file.pieces });
     };
+    // Uncompressed straight to the output, layers of known size are placed at once and made biggest
+    // first (the others in their turn): one long layer at the end would leave the other cores idle.
+    const sizes = !cache && compression === 'none' ? jobsToDo.map((job) => job.size?.()) : [];
+    output?.expectSizes?.(sizes);
+    const order = sizes.length > 0 ? biggestFirst(sizes) : undefined;
     const reports = await produceLayers(jobsToDo, options, async (job, index, onBytes) => {
       // Local cache first, then the registry's; else the layer is made.
       if (remote) {
@@ -448,9 +458,9 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       return { ...served, from: served.reused ? 'local' : 'built' };
     },
       // Through the cache, lookups wait in parallel (builds are bounded inside it). Straight to the output,
-      // uncompressed layers go one at a time (writing is the work; each then goes straight into its place);
-      // compressed ones `jobs` at a time, so small layers do not leave cores idle.
-      cache ? Math.max(16, 4 * jobs) : compression === 'none' ? 1 : jobs,
+      // `jobs` at a time, so small layers do not leave cores idle (an archive places each in turn).
+      cache ? Math.max(16, 4 * jobs) : jobs,
+      order,
     );
     timings.layers = clock.lap();
     const indexRead = remote?.index ?? null;
@@ -515,6 +525,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
     throw err;
   } finally {
     hashes.close();
+    // Their teardown overlaps the push instead of holding up the process's exit (about 15 ms each).
+    sharedThreads().stopIdle();
     options.progress?.stop();
   }
 }
@@ -649,18 +661,23 @@ async function produceLayers(
   options: BuildImageOptions,
   make: (job: LayerJob, index: number, onBytes: ((bytes: number) => void) | undefined) => Promise<Served & { from: LayerOrigin }>,
   atOnce: number,
+  /** The indices of `jobs` in the order they start (default: plan order). */
+  order: number[] = jobs.map((_, i) => i),
 ): Promise<LayerReport[]> {
   const pool = pLimit(atOnce);
   let failure: { error: unknown } | null = null;
   let finished = 0;
-  const settled = await Promise.allSettled(
-    jobs.map((job, index) =>
+  const started = new Map<number, Promise<LayerReport>>();
+  for (const index of order) {
+    const job = jobs[index]!;
+    started.set(
+      index,
       pool(async () => {
         if (failure) throw failure.error;
         try {
-          const started = performance.now();
+          const since = performance.now();
           const served = await make(job, index, counter(options, index, job));
-          const report: LayerReport = { ...served, seconds: (performance.now() - started) / 1000 };
+          const report: LayerReport = { ...served, seconds: (performance.now() - since) / 1000 };
           finished++;
           options.progress?.layerDone(index, report, job.expected);
           options.log(
@@ -673,10 +690,19 @@ async function produceLayers(
           throw error;
         }
       }),
-    ),
-  );
+    );
+  }
+  const settled = await Promise.allSettled(jobs.map((_, index) => started.get(index)!));
   if (failure) throw (failure as { error: unknown }).error;
   return settled.map((r) => (r as PromiseFulfilledResult<LayerReport>).value);
+}
+
+/** Indices to start: those of unknown size first, in plan order (they wait for their turn), then the rest biggest first. */
+function biggestFirst(sizes: (number | undefined)[]): number[] {
+  const indices = sizes.map((_, i) => i);
+  const unknown = indices.filter((i) => sizes[i] === undefined);
+  const known = indices.filter((i) => sizes[i] !== undefined).sort((a, b) => sizes[b]! - sizes[a]! || a - b);
+  return [...unknown, ...known];
 }
 
 const ORIGIN_WORDS: Record<LayerOrigin, string> = { local: 'reused  ', registry: 'registry', built: 'built   ' };

@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import { UserError } from '../util/errors.js';
 import { quote } from '../util/quote.js';
 import { whiteoutInPath } from './whiteout.js';
-import type { Owner, TarEntry, TarSink } from './entry.js';
+import type { TarEntry, TarSink } from './entry.js';
 import { BLOCK_SIZE, Typeflag, checkMtime, encodeHeaders, padToBlock, writeUstarHeader, type HeaderFields } from './header.js';
 
 /**
@@ -65,21 +65,20 @@ export class TarWriter implements TarSink {
       case 'directory':
         checkMode(entry);
         checkOwner(entry);
-        pending = this.#header(entry.name + '/', Typeflag.directory, entry.mode, 0, '', entry.owner);
+        pending = this.#header(headerFields(entry, this.#mtime));
         break;
       case 'symlink':
         if (entry.target === '' || entry.target.includes('\0')) {
           throw new UserError(`layer entry ${quote(entry.name)}: symlink target must be non-empty and without NUL bytes`);
         }
-        pending = this.#header(entry.name, Typeflag.symlink, 0o777, 0, entry.target);
+        pending = this.#header(headerFields(entry, this.#mtime));
         break;
       case 'hardlink': {
         const kind = this.#names.get(entry.target);
         if (kind !== 'file' && kind !== 'hardlink') {
           throw new UserError(`layer entry ${quote(entry.name)}: hard link target ${quote(entry.target)} is not a file earlier in the layer`);
         }
-        // A hard link shares its target's inode; its own mode field is ignored by extractors.
-        pending = this.#header(entry.name, Typeflag.hardlink, 0o444, 0, entry.target);
+        pending = this.#header(headerFields(entry, this.#mtime));
         break;
       }
       case 'file':
@@ -88,7 +87,7 @@ export class TarWriter implements TarSink {
         if (!Number.isSafeInteger(entry.size) || entry.size < 0) {
           throw new UserError(`layer entry ${quote(entry.name)}: invalid size ${entry.size}`);
         }
-        pending = this.#header(entry.name, Typeflag.file, entry.mode, entry.size, '', entry.owner);
+        pending = this.#header(headerFields(entry, this.#mtime));
         if (pending) await pending;
         pending = this.#writeBody(entry.name, entry.size, entry.body);
         break;
@@ -109,8 +108,7 @@ export class TarWriter implements TarSink {
   }
 
   /** Writes a header in place when ustar holds it and the chunk has room, else via encodeHeaders. */
-  #header(name: string, typeflag: Typeflag, mode: number, size: number, linkname: string, owner?: Owner): Promise<void> | undefined {
-    const fields: HeaderFields = { name, typeflag, mode, size, mtime: this.#mtime, linkname, ...(owner && { uid: owner.uid, gid: owner.gid }) };
+  #header(fields: HeaderFields): Promise<void> | undefined {
     const chunk = this.#chunk;
     if (chunk && chunk.length - this.#used >= BLOCK_SIZE && writeUstarHeader(chunk, this.#used, fields)) {
       this.#used += BLOCK_SIZE;
@@ -204,6 +202,41 @@ export class TarWriter implements TarSink {
     this.#used = 0;
     await this.#out.submit(chunk, used);
   }
+}
+
+/** An entry as far as its bytes in a tar go: a file's size, not its body. */
+export type SizedEntry = Exclude<TarEntry, { type: 'file' }> | Omit<Extract<TarEntry, { type: 'file' }>, 'body'>;
+
+/** An entry's header as TarWriter writes it. */
+function headerFields(entry: SizedEntry, mtime: number): HeaderFields {
+  const owner = 'owner' in entry && entry.owner ? { uid: entry.owner.uid, gid: entry.owner.gid } : {};
+  switch (entry.type) {
+    case 'directory':
+      return { name: entry.name + '/', typeflag: Typeflag.directory, mode: entry.mode, size: 0, mtime, linkname: '', ...owner };
+    case 'symlink':
+      return { name: entry.name, typeflag: Typeflag.symlink, mode: 0o777, size: 0, mtime, linkname: entry.target };
+    case 'hardlink':
+      // A hard link shares its target's inode; its own mode field is ignored by extractors.
+      return { name: entry.name, typeflag: Typeflag.hardlink, mode: 0o444, size: 0, mtime, linkname: entry.target };
+    case 'file':
+      return { name: entry.name, typeflag: Typeflag.file, mode: entry.mode, size: entry.size, mtime, linkname: '', ...owner };
+  }
+}
+
+const SCRATCH_BLOCK = Buffer.alloc(BLOCK_SIZE);
+
+/**
+ * The bytes a TarWriter writes for `entries`, end-of-archive blocks included, without their bodies: an
+ * uncompressed layer's size before it is made (so that an archive can place it at once).
+ */
+export function tarSize(entries: Iterable<SizedEntry>, mtime: number): number {
+  let size = 2 * BLOCK_SIZE;
+  for (const entry of entries) {
+    const fields = headerFields(entry, mtime);
+    size += writeUstarHeader(SCRATCH_BLOCK, 0, fields) ? BLOCK_SIZE : encodeHeaders(fields).length;
+    if (entry.type === 'file') size += padToBlock(entry.size);
+  }
+  return size;
 }
 
 function bodySizeError(name: string, size: number, seen: number): UserError {

@@ -16,6 +16,7 @@
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
 import type { LayerSource, TarSink } from '../layer/types.js';
+import { tarSize, type SizedEntry } from '../tar/writer.js';
 import { UserError } from '../util/errors.js';
 import { whiteoutInPath } from '../tar/whiteout.js';
 import { recordHash, formatRecordLine } from './record.js';
@@ -60,6 +61,11 @@ export interface WheelLayerPiece {
   files: string[];
   /** For a split-off file, all that decides its layer besides the tar settings; null for the main layer. */
   split: SplitFile | null;
+  /**
+   * Bytes of the layer's tar with entries of this mtime, known before it is made; null when it holds a
+   * script whose `#!python` line is rewritten as it streams (and RECORD, which lists the script's size).
+   */
+  tarSize(mtime: number): number | null;
 }
 
 /** A file split off into its own layer: that layer holds its parent directories (0755) and the file. */
@@ -91,11 +97,11 @@ const FILE_MODE = 0o644;
 const EXEC_MODE = 0o755;
 const INSTALLER_TEXT = 'nix2oci\n';
 
-/** One file of the layer, by where its bytes come from. */
+/** One file of the layer, by where its bytes come from. Every kind has every field (one shape for the JIT: thousands pass by). */
 type PlannedFile =
-  | { kind: 'wheel'; name: string; entry: WheelEntry; mode: number; script: boolean }
-  | { kind: 'generated'; name: string; mode: number; content: Buffer }
-  | { kind: 'record'; name: string };
+  | { kind: 'wheel'; name: string; mode: number; entry: WheelEntry; script: boolean; content: null }
+  | { kind: 'generated'; name: string; mode: number; entry: null; script: false; content: Buffer }
+  | { kind: 'record'; name: string; mode: number; entry: null; script: false; content: null };
 type WheelFile = Extract<PlannedFile, { kind: 'wheel' }>;
 
 /** Where each `.data/<key>` goes, as tar names (relative, no leading `/`). */
@@ -118,21 +124,32 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
   const threshold = options.splitThreshold ?? SPLIT_THRESHOLD;
   if (!(threshold > 0)) throw new UserError(`wheel split threshold must be a positive number of bytes, got ${threshold}`);
   const splits = plan.filter((f): f is WheelFile => f.kind === 'wheel' && !f.script && f.entry.size >= threshold);
+  // Without rewritten scripts, the installed RECORD is known before anything is written: made once.
+  let made: Buffer | null | undefined;
+  const record = (): Buffer | null =>
+    (made ??= plan.some((f) => f.kind === 'wheel' && f.script) ? null : installedRecord(info, scheme, plan, knownRows(plan), `${info.distInfoDir}/RECORD`));
   const rest = plan.filter((f) => !splits.includes(f as WheelFile));
   const pieces: WheelLayerPiece[] = [
-    { id: 'main', files: rest.map((f) => '/' + f.name), split: null, source: (sink) => writeInstall(info, options, scheme, plan, rest, sink) },
+    {
+      id: 'main',
+      files: rest.map((f) => '/' + f.name),
+      split: null,
+      source: (sink) => writeInstall(info, options, scheme, plan, rest, sink, record),
+      tarSize: (mtime) => installSize(plan, rest, mtime, record),
+    },
     ...splits.map((file) => ({
       id: file.name,
       files: ['/' + file.name],
       split: { entry: file.entry, name: file.name, mode: file.mode },
-      source: (sink: TarSink) => writeInstall(info, options, scheme, plan, [file], sink),
+      source: (sink: TarSink) => writeInstall(info, options, scheme, plan, [file], sink, record),
+      tarSize: (mtime: number) => installSize(plan, [file], mtime, record),
     })),
   ];
   return {
     sitePackages: '/' + scheme.purelib,
     binDir: '/' + scheme.scripts,
     files: plan.map((f) => '/' + f.name),
-    source: (sink) => writeInstall(info, options, scheme, plan, plan, sink),
+    source: (sink) => writeInstall(info, options, scheme, plan, plan, sink, record),
     pieces,
   };
 }
@@ -173,7 +190,7 @@ function planInstall(info: WheelInfo, options: WheelInstallOptions, scheme: Sche
     // RECORD and its signatures are replaced by the installed RECORD; INSTALLER is ours to write.
     if (isRecordFile(entry.name, info.distInfoDir) || entry.name === `${info.distInfoDir}/INSTALLER`) continue;
     if (!entry.name.startsWith(dataPrefix)) {
-      add({ kind: 'wheel', name: `${rootScheme}/${entry.name}`, entry, mode: modeOf(entry), script: false }, `entry ${entry.name}`);
+      add({ kind: 'wheel', name: `${rootScheme}/${entry.name}`, mode: modeOf(entry), entry, script: false, content: null }, `entry ${entry.name}`);
       continue;
     }
     const rest = entry.name.slice(dataPrefix.length);
@@ -187,17 +204,17 @@ function planInstall(info: WheelInfo, options: WheelInstallOptions, scheme: Sche
     }
     const target = joinName(scheme[key], rest.slice(slash + 1));
     const script = key === 'scripts';
-    add({ kind: 'wheel', name: target, entry, mode: script ? EXEC_MODE : modeOf(entry), script }, `entry ${entry.name}`);
+    add({ kind: 'wheel', name: target, mode: script ? EXEC_MODE : modeOf(entry), entry, script, content: null }, `entry ${entry.name}`);
   }
 
   const where = `${info.file}: ${info.distInfoDir}/entry_points.txt`;
   for (const point of [...info.entryPoints.console_scripts, ...info.entryPoints.gui_scripts]) {
     const content = Buffer.from(launcherScript(point, options.interpreter, where));
-    add({ kind: 'generated', name: `${scheme.scripts}/${point.name}`, mode: EXEC_MODE, content }, `entry point ${point.name}`);
+    add({ kind: 'generated', name: `${scheme.scripts}/${point.name}`, mode: EXEC_MODE, entry: null, script: false, content }, `entry point ${point.name}`);
   }
   const distInfo = `${rootScheme}/${info.distInfoDir}`;
-  add({ kind: 'generated', name: `${distInfo}/INSTALLER`, mode: FILE_MODE, content: Buffer.from(INSTALLER_TEXT) }, 'INSTALLER');
-  add({ kind: 'record', name: `${distInfo}/RECORD` }, 'RECORD');
+  add({ kind: 'generated', name: `${distInfo}/INSTALLER`, mode: FILE_MODE, entry: null, script: false, content: Buffer.from(INSTALLER_TEXT) }, 'INSTALLER');
+  add({ kind: 'record', name: `${distInfo}/RECORD`, mode: FILE_MODE, entry: null, script: false, content: null }, 'RECORD');
 
   return [...files.values()].map(({ file }) => file).sort((a, b) => byCodeUnits(a.name, b.name));
 }
@@ -247,6 +264,8 @@ async function writeInstall(
   plan: PlannedFile[],
   members: PlannedFile[],
   sink: TarSink,
+  /** The installed RECORD, when it is known before the layer is written. */
+  record: () => Buffer | null,
 ): Promise<void> {
   const zip = await ZipReader.open(info.file);
   try {
@@ -260,14 +279,7 @@ async function writeInstall(
     };
     if (zip.entries.length !== info.entries.length) throw changedSinceRead(info, '(entry count)');
 
-    const rows = new Map<string, InstalledRow>();
-    for (const file of plan) {
-      if (file.kind === 'wheel' && !file.script && file.entry.recordHash) {
-        rows.set(file.name, { hash: recordHash(file.entry.recordHash.algorithm, Buffer.from(file.entry.recordHash.hex, 'hex')), size: file.entry.size });
-      } else if (file.kind === 'generated') {
-        rows.set(file.name, { hash: recordHash('sha256', createHash('sha256').update(file.content).digest()), size: file.content.length });
-      }
-    }
+    const rows = knownRows(plan);
 
     // Directories (a name) and files, in tar order.
     const items: (string | PlannedFile)[] = [...directoriesOf(members), ...members];
@@ -283,7 +295,7 @@ async function writeInstall(
         } else if (item.kind === 'generated') {
           await sink.add({ type: 'file', name: item.name, mode: item.mode, size: item.content.length, body: item.content });
         } else if (item.kind === 'record') {
-          const content = installedRecord(info, scheme, plan, rows, item.name);
+          const content = record() ?? installedRecord(info, scheme, plan, rows, item.name);
           await sink.add({ type: 'file', name: item.name, mode: FILE_MODE, size: content.length, body: content });
         } else {
           const row = await writeWheelFile(info, options, bodies, item, sink);
@@ -296,6 +308,38 @@ async function writeInstall(
   } finally {
     await zip.close();
   }
+}
+
+/** The installed RECORD's rows known before anything is written: all but those of rewritten scripts. */
+function knownRows(plan: PlannedFile[]): Map<string, InstalledRow> {
+  const rows = new Map<string, InstalledRow>();
+  for (const file of plan) {
+    if (file.kind === 'wheel' && !file.script && file.entry.recordHash) {
+      rows.set(file.name, { hash: recordHash(file.entry.recordHash.algorithm, Buffer.from(file.entry.recordHash.hex, 'hex')), size: file.entry.size });
+    } else if (file.kind === 'generated') {
+      rows.set(file.name, { hash: recordHash('sha256', createHash('sha256').update(file.content).digest()), size: file.content.length });
+    }
+  }
+  return rows;
+}
+
+/** The tar size of writeInstall's layer of `members`, or null while a script's rewritten size is unknown. */
+function installSize(plan: PlannedFile[], members: PlannedFile[], mtime: number, record: () => Buffer | null): number | null {
+  const files: SizedEntry[] = [];
+  for (const file of members) {
+    if (file.kind === 'wheel') {
+      if (file.script) return null;
+      files.push({ type: 'file', name: file.name, mode: file.mode, size: file.entry.size });
+    } else if (file.kind === 'generated') {
+      files.push({ type: 'file', name: file.name, mode: file.mode, size: file.content.length });
+    } else {
+      const content = record();
+      if (!content) return null;
+      files.push({ type: 'file', name: file.name, mode: FILE_MODE, size: content.length });
+    }
+  }
+  const directories = directoriesOf(members).map((name): SizedEntry => ({ type: 'directory', name, mode: DIR_MODE }));
+  return tarSize([...directories, ...files], mtime);
 }
 
 /** What an unzip worker needs to read, inflate and check one entry. */

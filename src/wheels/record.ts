@@ -56,7 +56,8 @@ export function recordHash(algorithm: HashAlgorithm, digest: Buffer): string {
 
 /** One RECORD line (with its `\n`) as Python's csv.writer quotes it. */
 export function formatRecordLine(path: string, hash: string, size: number | null): string {
-  return [path, hash, size === null ? '' : String(size)].map(csvField).join(',') + '\n';
+  // Hashes and sizes never need quoting.
+  return `${csvField(path)},${hash},${size === null ? '' : size}\n`;
 }
 
 function csvField(value: string): string {

@@ -6,11 +6,16 @@ import { PassThrough, Readable, Writable } from 'node:stream';
 import tar, { type Header } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Image } from '../../src/model/image.js';
-import { writeImage, type OutputFormat } from '../../src/output/write.js';
+import { openOutput, writeImage, type OutputFormat } from '../../src/output/write.js';
+import { writeLayer as writeLayerAt } from '../../src/layer/writer.js';
+import { tarSize } from '../../src/tar/writer.js';
+import type { LayerSource } from '../../src/layer/types.js';
+import type { Layer } from '../../src/model/image.js';
 import { BlobCheckError } from '../../src/output/archive-file.js';
 import { runCleanups } from '../../src/util/cleanup.js';
 import { UserError } from '../../src/util/errors.js';
-import { demoImage, tempDir } from './fixtures.js';
+import { demoConfig, demoImage, tempDir } from './fixtures.js';
+import { assembleImage } from '../../src/model/assemble.js';
 
 let dir: string;
 let image: Image;
@@ -302,5 +307,63 @@ describe('writeImage oci-layout', () => {
     await expect(writeImage(image, { format: 'oci-layout', output: precious })).rejects.toThrow(/not an OCI layout/);
     expect(readFileSync(join(precious, 'thesis.txt'), 'utf8')).toBe('do not lose');
     await expect(writeImage(image, { format: 'oci-layout', output: '-' })).rejects.toThrow(UserError);
+  });
+});
+
+describe('an archive of uncompressed layers whose sizes are known before they are made', () => {
+  const format = { compression: 'none' as const, gzipLevel: 6, mtime: 1 };
+  /** Three layers: the first of unknown size (as a store path's), then two whose tar sizes are declared. */
+  const files = [
+    [{ name: 'nix/store/a', bytes: Buffer.alloc(3000, 1) }],
+    [{ name: 'opt/python/one', bytes: Buffer.alloc(70_000, 2) }, { name: 'opt/python/two', bytes: Buffer.alloc(10, 3) }],
+    [{ name: `opt/python/${'long/'.repeat(30)}three`, bytes: Buffer.alloc(5000, 4) }],
+  ];
+  const source = (i: number, delay = 0): LayerSource => async (sink) => {
+    for (const f of files[i]!) {
+      if (delay) await new Promise((resolve) => setTimeout(resolve, delay));
+      await sink.add({ type: 'file', name: f.name, mode: 0o644, size: f.bytes.length, body: f.bytes });
+    }
+  };
+  const sizeOf = (i: number) => tarSize(files[i]!.map((f) => ({ type: 'file' as const, name: f.name, mode: 0o644, size: f.bytes.length })), 1);
+
+  async function archive(path: string, concurrent: boolean, sizes: (number | undefined)[] = [undefined, sizeOf(1), sizeOf(2)]): Promise<void> {
+    const out = await openOutput({ format: 'oci-archive', output: path, workDir: tempDir() });
+    const meta = (i: number) => ({ contents: [`layer ${i}`], compression: 'none' as const });
+    let layers: Layer[];
+    try {
+      if (concurrent) {
+        out.expectSizes?.(sizes);
+        // The last layer starts first and the middle one is slow: they finish out of order.
+        const written: Promise<Layer>[] = [];
+        written[2] = out.writeLayer(2, meta(2), (to) => writeLayerAt(source(2), format, to));
+        written[1] = out.writeLayer(1, meta(1), (to) => writeLayerAt(source(1, 30), format, to));
+        written[0] = out.writeLayer(0, meta(0), (to) => writeLayerAt(source(0, 10), format, to));
+        layers = await Promise.all(written);
+      } else {
+        layers = [];
+        for (let i = 0; i < 3; i++) layers.push(await out.writeLayer(i, meta(i), (to) => writeLayerAt(source(i), format, to)));
+      }
+      const { image } = assembleImage({ layers, config: demoConfig(), created: new Date(1_700_000_000_000), tags: ['nix2oci-test/placed:1'] });
+      await out.finish(image);
+    } catch (err) {
+      await out.abandon();
+      throw err;
+    }
+  }
+
+  it('places them at once and writes them side by side, to the very bytes of writing them one by one', async () => {
+    const one = join(dir, 'one-by-one.tar');
+    const side = join(dir, 'side-by-side.tar');
+    await archive(one, false);
+    await archive(side, true);
+    expect(sha256(side)).toBe(sha256(one));
+    const names = (await tarHeaders(side)).map((h) => h.name);
+    expect(names.filter((n) => /^blobs\/sha256\/[0-9a-f]{64}$/.test(n))).toHaveLength(5);
+  });
+
+  it('fails and leaves no archive when a layer does not measure what was set aside for it', async () => {
+    const path = join(dir, 'wrong-size.tar');
+    await expect(archive(path, true, [undefined, sizeOf(1) + 512, sizeOf(2)])).rejects.toThrow(/layer 2 is \d+ bytes, \d+ were set aside for it/);
+    expect(readdirSync(dir).filter((n) => n.startsWith('wrong-size'))).toEqual([]);
   });
 });

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import tarStream from 'tar-stream';
-import { TarWriter } from '../../src/tar/writer.js';
+import { TarWriter, tarSize, type SizedEntry } from '../../src/tar/writer.js';
 import { encodeHeaders, Typeflag } from '../../src/tar/header.js';
 import type { LayerSource, TarEntry } from '../../src/layer/types.js';
 import { UserError } from '../../src/util/errors.js';
@@ -83,6 +83,25 @@ function writeTemp(name: string, bytes: Buffer): string {
 }
 
 describe('TarWriter', () => {
+  it('measures what it writes before anything is written (tarSize): every header path, owners, huge mtimes', async () => {
+    const sized = (entries: TarEntry[]): SizedEntry[] =>
+      entries.map((e) => (e.type === 'file' ? { type: 'file', name: e.name, mode: e.mode, size: e.size, ...(e.owner && { owner: e.owner }) } : e));
+    for (const mtime of [1, 1_700_000_000, 8 ** 11 + 5]) {
+      expect(tarSize(sized(sample), mtime)).toBe((await tarToBuffer(sampleSource(), mtime)).length);
+    }
+    // Owners too large for ustar's octal fields take PAX records; sizes that pad to a block or not.
+    const owned: TarEntry[] = [
+      { type: 'directory', name: 'home/user', mode: 0o700, owner: { uid: 1000, gid: 100 } },
+      { type: 'file', name: 'home/user/a', mode: 0o600, size: 512, body: Buffer.alloc(512), owner: { uid: 3_000_000, gid: 3_000_000 } },
+      { type: 'file', name: 'home/user/b', mode: 0o600, size: 513, body: Buffer.alloc(513) },
+    ];
+    const source: LayerSource = async (sink) => {
+      for (const entry of owned) await sink.add(entry);
+    };
+    expect(tarSize(sized(owned), 1)).toBe((await tarToBuffer(source, 1)).length);
+    expect(tarSize([], 1)).toBe(1024);
+  });
+
   it('writes byte-identical archives for the same entries, whatever the chunk size', async () => {
     const a = await tarToBuffer(sampleSource(), 1, 1000);
     const b = await tarToBuffer(sampleSource(), 1, 512 * 7);

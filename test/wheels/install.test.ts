@@ -275,3 +275,35 @@ describe('the inspect hook', () => {
     expect(objects.map((o) => [o.entry, o.imagePath, o.facts.soname])).toEqual([['zdemo/libz.so.1', lib, 'libz.so.1']]);
   });
 });
+
+describe('a layer’s size before it is written', () => {
+  it('is what the layer measures, for every piece of real wheels (long names, launchers, split-off files)', async () => {
+    for (const wheel of [PIP_WHEEL, SETUPTOOLS_WHEEL]) {
+      const info = await readWheelInfo(wheel);
+      // A low threshold splits several files off, so the split-off pieces are measured too.
+      const layer = wheelLayerSource(info, { ...OPTIONS, splitThreshold: 64 << 10 });
+      expect(layer.pieces.length).toBeGreaterThan(1);
+      for (const piece of layer.pieces) {
+        const blob = await writeLayer(piece.source, { compression: 'none', dir: freshDir(), mtime: 1_700_000_000 });
+        expect(piece.tarSize(1_700_000_000)).toBe(blob.size);
+      }
+    }
+  });
+
+  it('is unknown for the layer that holds a #!python script (rewritten as it streams) and its RECORD', async () => {
+    const wheel = makeWheel({
+      dir: freshDir(),
+      name: 'scripted',
+      version: '1',
+      files: { 'scripted/__init__.py': 'X = 1\n', 'scripted/big.bin': { content: Buffer.alloc(100_000, 7) } },
+      dataScripts: { 'scripted-run': '#!python\nimport scripted\n' },
+    });
+    const info = await readWheelInfo(wheel);
+    const layer = wheelLayerSource(info, { ...OPTIONS, splitThreshold: 50_000 });
+    const [main, split] = layer.pieces;
+    expect(main!.tarSize(1)).toBeNull();
+    // The split-off file's layer holds no script: its size is known.
+    const blob = await writeLayer(split!.source, { compression: 'none', dir: freshDir(), mtime: 1 });
+    expect(split!.tarSize(1)).toBe(blob.size);
+  });
+});
