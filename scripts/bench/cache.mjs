@@ -15,6 +15,8 @@ const MiB = 2 ** 20;
 
 /** Runs the CLI with --json, sampling peak RSS (VmHWM covers the worker threads). */
 export function runJson(cli, args) {
+  // The disk's writeback of what earlier runs wrote is done first: a run pays for its own writes only.
+  execFileSync('sync');
   return new Promise((resolveRun, reject) => {
     const start = process.hrtime.bigint();
     const child = spawn(process.execPath, [cli, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -47,6 +47,8 @@ function hashSeconds(bytes, sha) {
 }
 
 function timed(command, args, options = {}) {
+  // As for nix2oci's runs (runJson): the writeback of what ran before is not this command's time.
+  execFileSync('sync');
   const start = process.hrtime.bigint();
   execFileSync(command, args, { stdio: ['ignore', 'ignore', 'inherit'], ...options });
   return Number(process.hrtime.bigint() - start) / 1e9;
