@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -138,6 +139,18 @@ describe.runIf(ready)('reference builds keep their manifest digests', () => {
       build(name, ['--closure', synthetic, '--max-layers', '8', '--compression', compression, ...wheels.flatMap((w) => ['--wheel', w])]);
       check(name);
     }
+  });
+
+  it('uncompressed wheel layers made side by side give the archive of one at a time, byte for byte', () => {
+    // A low split size gives refpkg a split-off layer too: three wheel layers of known size, placed at once.
+    const args = ['--closure', synthetic, '--max-layers', '8', '--compression', 'none', '--wheel-split-size', '200K', ...wheels.flatMap((w) => ['--wheel', w])];
+    const sha = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
+    const one = join(dir, 'wheels-none-jobs1.tar');
+    const two = join(dir, 'wheels-none-jobs3.tar');
+    const layers = (out: string, jobs: string) =>
+      (JSON.parse(cliOk(['build-image', '-q', '--json', '--no-cache', '--jobs', jobs, '--output', out, ...args]).stdout) as { layers: unknown[] }).layers.length;
+    expect(layers(one, '1')).toBe(layers(two, '3'));
+    expect(sha(two)).toBe(sha(one));
   });
 
   it('the same digests through the layer cache, cold and warm', () => {
