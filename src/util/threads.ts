@@ -7,8 +7,8 @@ import { MessageChannel, Worker, type MessagePort, type TransferListItem } from 
  * isolate that costs about 65 ms of CPU to boot, compiles its own optimized code and keeps its own
  * heap and malloc arena: on a machine of few cores, a pool of threads per kind of work spent a core's
  * worth of time on that and held tens of MB more. One thread runs any number of **services** (a
- * program given as source, started once per thread and then once per connection), each talking to
- * the main thread over a MessagePort of its own.
+ * program given as source, compiled once per thread and run once per connection), each talking to the
+ * main thread over a MessagePort of its own.
  */
 
 /** A program a thread can run: a function expression, as source, called with the connection's port. */
