@@ -126,8 +126,10 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
   const splits = plan.filter((f): f is WheelFile => f.kind === 'wheel' && !f.script && f.entry.size >= threshold);
   // Without rewritten scripts, the installed RECORD is known before anything is written: made once.
   let made: Buffer | null | undefined;
-  const record = (): Buffer | null =>
-    (made ??= plan.some((f) => f.kind === 'wheel' && f.script) ? null : installedRecord(info, scheme, plan, knownRows(plan), `${info.distInfoDir}/RECORD`));
+  const record = (): Buffer | null => {
+    if (made === undefined) made = plan.some((f) => f.kind === 'wheel' && f.script) ? null : installedRecord(info, scheme, plan, knownRows(plan), `${info.distInfoDir}/RECORD`);
+    return made;
+  };
   const rest = plan.filter((f) => !splits.includes(f as WheelFile));
   const pieces: WheelLayerPiece[] = [
     {
@@ -279,7 +281,8 @@ async function writeInstall(
     };
     if (zip.entries.length !== info.entries.length) throw changedSinceRead(info, '(entry count)');
 
-    const rows = knownRows(plan);
+    // Rows are needed only to make RECORD here, with the rewritten scripts' rows added as they are written.
+    const rows = record() ? new Map<string, InstalledRow>() : knownRows(plan);
 
     // Directories (a name) and files, in tar order.
     const items: (string | PlannedFile)[] = [...directoriesOf(members), ...members];
