@@ -207,7 +207,8 @@ export async function writeBlobFile(dir: string, write: (out: LayerOutput) => Pr
   const temp = join(dir, `.layer-${process.pid}-${randomBytes(6).toString('hex')}.tmp`);
   const forget = removeOnExit(temp);
   try {
-    const handle = await open(temp, 'wx', 0o644).catch((err: NodeJS.ErrnoException) => {
+    // Readable too: a layer's ELF files are read back from where they were just written.
+    const handle = await open(temp, 'wx+', 0o644).catch((err: NodeJS.ErrnoException) => {
       throw new UserError(`cannot write a layer in ${label}: ${describeOsError(err)}`, { cause: err });
     });
     let written: Written;
@@ -228,7 +229,8 @@ export async function writeBlobFile(dir: string, write: (out: LayerOutput) => Pr
 }
 
 /** A file system error while writing is the user's to fix (a full disk, a read-only directory): one line. */
-function asUserError(err: unknown, path: string): unknown {
+/** A failed write of `path` as the user's error (the system's reason); any other error as it is. */
+export function asUserError(err: unknown, path: string): unknown {
   const e = err as NodeJS.ErrnoException;
   if (e?.code && !(err instanceof UserError) && typeof e.syscall === 'string') return new UserError(`cannot write ${path}: ${describeOsError(err)}`, { cause: err });
   return err;

@@ -401,7 +401,12 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
           },
           size: () => wheel.piece.tarSize(format.mtime) ?? undefined,
           direct: async (out, index, onBytes) => {
-            const layer = await out.writeLayer(index, { contents: wheel.contents, compression }, (to) => writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }));
+            // Uncompressed, an unzip thread writes the whole layer when it can be framed beforehand.
+            const layer = await out.writeLayer(
+              index,
+              { contents: wheel.contents, compression },
+              (to) => (compression === 'none' ? wheel.piece.writeTar(to, format.mtime, onBytes) : null) ?? writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }),
+            );
             wheelFacts[i] = await wheel.elfFacts();
             wheelCacheFacts[i] = wheel.factsForCache(wheelFacts[i]);
             return layer;

@@ -56,43 +56,12 @@ export class TarWriter implements TarSink {
   }
 
   async #add(entry: TarEntry): Promise<void> {
-    checkName(entry.name);
-    if (this.#names.has(entry.name)) throw new UserError(`layer has two entries named ${quote(entry.name)}`);
-
+    checkEntry(entry, this.#names);
     // Awaits only where a chunk changed hands: most entries need no trip through the event loop.
-    let pending: Promise<void> | undefined;
-    switch (entry.type) {
-      case 'directory':
-        checkMode(entry);
-        checkOwner(entry);
-        pending = this.#header(headerFields(entry, this.#mtime));
-        break;
-      case 'symlink':
-        if (entry.target === '' || entry.target.includes('\0')) {
-          throw new UserError(`layer entry ${quote(entry.name)}: symlink target must be non-empty and without NUL bytes`);
-        }
-        pending = this.#header(headerFields(entry, this.#mtime));
-        break;
-      case 'hardlink': {
-        const kind = this.#names.get(entry.target);
-        if (kind !== 'file' && kind !== 'hardlink') {
-          throw new UserError(`layer entry ${quote(entry.name)}: hard link target ${quote(entry.target)} is not a file earlier in the layer`);
-        }
-        pending = this.#header(headerFields(entry, this.#mtime));
-        break;
-      }
-      case 'file':
-        checkMode(entry);
-        checkOwner(entry);
-        if (!Number.isSafeInteger(entry.size) || entry.size < 0) {
-          throw new UserError(`layer entry ${quote(entry.name)}: invalid size ${entry.size}`);
-        }
-        pending = this.#header(headerFields(entry, this.#mtime));
-        if (pending) await pending;
-        pending = this.#writeBody(entry.name, entry.size, entry.body);
-        break;
-      default:
-        throw new Error(`unknown tar entry type ${(entry as { type: string }).type}`);
+    let pending = this.#header(headerFields(entry, this.#mtime));
+    if (entry.type === 'file') {
+      if (pending) await pending;
+      pending = this.#writeBody(entry.name, entry.size, entry.body);
     }
     if (pending) await pending;
     this.#names.set(entry.name, entry.type);
@@ -237,6 +206,83 @@ export function tarSize(entries: Iterable<SizedEntry>, mtime: number): number {
     if (entry.type === 'file') size += padToBlock(entry.size);
   }
   return size;
+}
+
+/**
+ * What TarWriter checks of an entry before writing it: a normalised name not taken yet, a valid mode,
+ * owner and size, a symlink target, a hard link to a file earlier in the layer (`names`: those written).
+ */
+function checkEntry(entry: SizedEntry, names: Map<string, TarEntry['type']>): void {
+  checkName(entry.name);
+  if (names.has(entry.name)) throw new UserError(`layer has two entries named ${quote(entry.name)}`);
+  switch (entry.type) {
+    case 'directory':
+      checkMode(entry);
+      checkOwner(entry);
+      return;
+    case 'symlink':
+      if (entry.target === '' || entry.target.includes('\0')) {
+        throw new UserError(`layer entry ${quote(entry.name)}: symlink target must be non-empty and without NUL bytes`);
+      }
+      return;
+    case 'hardlink': {
+      const kind = names.get(entry.target);
+      if (kind !== 'file' && kind !== 'hardlink') {
+        throw new UserError(`layer entry ${quote(entry.name)}: hard link target ${quote(entry.target)} is not a file earlier in the layer`);
+      }
+      return;
+    }
+    case 'file':
+      checkMode(entry);
+      checkOwner(entry);
+      if (!Number.isSafeInteger(entry.size) || entry.size < 0) throw new UserError(`layer entry ${quote(entry.name)}: invalid size ${entry.size}`);
+      return;
+    default:
+      throw new Error(`unknown tar entry type ${(entry as { type: string }).type}`);
+  }
+}
+
+/** An entry of a tar frame: a file's body is given as bytes, or (`body` null) streamed into a gap. */
+export type FramedEntry = Exclude<SizedEntry, { type: 'file' }> | (Extract<SizedEntry, { type: 'file' }> & { body: Buffer | null });
+
+/**
+ * The bytes TarWriter writes for `entries` (end-of-archive blocks included), but for the bodies given
+ * as null: those are left as gaps, each to be filled with exactly its file's size in bytes. A writer
+ * that copies `bytes` up to each gap's `at`, then the gap's body, then the rest writes the very tar
+ * TarWriter would; so another thread can write a layer whose bodies it reads itself.
+ */
+export interface TarFrame {
+  bytes: Buffer;
+  /** Where each streamed body goes, in order: after `bytes[0, at)` (and the gaps before it). */
+  gaps: { at: number; size: number }[];
+}
+
+export function tarFrame(entries: Iterable<FramedEntry>, mtime: number): TarFrame {
+  checkMtime(mtime);
+  const names = new Map<string, TarEntry['type']>();
+  const parts: Buffer[] = [];
+  const gaps: TarFrame['gaps'] = [];
+  let at = 0;
+  const put = (bytes: Buffer) => {
+    parts.push(bytes);
+    at += bytes.length;
+  };
+  for (const entry of entries) {
+    checkEntry(entry, names);
+    const fields = headerFields(entry, mtime);
+    const block = Buffer.alloc(BLOCK_SIZE);
+    put(writeUstarHeader(block, 0, fields) ? block : encodeHeaders(fields));
+    if (entry.type === 'file') {
+      if (entry.body === null) gaps.push({ at, size: entry.size });
+      else if (entry.body.length !== entry.size) throw bodySizeError(entry.name, entry.size, entry.body.length);
+      else put(entry.body);
+      const pad = padToBlock(entry.size) - entry.size;
+      if (pad > 0) put(Buffer.alloc(pad));
+    }
+    names.set(entry.name, entry.type);
+  }
+  put(Buffer.alloc(2 * BLOCK_SIZE));
+  return { bytes: Buffer.concat(parts, at), gaps };
 }
 
 function bodySizeError(name: string, size: number, seen: number): UserError {

@@ -193,7 +193,8 @@ export class PendingFile {
   static async open(path: string): Promise<PendingFile> {
     const { target, temp } = await tempBeside(path);
     const forget = removeOnExit(temp);
-    const handle = await open(temp, 'wx', 0o644).catch((err: unknown) => {
+    // Readable too: a layer's ELF files are read back from where they were just written.
+    const handle = await open(temp, 'wx+', 0o644).catch((err: unknown) => {
       forget();
       throw outputError(path, err);
     });

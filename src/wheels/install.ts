@@ -16,7 +16,8 @@
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
 import type { LayerSource, TarSink } from '../layer/types.js';
-import { tarSize, type SizedEntry } from '../tar/writer.js';
+import { asUserError, type LayerOutput, type Written } from '../layer/writer.js';
+import { tarFrame, tarSize, type FramedEntry, type SizedEntry } from '../tar/writer.js';
 import { UserError } from '../util/errors.js';
 import { whiteoutInPath } from '../tar/whiteout.js';
 import { recordHash, formatRecordLine } from './record.js';
@@ -39,7 +40,7 @@ export interface WheelInstallOptions {
    * Called for each file taken from the wheel, before its bytes stream; a returned tap sees every chunk
    * in the same pass (e.g. `ElfCollector.entry`) and `end` once the file is complete and verified.
    */
-  inspect?: (file: { path: string; entry: WheelEntry }) => (ChunkObserver & { end(): void | Promise<void> }) | undefined;
+  inspect?: (file: { path: string; entry: WheelEntry }) => Inspector | undefined;
   /**
    * Installed files of at least this many bytes get a layer of their own (default {@link SPLIT_THRESHOLD};
    * `Infinity` keeps the whole install in one layer). Rewritten `#!python` scripts always stay in the main layer.
@@ -48,6 +49,13 @@ export interface WheelInstallOptions {
   /** Reads, inflates and checks the wheel's entries on worker threads (default: a pool of one thread per CPU). */
   unzip?: UnzipPool;
 }
+
+/**
+ * What `inspect` gives for a file: it sees the file's bytes in order, and `end` once they are through.
+ * One that can say which byte it wants next (`wanted`, null: none) lets a reader of a file already
+ * written skip the rest (`skipTo`).
+ */
+export type Inspector = ChunkObserver & { end(): void | Promise<void>; wanted?(): number | null; skipTo?(offset: number): void };
 
 /** Installed files at least this large (uncompressed) are split off into a layer each: 256 MiB. */
 export const SPLIT_THRESHOLD = 256 * 1024 * 1024;
@@ -66,6 +74,12 @@ export interface WheelLayerPiece {
    * script whose `#!python` line is rewritten as it streams (and RECORD, which lists the script's size).
    */
   tarSize(mtime: number): number | null;
+  /**
+   * Writes this layer uncompressed at `out` in one pass on an unzip thread (see UnzipPool.writeLayer),
+   * then shows `inspect` the ELF files it holds, read back from `out`; null when the layer cannot be
+   * framed before it is written (when `tarSize` is null).
+   */
+  writeTar(out: LayerOutput, mtime: number, onBytes?: (bytes: number) => void): Promise<Written> | null;
 }
 
 /** A file split off into its own layer: that layer holds its parent directories (0755) and the file. */
@@ -138,6 +152,7 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
       split: null,
       source: (sink) => writeInstall(info, options, scheme, plan, rest, sink, record),
       tarSize: (mtime) => installSize(plan, rest, mtime, record),
+      writeTar: (out, mtime, onBytes) => writeInstallTar(info, options, plan, rest, record, out, mtime, onBytes),
     },
     ...splits.map((file) => ({
       id: file.name,
@@ -145,6 +160,7 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
       split: { entry: file.entry, name: file.name, mode: file.mode },
       source: (sink: TarSink) => writeInstall(info, options, scheme, plan, [file], sink, record),
       tarSize: (mtime: number) => installSize(plan, [file], mtime, record),
+      writeTar: (out: LayerOutput, mtime: number, onBytes?: (bytes: number) => void) => writeInstallTar(info, options, plan, [file], record, out, mtime, onBytes),
     })),
   ];
   return {
@@ -343,6 +359,109 @@ function installSize(plan: PlannedFile[], members: PlannedFile[], mtime: number,
   }
   const directories = directoriesOf(members).map((name): SizedEntry => ({ type: 'directory', name, mode: DIR_MODE }));
   return tarSize([...directories, ...files], mtime);
+}
+
+/**
+ * writeInstall's layer of `members`, uncompressed, written by an unzip thread: the tar is framed here
+ * (headers, generated files, padding) and the thread puts each wheel file's body into its gap, checked
+ * against RECORD, hashing the whole tar as it writes. Null when a script is rewritten (its size is known
+ * only as it streams). The ELF files are then read back from `out`, only as far as `inspect` wants.
+ */
+function writeInstallTar(
+  info: WheelInfo,
+  options: WheelInstallOptions,
+  plan: PlannedFile[],
+  members: PlannedFile[],
+  record: () => Buffer | null,
+  out: LayerOutput,
+  mtime: number,
+  onBytes?: (bytes: number) => void,
+): Promise<Written> | null {
+  if (members.some((f) => f.kind === 'wheel' && f.script)) return null;
+  const recordContent = members.some((f) => f.kind === 'record') ? record() : null;
+  if (members.some((f) => f.kind === 'record') && !recordContent) return null;
+  return (async () => {
+    const entries = await zipEntriesOf(info);
+    const items: (string | PlannedFile)[] = [...directoriesOf(members), ...members];
+    items.sort((a, b) => byCodeUnits(typeof a === 'string' ? a : a.name, typeof b === 'string' ? b : b.name));
+    const framed: FramedEntry[] = [];
+    const requests: EntryRequest[] = [];
+    const bodies: WheelFile[] = [];
+    for (const item of items) {
+      if (typeof item === 'string') framed.push({ type: 'directory', name: item, mode: DIR_MODE });
+      else if (item.kind === 'generated') framed.push({ type: 'file', name: item.name, mode: item.mode, size: item.content.length, body: item.content });
+      else if (item.kind === 'record') framed.push({ type: 'file', name: item.name, mode: FILE_MODE, size: recordContent!.length, body: recordContent });
+      else {
+        framed.push({ type: 'file', name: item.name, mode: item.mode, size: item.entry.size, body: null });
+        requests.push(entryRequest(zipEntryFor(info, entries, item.entry), item.entry));
+        bodies.push(item);
+      }
+    }
+    const frame = tarFrame(framed, mtime);
+    const unzip = options.unzip ?? defaultUnzipPool();
+    const { hex, elf } = await unzip
+      .writeLayer(info.file, { fd: out.handle.fd, at: out.at }, frame.bytes, frame.gaps.map((g) => g.at), requests, { onBytes })
+      .catch((err: unknown) => {
+        throw asUserError(err, out.path);
+      });
+    const starts: number[] = [];
+    let streamed = 0;
+    for (const gap of frame.gaps) {
+      starts.push(out.at + gap.at + streamed);
+      streamed += gap.size;
+    }
+    for (const i of elf) {
+      const file = bodies[i]!;
+      const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry });
+      if (inspector) await inspectWritten(out, starts[i]!, file.entry.size, inspector);
+    }
+    // The other files would tell the ELF collector nothing (their first bytes say so): they are not read back.
+    const size = frame.bytes.length + streamed;
+    const digest = `sha256:${hex}`;
+    return { digest, size, diffId: digest, tarSize: size };
+  })();
+}
+
+/** The zip's entries by name, checked against what was read of the wheel before. */
+async function zipEntriesOf(info: WheelInfo): Promise<Map<string, ZipEntry>> {
+  const zip = await ZipReader.open(info.file);
+  try {
+    if (zip.entries.length !== info.entries.length) throw changedSinceRead(info, '(entry count)');
+    return new Map(zip.entries.map((e) => [e.name, e]));
+  } finally {
+    await zip.close();
+  }
+}
+
+function zipEntryFor(info: WheelInfo, entries: Map<string, ZipEntry>, entry: WheelEntry): ZipEntry {
+  const zipEntry = entries.get(entry.name);
+  if (!zipEntry || zipEntry.size !== entry.size || zipEntry.compressedSize !== entry.compressedSize || zipEntry.isDir) throw changedSinceRead(info, entry.name);
+  return zipEntry;
+}
+
+/** Shows `inspector` a file's bytes read back from where its layer was written, skipping what it does not want. */
+async function inspectWritten(out: LayerOutput, start: number, size: number, inspector: Inspector): Promise<void> {
+  const READ = 1 << 20;
+  const buffer = Buffer.allocUnsafe(Math.min(READ, size));
+  let at = 0;
+  while (at < size) {
+    const wanted = inspector.wanted ? inspector.wanted() : at;
+    if (wanted === null || wanted >= size) break;
+    if (wanted > at) {
+      inspector.skipTo!(wanted);
+      at = wanted;
+    }
+    const length = Math.min(buffer.length, size - at);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await out.handle.read(buffer, got, length - got, start + at + got);
+      if (bytesRead === 0) throw new Error(`${out.path}: ends before byte ${start + at + got}, where a layer was just written`);
+      got += bytesRead;
+    }
+    inspector.push(buffer.subarray(0, length));
+    at += length;
+  }
+  await inspector.end();
 }
 
 /** What an unzip worker needs to read, inflate and check one entry. */

@@ -27,8 +27,8 @@ const SPARES = 2;
 const UNZIP_SERVICE: Service = { name: 'unzip', source: `(port) => (${unzipWorkerMain.toString()})(port, ${localHeaderDisagreement.toString()})` };
 
 interface Job {
-  message: Extract<UnzipMessage, { type: 'batch' | 'stream' }>;
-  /** Every reply to this job, in order; the last one is `batch`, `end` or `failed`. */
+  message: Extract<UnzipMessage, { type: 'batch' | 'stream' | 'layer' }>;
+  /** Every reply to this job, in order; the last one is `batch`, `end`, `layer` or `failed`. */
   onReply: (reply: UnzipReply) => void;
   worker?: UnzipWorker;
 }
@@ -63,7 +63,7 @@ class UnzipWorker {
     this.connection.port.on('message', (reply: UnzipReply) => {
       const job = this.jobs.get(reply.id);
       if (!job) return;
-      const last = reply.type !== 'chunk';
+      const last = reply.type !== 'chunk' && reply.type !== 'progress';
       const batch = job.message.type === 'batch';
       if (last) {
         this.jobs.delete(reply.id);
@@ -81,7 +81,7 @@ class UnzipWorker {
     if (message.type === 'batch') this.batches++;
     job.worker = this;
     this.connection.busy();
-    const moved = message.type === 'batch' ? (message.buffer ? [message.buffer] : []) : message.buffers;
+    const moved = message.type === 'batch' ? (message.buffer ? [message.buffer] : []) : message.type === 'stream' ? message.buffers : [];
     this.connection.post(message, moved);
   }
 
@@ -118,6 +118,34 @@ export class UnzipPool {
     return new EntryBodies(this, file, entries);
   }
 
+  /**
+   * Writes a whole uncompressed layer on a thread: `frame`'s bytes with the body of each of `entries`
+   * (from the wheel `file`, checked as bodies() checks them) in its gap, at byte `at` of the open file
+   * `fd`, which the caller keeps open until this settles. Resolves to the tar's sha256 and the indexes
+   * of the entries whose bodies are ELF files. `stop` makes it stop (it then rejects).
+   */
+  writeLayer(
+    file: string,
+    out: { fd: number; at: number },
+    frame: Buffer,
+    gaps: number[],
+    entries: EntryRequest[],
+    options: { onBytes?: (bytes: number) => void; stop?: AbortSignal } = {},
+  ): Promise<{ hex: string; elf: number[] }> {
+    return new Promise((resolve, reject) => {
+      const job: Job = {
+        message: { type: 'layer', id: this.id(), file, fd: out.fd, at: out.at, frame, gaps, entries },
+        onReply: (reply) => {
+          if (reply.type === 'progress') return options.onBytes?.(reply.bytes);
+          if (reply.type === 'layer') return resolve({ hex: reply.hex, elf: reply.elf });
+          if (reply.type === 'failed') reject(replyError(reply));
+        },
+      };
+      this.submit(job);
+      options.stop?.addEventListener('abort', () => job.worker?.send({ type: 'cancel', id: job.message.id }), { once: true });
+    });
+  }
+
   /** @internal */
   id(): number {
     return this.#nextId++;
@@ -137,11 +165,11 @@ export class UnzipPool {
     if (kept.length < SPARES) kept.push(buffer);
   }
 
-  /** @internal Runs a job (a batch may wait for a thread); its worker is `job.worker` once it runs. */
+  /** @internal Runs a job (a batch may wait for a thread; streams and layers start at once, on the thread with the fewest jobs); its worker is `job.worker` once it runs. */
   submit(job: Job): void {
     const message = job.message;
-    if (message.type === 'stream') {
-      message.buffers = Array.from({ length: message.credits }, () => this.spare(CHUNK_SIZE)).filter((b) => b !== null);
+    if (message.type !== 'batch') {
+      if (message.type === 'stream') message.buffers = Array.from({ length: message.credits }, () => this.spare(CHUNK_SIZE)).filter((b) => b !== null);
       const worker = this.#workers.length < this.threads ? this.#start() : this.#workers.reduce((a, b) => (b.jobs.size < a.jobs.size ? b : a));
       return worker.run(job);
     }
@@ -408,5 +436,7 @@ class ChunkQueue {
 }
 
 function replyError(reply: Extract<UnzipReply, { type: 'failed' }>): Error {
-  return reply.userError ? new UserError(reply.message) : new Error(reply.message);
+  if (reply.userError) return new UserError(reply.message);
+  // A failed write keeps the system's code, so the writer can name its file.
+  return reply.code === undefined ? new Error(reply.message) : Object.assign(new Error(reply.message), { code: reply.code, syscall: reply.syscall });
 }

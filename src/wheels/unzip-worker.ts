@@ -39,7 +39,13 @@ export type UnzipMessage =
   | { type: 'stream'; id: number; file: string; entry: EntryRequest; chunkSize: number; credits: number; buffers: ArrayBuffer[] }
   /** A chunk of the stream `id` given back: the worker may fill it again. */
   | { type: 'credit'; id: number; buffer: ArrayBuffer }
-  /** The stream `id` is no longer wanted. */
+  /**
+   * A whole uncompressed layer, written here: `frame` (a tar without the bodies of `entries`; see
+   * tarFrame) with each entry's body in its gap (`gaps[i]`: where in `frame` body i goes), at byte `at`
+   * of the file open as `fd` (the process's: the main thread keeps it open until the reply).
+   */
+  | { type: 'layer'; id: number; file: string; fd: number; at: number; frame: Uint8Array; gaps: number[]; entries: EntryRequest[] }
+  /** The stream or layer `id` is no longer wanted. */
   | { type: 'cancel'; id: number };
 
 /** What an unzip worker answers. */
@@ -48,8 +54,15 @@ export type UnzipReply =
   | { type: 'chunk'; id: number; buffer: ArrayBuffer; length: number }
   /** The stream ended; the chunks it holds go back for the next one. */
   | { type: 'end'; id: number; buffers: ArrayBuffer[] }
-  /** A problem of the wheel, as one line naming file, entry and byte (`index`: which entry of a batch). */
-  | { type: 'failed'; id: number; index: number; message: string; userError: boolean };
+  /** Bytes of a layer written since the last report. */
+  | { type: 'progress'; id: number; bytes: number }
+  /** A layer written: its tar's sha256 (its diffID and digest), and which entries' bodies are ELF files (they start so). */
+  | { type: 'layer'; id: number; hex: string; elf: number[] }
+  /**
+   * A problem of the wheel, as one line naming file, entry and byte (`index`: which entry of a batch);
+   * `code` and `syscall` when writing the layer's file failed (the message is then the system's).
+   */
+  | { type: 'failed'; id: number; index: number; message: string; userError: boolean; code?: string; syscall?: string };
 
 /**
  * What a local header says differently from its central directory record, or null when they agree.
@@ -363,6 +376,185 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     }
   };
 
+  /** Layers being written, by id: a cancelled one stops at its next entry or chunk. */
+  const layers = new Map<number, { cancelled: boolean }>();
+  /** Write buffers of finished layers, for the next. */
+  const spareOut: Buffer[] = [];
+  const WRITE_SIZE = 1 << 20;
+  const LAYER_YIELD_EVERY = 16 << 20;
+  const LAYER_PROGRESS_EVERY = 32 << 20;
+  /** An ELF file's first bytes (as a little-endian number). */
+  const ELF_MAGIC = 0x464c457f;
+  /** A failed write of the layer's file: the system's error, not the wheel's. */
+  class OutputError extends Error {
+    constructor(readonly failure: NodeJS.ErrnoException) {
+      super(failure.message);
+    }
+  }
+  /** A layer no longer wanted: it stops, and says so. */
+  class Cancelled extends Error {}
+
+  /** Positional reads of the wheel served from a window read ahead: a layer's small entries mostly lie side by side. */
+  const windowed = (fd: number, fileSize: number): Source => {
+    const WINDOW = 4 << 20;
+    const window = Buffer.allocUnsafeSlow(WINDOW);
+    let start = 0;
+    let end = 0;
+    const fallback = direct(fd);
+    return (position, length) => {
+      if (position >= start && position + length <= end) return window.subarray(position - start, position - start + length);
+      if (length > WINDOW / 4) return fallback(position, length);
+      start = position;
+      end = Math.min(fileSize, position + WINDOW);
+      if (end < position + length) return fallback(position, length);
+      readAt(fd, window.subarray(0, end - start), start);
+      return window.subarray(0, length);
+    };
+  };
+
+  const layer = async (id: number, file: string, fd: number, at: number, frame: Uint8Array, gaps: number[], entries: EntryRequest[]): Promise<void> => {
+    const state = { cancelled: false };
+    layers.set(id, state);
+    const hash = createHash('sha256');
+    const out = spareOut.pop() ?? Buffer.allocUnsafeSlow(WRITE_SIZE);
+    let used = 0;
+    let position = at;
+    let sinceTurn = 0;
+    let unreported = 0;
+    const elf: number[] = [];
+    const writeOut = (bytes: Buffer) => {
+      hash.update(bytes);
+      try {
+        for (let done = 0; done < bytes.length; ) done += fs.writeSync(fd, bytes, done, bytes.length - done, position + done);
+      } catch (err) {
+        throw new OutputError(err as NodeJS.ErrnoException);
+      }
+      position += bytes.length;
+      unreported += bytes.length;
+      sinceTurn += bytes.length;
+    };
+    const flush = () => {
+      if (used > 0) writeOut(out.subarray(0, used));
+      used = 0;
+    };
+    /** Bytes of the tar, in order: gathered into whole writes (a large piece goes as it is). */
+    const put = (bytes: Uint8Array) => {
+      let offset = 0;
+      while (offset < bytes.length) {
+        if (used === 0 && bytes.length - offset >= WRITE_SIZE) {
+          writeOut(Buffer.from(bytes.buffer, bytes.byteOffset + offset, bytes.length - offset));
+          return;
+        }
+        const n = Math.min(WRITE_SIZE - used, bytes.length - offset);
+        out.set(bytes.subarray(offset, offset + n), used);
+        used += n;
+        offset += n;
+        if (used === WRITE_SIZE) flush();
+      }
+    };
+    /** Lets the thread's other work in now and then, and tells the main thread how far the layer is. */
+    const pause = async () => {
+      if (unreported >= LAYER_PROGRESS_EVERY) {
+        reply({ type: 'progress', id, bytes: unreported });
+        unreported = 0;
+      }
+      if (sinceTurn < LAYER_YIELD_EVERY) return;
+      sinceTurn = 0;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    };
+    let index = 0;
+    let zipFd: number | undefined;
+    try {
+      zipFd = fs.openSync(file, 'r');
+      const zipSize = fs.fstatSync(zipFd).size;
+      const read = windowed(zipFd, zipSize);
+      const noteElf = (first: Uint8Array) => {
+        if (first.length >= 4 && (first[0]! | (first[1]! << 8) | (first[2]! << 16) | (first[3]! << 24)) === ELF_MAGIC) elf.push(index);
+      };
+      let from = 0;
+      for (; index < entries.length; index++) {
+        if (state.cancelled) throw new Cancelled('cancelled');
+        const entry = entries[index]!;
+        put(frame.subarray(from, gaps[index]!));
+        from = gaps[index]!;
+        if (entry.central.uncompressedSize <= WRITE_SIZE) {
+          const bytes = readWhole(read, zipSize, file, entry);
+          noteElf(bytes);
+          put(bytes);
+          collected(bytes.length);
+        } else {
+          // A large entry streams: read in pieces, inflated as they come, checked and written on the way.
+          const start = dataStart(read, zipSize, file, entry);
+          const check = checker(file, entry);
+          const compressedSize = entry.central.compressedSize;
+          let first = true;
+          const take = (piece: Buffer) => {
+            if (first) noteElf(piece);
+            first = false;
+            check.update(piece);
+            put(piece);
+          };
+          if (entry.central.compressionMethod === 0) {
+            const input = Buffer.allocUnsafe(READ_SIZE);
+            for (let done = 0; done < compressedSize; ) {
+              if (state.cancelled) throw new Cancelled('cancelled');
+              const piece = input.subarray(0, Math.min(READ_SIZE, compressedSize - done));
+              readAt(zipFd, piece, start + done);
+              done += piece.length;
+              take(piece);
+              await pause();
+            }
+          } else {
+            const inflate = zlib.createInflateRaw({ chunkSize: 256 << 10 });
+            try {
+              const handle = zipFd;
+              const pieces = (function* () {
+                for (let done = 0; done < compressedSize; ) {
+                  const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, compressedSize - done));
+                  readAt(handle, piece, start + done);
+                  done += piece.length;
+                  yield piece;
+                }
+              })();
+              const { Readable } = require('node:stream') as typeof import('node:stream');
+              // One piece read ahead at most: a stream holds little besides its chunks.
+              Readable.from(pieces, { highWaterMark: 1 }).pipe(inflate);
+              for await (const piece of inflate as AsyncIterable<Buffer>) {
+                if (state.cancelled) throw new Cancelled('cancelled');
+                take(piece);
+                collected(piece.length);
+                await pause();
+              }
+            } catch (err) {
+              if (err instanceof Cancelled || err instanceof OutputError) throw err;
+              throw inflateError(file, entry, start, err);
+            } finally {
+              inflate.destroy();
+            }
+          }
+          check.end();
+        }
+        await pause();
+      }
+      put(frame.subarray(from));
+      flush();
+      reply({ type: 'layer', id, hex: hash.digest('hex'), elf });
+    } catch (err) {
+      if (err instanceof OutputError) {
+        const cause = err.failure;
+        reply({ type: 'failed', id, index, message: cause.message, userError: false, code: cause.code, syscall: cause.syscall });
+      } else if (err instanceof Cancelled) {
+        reply({ type: 'failed', id, index, message: 'cancelled', userError: false });
+      } else if (zipFd === undefined) {
+        failed(id, index, new WheelError(`${file}: cannot read it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`));
+      } else failed(id, index, err);
+    } finally {
+      if (zipFd !== undefined) fs.closeSync(zipFd);
+      layers.delete(id);
+      if (spareOut.length < 2) spareOut.push(out);
+    }
+  };
+
   port.on('message', (message: UnzipMessage) => {
     switch (message.type) {
       case 'batch':
@@ -370,8 +562,13 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       case 'stream':
         void stream(message.id, message.file, message.entry, message.chunkSize, message.credits, message.buffers);
         return;
+      case 'layer':
+        void layer(message.id, message.file, message.fd, message.at, message.frame, message.gaps, message.entries);
+        return;
       case 'credit':
       case 'cancel': {
+        const writing = layers.get(message.id);
+        if (writing && message.type === 'cancel') writing.cancelled = true;
         const state = streams.get(message.id);
         if (!state) return;
         if (message.type === 'credit') state.free.push(Buffer.from(message.buffer));

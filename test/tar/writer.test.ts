@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import tarStream from 'tar-stream';
-import { TarWriter, tarSize, type SizedEntry } from '../../src/tar/writer.js';
+import { TarWriter, tarFrame, tarSize, type FramedEntry, type SizedEntry } from '../../src/tar/writer.js';
 import { encodeHeaders, Typeflag } from '../../src/tar/header.js';
 import type { LayerSource, TarEntry } from '../../src/layer/types.js';
 import { UserError } from '../../src/util/errors.js';
@@ -100,6 +100,33 @@ describe('TarWriter', () => {
     };
     expect(tarSize(sized(owned), 1)).toBe((await tarToBuffer(source, 1)).length);
     expect(tarSize([], 1)).toBe(1024);
+  });
+
+  it('frames a tar for bodies written by someone else (tarFrame): filled in, its gaps give TarWriter’s bytes', async () => {
+    // Every other file body is left as a gap; the rest go into the frame as bytes.
+    const bytesOf = (e: Extract<TarEntry, { type: 'file' }>): Buffer =>
+      e.name.endsWith('big.bin') ? bigFile : e.name.endsWith('stream.txt') ? body('hello world') : (e.body as Buffer);
+    const gapped = new Set(sample.filter((e) => e.type === 'file').map((e, i) => (i % 2 === 0 ? e.name : '')));
+    const framed = (entries: TarEntry[]): FramedEntry[] =>
+      entries.map((e) => (e.type === 'file' ? { type: 'file', name: e.name, mode: e.mode, size: e.size, body: gapped.has(e.name) ? null : bytesOf(e), ...(e.owner && { owner: e.owner }) } : e));
+    for (const mtime of [1, 1_700_000_000, 8 ** 11 + 5]) {
+      const { bytes, gaps } = tarFrame(framed(sample), mtime);
+      const bodies = sample.filter((e): e is Extract<TarEntry, { type: 'file' }> => e.type === 'file' && gapped.has(e.name)).map(bytesOf);
+      expect(gaps.map((g) => g.size)).toEqual(bodies.map((b) => b.length));
+      const parts: Buffer[] = [];
+      let from = 0;
+      gaps.forEach((gap, i) => {
+        parts.push(bytes.subarray(from, gap.at), bodies[i]!);
+        from = gap.at;
+      });
+      parts.push(bytes.subarray(from));
+      expect(Buffer.concat(parts).equals(await tarToBuffer(sampleSource(), mtime))).toBe(true);
+    }
+    // What TarWriter refuses, the frame refuses with the same words.
+    const twice: FramedEntry[] = [{ type: 'file', name: 'a', mode: 0o644, size: 1, body: null }, { type: 'directory', name: 'a', mode: 0o755 }];
+    expect(() => tarFrame(twice, 1)).toThrow(/^layer has two entries named .a.$/);
+    expect(() => tarFrame([{ type: 'file', name: '../x', mode: 0o644, size: 0, body: null }], 1)).toThrow(/is not a normalised relative path/);
+    expect(() => tarFrame([{ type: 'file', name: 'x', mode: 0o644, size: 2, body: Buffer.from('abc') }], 1)).toThrow(/file has more than 3 bytes, its header says 2/);
   });
 
   it('writes byte-identical archives for the same entries, whatever the chunk size', async () => {

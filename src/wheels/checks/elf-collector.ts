@@ -25,6 +25,9 @@ export interface ElfObject {
 export interface EntryTap {
   push(chunk: Buffer): void;
   end(): void;
+  /** The offset of the next byte wanted (null: none): a reader that can seek skips to it with `skipTo`. */
+  wanted(): number | null;
+  skipTo(offset: number): void;
 }
 
 interface Pending {
@@ -64,6 +67,8 @@ export class ElfCollector {
           fail(err);
         }
       },
+      wanted: () => (failed ? null : scanner.wanted),
+      skipTo: (offset) => scanner.skipTo(offset),
       end: () => {
         if (failed || this.judged.has(key)) return;
         let result: ElfScanResult;

@@ -104,6 +104,10 @@ class Capture {
   get complete(): boolean {
     return this.filled === this.buf.length;
   }
+  /** The file offset of the first byte still missing. */
+  get next(): number {
+    return this.offset + this.filled;
+  }
   /**
    * Copies the part of `chunk` (which starts at file offset `at`) that falls in this range and is not
    * filled yet. Bytes arrive in file order, so a fill mark suffices (and overlapping sources are harmless).
@@ -173,6 +177,22 @@ export class ElfScanner {
   /** Whether further bytes can change the result (false once the facts are known or the file is not ELF). */
   get wantsMore(): boolean {
     return this.state === 'magic' || this.state === 'parsing';
+  }
+
+  /**
+   * The file offset of the next byte the scan needs, or null when it needs none: a reader that can seek
+   * (a file already written) skips to it (`skipTo`) instead of reading every byte of a large library.
+   */
+  get wanted(): number | null {
+    if (!this.wantsMore) return null;
+    let next = this.pos < this.retainUntil && this.pos === this.prefixLength ? this.pos : Infinity;
+    for (const capture of this.captures) next = Math.min(next, capture.next);
+    return next === Infinity ? null : Math.max(next, this.pos);
+  }
+
+  /** Goes on at `offset` (not past `wanted`): the bytes before it pass unread, as if streamed past unretained. */
+  skipTo(offset: number): void {
+    if (offset > this.pos) this.pos = offset;
   }
 
   /** Bytes held right now (retained prefix and capture buffers): bounded by prefixLimit plus a few KiB. */

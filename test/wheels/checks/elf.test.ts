@@ -108,6 +108,28 @@ describe.runIf(tools('readelf', 'patchelf'))('ElfScanner against readelf', () =>
     expect(facts.needed).toContain('libamdhip64.so.7');
   });
 
+  it('skips to the bytes it wants (`wanted`, `skipTo`) when the file can be read anywhere, with the same facts', async () => {
+    for (const file of realFiles) {
+      for (const prefixLimit of [64 * 1024, 2 << 20]) {
+        const bytes = readFileSync(file);
+        const scanner = new ElfScanner({ label: file, prefixLimit });
+        let read = 0;
+        for (let next = scanner.wanted; next !== null && next < bytes.length; next = scanner.wanted) {
+          scanner.skipTo(next);
+          const chunk = bytes.subarray(next, Math.min(bytes.length, next + 4096));
+          read += chunk.length;
+          scanner.push(chunk);
+        }
+        const result = scanner.end();
+        if (result.kind === 'incomplete') continue; // a second pass, as when streaming (tested above)
+        expect(result.kind, file).toBe('elf');
+        if (result.kind === 'elf') expect(pickFacts(result.facts), file).toEqual(readelfFacts(file));
+        // A large library is mostly skipped: its retained start, the dynamic section, its strings.
+        if (bytes.length > 4 * prefixLimit) expect(read, file).toBeLessThan(bytes.length / 2);
+      }
+    }
+  });
+
   it('keeps memory flat: what it holds stays within the prefix limit on a large file', async () => {
     const file = `${libdir}/libstdc++.so.6`;
     for (const prefixLimit of [1024, 64 * 1024]) {
