@@ -260,29 +260,38 @@ export interface TarFrame {
 export function tarFrame(entries: Iterable<FramedEntry>, mtime: number): TarFrame {
   checkMtime(mtime);
   const names = new Map<string, TarEntry['type']>();
-  const parts: Buffer[] = [];
-  const gaps: TarFrame['gaps'] = [];
-  let at = 0;
-  const put = (bytes: Buffer) => {
-    parts.push(bytes);
-    at += bytes.length;
-  };
+  // First each entry's header (checked as TarWriter checks it) and the frame's size, then one buffer of
+  // exactly that size: it is sent to another thread whole, and a wheel has thousands of entries.
+  const headers: { entry: FramedEntry; fields: HeaderFields; pax: Buffer | null }[] = [];
+  let size = 2 * BLOCK_SIZE;
   for (const entry of entries) {
     checkEntry(entry, names);
     const fields = headerFields(entry, mtime);
-    const block = Buffer.alloc(BLOCK_SIZE);
-    put(writeUstarHeader(block, 0, fields) ? block : encodeHeaders(fields));
+    const pax = writeUstarHeader(SCRATCH_BLOCK, 0, fields) ? null : encodeHeaders(fields);
+    size += pax ? pax.length : BLOCK_SIZE;
     if (entry.type === 'file') {
-      if (entry.body === null) gaps.push({ at, size: entry.size });
-      else if (entry.body.length !== entry.size) throw bodySizeError(entry.name, entry.size, entry.body.length);
-      else put(entry.body);
-      const pad = padToBlock(entry.size) - entry.size;
-      if (pad > 0) put(Buffer.alloc(pad));
+      if (entry.body !== null && entry.body.length !== entry.size) throw bodySizeError(entry.name, entry.size, entry.body.length);
+      size += padToBlock(entry.size) - (entry.body === null ? entry.size : 0);
     }
+    headers.push({ entry, fields, pax });
     names.set(entry.name, entry.type);
   }
-  put(Buffer.alloc(2 * BLOCK_SIZE));
-  return { bytes: Buffer.concat(parts, at), gaps };
+  // Zeroed: padding and the end-of-archive blocks are skipped over, not written.
+  const bytes = Buffer.alloc(size);
+  const gaps: TarFrame['gaps'] = [];
+  let at = 0;
+  for (const { entry, fields, pax } of headers) {
+    if (pax) at += pax.copy(bytes, at);
+    else {
+      writeUstarHeader(bytes, at, fields);
+      at += BLOCK_SIZE;
+    }
+    if (entry.type !== 'file') continue;
+    if (entry.body === null) gaps.push({ at, size: entry.size });
+    else at += entry.body.copy(bytes, at);
+    at += padToBlock(entry.size) - entry.size;
+  }
+  return { bytes, gaps };
 }
 
 function bodySizeError(name: string, size: number, seen: number): UserError {

@@ -410,10 +410,12 @@ function writeInstallTar(
       starts.push(out.at + gap.at + streamed);
       streamed += gap.size;
     }
+    // One buffer for the layer's reads: what an inspector keeps, it copies.
+    const buffer = elf.length > 0 && options.inspect ? Buffer.allocUnsafe(INSPECT_READ) : null;
     for (const i of elf) {
       const file = bodies[i]!;
       const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry });
-      if (inspector) await inspectWritten(out, starts[i]!, file.entry.size, inspector);
+      if (inspector) await inspectWritten(out, starts[i]!, file.entry.size, inspector, buffer!);
     }
     // The other files would tell the ELF collector nothing (their first bytes say so): they are not read back.
     const size = frame.bytes.length + streamed;
@@ -439,10 +441,11 @@ function zipEntryFor(info: WheelInfo, entries: Map<string, ZipEntry>, entry: Whe
   return zipEntry;
 }
 
+/** Bytes read back at a time for an inspector. */
+const INSPECT_READ = 1 << 20;
+
 /** Shows `inspector` a file's bytes read back from where its layer was written, skipping what it does not want. */
-async function inspectWritten(out: LayerOutput, start: number, size: number, inspector: Inspector): Promise<void> {
-  const READ = 1 << 20;
-  const buffer = Buffer.allocUnsafe(Math.min(READ, size));
+async function inspectWritten(out: LayerOutput, start: number, size: number, inspector: Inspector, buffer: Buffer): Promise<void> {
   let at = 0;
   while (at < size) {
     const wanted = inspector.wanted ? inspector.wanted() : at;
