@@ -376,10 +376,6 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     }
   };
 
-  /** Layers being written, by id: a cancelled one stops at its next entry or chunk. */
-  const layers = new Map<number, { cancelled: boolean }>();
-  /** Write buffers of finished layers, for the next. */
-  const spareOut: Buffer[] = [];
   const WRITE_SIZE = 1 << 20;
   const LAYER_YIELD_EVERY = 16 << 20;
   const LAYER_PROGRESS_EVERY = 32 << 20;
@@ -393,6 +389,70 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   }
   /** A layer no longer wanted: it stops, and says so. */
   class Cancelled extends Error {}
+
+  /**
+   * One layer being written: its bytes gathered into whole writes at consecutive positions of the
+   * file, hashed as they go. (Small functions over it, not one large one: V8 compiles them once each,
+   * where one long function with a loop was compiled again for every path it had not yet taken.)
+   */
+  interface Writing {
+    id: number;
+    fd: number;
+    position: number;
+    out: Buffer;
+    used: number;
+    hash: import('node:crypto').Hash;
+    sinceTurn: number;
+    unreported: number;
+    cancelled: boolean;
+  }
+  /** Layers being written, by id: a cancelled one stops at its next entry or chunk. */
+  const layers = new Map<number, Writing>();
+  /** Write buffers of finished layers, for the next. */
+  const spareOut: Buffer[] = [];
+
+  const writeOut = (w: Writing, bytes: Buffer): void => {
+    w.hash.update(bytes);
+    try {
+      for (let done = 0; done < bytes.length; ) done += fs.writeSync(w.fd, bytes, done, bytes.length - done, w.position + done);
+    } catch (err) {
+      throw new OutputError(err as NodeJS.ErrnoException);
+    }
+    w.position += bytes.length;
+    w.unreported += bytes.length;
+    w.sinceTurn += bytes.length;
+  };
+  const flush = (w: Writing): void => {
+    if (w.used > 0) writeOut(w, w.out.subarray(0, w.used));
+    w.used = 0;
+  };
+  /** Bytes of the tar, in order (a large piece is written as it is). */
+  const put = (w: Writing, bytes: Uint8Array): void => {
+    let offset = 0;
+    while (offset < bytes.length) {
+      if (w.used === 0 && bytes.length - offset >= WRITE_SIZE) {
+        writeOut(w, Buffer.from(bytes.buffer, bytes.byteOffset + offset, bytes.length - offset));
+        return;
+      }
+      const n = Math.min(WRITE_SIZE - w.used, bytes.length - offset);
+      w.out.set(bytes.subarray(offset, offset + n), w.used);
+      w.used += n;
+      offset += n;
+      if (w.used === WRITE_SIZE) flush(w);
+    }
+  };
+  /** Lets the thread's other work in now and then, and tells the main thread how far the layer is. */
+  const pause = async (w: Writing): Promise<void> => {
+    if (w.cancelled) throw new Cancelled('cancelled');
+    if (w.unreported >= LAYER_PROGRESS_EVERY) {
+      reply({ type: 'progress', id: w.id, bytes: w.unreported });
+      w.unreported = 0;
+    }
+    if (w.sinceTurn < LAYER_YIELD_EVERY) return;
+    w.sinceTurn = 0;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  };
+  const isElf = (first: Uint8Array): boolean => first.length >= 4 && (first[0]! | (first[1]! << 8) | (first[2]! << 16) | (first[3]! << 24)) === ELF_MAGIC;
 
   /** Positional reads of the wheel served from a window read ahead: a layer's small entries mostly lie side by side. */
   const windowed = (fd: number, fileSize: number): Source => {
@@ -412,147 +472,105 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     };
   };
 
-  const layer = async (id: number, file: string, fd: number, at: number, frame: Uint8Array, gaps: number[], entries: EntryRequest[]): Promise<void> => {
-    const state = { cancelled: false };
-    layers.set(id, state);
-    const hash = createHash('sha256');
-    const out = spareOut.pop() ?? Buffer.allocUnsafeSlow(WRITE_SIZE);
-    let used = 0;
-    let position = at;
-    let sinceTurn = 0;
-    let unreported = 0;
-    const elf: number[] = [];
-    const writeOut = (bytes: Buffer) => {
-      hash.update(bytes);
-      try {
-        for (let done = 0; done < bytes.length; ) done += fs.writeSync(fd, bytes, done, bytes.length - done, position + done);
-      } catch (err) {
-        throw new OutputError(err as NodeJS.ErrnoException);
+  /** A small entry, read, inflated and checked whole; true when it is an ELF file. */
+  const smallBody = (w: Writing, read: Source, zipSize: number, file: string, entry: EntryRequest): boolean => {
+    const bytes = readWhole(read, zipSize, file, entry);
+    put(w, bytes);
+    collected(bytes.length);
+    return isElf(bytes);
+  };
+
+  /** A large entry, read in pieces, inflated as they come, checked and written on the way; true when it is an ELF file. */
+  const largeBody = async (w: Writing, read: Source, zipFd: number, zipSize: number, file: string, entry: EntryRequest): Promise<boolean> => {
+    const start = dataStart(read, zipSize, file, entry);
+    const check = checker(file, entry);
+    const compressedSize = entry.central.compressedSize;
+    let first: boolean | null = null;
+    const take = (piece: Buffer) => {
+      first ??= isElf(piece);
+      check.update(piece);
+      put(w, piece);
+    };
+    if (entry.central.compressionMethod === 0) {
+      const input = Buffer.allocUnsafe(READ_SIZE);
+      for (let done = 0; done < compressedSize; ) {
+        const piece = input.subarray(0, Math.min(READ_SIZE, compressedSize - done));
+        readAt(zipFd, piece, start + done);
+        done += piece.length;
+        take(piece);
+        await pause(w);
       }
-      position += bytes.length;
-      unreported += bytes.length;
-      sinceTurn += bytes.length;
-    };
-    const flush = () => {
-      if (used > 0) writeOut(out.subarray(0, used));
-      used = 0;
-    };
-    /** Bytes of the tar, in order: gathered into whole writes (a large piece goes as it is). */
-    const put = (bytes: Uint8Array) => {
-      let offset = 0;
-      while (offset < bytes.length) {
-        if (used === 0 && bytes.length - offset >= WRITE_SIZE) {
-          writeOut(Buffer.from(bytes.buffer, bytes.byteOffset + offset, bytes.length - offset));
-          return;
+    } else {
+      const { Readable } = require('node:stream') as typeof import('node:stream');
+      const pieces = (function* () {
+        for (let done = 0; done < compressedSize; ) {
+          const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, compressedSize - done));
+          readAt(zipFd, piece, start + done);
+          done += piece.length;
+          yield piece;
         }
-        const n = Math.min(WRITE_SIZE - used, bytes.length - offset);
-        out.set(bytes.subarray(offset, offset + n), used);
-        used += n;
-        offset += n;
-        if (used === WRITE_SIZE) flush();
+      })();
+      const inflate = zlib.createInflateRaw({ chunkSize: 256 << 10 });
+      try {
+        // One piece read ahead at most: a stream holds little besides its chunks.
+        Readable.from(pieces, { highWaterMark: 1 }).pipe(inflate);
+        for await (const piece of inflate as AsyncIterable<Buffer>) {
+          take(piece);
+          collected(piece.length);
+          await pause(w);
+        }
+      } catch (err) {
+        if (err instanceof Cancelled || err instanceof OutputError) throw err;
+        throw inflateError(file, entry, start, err);
+      } finally {
+        inflate.destroy();
       }
-    };
-    /** Lets the thread's other work in now and then, and tells the main thread how far the layer is. */
-    const pause = async () => {
-      if (unreported >= LAYER_PROGRESS_EVERY) {
-        reply({ type: 'progress', id, bytes: unreported });
-        unreported = 0;
-      }
-      if (sinceTurn < LAYER_YIELD_EVERY) return;
-      sinceTurn = 0;
-      await new Promise<void>((resolve) => setImmediate(resolve));
-    };
+    }
+    check.end();
+    return first === true;
+  };
+
+  const layer = async (id: number, file: string, fd: number, at: number, frame: Uint8Array, gaps: number[], entries: EntryRequest[]): Promise<void> => {
+    const w: Writing = { id, fd, position: at, out: spareOut.pop() ?? Buffer.allocUnsafeSlow(WRITE_SIZE), used: 0, hash: createHash('sha256'), sinceTurn: 0, unreported: 0, cancelled: false };
+    layers.set(id, w);
+    const elf: number[] = [];
     let index = 0;
     let zipFd: number | undefined;
     try {
       zipFd = fs.openSync(file, 'r');
       const zipSize = fs.fstatSync(zipFd).size;
       const read = windowed(zipFd, zipSize);
-      const noteElf = (first: Uint8Array) => {
-        if (first.length >= 4 && (first[0]! | (first[1]! << 8) | (first[2]! << 16) | (first[3]! << 24)) === ELF_MAGIC) elf.push(index);
-      };
       let from = 0;
       for (; index < entries.length; index++) {
-        if (state.cancelled) throw new Cancelled('cancelled');
         const entry = entries[index]!;
-        put(frame.subarray(from, gaps[index]!));
-        from = gaps[index]!;
-        if (entry.central.uncompressedSize <= WRITE_SIZE) {
-          const bytes = readWhole(read, zipSize, file, entry);
-          noteElf(bytes);
-          put(bytes);
-          collected(bytes.length);
-        } else {
-          // A large entry streams: read in pieces, inflated as they come, checked and written on the way.
-          const start = dataStart(read, zipSize, file, entry);
-          const check = checker(file, entry);
-          const compressedSize = entry.central.compressedSize;
-          let first = true;
-          const take = (piece: Buffer) => {
-            if (first) noteElf(piece);
-            first = false;
-            check.update(piece);
-            put(piece);
-          };
-          if (entry.central.compressionMethod === 0) {
-            const input = Buffer.allocUnsafe(READ_SIZE);
-            for (let done = 0; done < compressedSize; ) {
-              if (state.cancelled) throw new Cancelled('cancelled');
-              const piece = input.subarray(0, Math.min(READ_SIZE, compressedSize - done));
-              readAt(zipFd, piece, start + done);
-              done += piece.length;
-              take(piece);
-              await pause();
-            }
-          } else {
-            const inflate = zlib.createInflateRaw({ chunkSize: 256 << 10 });
-            try {
-              const handle = zipFd;
-              const pieces = (function* () {
-                for (let done = 0; done < compressedSize; ) {
-                  const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, compressedSize - done));
-                  readAt(handle, piece, start + done);
-                  done += piece.length;
-                  yield piece;
-                }
-              })();
-              const { Readable } = require('node:stream') as typeof import('node:stream');
-              // One piece read ahead at most: a stream holds little besides its chunks.
-              Readable.from(pieces, { highWaterMark: 1 }).pipe(inflate);
-              for await (const piece of inflate as AsyncIterable<Buffer>) {
-                if (state.cancelled) throw new Cancelled('cancelled');
-                take(piece);
-                collected(piece.length);
-                await pause();
-              }
-            } catch (err) {
-              if (err instanceof Cancelled || err instanceof OutputError) throw err;
-              throw inflateError(file, entry, start, err);
-            } finally {
-              inflate.destroy();
-            }
-          }
-          check.end();
-        }
-        await pause();
+        const gap = gaps[index]!;
+        put(w, frame.subarray(from, gap));
+        from = gap;
+        const elfFile = entry.central.uncompressedSize <= WRITE_SIZE ? smallBody(w, read, zipSize, file, entry) : await largeBody(w, read, zipFd, zipSize, file, entry);
+        if (elfFile) elf.push(index);
+        await pause(w);
       }
-      put(frame.subarray(from));
-      flush();
-      reply({ type: 'layer', id, hex: hash.digest('hex'), elf });
+      put(w, frame.subarray(from));
+      flush(w);
+      reply({ type: 'layer', id, hex: w.hash.digest('hex'), elf });
     } catch (err) {
-      if (err instanceof OutputError) {
-        const cause = err.failure;
-        reply({ type: 'failed', id, index, message: cause.message, userError: false, code: cause.code, syscall: cause.syscall });
-      } else if (err instanceof Cancelled) {
-        reply({ type: 'failed', id, index, message: 'cancelled', userError: false });
-      } else if (zipFd === undefined) {
-        failed(id, index, new WheelError(`${file}: cannot read it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`));
-      } else failed(id, index, err);
+      layerFailed(id, index, file, zipFd === undefined, err);
     } finally {
       if (zipFd !== undefined) fs.closeSync(zipFd);
       layers.delete(id);
-      if (spareOut.length < 2) spareOut.push(out);
+      if (spareOut.length < 2) spareOut.push(w.out);
     }
+  };
+
+  const layerFailed = (id: number, index: number, file: string, unopened: boolean, err: unknown): void => {
+    if (err instanceof OutputError) {
+      const cause = err.failure;
+      reply({ type: 'failed', id, index, message: cause.message, userError: false, code: cause.code, syscall: cause.syscall });
+    } else if (err instanceof Cancelled) {
+      reply({ type: 'failed', id, index, message: 'cancelled', userError: false });
+    } else if (unopened) {
+      failed(id, index, new WheelError(`${file}: cannot read it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`));
+    } else failed(id, index, err);
   };
 
   port.on('message', (message: UnzipMessage) => {
