@@ -94,6 +94,8 @@ export interface SplitFile {
 export interface WheelLayer {
   /** The whole install in one layer (what `pieces` give with nothing split off). */
   source: LayerSource;
+  /** That layer uncompressed, written by an unzip thread (see WheelLayerPiece.writeTar); null when it holds a rewritten script. */
+  writeTar(out: LayerOutput, mtime: number, onBytes?: (bytes: number) => void): Promise<Written> | null;
   /**
    * The install as the image gets it: the main layer first (every file not split off, launchers,
    * INSTALLER and RECORD, which lists every file as unsplit), then one layer per split-off file, by path.
@@ -168,6 +170,7 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
     binDir: '/' + scheme.scripts,
     files: plan.map((f) => '/' + f.name),
     source: (sink) => writeInstall(info, options, scheme, plan, plan, sink, record),
+    writeTar: (out, mtime, onBytes) => writeInstallTar(info, options, plan, plan, record, out, mtime, onBytes),
     pieces,
   };
 }
