@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { writeLayer } from '../helpers/layers.js';
 import { ElfCollector, type ElfObject } from '../../src/wheels/checks/elf-collector.js';
 import { wheelLayerSource, type WheelInstallOptions, type WheelLayerPiece } from '../../src/wheels/install.js';
-import { readWheelInfo, type WheelInfo } from '../../src/wheels/wheel-info.js';
+import { readWheelInfo } from '../../src/wheels/wheel-info.js';
 import { UnzipPool } from '../../src/wheels/unzip-pool.js';
 import { isUserError } from '../../src/util/errors.js';
 import { makeWheel } from '../helpers/wheels.js';
