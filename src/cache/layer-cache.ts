@@ -7,7 +7,7 @@ import { countingSource } from '../layer/counting-source.js';
 import type { LayerSource } from '../layer/types.js';
 import { codecOf, type Turns } from '../layer/codec.js';
 import { END_OF_ARCHIVE, type LayerFormat } from '../layer/format.js';
-import { tarSegment, writeLayer, writeLayerFile, type LayerFile } from '../layer/writer.js';
+import { tarSegment, writeBlobFile, writeLayer, type LayerFile, type LayerOutput, type Written } from '../layer/writer.js';
 import { measureLayer } from '../layer/diff-id.js';
 import { layerOf, type Layer } from '../model/image.js';
 import type { HashPool } from '../util/hash-pool.js';
@@ -92,6 +92,12 @@ export interface Served {
  * one hash — reading NARs and encoding tar runs near disk speed; compression is the expensive step, and
  * it is skipped. The result is cached per grouping.
  */
+/**
+ * Another way to write a whole layer of the cache's format into `out` (a wheel's uncompressed layer,
+ * written whole by an unzip thread), or null when it cannot: the source is written instead.
+ */
+export type DirectWrite = (out: LayerOutput) => Promise<Written> | null;
+
 export class LayerCache {
   #head: Promise<{ tar: Buffer; stored: Buffer; frame: string }> | null = null;
   #end: Buffer;
@@ -255,8 +261,8 @@ export class LayerCache {
    * A whole layer cached under `key` (a wheel's), with `facts` the build keeps beside it. On a miss
    * `source` is written into the cache and `facts` asked for once it has been.
    */
-  async wholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>): Promise<Served & { facts: F }> {
-    return (await this.#wholeLayer(key, contents, source, facts, false))!;
+  async wholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>, direct?: DirectWrite): Promise<Served & { facts: F }> {
+    return (await this.#wholeLayer(key, contents, source, facts, false, direct))!;
   }
 
   /** The whole layer under `key` when the cache holds it; null, making nothing, otherwise. */
@@ -264,7 +270,7 @@ export class LayerCache {
     return this.#wholeLayer(key, contents, source, facts, true);
   }
 
-  async #wholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>, lookupOnly: boolean): Promise<(Served & { facts: F }) | null> {
+  async #wholeLayer<F>(key: string, contents: string[], source: LayerSource, facts: () => Promise<F>, lookupOnly: boolean, direct?: DirectWrite): Promise<(Served & { facts: F }) | null> {
     const known = await this.store.readEntry('wheels', key, isWheelEntry);
     if (known) {
       const file = await this.#link(known.digest);
@@ -284,7 +290,8 @@ export class LayerCache {
       this.#linked.delete(known.digest);
     }
     if (lookupOnly) return null;
-    const written: LayerFile = await this.#limited(() => writeLayerFile(source, this.format, this.store.tempDir, { turns: this.options.turns }));
+    const turns = this.options.turns;
+    const written: LayerFile = await this.#limited(() => writeBlobFile(this.store.tempDir, (out) => direct?.(out) ?? writeLayer(source, this.format, out, { turns })));
     await this.store.adoptBlob(written.file, written.digest);
     const found = await facts();
     const entry: WheelEntry = { digest: written.digest, size: written.size, diffId: written.diffId, uncompressedSize: written.tarSize, facts: found };

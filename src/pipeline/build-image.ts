@@ -393,8 +393,13 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
           facts: () => wheelCacheFacts[i],
           expected: installedSize(wheel),
           cached: async (cache, onBytes) => {
-            const served = await cache.wholeLayer(key, wheel.contents, countingSource(wheel.source, onBytes), async () =>
-              wheel.factsForCache(await wheel.elfFacts()),
+            const served = await cache.wholeLayer(
+              key,
+              wheel.contents,
+              countingSource(wheel.source, onBytes),
+              async () => wheel.factsForCache(await wheel.elfFacts()),
+              // Uncompressed, an unzip thread writes the whole layer when it can be framed beforehand.
+              compression === 'none' ? (out) => wheel.piece.writeTar(out, format.mtime, onBytes) : undefined,
             );
             wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
             return served;

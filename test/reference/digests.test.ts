@@ -164,6 +164,16 @@ describe.runIf(ready)('reference builds keep their manifest digests', () => {
         expect({ name, round, digest: summary.manifestDigest }).toEqual({ name, round, digest: EXPECTED[name] });
       }
     }
+    // Wheels too: uncompressed, the cache's layers are written whole by an unzip thread, as without a cache.
+    for (const compression of ['none', 'gzip']) {
+      const name = `synthetic wheels ${compression}`;
+      const args = ['--closure', synthetic, '--max-layers', '8', '--compression', compression, '--cache-dir', cache, ...wheels.flatMap((w) => ['--wheel', w])];
+      for (const round of ['cold', 'warm']) {
+        const out = join(dir, `cached-wheels-${compression}-${round}.tar`);
+        const summary = JSON.parse(cliOk(['build-image', '-q', '--json', '--output', out, ...args]).stdout) as { manifestDigest: string };
+        expect({ name, round, digest: summary.manifestDigest }).toEqual({ name, round, digest: EXPECTED[name] });
+      }
+    }
   });
 
   // NIX2OCI_RECORD_DIGESTS=file: writes what the builds gave, to update EXPECTED on purpose.
