@@ -54,7 +54,7 @@ export type UnzipReply =
   | { type: 'chunk'; id: number; buffer: ArrayBuffer; length: number }
   /** The stream ended; the chunks it holds go back for the next one. */
   | { type: 'end'; id: number; buffers: ArrayBuffer[] }
-  /** Bytes of a layer written since the last report. */
+  /** Bytes of a layer's wheel files written since the last report (as a progress display counts them). */
   | { type: 'progress'; id: number; bytes: number }
   /** A layer written: its tar's sha256 (its diffID and digest), and which entries' bodies are ELF files (they start so). */
   | { type: 'layer'; id: number; hex: string; elf: number[] }
@@ -419,7 +419,6 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       throw new OutputError(err as NodeJS.ErrnoException);
     }
     w.position += bytes.length;
-    w.unreported += bytes.length;
     w.sinceTurn += bytes.length;
   };
   const flush = (w: Writing): void => {
@@ -476,6 +475,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   const smallBody = (w: Writing, read: Source, zipSize: number, file: string, entry: EntryRequest): boolean => {
     const bytes = readWhole(read, zipSize, file, entry);
     put(w, bytes);
+    w.unreported += bytes.length;
     collected(bytes.length);
     return isElf(bytes);
   };
@@ -490,6 +490,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       first ??= isElf(piece);
       check.update(piece);
       put(w, piece);
+      w.unreported += piece.length;
     };
     if (entry.central.compressionMethod === 0) {
       const input = Buffer.allocUnsafe(READ_SIZE);
@@ -552,6 +553,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       }
       put(w, frame.subarray(from));
       flush(w);
+      if (w.unreported > 0) reply({ type: 'progress', id, bytes: w.unreported });
       reply({ type: 'layer', id, hex: w.hash.digest('hex'), elf });
     } catch (err) {
       layerFailed(id, index, file, zipFd === undefined, err);

@@ -113,6 +113,22 @@ describe('an uncompressed wheel layer written by an unzip thread', () => {
     expect(await facts('worker')).toEqual(streamed);
   });
 
+  it('tells how far it is in bytes of the wheel’s files, as a progress display counts them', async () => {
+    const info = await readWheelInfo(mixedWheel(freshDir()));
+    const layer = wheelLayerSource(info, OPTIONS);
+    const file = join(freshDir(), 'layer');
+    const handle = await open(file, 'w+');
+    let told = 0;
+    try {
+      await layer.writeTar({ handle, at: 0, path: file }, 1, (bytes) => (told += bytes));
+    } finally {
+      await handle.close();
+    }
+    // Every file the wheel installs as it is (its RECORD is replaced by the installed one).
+    const installed = info.entries.filter((e) => !e.isDir && !e.name.endsWith('.dist-info/RECORD')).reduce((n, e) => n + e.size, 0);
+    expect(told).toBe(installed);
+  });
+
   it('is not made for a layer holding a #!python script (its size is known only as it streams)', async () => {
     const wheel = makeWheel({ dir: freshDir(), name: 'scripted', version: '1', files: { 'scripted/__init__.py': '' }, dataScripts: { run: '#!python\nimport scripted\n' } });
     const layer = wheelLayerSource(await readWheelInfo(wheel), OPTIONS);
