@@ -147,6 +147,9 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
     return made;
   };
   const rest = plan.filter((f) => !splits.includes(f as WheelFile));
+  // The zip's directory, read once for the pieces written by unzip threads (torch's has 20,000 entries),
+  // and let go once each piece has taken it.
+  const zipEntries = sharedOnce(() => zipEntriesOf(info), 1 + splits.length);
   const pieces: WheelLayerPiece[] = [
     {
       id: 'main',
@@ -154,7 +157,7 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
       split: null,
       source: (sink) => writeInstall(info, options, scheme, plan, rest, sink, record),
       tarSize: (mtime) => installSize(plan, rest, mtime, record),
-      writeTar: (out, mtime, onBytes) => writeInstallTar(info, options, plan, rest, record, out, mtime, onBytes),
+      writeTar: (out, mtime, onBytes) => writeInstallTar(info, options, plan, rest, record, zipEntries, out, mtime, onBytes),
     },
     ...splits.map((file) => ({
       id: file.name,
@@ -162,7 +165,7 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
       split: { entry: file.entry, name: file.name, mode: file.mode },
       source: (sink: TarSink) => writeInstall(info, options, scheme, plan, [file], sink, record),
       tarSize: (mtime: number) => installSize(plan, [file], mtime, record),
-      writeTar: (out: LayerOutput, mtime: number, onBytes?: (bytes: number) => void) => writeInstallTar(info, options, plan, [file], record, out, mtime, onBytes),
+      writeTar: (out: LayerOutput, mtime: number, onBytes?: (bytes: number) => void) => writeInstallTar(info, options, plan, [file], record, zipEntries, out, mtime, onBytes),
     })),
   ];
   return {
@@ -170,7 +173,7 @@ export function wheelLayerSource(info: WheelInfo, options: WheelInstallOptions):
     binDir: '/' + scheme.scripts,
     files: plan.map((f) => '/' + f.name),
     source: (sink) => writeInstall(info, options, scheme, plan, plan, sink, record),
-    writeTar: (out, mtime, onBytes) => writeInstallTar(info, options, plan, plan, record, out, mtime, onBytes),
+    writeTar: (out, mtime, onBytes) => writeInstallTar(info, options, plan, plan, record, zipEntries, out, mtime, onBytes),
     pieces,
   };
 }
@@ -376,6 +379,7 @@ function writeInstallTar(
   plan: PlannedFile[],
   members: PlannedFile[],
   record: () => Buffer | null,
+  zipEntries: () => Promise<Map<string, ZipEntry>>,
   out: LayerOutput,
   mtime: number,
   onBytes?: (bytes: number) => void,
@@ -384,7 +388,7 @@ function writeInstallTar(
   const recordContent = members.some((f) => f.kind === 'record') ? record() : null;
   if (members.some((f) => f.kind === 'record') && !recordContent) return null;
   return (async () => {
-    const entries = await zipEntriesOf(info);
+    const entries = await zipEntries();
     const items: (string | PlannedFile)[] = [...directoriesOf(members), ...members];
     items.sort((a, b) => byCodeUnits(typeof a === 'string' ? a : a.name, typeof b === 'string' ? b : b.name));
     const framed: FramedEntry[] = [];
@@ -425,6 +429,21 @@ function writeInstallTar(
     const digest = `sha256:${hex}`;
     return { digest, size, diffId: digest, tarSize: size };
   })();
+}
+
+/** `make`'s result, made once for the first `takers` calls (a later call makes it again): kept no longer than they need it. */
+function sharedOnce<T>(make: () => Promise<T>, takers: number): () => Promise<T> {
+  let made: Promise<T> | null = null;
+  let taken = 0;
+  return () => {
+    made ??= make();
+    const result = made;
+    if (++taken >= takers) {
+      made = null;
+      taken = 0;
+    }
+    return result;
+  };
 }
 
 /** The zip's entries by name, checked against what was read of the wheel before. */
