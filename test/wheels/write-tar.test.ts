@@ -11,6 +11,7 @@ import { UnzipPool } from '../../src/wheels/unzip-pool.js';
 import { isUserError } from '../../src/util/errors.js';
 import { makeWheel } from '../helpers/wheels.js';
 import { useScratchDirs } from '../helpers/scratch.js';
+import { mountTmpfs, tmpfsAvailable } from '../helpers/tmpfs.js';
 
 /**
  * An uncompressed wheel layer written whole by an unzip thread (WheelLayerPiece.writeTar) must be the
@@ -159,6 +160,25 @@ describe('an uncompressed wheel layer written by an unzip thread', () => {
       expect(isUserError(worker), String(worker)).toBe(true);
       expect(worker.message).toMatch(new RegExp(`entry ${tamper.replace('.', '\\.')} does not match RECORD`));
       expect(worker.message).toBe(streamed.message);
+    }
+  });
+
+  it.runIf(tmpfsAvailable())('fails on a full disk with the one line a write error gives, naming the output', async () => {
+    const disk = mountTmpfs('512k');
+    try {
+      const info = await readWheelInfo(mixedWheel(freshDir()));
+      const layer = wheelLayerSource(info, OPTIONS);
+      const file = join(disk.dir, 'layer');
+      const handle = await open(file, 'w+');
+      const error = await layer.writeTar({ handle, at: 0, path: file }, 1)!.then(
+        () => new Error('no error'),
+        (err: unknown) => err as Error,
+      );
+      await handle.close();
+      expect(isUserError(error), String(error)).toBe(true);
+      expect(error.message).toBe(`cannot write ${file}: no space left on the device (ENOSPC)`);
+    } finally {
+      disk.unmount();
     }
   });
 
