@@ -405,6 +405,8 @@ function writeInstallTar(
       }
     }
     const frame = tarFrame(framed, mtime);
+    // The frame's memory moves to the thread: what is needed of it is taken first.
+    const frameSize = frame.bytes.length;
     const unzip = options.unzip ?? defaultUnzipPool();
     const { hex, elf } = await unzip
       .writeLayer(info.file, { fd: out.handle.fd, at: out.at }, frame.bytes, frame.gaps.map((g) => g.at), requests, { onBytes })
@@ -425,7 +427,7 @@ function writeInstallTar(
       if (inspector) await inspectWritten(out, starts[i]!, file.entry.size, inspector, buffer!);
     }
     // The other files would tell the ELF collector nothing (their first bytes say so): they are not read back.
-    const size = frame.bytes.length + streamed;
+    const size = frameSize + streamed;
     const digest = `sha256:${hex}`;
     return { digest, size, diffId: digest, tarSize: size };
   })();

@@ -81,7 +81,7 @@ class UnzipWorker {
     if (message.type === 'batch') this.batches++;
     job.worker = this;
     this.connection.busy();
-    const moved = message.type === 'batch' ? (message.buffer ? [message.buffer] : []) : message.type === 'stream' ? message.buffers : [];
+    const moved = message.type === 'batch' ? (message.buffer ? [message.buffer] : []) : message.type === 'stream' ? message.buffers : movable(message.frame);
     this.connection.post(message, moved);
   }
 
@@ -122,7 +122,8 @@ export class UnzipPool {
    * Writes a whole uncompressed layer on a thread: `frame`'s bytes with the body of each of `entries`
    * (from the wheel `file`, checked as bodies() checks them) in its gap, at byte `at` of the open file
    * `fd`, which the caller keeps open until this settles. Resolves to the tar's sha256 and the indexes
-   * of the entries whose bodies are ELF files. `stop` makes it stop (it then rejects).
+   * of the entries whose bodies are ELF files. `stop` makes it stop (it then rejects). A frame that
+   * is a buffer of its own moves to the thread: it is empty here afterwards.
    */
   writeLayer(
     file: string,
@@ -433,6 +434,12 @@ class ChunkQueue {
     if (this.#end) return;
     this.#job.worker?.send({ type: 'cancel', id: this.#job.message.id });
   }
+}
+
+/** A layer's frame moves to its thread rather than being copied, when it is a buffer of its own (not a slice of Node's pool). */
+function movable(frame: Uint8Array): ArrayBuffer[] {
+  const memory = frame.buffer;
+  return memory instanceof ArrayBuffer && frame.byteOffset === 0 && frame.byteLength === memory.byteLength ? [memory] : [];
 }
 
 function replyError(reply: Extract<UnzipReply, { type: 'failed' }>): Error {

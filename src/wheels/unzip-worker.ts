@@ -454,9 +454,10 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   const isElf = (first: Uint8Array): boolean => first.length >= 4 && (first[0]! | (first[1]! << 8) | (first[2]! << 16) | (first[3]! << 24)) === ELF_MAGIC;
 
   /** Positional reads of the wheel served from a window read ahead: a layer's small entries mostly lie side by side. */
-  const windowed = (fd: number, fileSize: number): Source => {
-    const WINDOW = 4 << 20;
-    const window = Buffer.allocUnsafeSlow(WINDOW);
+  const WINDOW = 4 << 20;
+  /** Windows of finished layers, for the next (a layer job is short; its memory goes round). */
+  const spareWindows: Buffer[] = [];
+  const windowed = (fd: number, fileSize: number, window: Buffer): Source => {
     let start = 0;
     let end = 0;
     const fallback = direct(fd);
@@ -537,10 +538,12 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     const elf: number[] = [];
     let index = 0;
     let zipFd: number | undefined;
+    let window: Buffer | null = null;
     try {
       zipFd = fs.openSync(file, 'r');
       const zipSize = fs.fstatSync(zipFd).size;
-      const read = windowed(zipFd, zipSize);
+      window = spareWindows.pop() ?? Buffer.allocUnsafeSlow(WINDOW);
+      const read = windowed(zipFd, zipSize, window);
       let from = 0;
       for (; index < entries.length; index++) {
         const entry = entries[index]!;
@@ -561,6 +564,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       if (zipFd !== undefined) fs.closeSync(zipFd);
       layers.delete(id);
       if (spareOut.length < 2) spareOut.push(w.out);
+      if (window && spareWindows.length < 2) spareWindows.push(window);
     }
   };
 
