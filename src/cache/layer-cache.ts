@@ -71,6 +71,12 @@ export interface Served {
 }
 
 /**
+ * Another way to write a whole layer of the cache's format into `out` (a wheel's uncompressed layer,
+ * written whole by an unzip thread), or null when it cannot: the source is written instead.
+ */
+export type DirectWrite = (out: LayerOutput) => Promise<Written> | null;
+
+/**
  * Wraps layer production with the cache. A store-path layer is composed of parts, one per store path:
  *
  *   [frame: `nix/`, `nix/store/` headers] [frames: path 1's entries] … [frame: the end-of-archive blocks]
@@ -92,12 +98,6 @@ export interface Served {
  * one hash — reading NARs and encoding tar runs near disk speed; compression is the expensive step, and
  * it is skipped. The result is cached per grouping.
  */
-/**
- * Another way to write a whole layer of the cache's format into `out` (a wheel's uncompressed layer,
- * written whole by an unzip thread), or null when it cannot: the source is written instead.
- */
-export type DirectWrite = (out: LayerOutput) => Promise<Written> | null;
-
 export class LayerCache {
   #head: Promise<{ tar: Buffer; stored: Buffer; frame: string }> | null = null;
   #end: Buffer;

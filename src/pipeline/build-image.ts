@@ -11,7 +11,7 @@ import { checkLayerFormat, COMPRESSION_LEVELS, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_
 import { Turns } from '../layer/codec.js';
 import { countingSource } from '../layer/counting-source.js';
 import { storePathSliceSource, storePathsEnds, writeStorePathsLayer } from '../layer/store-paths.js';
-import { tarSegmentBytes, writeBlobFile, writeLayer, writeLayerFile } from '../layer/writer.js';
+import { tarSegmentBytes, writeBlobFile, writeLayer, writeLayerFile, type LayerOutput } from '../layer/writer.js';
 import { layerOf, ociLayerMediaType, type Image, type Layer } from '../model/image.js';
 import { assembleImage, manifestDigest } from '../model/assemble.js';
 import { emptyRecipe, type Recipe, type SbomChoice } from '../recipe/schema.js';
@@ -375,6 +375,8 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
       }),
       ...wheels.layers.map((wheel, i): LayerJob => {
         const key = wheelLayerKey(wheel.key, format);
+        // Uncompressed, an unzip thread writes the whole layer when it can be framed beforehand.
+        const whole = (onBytes?: (bytes: number) => void) => (compression === 'none' ? (out: LayerOutput) => wheel.piece.writeTar(out, format.mtime, onBytes) : undefined);
         return {
           label: wheel.contents.join(', '),
           contents: wheel.contents,
@@ -398,19 +400,17 @@ export async function buildImage(options: BuildImageOptions): Promise<BuiltImage
               wheel.contents,
               countingSource(wheel.source, onBytes),
               async () => wheel.factsForCache(await wheel.elfFacts()),
-              // Uncompressed, an unzip thread writes the whole layer when it can be framed beforehand.
-              compression === 'none' ? (out) => wheel.piece.writeTar(out, format.mtime, onBytes) : undefined,
+              whole(onBytes),
             );
             wheelFacts[i] = wheel.factsFromCache((wheelCacheFacts[i] = served.facts));
             return served;
           },
           size: () => wheel.piece.tarSize(format.mtime) ?? undefined,
           direct: async (out, index, onBytes) => {
-            // Uncompressed, an unzip thread writes the whole layer when it can be framed beforehand.
             const layer = await out.writeLayer(
               index,
               { contents: wheel.contents, compression },
-              (to) => (compression === 'none' ? wheel.piece.writeTar(to, format.mtime, onBytes) : null) ?? writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }),
+              (to) => whole(onBytes)?.(to) ?? writeLayer(countingSource(wheel.source, onBytes), format, to, { turns }),
             );
             wheelFacts[i] = await wheel.elfFacts();
             wheelCacheFacts[i] = wheel.factsForCache(wheelFacts[i]);

@@ -291,48 +291,36 @@ async function writeInstall(
   /** The installed RECORD, when it is known before the layer is written. */
   record: () => Buffer | null,
 ): Promise<void> {
-  const zip = await ZipReader.open(info.file);
+  const zipEntries = await zipEntriesOf(info);
+  // Rows are needed only to make RECORD here, with the rewritten scripts' rows added as they are written.
+  const rows = record() ? new Map<string, InstalledRow>() : knownRows(plan);
+  const items = tarOrder(members);
+  // The wheel's files are read, inflated and checked on the unzip pool, ahead of the tar, in its order.
+  const requests = items.flatMap((item): EntryRequest[] => (typeof item !== 'string' && item.kind === 'wheel' ? [entryRequest(zipEntryFor(info, zipEntries, item.entry), item.entry)] : []));
+  const bodies = (options.unzip ?? defaultUnzipPool()).bodies(info.file, requests);
   try {
-    const zipEntries = new Map(zip.entries.map((e) => [e.name, e]));
-    const zipEntryFor = (entry: WheelEntry): ZipEntry => {
-      const zipEntry = zipEntries.get(entry.name);
-      if (!zipEntry || zipEntry.size !== entry.size || zipEntry.compressedSize !== entry.compressedSize || zipEntry.isDir) {
-        throw changedSinceRead(info, entry.name);
+    for (const item of items) {
+      if (typeof item === 'string') {
+        await sink.add({ type: 'directory', name: item, mode: DIR_MODE });
+      } else if (item.kind === 'generated') {
+        await sink.add({ type: 'file', name: item.name, mode: item.mode, size: item.content.length, body: item.content });
+      } else if (item.kind === 'record') {
+        const content = record() ?? installedRecord(info, scheme, plan, rows, item.name);
+        await sink.add({ type: 'file', name: item.name, mode: FILE_MODE, size: content.length, body: content });
+      } else {
+        const row = await writeWheelFile(info, options, bodies, item, sink);
+        if (row) rows.set(item.name, row);
       }
-      return zipEntry;
-    };
-    if (zip.entries.length !== info.entries.length) throw changedSinceRead(info, '(entry count)');
-
-    // Rows are needed only to make RECORD here, with the rewritten scripts' rows added as they are written.
-    const rows = record() ? new Map<string, InstalledRow>() : knownRows(plan);
-
-    // Directories (a name) and files, in tar order.
-    const items: (string | PlannedFile)[] = [...directoriesOf(members), ...members];
-    items.sort((a, b) => byCodeUnits(typeof a === 'string' ? a : a.name, typeof b === 'string' ? b : b.name));
-
-    // The wheel's files are read, inflated and checked on the unzip pool, ahead of the tar, in its order.
-    const requests = items.flatMap((item): EntryRequest[] => (typeof item !== 'string' && item.kind === 'wheel' ? [entryRequest(zipEntryFor(item.entry), item.entry)] : []));
-    const bodies = (options.unzip ?? defaultUnzipPool()).bodies(info.file, requests);
-    try {
-      for (const item of items) {
-        if (typeof item === 'string') {
-          await sink.add({ type: 'directory', name: item, mode: DIR_MODE });
-        } else if (item.kind === 'generated') {
-          await sink.add({ type: 'file', name: item.name, mode: item.mode, size: item.content.length, body: item.content });
-        } else if (item.kind === 'record') {
-          const content = record() ?? installedRecord(info, scheme, plan, rows, item.name);
-          await sink.add({ type: 'file', name: item.name, mode: FILE_MODE, size: content.length, body: content });
-        } else {
-          const row = await writeWheelFile(info, options, bodies, item, sink);
-          if (row) rows.set(item.name, row);
-        }
-      }
-    } finally {
-      bodies.close();
     }
   } finally {
-    await zip.close();
+    bodies.close();
   }
+}
+
+/** Directories (a name) and files, in tar order. */
+function tarOrder(members: PlannedFile[]): (string | PlannedFile)[] {
+  const items: (string | PlannedFile)[] = [...directoriesOf(members), ...members];
+  return items.sort((a, b) => byCodeUnits(typeof a === 'string' ? a : a.name, typeof b === 'string' ? b : b.name));
 }
 
 /** The installed RECORD's rows known before anything is written: all but those of rewritten scripts. */
@@ -385,12 +373,12 @@ function writeInstallTar(
   onBytes?: (bytes: number) => void,
 ): Promise<Written> | null {
   if (members.some((f) => f.kind === 'wheel' && f.script)) return null;
-  const recordContent = members.some((f) => f.kind === 'record') ? record() : null;
-  if (members.some((f) => f.kind === 'record') && !recordContent) return null;
+  const hasRecord = members.some((f) => f.kind === 'record');
+  const recordContent = hasRecord ? record() : null;
+  if (hasRecord && !recordContent) return null;
   return (async () => {
     const entries = await zipEntries();
-    const items: (string | PlannedFile)[] = [...directoriesOf(members), ...members];
-    items.sort((a, b) => byCodeUnits(typeof a === 'string' ? a : a.name, typeof b === 'string' ? b : b.name));
+    const items = tarOrder(members);
     const framed: FramedEntry[] = [];
     const requests: EntryRequest[] = [];
     const bodies: WheelFile[] = [];

@@ -246,13 +246,16 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   const failed = (id: number, index: number, err: unknown) =>
     reply({ type: 'failed', id, index, message: err instanceof Error ? err.message : String(err), userError: err instanceof WheelError });
 
-  const withFile = <T>(file: string, use: (fd: number, size: number) => T): T => {
-    let fd: number;
+  const openWheel = (file: string): number => {
     try {
-      fd = fs.openSync(file, 'r');
+      return fs.openSync(file, 'r');
     } catch (err) {
       throw new WheelError(`${file}: cannot read it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
     }
+  };
+
+  const withFile = <T>(file: string, use: (fd: number, size: number) => T): T => {
+    const fd = openWheel(file);
     try {
       return use(fd, fs.fstatSync(fd).size);
     } finally {
@@ -282,6 +285,21 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     } catch (err) {
       failed(id, index, err);
     }
+  };
+
+  /** An entry's `size` compressed bytes at `start`, a piece at a time (each of its own: an inflater may still hold the last). */
+  const compressedPieces = function* (fd: number, start: number, size: number): Generator<Buffer> {
+    for (let at = 0; at < size; ) {
+      const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, size - at));
+      readAt(fd, piece, start + at);
+      at += piece.length;
+      yield piece;
+    }
+  };
+  /** Those bytes inflated as they are read, one piece read ahead at most: a stream holds little besides its chunks. */
+  const inflating = (fd: number, start: number, size: number): AsyncIterable<Buffer> & { destroy(): void } => {
+    const { Readable } = require('node:stream') as typeof import('node:stream');
+    return Readable.from(compressedPieces(fd, start, size), { highWaterMark: 1 }).pipe(zlib.createInflateRaw({ chunkSize: 256 << 10 }));
   };
 
   /** Streams in progress: buffers given back, and how to wake a stream waiting for one. */
@@ -332,26 +350,16 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       start = dataStart(direct(fd), fileSize, file, entry);
       const check = checker(file, entry);
       const compressedSize = entry.central.compressedSize;
-      const input = function* (handle: number): Generator<Buffer> {
-        for (let at = 0; at < compressedSize; ) {
-          const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, compressedSize - at));
-          readAt(handle, piece, start + at);
-          at += piece.length;
-          yield piece;
-        }
-      };
       let open = true;
       if (entry.central.compressionMethod === 0) {
-        for (const piece of input(fd)) {
+        for (const piece of compressedPieces(fd, start, compressedSize)) {
           check.update(piece);
           if (!(open = await put(piece))) break;
         }
       } else {
-        const { Readable } = require('node:stream') as typeof import('node:stream');
-        // One piece read ahead at most: a stream holds little besides its chunks.
-        const inflate = Readable.from(input(fd), { highWaterMark: 1 }).pipe(zlib.createInflateRaw({ chunkSize: 256 << 10 }));
+        const inflate = inflating(fd, start, compressedSize);
         try {
-          for await (const piece of inflate as AsyncIterable<Buffer>) {
+          for await (const piece of inflate) {
             check.update(piece);
             if (!(open = await put(piece))) break;
           }
@@ -503,20 +511,9 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
         await pause(w);
       }
     } else {
-      const { Readable } = require('node:stream') as typeof import('node:stream');
-      const pieces = (function* () {
-        for (let done = 0; done < compressedSize; ) {
-          const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, compressedSize - done));
-          readAt(zipFd, piece, start + done);
-          done += piece.length;
-          yield piece;
-        }
-      })();
-      const inflate = zlib.createInflateRaw({ chunkSize: 256 << 10 });
+      const inflate = inflating(zipFd, start, compressedSize);
       try {
-        // One piece read ahead at most: a stream holds little besides its chunks.
-        Readable.from(pieces, { highWaterMark: 1 }).pipe(inflate);
-        for await (const piece of inflate as AsyncIterable<Buffer>) {
+        for await (const piece of inflate) {
           take(piece);
           collected(piece.length);
           await pause(w);
@@ -540,7 +537,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     let zipFd: number | undefined;
     let window: Buffer | null = null;
     try {
-      zipFd = fs.openSync(file, 'r');
+      zipFd = openWheel(file);
       const zipSize = fs.fstatSync(zipFd).size;
       window = spareWindows.pop() ?? Buffer.allocUnsafeSlow(WINDOW);
       const read = windowed(zipFd, zipSize, window);
@@ -559,7 +556,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       if (w.unreported > 0) reply({ type: 'progress', id, bytes: w.unreported });
       reply({ type: 'layer', id, hex: w.hash.digest('hex'), elf });
     } catch (err) {
-      layerFailed(id, index, file, zipFd === undefined, err);
+      layerFailed(id, index, err);
     } finally {
       if (zipFd !== undefined) fs.closeSync(zipFd);
       layers.delete(id);
@@ -568,14 +565,12 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     }
   };
 
-  const layerFailed = (id: number, index: number, file: string, unopened: boolean, err: unknown): void => {
+  const layerFailed = (id: number, index: number, err: unknown): void => {
     if (err instanceof OutputError) {
       const cause = err.failure;
       reply({ type: 'failed', id, index, message: cause.message, userError: false, code: cause.code, syscall: cause.syscall });
     } else if (err instanceof Cancelled) {
       reply({ type: 'failed', id, index, message: 'cancelled', userError: false });
-    } else if (unopened) {
-      failed(id, index, new WheelError(`${file}: cannot read it: ${(err as NodeJS.ErrnoException).code ?? String(err)}`));
     } else failed(id, index, err);
   };
 
