@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { UserError } from '../util/errors.js';
 import { sharedThreads, type Connection, type Service, type Thread, type Threads } from '../util/threads.js';
-import { localHeaderDisagreement, unzipWorkerMain, type EntryRequest, type UnzipMessage, type UnzipReply } from './unzip-worker.js';
+import { localHeaderDisagreement, rawInflater, unzipWorkerMain, type EntryRequest, type UnzipMessage, type UnzipReply } from './unzip-worker.js';
 
 /**
  * Wheel entries read, inflated and checked against RECORD on worker threads, so that installing a
@@ -23,8 +23,8 @@ const WINDOW = 4 << 20;
 /** Buffers kept for reuse, of each size: memory that goes round instead of garbage for the collector. */
 const SPARES = 2;
 
-/** The unzip service (see unzipWorkerMain), as the threads run it, given the local header check it shares with ZipReader. */
-const UNZIP_SERVICE: Service = { name: 'unzip', source: `(port) => (${unzipWorkerMain.toString()})(port, ${localHeaderDisagreement.toString()})` };
+/** The unzip service (see unzipWorkerMain), as the threads run it, given the local header check it shares with ZipReader and its inflater. */
+const UNZIP_SERVICE: Service = { name: 'unzip', source: `(port) => (${unzipWorkerMain.toString()})(port, ${localHeaderDisagreement.toString()}, ${rawInflater.toString()})` };
 
 interface Job {
   message: Extract<UnzipMessage, { type: 'batch' | 'stream' | 'layer' }>;

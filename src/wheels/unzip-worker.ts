@@ -96,6 +96,40 @@ export function localHeaderDisagreement(header: Uint8Array, localName: Uint8Arra
   return null;
 }
 
+/** Raw inflate into memory its caller owns. */
+export interface Inflater {
+  /** Inflates `input` into `out` until one runs out or the stream ends (`last`: no input follows): [bytes read, bytes written]. */
+  step(input: Uint8Array, out: Uint8Array, last: boolean): [number, number];
+  /** Ready for another stream. Not after a failed step: zlib has closed the inflater then. */
+  reset(): void;
+}
+
+/**
+ * An inflater that writes into the caller's memory, through the handle Node's own zlib.*Sync functions
+ * drive (an inflate stream's `_handle.writeSync` and `_writeState`). inflateRawSync and inflate streams
+ * make a zlib context per entry and a new buffer for every piece of output: over tens of thousands of
+ * entries and a gigabyte, that churn held most of the unzip threads' memory until a collection, and
+ * cost page faults and set-ups. Null where `zlib` has no such handle (the allocating functions serve
+ * then). Self-contained: it runs in the workers too. A failure is thrown as zlib words it.
+ */
+export function rawInflater(zlib: typeof import('node:zlib')): Inflater | null {
+  const stream = zlib.createInflateRaw();
+  const { _handle: handle, _writeState: state } = stream as unknown as { _handle?: { writeSync?: unknown }; _writeState?: unknown };
+  if (typeof handle?.writeSync !== 'function' || !(state instanceof Uint32Array)) return null;
+  const writeSync = handle.writeSync as (flush: number, input: Uint8Array, inOff: number, inLen: number, out: Uint8Array, outOff: number, outLen: number) => void;
+  const { Z_NO_FLUSH, Z_FINISH } = zlib.constants;
+  // zlib reports a failure by destroying the stream; it is read from `errored` at once.
+  stream.on('error', () => {});
+  return {
+    step(input, out, last) {
+      writeSync.call(handle, last ? Z_FINISH : Z_NO_FLUSH, input, 0, input.length, out, 0, out.length);
+      if (stream.destroyed) throw stream.errored ?? new Error('inflate failed');
+      return [input.length - state[1]!, out.length - state[0]!];
+    },
+    reset: () => stream.reset(),
+  };
+}
+
 /**
  * The unzip service's whole program, run once per connection on a worker thread (see util/threads.ts).
  * Like the hash service it runs as source text and uses nothing from outside its body but `require`,
@@ -104,7 +138,7 @@ export function localHeaderDisagreement(header: Uint8Array, localName: Uint8Arra
  * inflate, a size or hash that RECORD does not list) are answered as `failed` with the same one-line
  * message the main thread's reader gives.
  */
-export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHeaderDisagreement): void {
+export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHeaderDisagreement, inflaterOf: typeof rawInflater): void {
   const { createHash } = require('node:crypto') as typeof import('node:crypto');
   const fs = require('node:fs') as typeof import('node:fs');
   const zlib = require('node:zlib') as typeof import('node:zlib');
@@ -112,7 +146,8 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
 
   const LOCAL_HEADER_FIXED_SIZE = 30;
   const LOCAL_HEADER_SIGNATURE = 0x04034b50;
-  const READ_SIZE = 1 << 20;
+  /** Bytes read, inflated or written at a time. */
+  const PIECE_SIZE = 1 << 20;
   /** An error that is the wheel's fault: its message is the user's. */
   class WheelError extends Error {}
 
@@ -199,7 +234,25 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     return new WheelError(`${file}: entry ${entry.name} (data at byte ${start}): ${message}`);
   };
 
-  /** A small entry's bytes, whole. */
+  /** Inflaters reset after use, for the next entry (see rawInflater; one that failed is dropped: zlib closed it). */
+  const spareInflaters: Inflater[] = [];
+  let inflaterMissing = false;
+  const takeInflater = (): Inflater | null => {
+    const spare = spareInflaters.pop();
+    if (spare || inflaterMissing) return spare ?? null;
+    const made = inflaterOf(zlib);
+    inflaterMissing = made === null;
+    return made;
+  };
+  const giveInflater = (inflater: Inflater): void => {
+    inflater.reset();
+    spareInflaters.push(inflater);
+  };
+
+  /** Room for a small entry's bytes and one more (enough to see it inflate past its size); it grows to the largest. */
+  let wholeOut = Buffer.allocUnsafeSlow(64 << 10);
+
+  /** A small entry's bytes, whole: a view of memory used again by the next call, unless stored. */
   const readWhole = (read: Source, fileSize: number, file: string, entry: EntryRequest): Buffer => {
     const start = dataStart(read, fileSize, file, entry);
     const check = checker(file, entry);
@@ -208,10 +261,20 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     if (entry.central.compressionMethod === 0) {
       bytes = compressed;
     } else {
+      const size = entry.central.uncompressedSize;
+      const inflater = takeInflater();
       try {
-        // One byte over the stated size is enough to see the entry is too long.
-        const size = entry.central.uncompressedSize;
-        bytes = zlib.inflateRawSync(compressed, { maxOutputLength: size + 1, chunkSize: Math.max(64, size + 1) });
+        if (inflater) {
+          if (wholeOut.length < size + 1) wholeOut = Buffer.allocUnsafeSlow(size + 1);
+          const [, written] = inflater.step(compressed, wholeOut.subarray(0, size + 1), true);
+          giveInflater(inflater);
+          if (written > size) throw new WheelError(`${file}: entry ${entry.name} (data at byte ${start}): inflates to more than its ${size} bytes`);
+          bytes = wholeOut.subarray(0, written);
+        } else {
+          // One byte over the stated size is enough to see the entry is too long.
+          bytes = zlib.inflateRawSync(compressed, { maxOutputLength: size + 1, chunkSize: Math.max(64, size + 1) });
+          collected(bytes.length);
+        }
       } catch (err) {
         throw inflateError(file, entry, start, err);
       }
@@ -290,7 +353,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   /** An entry's `size` compressed bytes at `start`, a piece at a time (each of its own: an inflater may still hold the last). */
   const compressedPieces = function* (fd: number, start: number, size: number): Generator<Buffer> {
     for (let at = 0; at < size; ) {
-      const piece = Buffer.allocUnsafe(Math.min(READ_SIZE, size - at));
+      const piece = Buffer.allocUnsafe(Math.min(PIECE_SIZE, size - at));
       readAt(fd, piece, start + at);
       at += piece.length;
       yield piece;
@@ -300,6 +363,62 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   const inflating = (fd: number, start: number, size: number): AsyncIterable<Buffer> & { destroy(): void } => {
     const { Readable } = require('node:stream') as typeof import('node:stream');
     return Readable.from(compressedPieces(fd, start, size), { highWaterMark: 1 }).pipe(zlib.createInflateRaw({ chunkSize: 256 << 10 }));
+  };
+
+  /** Pieces' buffers of bodies and layers done, for the next (reading and inflating large bodies, gathering a layer's writes). */
+  const sparePieces: Buffer[] = [];
+  const takePiece = (): Buffer => sparePieces.pop() ?? Buffer.allocUnsafeSlow(PIECE_SIZE);
+  const givePiece = (buffer: Buffer): void => {
+    if (sparePieces.length < 6) sparePieces.push(buffer);
+  };
+
+  /**
+   * A large entry's `size` compressed bytes at `start`, inflated as they are read: views of one buffer,
+   * each good until the next is asked for. The entry has its own inflater and buffers (its reader
+   * pauses between pieces, and another entry may run meanwhile). What follows the end of the deflate
+   * stream is not read, as zlib's streams do; the size check sees what is missing.
+   */
+  const inflatedPieces = function* (inflater: Inflater, fd: number, start: number, size: number): Generator<Buffer> {
+    const input = takePiece();
+    const out = takePiece();
+    let broken = true;
+    try {
+      let read = 0;
+      let pending = input.subarray(0, 0);
+      for (;;) {
+        if (pending.length === 0 && read < size) {
+          pending = input.subarray(0, Math.min(PIECE_SIZE, size - read));
+          readAt(fd, pending, start + read);
+          read += pending.length;
+        }
+        const last = read === size;
+        broken = true;
+        const [consumed, written] = inflater.step(pending, out, last);
+        broken = false;
+        pending = pending.subarray(consumed);
+        if (written > 0) yield out.subarray(0, written);
+        // Room left in `out` with input left (or none to come): the stream has ended.
+        if (written < out.length && (last || pending.length > 0)) break;
+      }
+    } finally {
+      givePiece(input);
+      givePiece(out);
+      if (!broken) giveInflater(inflater);
+    }
+  };
+  /** inflatedPieces where Node has the inflater, else a zlib stream. */
+  const inflated = async function* (fd: number, start: number, size: number): AsyncGenerator<Buffer> {
+    const inflater = takeInflater();
+    if (inflater) return yield* inflatedPieces(inflater, fd, start, size);
+    const stream = inflating(fd, start, size);
+    try {
+      for await (const piece of stream) {
+        yield piece;
+        collected(piece.length);
+      }
+    } finally {
+      stream.destroy();
+    }
   };
 
   /** Streams in progress: buffers given back, and how to wake a stream waiting for one. */
@@ -357,16 +476,13 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
           if (!(open = await put(piece))) break;
         }
       } else {
-        const inflate = inflating(fd, start, compressedSize);
         try {
-          for await (const piece of inflate) {
+          for await (const piece of inflated(fd, start, compressedSize)) {
             check.update(piece);
             if (!(open = await put(piece))) break;
           }
         } catch (err) {
           throw inflateError(file, entry, start, err);
-        } finally {
-          inflate.destroy();
         }
       }
       if (open) {
@@ -384,7 +500,6 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     }
   };
 
-  const WRITE_SIZE = 1 << 20;
   const LAYER_YIELD_EVERY = 16 << 20;
   const LAYER_PROGRESS_EVERY = 32 << 20;
   /** An ELF file's first bytes (as a little-endian number). */
@@ -416,8 +531,6 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   }
   /** Layers being written, by id: a cancelled one stops at its next entry or chunk. */
   const layers = new Map<number, Writing>();
-  /** Write buffers of finished layers, for the next. */
-  const spareOut: Buffer[] = [];
 
   const writeOut = (w: Writing, bytes: Buffer): void => {
     w.hash.update(bytes);
@@ -437,15 +550,15 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   const put = (w: Writing, bytes: Uint8Array): void => {
     let offset = 0;
     while (offset < bytes.length) {
-      if (w.used === 0 && bytes.length - offset >= WRITE_SIZE) {
+      if (w.used === 0 && bytes.length - offset >= PIECE_SIZE) {
         writeOut(w, Buffer.from(bytes.buffer, bytes.byteOffset + offset, bytes.length - offset));
         return;
       }
-      const n = Math.min(WRITE_SIZE - w.used, bytes.length - offset);
+      const n = Math.min(PIECE_SIZE - w.used, bytes.length - offset);
       w.out.set(bytes.subarray(offset, offset + n), w.used);
       w.used += n;
       offset += n;
-      if (w.used === WRITE_SIZE) flush(w);
+      if (w.used === PIECE_SIZE) flush(w);
     }
   };
   /** Lets the thread's other work in now and then, and tells the main thread how far the layer is. */
@@ -485,7 +598,6 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     const bytes = readWhole(read, zipSize, file, entry);
     put(w, bytes);
     w.unreported += bytes.length;
-    collected(bytes.length);
     return isElf(bytes);
   };
 
@@ -502,27 +614,27 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       w.unreported += piece.length;
     };
     if (entry.central.compressionMethod === 0) {
-      const input = Buffer.allocUnsafe(READ_SIZE);
-      for (let done = 0; done < compressedSize; ) {
-        const piece = input.subarray(0, Math.min(READ_SIZE, compressedSize - done));
-        readAt(zipFd, piece, start + done);
-        done += piece.length;
-        take(piece);
-        await pause(w);
+      const input = takePiece();
+      try {
+        for (let done = 0; done < compressedSize; ) {
+          const piece = input.subarray(0, Math.min(PIECE_SIZE, compressedSize - done));
+          readAt(zipFd, piece, start + done);
+          done += piece.length;
+          take(piece);
+          await pause(w);
+        }
+      } finally {
+        givePiece(input);
       }
     } else {
-      const inflate = inflating(zipFd, start, compressedSize);
       try {
-        for await (const piece of inflate) {
+        for await (const piece of inflated(zipFd, start, compressedSize)) {
           take(piece);
-          collected(piece.length);
           await pause(w);
         }
       } catch (err) {
         if (err instanceof Cancelled || err instanceof OutputError) throw err;
         throw inflateError(file, entry, start, err);
-      } finally {
-        inflate.destroy();
       }
     }
     check.end();
@@ -530,7 +642,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   };
 
   const layer = async (id: number, file: string, fd: number, at: number, frame: Uint8Array, gaps: number[], entries: EntryRequest[]): Promise<void> => {
-    const w: Writing = { id, fd, position: at, out: spareOut.pop() ?? Buffer.allocUnsafeSlow(WRITE_SIZE), used: 0, hash: createHash('sha256'), sinceTurn: 0, unreported: 0, cancelled: false };
+    const w: Writing = { id, fd, position: at, out: takePiece(), used: 0, hash: createHash('sha256'), sinceTurn: 0, unreported: 0, cancelled: false };
     layers.set(id, w);
     const elf: number[] = [];
     let index = 0;
@@ -547,7 +659,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
         const gap = gaps[index]!;
         put(w, frame.subarray(from, gap));
         from = gap;
-        const elfFile = entry.central.uncompressedSize <= WRITE_SIZE ? smallBody(w, read, zipSize, file, entry) : await largeBody(w, read, zipFd, zipSize, file, entry);
+        const elfFile = entry.central.uncompressedSize <= PIECE_SIZE ? smallBody(w, read, zipSize, file, entry) : await largeBody(w, read, zipFd, zipSize, file, entry);
         if (elfFile) elf.push(index);
         await pause(w);
       }
@@ -560,7 +672,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     } finally {
       if (zipFd !== undefined) fs.closeSync(zipFd);
       layers.delete(id);
-      if (spareOut.length < 2) spareOut.push(w.out);
+      givePiece(w.out);
       if (window && spareWindows.length < 2) spareWindows.push(window);
     }
   };

@@ -35,11 +35,12 @@ export function nodeBinary(version: string): string {
 }
 
 /**
- * The layer writer and what it imports, compiled alone into a scratch directory every Node version can
- * load, with `script` as its run.mjs. The directory is inside the repository's node_modules, so the
- * compiled code finds the same dependencies (the zstd WebAssembly) as the tool. Returns the directory.
+ * The layer writer (or another module of src/) and what it imports, compiled alone into a scratch
+ * directory every Node version can load, with `script` as its run.mjs. The directory is inside the
+ * repository's node_modules, so the compiled code finds the same dependencies (the zstd WebAssembly) as
+ * the tool. Returns the directory.
  */
-export function compileWriter(script: string): string {
+export function compileWriter(script: string, module = 'src/layer/writer.ts'): string {
   const compiled = mkdtempSync(join(repo, 'node_modules', '.nix2oci-node-versions-'));
   execFileSync(
     process.execPath,
@@ -48,7 +49,7 @@ export function compileWriter(script: string): string {
       '--outDir', compiled, '--rootDir', join(repo, 'src'),
       '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022',
       '--strict', '--skipLibCheck', '--types', 'node', '--typeRoots', join(repo, 'node_modules/@types'),
-      join(repo, 'src/layer/writer.ts'),
+      join(repo, module),
     ],
     { stdio: 'inherit' },
   );

@@ -197,7 +197,10 @@ describe('an uncompressed wheel layer written by an unzip thread', () => {
       const zip = await ZipReader.open(info.file);
       const byName = new Map(zip.entries.map((e) => [e.name, e]));
       await zip.close();
-      const requests = entries.map((e) => ({ name: e.name, offset: byName.get(e.name)!.offset, central: byName.get(e.name)!.central, hash: e.recordHash }));
+      const once = entries.map((e) => ({ name: e.name, offset: byName.get(e.name)!.offset, central: byName.get(e.name)!.central, hash: e.recordHash }));
+      // The wheel's files over and over: more than the 16 MiB a thread writes before it reads its messages again.
+      const requests = Array.from({ length: 20 }, () => once).flat();
+      expect(requests.reduce((n, r) => n + r.central.uncompressedSize, 0)).toBeGreaterThan(32 << 20);
       const frame = Buffer.alloc(512);
       const running = pool.writeLayer(info.file, { fd: handle.fd, at: 0 }, frame, requests.map(() => 0), requests, { stop: stop.signal });
       stop.abort();
