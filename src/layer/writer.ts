@@ -60,8 +60,29 @@ const CHUNK_SIZE = 1 << 20;
 const CHUNKS_IN_FLIGHT = 4;
 /** Frames of one layer being compressed at most (each holds a FRAME_SIZE buffer of tar until compressed). */
 const FRAMES_IN_FLIGHT = 4;
-/** Frame-sized buffers a layer keeps for its next parts. */
-const SPARE_PARTS = 2;
+/**
+ * Buffers of one size kept for the next user: a build writes many layers, each needing the same few
+ * tar chunks and frame parts, and making them anew for each layer left hundreds of MB of garbage that
+ * V8 frees only when its external memory has grown by tens of MB.
+ */
+class Spares {
+  readonly #free: Buffer[] = [];
+  constructor(
+    readonly size: number,
+    readonly keep: number,
+    readonly make: (size: number) => Buffer = Buffer.allocUnsafeSlow,
+  ) {}
+  take(): Buffer {
+    return this.#free.pop() ?? this.make(this.size);
+  }
+  give(buffer: Buffer): void {
+    if (buffer.length === this.size && this.#free.length < this.keep) this.#free.push(buffer);
+  }
+}
+/** Frame-sized buffers kept for the next parts: as many as two layers writing at once use. */
+const PARTS = new Spares(FRAME_SIZE, 2 * (FRAMES_IN_FLIGHT + 1));
+/** Tar chunks kept for the next layers. */
+const CHUNKS = new Spares(CHUNK_SIZE, 2 * CHUNKS_IN_FLIGHT, travellingBuffer);
 /** Bytes queued for the disk before the writer waits: a slow disk must not let them pile up. */
 const WRITE_BACKLOG = 8 << 20;
 
@@ -298,7 +319,7 @@ class Chunks implements ChunkSink {
     if (chunk) return chunk;
     if (this.#allocated < CHUNKS_IN_FLIGHT) {
       this.#allocated++;
-      return travellingBuffer(CHUNK_SIZE);
+      return CHUNKS.take();
     }
     return new Promise((resolve) => this.#waiters.push(resolve));
   }
@@ -312,15 +333,16 @@ class Chunks implements ChunkSink {
       if (!released) {
         released = true;
         // A chunk that travelled to a hash worker comes back as a new buffer over the same memory.
-        this.#release(returned ?? (chunk.length > 0 ? chunk : travellingBuffer(CHUNK_SIZE)));
+        this.#release(returned ?? (chunk.length > 0 ? chunk : CHUNKS.take()));
       }
     });
   }
 
-  /** Resolves once every chunk came back, i.e. everything submitted was consumed. */
-  drained(): Promise<void> {
-    if (this.#free.length === this.#allocated) return Promise.resolve();
-    return new Promise((resolve) => this.#idle.push(resolve));
+  /** Resolves once every chunk came back, i.e. everything submitted was consumed; they go to the next layer's sink. */
+  async drained(): Promise<void> {
+    if (this.#free.length !== this.#allocated) await new Promise<void>((resolve) => this.#idle.push(resolve));
+    for (const chunk of this.#free.splice(0)) CHUNKS.give(chunk);
+    this.#allocated = 0;
   }
 
   #release(chunk: Buffer): void {
@@ -339,7 +361,6 @@ class Chunks implements ChunkSink {
 class Frames {
   #part: Buffer | null = null;
   #used = 0;
-  #spare: Buffer[] = [];
   #queue: Promise<void> = Promise.resolve();
   #next = 0;
   #nextEmit = 0;
@@ -370,7 +391,7 @@ class Frames {
     let offset = 0;
     while (offset < bytes.length) {
       if (this.#failure) throw this.#failure;
-      this.#part ??= this.#spare.pop() ?? Buffer.allocUnsafeSlow(FRAME_SIZE);
+      this.#part ??= PARTS.take();
       const copied = bytes.copy(this.#part, this.#used, offset);
       this.#used += copied;
       offset += copied;
@@ -418,8 +439,7 @@ class Frames {
 
   #finished(seq: number, part: Buffer, framed: Buffer, turned = true): void {
     if (turned) this.turns.give();
-    // A few spares suffice: parts are cut one after another, and only a turn's worth compress at once.
-    if (part.length === FRAME_SIZE && this.#spare.length < SPARE_PARTS) this.#spare.push(part);
+    PARTS.give(part);
     this.#done.set(seq, framed);
     // In order; a part counts as in flight until its frame is emitted, so frames waiting behind a slow
     // earlier part stay bounded too.
