@@ -2,6 +2,7 @@ import zlib from 'node:zlib';
 import { UserError } from '../util/errors.js';
 import { compressionLevel, deflateOptions, GZIP_MEMBER_HEADER, type LayerFormat } from './format.js';
 import { zstdCodec } from './zstd.js';
+import { travellingBuffer } from '../util/hash-stream.js';
 import type { Codec } from './types.js';
 
 export type { Codec } from './types.js';
@@ -16,19 +17,31 @@ export function codecOf(format: LayerFormat): Codec | null {
 
 function gzipCodec(level: number): Codec {
   const options = deflateOptions(level);
-  const member = (input: Buffer, deflated: Buffer) => {
-    const trailer = Buffer.alloc(8);
-    trailer.writeUInt32LE(zlib.crc32(input) >>> 0, 0);
-    trailer.writeUInt32LE(input.length % 0x100000000, 4);
-    return Buffer.concat([GZIP_MEMBER_HEADER, deflated, trailer]);
-  };
   return {
+    // The deflate output is gathered straight into the member (zlib.deflateRaw would join its pieces
+    // first), which travels to the hash thread without a copy: two fewer copies of every compressed byte.
     frame: (part) =>
       new Promise((resolve, reject) => {
-        zlib.deflateRaw(part, options, (err, deflated) => (err ? reject(err) : resolve(member(part, deflated))));
+        const pieces: Buffer[] = [];
+        const deflate = zlib.createDeflateRaw(options);
+        deflate.on('data', (piece: Buffer) => pieces.push(piece));
+        deflate.on('error', reject);
+        deflate.on('end', () => resolve(gzipMember(part, pieces)));
+        deflate.end(part);
       }),
-    frameSync: (bytes) => member(bytes, zlib.deflateRawSync(bytes, options)),
+    frameSync: (bytes) => gzipMember(bytes, [zlib.deflateRawSync(bytes, options)]),
   };
+}
+
+/** A gzip member (RFC 1952) of `input`, deflated into `deflated`. */
+function gzipMember(input: Buffer, deflated: Buffer[]): Buffer {
+  const size = deflated.reduce((n, piece) => n + piece.length, 0);
+  const member = travellingBuffer(GZIP_MEMBER_HEADER.length + size + 8);
+  let at = GZIP_MEMBER_HEADER.copy(member, 0);
+  for (const piece of deflated) at += piece.copy(member, at);
+  member.writeUInt32LE(zlib.crc32(input) >>> 0, at);
+  member.writeUInt32LE(input.length % 0x100000000, at + 4);
+  return member;
 }
 
 /**
