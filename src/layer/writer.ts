@@ -58,8 +58,12 @@ export interface Written {
 /** Tar chunks in flight: bounds memory to a few MiB whatever the layer's size. */
 const CHUNK_SIZE = 1 << 20;
 const CHUNKS_IN_FLIGHT = 4;
-/** Frames of one layer being compressed at most (each holds a FRAME_SIZE buffer of tar until compressed). */
-const FRAMES_IN_FLIGHT = 4;
+/**
+ * Frames of one layer being compressed at most (each holds a FRAME_SIZE buffer of tar until compressed).
+ * With `--jobs` 2 only two compress at once: a third keeps the turns busy. A fourth per layer gained
+ * the ML stack's gzip build about 5 % and cost it about 10 MiB at the peak (docs/benchmarks.md).
+ */
+const FRAMES_IN_FLIGHT = 3;
 /**
  * Buffers of one size kept for the next user: a build writes many layers, each needing the same few
  * tar chunks and frame parts, and making them anew for each layer left hundreds of MB of garbage that
