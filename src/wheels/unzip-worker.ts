@@ -285,9 +285,10 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   };
 
   /**
-   * Inflating leaves garbage buffers (zlib's output) that V8 collects only once about 64 MiB of them
-   * pile up in this thread's heap; they are young, and a minor collection every GC_EVERY bytes frees
-   * them for a millisecond or so, which keeps the process's memory down.
+   * Buffers made per piece (zlib's output where there is no rawInflater, a batch's or a stream's memory
+   * when none came back) are garbage that V8 collects only once about 64 MiB of them pile up in this
+   * thread's heap; they are young, and a minor collection every GC_EVERY bytes frees them for a
+   * millisecond or so, which keeps the process's memory down.
    */
   const GC_EVERY = 16 << 20;
   let sinceGc = 0;
@@ -381,7 +382,8 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   const inflatedPieces = function* (inflater: Inflater, fd: number, start: number, size: number): Generator<Buffer> {
     const input = takePiece();
     const out = takePiece();
-    let broken = true;
+    /** zlib failed: it closed the inflater. */
+    let broken = false;
     try {
       let read = 0;
       let pending = input.subarray(0, 0);
