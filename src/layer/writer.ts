@@ -253,8 +253,10 @@ export async function writeBlobFile(dir: string, write: (out: LayerOutput) => Pr
   }
 }
 
-/** A file system error while writing is the user's to fix (a full disk, a read-only directory): one line. */
-/** A failed write of `path` as the user's error (the system's reason); any other error as it is. */
+/**
+ * A failed write of `path` as the user's error, in one line with the system's reason (a full disk, a
+ * read-only directory are the user's to fix); any other error as it is.
+ */
 export function asUserError(err: unknown, path: string): unknown {
   const e = err as NodeJS.ErrnoException;
   if (e?.code && !(err instanceof UserError) && typeof e.syscall === 'string') return new UserError(`cannot write ${path}: ${describeOsError(err)}`, { cause: err });

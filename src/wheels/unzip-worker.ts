@@ -351,7 +351,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     }
   };
 
-  /** An entry's `size` compressed bytes at `start`, a piece at a time (each of its own: an inflater may still hold the last). */
+  /** An entry's `size` compressed bytes at `start`, a piece at a time, each of its own: a zlib stream may still hold the last. */
   const compressedPieces = function* (fd: number, start: number, size: number): Generator<Buffer> {
     for (let at = 0; at < size; ) {
       const piece = Buffer.allocUnsafe(Math.min(PIECE_SIZE, size - at));
@@ -371,6 +371,21 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   const takePiece = (): Buffer => sparePieces.pop() ?? Buffer.allocUnsafeSlow(PIECE_SIZE);
   const givePiece = (buffer: Buffer): void => {
     if (sparePieces.length < 6) sparePieces.push(buffer);
+  };
+
+  /** A stored entry's `size` bytes at `start`, read a piece at a time into one buffer: views each good until the next is asked for. */
+  const storedPieces = function* (fd: number, start: number, size: number): Generator<Buffer> {
+    const input = takePiece();
+    try {
+      for (let done = 0; done < size; ) {
+        const piece = input.subarray(0, Math.min(PIECE_SIZE, size - done));
+        readAt(fd, piece, start + done);
+        done += piece.length;
+        yield piece;
+      }
+    } finally {
+      givePiece(input);
+    }
   };
 
   /**
@@ -473,7 +488,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       const compressedSize = entry.central.compressedSize;
       let open = true;
       if (entry.central.compressionMethod === 0) {
-        for (const piece of compressedPieces(fd, start, compressedSize)) {
+        for (const piece of storedPieces(fd, start, compressedSize)) {
           check.update(piece);
           if (!(open = await put(piece))) break;
         }
@@ -616,17 +631,9 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
       w.unreported += piece.length;
     };
     if (entry.central.compressionMethod === 0) {
-      const input = takePiece();
-      try {
-        for (let done = 0; done < compressedSize; ) {
-          const piece = input.subarray(0, Math.min(PIECE_SIZE, compressedSize - done));
-          readAt(zipFd, piece, start + done);
-          done += piece.length;
-          take(piece);
-          await pause(w);
-        }
-      } finally {
-        givePiece(input);
+      for (const piece of storedPieces(zipFd, start, compressedSize)) {
+        take(piece);
+        await pause(w);
       }
     } else {
       try {
