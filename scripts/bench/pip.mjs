@@ -78,11 +78,13 @@ export async function benchPip({ repo, work, report, sha }) {
         // The stand-in Python has no C libraries: the library check would fail; everything else runs.
         '--no-library-check', '--entrypoint', '', '--compression', compression, '--output', out,
       ]);
+    const none = await build('none');
+    const gzip = await build('gzip');
+    // After the builds: inflating here leaves this process's collector busy for a while, which a build
+    // started right after would share the cores with.
     const inflate = await inflateAll(repo, wheels);
     const cores = availableParallelism();
     const floor = (inflate.seconds + 2 * hashSeconds(inflate.bytes, sha)) / cores;
-    const none = await build('none');
-    const gzip = await build('gzip');
     report('pip install --no-deps --no-compile --target', `${pip.toFixed(2)} s`, `${(installed / MiB).toFixed(0)} MiB installed`);
     report('  tar | pigz of the installed tree', `${pigz.toFixed(2)} s`);
     report('machine: inflate every entry, one core (node zlib)', `${inflate.seconds.toFixed(2)} s`, `${(inflate.bytes / inflate.seconds / 1e6).toFixed(0)} MB/s; pip took ${((pip / inflate.seconds) * 100).toFixed(0)} % of it`);
