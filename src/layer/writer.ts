@@ -7,7 +7,9 @@ import { UserError } from '../util/errors.js';
 import { describeOsError } from '../util/os-errors.js';
 import type { BytePiece } from '../util/pieces.js';
 import { codecOf, Turns, type Codec } from './codec.js';
+import type { Frame } from './types.js';
 import { StreamHash, travellingBuffer } from '../util/hash-stream.js';
+import { Spares } from '../util/spares.js';
 import { checkLayerFormat, FRAME_SIZE, type LayerFormat } from './format.js';
 import type { LayerSource } from './types.js';
 
@@ -64,25 +66,6 @@ const CHUNKS_IN_FLIGHT = 4;
  * the ML stack's gzip build about 5 % and cost it about 10 MiB at the peak (docs/benchmarks.md).
  */
 const FRAMES_IN_FLIGHT = 3;
-/**
- * Buffers of one size kept for the next user: a build writes many layers, each needing the same few
- * tar chunks and frame parts, and making them anew for each layer left hundreds of MB of garbage that
- * V8 frees only when its external memory has grown by tens of MB.
- */
-class Spares {
-  readonly #free: Buffer[] = [];
-  constructor(
-    readonly size: number,
-    readonly keep: number,
-    readonly make: (size: number) => Buffer = Buffer.allocUnsafeSlow,
-  ) {}
-  take(): Buffer {
-    return this.#free.pop() ?? this.make(this.size);
-  }
-  give(buffer: Buffer): void {
-    if (buffer.length === this.size && this.#free.length < this.keep) this.#free.push(buffer);
-  }
-}
 /** Frame-sized buffers kept for the next parts: as many as two layers writing at once use. */
 const PARTS = new Spares(FRAME_SIZE, 2 * (FRAMES_IN_FLIGHT + 1));
 /** Tar chunks kept for the next layers. */
@@ -173,10 +156,17 @@ class Session {
     this.#file.write(bytes, () => stream.update(bytes, (returned) => done?.(returned)));
   }
 
+  /** A frame's bytes as they are; its memory goes back once they are in the file. */
+  #storedFrame(frame: Frame): void {
+    const last = frame.bytes.length - 1;
+    if (last < 0) return frame.release();
+    frame.bytes.forEach((bytes, i) => this.stored(bytes, i === last ? () => frame.release() : undefined));
+  }
+
   /** Tars a source into the layer, through `hashes` (the diffID's) and the compression; returns its tar bytes. */
   async segment(source: LayerSource, whole: boolean, hashes: (Hash | null | undefined)[], onTarred?: () => void): Promise<number> {
     const file = this.#file;
-    const frames = this.codec ? new Frames(this.codec, this.#turns, (frame) => this.stored(frame)) : null;
+    const frames = this.codec ? new Frames(this.codec, this.#turns, (frame) => this.#storedFrame(frame)) : null;
     const tarSize = await tarInto(
       source,
       this.format.mtime,
@@ -370,7 +360,7 @@ class Frames {
   #queue: Promise<void> = Promise.resolve();
   #next = 0;
   #nextEmit = 0;
-  #done = new Map<number, Buffer>();
+  #done = new Map<number, Frame>();
   #inFlight = 0;
   #roomWaiters: (() => void)[] = [];
   #failure: unknown = null;
@@ -379,7 +369,7 @@ class Frames {
   constructor(
     private readonly codec: Codec,
     private readonly turns: Turns,
-    private readonly emit: (frame: Buffer) => void,
+    private readonly emit: (frame: Frame) => void,
   ) {}
 
   /**
@@ -431,22 +421,23 @@ class Frames {
     if (turn) await turn;
     if (this.#failure) {
       this.turns.give();
-      this.#finished(seq, part, Buffer.alloc(0), false);
+      this.#finished(seq, { bytes: [], part, release: () => {} }, false);
       throw this.#failure;
     }
-    this.codec.frame(part.subarray(0, length)).then(
-      (framed) => this.#finished(seq, part, framed),
+    // The part's memory is the codec's until the frame brings it back.
+    this.codec.frame(part, length).then(
+      (frame) => this.#finished(seq, frame),
       (err: unknown) => {
         this.#failure ??= err;
-        this.#finished(seq, part, Buffer.alloc(0));
+        this.#finished(seq, { bytes: [], part: null, release: () => {} });
       },
     );
   }
 
-  #finished(seq: number, part: Buffer, framed: Buffer, turned = true): void {
+  #finished(seq: number, frame: Frame, turned = true): void {
     if (turned) this.turns.give();
-    PARTS.give(part);
-    this.#done.set(seq, framed);
+    if (frame.part) PARTS.give(frame.part);
+    this.#done.set(seq, frame);
     // In order; a part counts as in flight until its frame is emitted, so frames waiting behind a slow
     // earlier part stay bounded too.
     for (let frame = this.#done.get(this.#nextEmit); frame; frame = this.#done.get(this.#nextEmit)) {

@@ -18,7 +18,7 @@ import type { Codec } from './types.js';
 /** The zstd codec at `level`: frames compressed on the worker pool, a layer's head and end stored. */
 export function zstdCodec(level: number): Codec {
   return {
-    frame: (part) => zstdPool().compress(part, level),
+    frame: async (part, length) => ({ bytes: [await zstdPool().compress(part.subarray(0, length), level)], part, release: () => {} }),
     frameSync: storedZstdFrame,
   };
 }

@@ -1,7 +1,8 @@
 import { availableParallelism } from 'node:os';
 import { UserError } from '../util/errors.js';
 import { sharedThreads, type Connection, type Service, type Thread, type Threads } from '../util/threads.js';
-import { localHeaderDisagreement, rawInflater, unzipWorkerMain, type EntryRequest, type UnzipMessage, type UnzipReply } from './unzip-worker.js';
+import { rawZlib } from '../util/raw-zlib.js';
+import { localHeaderDisagreement, unzipWorkerMain, type EntryRequest, type UnzipMessage, type UnzipReply } from './unzip-worker.js';
 
 /**
  * Wheel entries read, inflated and checked against RECORD on worker threads, so that installing a
@@ -24,7 +25,7 @@ const WINDOW = 4 << 20;
 const SPARES = 2;
 
 /** The unzip service (see unzipWorkerMain), as the threads run it, given the local header check it shares with ZipReader and its inflater. */
-const UNZIP_SERVICE: Service = { name: 'unzip', source: `(port) => (${unzipWorkerMain.toString()})(port, ${localHeaderDisagreement.toString()}, ${rawInflater.toString()})` };
+const UNZIP_SERVICE: Service = { name: 'unzip', source: `(port) => (${unzipWorkerMain.toString()})(port, ${localHeaderDisagreement.toString()}, ${rawZlib.toString()})` };
 
 interface Job {
   message: Extract<UnzipMessage, { type: 'batch' | 'stream' | 'layer' }>;

@@ -5,6 +5,7 @@
  */
 
 import type { MessagePort } from 'node:worker_threads';
+import type { RawZlib, rawZlib } from '../util/raw-zlib.js';
 
 /** What the central directory says of an entry: what its local header must agree with. */
 export interface CentralRecord {
@@ -96,40 +97,6 @@ export function localHeaderDisagreement(header: Uint8Array, localName: Uint8Arra
   return null;
 }
 
-/** Raw inflate into memory its caller owns. */
-export interface Inflater {
-  /** Inflates `input` into `out` until one runs out or the stream ends (`last`: no input follows): [bytes read, bytes written]. */
-  step(input: Uint8Array, out: Uint8Array, last: boolean): [number, number];
-  /** Ready for another stream. Not after a failed step: zlib has closed the inflater then. */
-  reset(): void;
-}
-
-/**
- * An inflater that writes into the caller's memory, through the handle Node's own zlib.*Sync functions
- * drive (an inflate stream's `_handle.writeSync` and `_writeState`). inflateRawSync and inflate streams
- * make a zlib context per entry and a new buffer for every piece of output: over tens of thousands of
- * entries and a gigabyte, that churn held most of the unzip threads' memory until a collection, and
- * cost page faults and set-ups. Null where `zlib` has no such handle (the allocating functions serve
- * then). Self-contained: it runs in the workers too. A failure is thrown as zlib words it.
- */
-export function rawInflater(zlib: typeof import('node:zlib')): Inflater | null {
-  const stream = zlib.createInflateRaw();
-  const { _handle: handle, _writeState: state } = stream as unknown as { _handle?: { writeSync?: unknown }; _writeState?: unknown };
-  if (typeof handle?.writeSync !== 'function' || !(state instanceof Uint32Array)) return null;
-  const writeSync = handle.writeSync as (flush: number, input: Uint8Array, inOff: number, inLen: number, out: Uint8Array, outOff: number, outLen: number) => void;
-  const { Z_NO_FLUSH, Z_FINISH } = zlib.constants;
-  // zlib reports a failure by destroying the stream; it is read from `errored` at once.
-  stream.on('error', () => {});
-  return {
-    step(input, out, last) {
-      writeSync.call(handle, last ? Z_FINISH : Z_NO_FLUSH, input, 0, input.length, out, 0, out.length);
-      if (stream.destroyed) throw stream.errored ?? new Error('inflate failed');
-      return [input.length - state[1]!, out.length - state[0]!];
-    },
-    reset: () => stream.reset(),
-  };
-}
-
 /**
  * The unzip service's whole program, run once per connection on a worker thread (see util/threads.ts).
  * Like the hash service it runs as source text and uses nothing from outside its body but `require`,
@@ -138,7 +105,7 @@ export function rawInflater(zlib: typeof import('node:zlib')): Inflater | null {
  * inflate, a size or hash that RECORD does not list) are answered as `failed` with the same one-line
  * message the main thread's reader gives.
  */
-export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHeaderDisagreement, inflaterOf: typeof rawInflater): void {
+export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHeaderDisagreement, inflaterOf: typeof rawZlib): void {
   const { createHash } = require('node:crypto') as typeof import('node:crypto');
   const fs = require('node:fs') as typeof import('node:fs');
   const zlib = require('node:zlib') as typeof import('node:zlib');
@@ -234,17 +201,17 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
     return new WheelError(`${file}: entry ${entry.name} (data at byte ${start}): ${message}`);
   };
 
-  /** Inflaters reset after use, for the next entry (see rawInflater; one that failed is dropped: zlib closed it). */
-  const spareInflaters: Inflater[] = [];
+  /** Inflaters reset after use, for the next entry (see rawZlib; one that failed is dropped: zlib closed it). */
+  const spareInflaters: RawZlib[] = [];
   let inflaterMissing = false;
-  const takeInflater = (): Inflater | null => {
+  const takeInflater = (): RawZlib | null => {
     const spare = spareInflaters.pop();
     if (spare || inflaterMissing) return spare ?? null;
-    const made = inflaterOf(zlib);
+    const made = inflaterOf(zlib, 'inflateRaw');
     inflaterMissing = made === null;
     return made;
   };
-  const giveInflater = (inflater: Inflater): void => {
+  const giveInflater = (inflater: RawZlib): void => {
     inflater.reset();
     spareInflaters.push(inflater);
   };
@@ -285,7 +252,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
   };
 
   /**
-   * Buffers made per piece (zlib's output where there is no rawInflater, a batch's or a stream's memory
+   * Buffers made per piece (zlib's output where there is no raw inflater, a batch's or a stream's memory
    * when none came back) are garbage that V8 collects only once about 64 MiB of them pile up in this
    * thread's heap; they are young, and a minor collection every GC_EVERY bytes frees them for a
    * millisecond or so, which keeps the process's memory down.
@@ -394,7 +361,7 @@ export function unzipWorkerMain(port: MessagePort, disagreement: typeof localHea
    * pauses between pieces, and another entry may run meanwhile). What follows the end of the deflate
    * stream is not read, as zlib's streams do; the size check sees what is missing.
    */
-  const inflatedPieces = function* (inflater: Inflater, fd: number, start: number, size: number): Generator<Buffer> {
+  const inflatedPieces = function* (inflater: RawZlib, fd: number, start: number, size: number): Generator<Buffer> {
     const input = takePiece();
     const out = takePiece();
     /** zlib failed: it closed the inflater. */

@@ -4,7 +4,8 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import * as zlib from 'node:zlib';
-import { localHeaderDisagreement, rawInflater, unzipWorkerMain, type EntryRequest, type Inflater, type UnzipMessage, type UnzipReply } from '../../src/wheels/unzip-worker.js';
+import { localHeaderDisagreement, unzipWorkerMain, type EntryRequest, type UnzipMessage, type UnzipReply } from '../../src/wheels/unzip-worker.js';
+import { rawZlib, type RawZlib } from '../../src/util/raw-zlib.js';
 import { ZipReader } from '../../src/wheels/zip.js';
 import { readWheelInfo } from '../../src/wheels/wheel-info.js';
 import { makeWheel } from '../helpers/wheels.js';
@@ -12,7 +13,7 @@ import { useScratchDirs } from '../helpers/scratch.js';
 import { compileWriter, runUnderEveryNode } from '../helpers/node-versions.js';
 
 /**
- * The unzip threads inflate into memory they keep (rawInflater), through zlib's handle, which Node does
+ * The unzip threads inflate into memory they keep (rawZlib), through zlib's handle, which Node does
  * not document: it must give inflateRawSync's bytes and errors, exist under every supported Node line,
  * and the threads must give the same results where it does not exist.
  */
@@ -22,7 +23,7 @@ const PIP = readdirSync('/usr/share/python-wheels').filter((f) => /^pip-.*\.whl$
 const TEXT = Buffer.from(Array.from({ length: 60_000 }, (_, i) => `line ${i}: ${'abc'.repeat(i % 50)}\n`).join(''));
 
 /** `compressed` inflated by `inflater` with `in`-byte reads into an `out`-byte buffer: the bytes, and how much input it read. */
-function inflateInPieces(inflater: Inflater, compressed: Buffer, inSize: number, outSize: number): { bytes: Buffer; read: number } {
+function inflateInPieces(inflater: RawZlib, compressed: Buffer, inSize: number, outSize: number): { bytes: Buffer; read: number } {
   const out = Buffer.alloc(outSize);
   const parts: Buffer[] = [];
   let read = 0;
@@ -49,7 +50,10 @@ const failureOf = (run: () => unknown): string => {
   return 'no error';
 };
 
-describe('rawInflater', () => {
+/** rawZlib's inflater. */
+const rawInflater = (z: typeof zlib) => rawZlib(z, 'inflateRaw');
+
+describe('rawZlib inflating', () => {
   it('inflates as inflateRawSync does, whatever the sizes of its input and output pieces', () => {
     const inflater = rawInflater(zlib)!;
     expect(inflater).not.toBeNull();
@@ -86,7 +90,7 @@ describe('rawInflater', () => {
 });
 
 /** The unzip service run on this thread, inflating with `inflaterOf`. */
-function service(inflaterOf: typeof rawInflater): MessagePort {
+function service(inflaterOf: typeof rawZlib): MessagePort {
   const { port1, port2 } = new MessageChannel();
   const main = new Function('require', `return (${unzipWorkerMain.toString()});`)(createRequire(import.meta.url)) as typeof unzipWorkerMain;
   main(port2, localHeaderDisagreement, inflaterOf);
@@ -131,7 +135,7 @@ async function unzipAll(port: MessagePort, file: string): Promise<unknown[]> {
   return answers.map((replies) => JSON.parse(JSON.stringify(replies, (_, v) => (v instanceof ArrayBuffer ? Buffer.from(v).toString('base64') : v))));
 }
 
-describe('the unzip service without rawInflater', () => {
+describe('the unzip service without a raw inflater', () => {
   it('gives the same bytes and the same errors', async () => {
     const dir = scratchDir('nix2oci-inflate-');
     const files = { 'big/text.txt': TEXT.toString(), 'big/random.bin': { random: 3 << 20, seed: 3 }, 'small/a.py': 'A = 1\n' };
@@ -141,7 +145,7 @@ describe('the unzip service without rawInflater', () => {
       makeWheel({ dir: scratchDir('nix2oci-inflate-'), name: 'big', version: '1.0', files, corrupt: { tamper: 'big/text.txt' } }),
       makeWheel({ dir: scratchDir('nix2oci-inflate-'), name: 'big', version: '1.0', files, corrupt: { tamper: 'small/a.py' } }),
     ];
-    const fast = service(rawInflater);
+    const fast = service(rawZlib);
     const fallback = service(() => null);
     try {
       for (const wheel of wheels) {
@@ -162,14 +166,14 @@ describe('the unzip service without rawInflater', () => {
   });
 });
 
-describe('rawInflater across Node releases', () => {
+describe('rawZlib inflating across Node releases', () => {
   let compiled: string;
   const script = `
 import * as zlib from 'node:zlib';
-import { rawInflater } from './wheels/unzip-worker.js';
+import { rawZlib } from './util/raw-zlib.js';
 const text = Buffer.from(Array.from({ length: 20000 }, (_, i) => 'line ' + i + '\\n').join(''));
 const compressed = zlib.deflateRawSync(text);
-const inflater = rawInflater(zlib);
+const inflater = rawZlib(zlib, 'inflateRaw');
 const out = Buffer.alloc(text.length + 1);
 const result = { node: process.version, handle: inflater !== null };
 if (inflater) {
@@ -185,7 +189,7 @@ console.log(JSON.stringify(result));
 `;
 
   beforeAll(() => {
-    compiled = compileWriter(script, 'src/wheels/unzip-worker.ts');
+    compiled = compileWriter(script, 'src/util/raw-zlib.ts');
   });
 
   afterAll(() => rmSync(compiled, { recursive: true, force: true }));
