@@ -1,6 +1,7 @@
 import zlib from 'node:zlib';
 import { UserError } from '../util/errors.js';
-import { compressionLevel, deflateOptions, GZIP_MEMBER_HEADER, type LayerFormat } from './format.js';
+import { Spares } from '../util/spares.js';
+import { compressionLevel, deflateOptions, FRAME_SIZE, GZIP_MEMBER_HEADER, type LayerFormat } from './format.js';
 import { deflatePool } from './deflate-pool.js';
 import { zstdCodec } from './zstd.js';
 import type { Codec } from './types.js';
@@ -30,15 +31,21 @@ function gzipMember(input: Buffer, deflated: Buffer): Buffer {
   return Buffer.concat([GZIP_MEMBER_HEADER, deflated, trailer]);
 }
 
+/** Frame-sized buffers kept for the next parts, whichever build takes them. */
+const PARTS = new Spares(FRAME_SIZE, 8);
+
 /**
- * How many parts compress at once across every layer being written (`--jobs`), and so how many cores
- * compression uses. Each part in flight holds one FRAME_SIZE buffer (on its way to a thread and back)
- * and its frame's memory, so memory is bounded by this count whatever the size or number of layers.
- * One per build, passed down.
+ * A build's compression budget, shared by every layer it writes: `count` turns (`--jobs`), each the
+ * right to compress one part now, and so how many cores compression uses; and the parts themselves
+ * (FRAME_SIZE buffers of tar being filled, waiting for a turn or compressing), two more than the
+ * turns: a part filling while the others compress keeps every turn busy, and more only wait. So memory
+ * is bounded by `count` whatever the size or number of layers. One per build, passed down.
  */
 export class Turns {
   #inFlight = 0;
   readonly #waiting: (() => void)[] = [];
+  #parts = 0;
+  readonly #partWaiting: ((part: Buffer) => void)[] = [];
 
   constructor(readonly count: number) {
     if (!Number.isInteger(count) || count < 1) throw new UserError(`--jobs must be a whole number of at least 1, got ${count}`);
@@ -57,5 +64,22 @@ export class Turns {
     const next = this.#waiting.shift();
     if (next) next();
     else this.#inFlight--;
+  }
+
+  /** A part to fill: at once when the budget has one, else a promise of the next one given back. */
+  part(): Buffer | Promise<Buffer> {
+    if (this.#parts < this.count + 2) {
+      this.#parts++;
+      return PARTS.take();
+    }
+    return new Promise((resolve) => this.#partWaiting.push(resolve));
+  }
+
+  /** Gives a part back (null: its memory did not come back, e.g. from a thread that died). Once per part taken. */
+  givePart(part: Buffer | null): void {
+    const next = this.#partWaiting.shift();
+    if (next) return next(part?.length === FRAME_SIZE ? part : PARTS.take());
+    this.#parts--;
+    if (part) PARTS.give(part);
   }
 }

@@ -16,10 +16,6 @@ import type { Frame } from './types.js';
 
 /** Bytes of a member's piece: small enough that a member's last piece wastes little. */
 const PIECE_SIZE = 256 << 10;
-/** Written pieces kept here until the next job takes them to its thread. */
-const SPARES = 24;
-/** Pieces sent back with one job. */
-const SPARES_PER_JOB = 8;
 
 const DEFLATE_SERVICE: Service = {
   name: 'deflate',
@@ -37,6 +33,11 @@ interface Job {
 class DeflateLine {
   readonly connection: Connection;
   readonly jobs = new Map<number, Job>();
+  /**
+   * Pieces this thread made, written since: they go back with its next job. Each thread gets back what
+   * it made, so none makes more than its own members need at once, and none is dropped as garbage.
+   */
+  readonly spares: ArrayBuffer[] = [];
 
   constructor(connect: (onEnd: (error: Error | null) => void) => Connection, onReply: (line: DeflateLine, reply: DeflateReply) => void, onDead: (line: DeflateLine) => void) {
     let dead = false;
@@ -55,7 +56,6 @@ class DeflateLine {
 export class DeflatePool {
   /** Lines by thread index. */
   readonly #lines: (DeflateLine | undefined)[] = [];
-  readonly #spares: ArrayBuffer[] = [];
   #nextId = 1;
 
   constructor(
@@ -70,7 +70,7 @@ export class DeflatePool {
     const memory = own ? (part.buffer as ArrayBuffer) : new Uint8Array(part.subarray(0, length)).buffer;
     const line = this.#pick();
     const id = this.#nextId++;
-    const spares = this.#spares.splice(0, SPARES_PER_JOB);
+    const spares = line.spares.splice(0);
     // Output goes to the thread's pieces: zlib's chunk size has no say.
     const { chunkSize: _, ...deflate } = options;
     const message: DeflateMessage = { id, part: memory, length, options: deflate, spares };
@@ -88,13 +88,10 @@ export class DeflatePool {
     if (line.jobs.size === 0) line.connection.idle();
     const part = job.kept ?? Buffer.from(reply.part);
     if ('error' in reply) return job.reject(new Error(`gzip: ${reply.error}`));
-    const spares = this.#spares;
     job.resolve({
       bytes: reply.pieces.map((piece, i) => Buffer.from(piece, 0, reply.lengths[i])),
       part,
-      release: () => {
-        for (const piece of reply.pieces) if (spares.length < SPARES) spares.push(piece);
-      },
+      release: () => line.spares.push(...reply.pieces),
     });
   };
 

@@ -32,14 +32,13 @@ export type DeflateReply =
  */
 export function deflateWorkerMain(port: MessagePort, deflaterOf: typeof rawZlib, header: number[], pieceSize: number): void {
   const zlib = require('node:zlib') as typeof import('node:zlib');
-  /** Pieces kept for the next members: a member of a 4 MiB part rarely needs more. */
-  const KEEP = 16;
+  /** Pieces back from the main thread, for the next members: only those this thread made come back. */
   const spares: ArrayBuffer[] = [];
   /** Deflaters by their options (one per gzip level in use), reset after each member; null where Node has none. */
   const deflaters = new Map<string, RawZlib | null>();
 
   port.on('message', (job: DeflateMessage) => {
-    for (const spare of job.spares) if (spares.length < KEEP && spare.byteLength === pieceSize) spares.push(spare);
+    for (const spare of job.spares) if (spare.byteLength === pieceSize) spares.push(spare);
     const pieces: Uint8Array[] = [];
     const lengths: number[] = [];
     let out = new Uint8Array(spares.pop() ?? new ArrayBuffer(pieceSize));
@@ -91,7 +90,7 @@ export function deflateWorkerMain(port: MessagePort, deflaterOf: typeof rawZlib,
     } catch (err) {
       // A deflater that failed is closed: the next member gets a new one.
       deflaters.delete(key);
-      for (const piece of new Set([...pieces, out])) if (spares.length < KEEP) spares.push(piece.buffer as ArrayBuffer);
+      for (const piece of new Set([...pieces, out])) spares.push(piece.buffer as ArrayBuffer);
       port.postMessage({ id: job.id, part: job.part, error: (err as Error).message } satisfies DeflateReply, [job.part]);
     }
   });

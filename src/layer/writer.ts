@@ -66,8 +66,6 @@ const CHUNKS_IN_FLIGHT = 4;
  * the ML stack's gzip build about 5 % and cost it about 10 MiB at the peak (docs/benchmarks.md).
  */
 const FRAMES_IN_FLIGHT = 3;
-/** Frame-sized buffers kept for the next parts: as many as two layers writing at once use. */
-const PARTS = new Spares(FRAME_SIZE, 2 * (FRAMES_IN_FLIGHT + 1));
 /** Tar chunks kept for the next layers. */
 const CHUNKS = new Spares(CHUNK_SIZE, 2 * CHUNKS_IN_FLIGHT, travellingBuffer);
 /** Bytes queued for the disk before the writer waits: a slow disk must not let them pile up. */
@@ -167,25 +165,31 @@ class Session {
   async segment(source: LayerSource, whole: boolean, hashes: (Hash | null | undefined)[], onTarred?: () => void): Promise<number> {
     const file = this.#file;
     const frames = this.codec ? new Frames(this.codec, this.#turns, (frame) => this.#storedFrame(frame)) : null;
-    const tarSize = await tarInto(
-      source,
-      this.format.mtime,
-      whole,
-      (bytes, release) => {
-        for (const hash of hashes) hash?.update(bytes);
-        if (!frames) return this.stored(bytes, release);
-        // The chunk goes back to the tar writer once copied for compression; frames wait for the disk.
-        frames.write(bytes).then(() => file.room()).then(() => release(), (err: unknown) => {
-          file.fail(err);
-          release();
-        });
-      },
-      () => file.failure(),
-    );
-    await frames?.flush();
-    onTarred?.();
-    await frames?.end();
-    return tarSize;
+    try {
+      const tarSize = await tarInto(
+        source,
+        this.format.mtime,
+        whole,
+        (bytes, release) => {
+          for (const hash of hashes) hash?.update(bytes);
+          if (!frames) return this.stored(bytes, release);
+          // The chunk goes back to the tar writer once copied for compression; frames wait for the disk.
+          frames.write(bytes).then(() => file.room()).then(() => release(), (err: unknown) => {
+            file.fail(err);
+            release();
+          });
+        },
+        () => file.failure(),
+      );
+      await frames?.flush();
+      onTarred?.();
+      await frames?.end();
+      return tarSize;
+    } catch (err) {
+      // The build's parts are few: one left half-filled would be missed by every layer after.
+      frames?.drop();
+      throw err;
+    }
   }
 
   /** Waits for every write; the digest and size of all stored bytes. */
@@ -387,7 +391,10 @@ class Frames {
     let offset = 0;
     while (offset < bytes.length) {
       if (this.#failure) throw this.#failure;
-      this.#part ??= PARTS.take();
+      if (!this.#part) {
+        const part = this.turns.part();
+        this.#part = part instanceof Promise ? await part : part;
+      }
       const copied = bytes.copy(this.#part, this.#used, offset);
       this.#used += copied;
       offset += copied;
@@ -408,7 +415,17 @@ class Frames {
     if (this.#failure) throw this.#failure;
   }
 
+  /** After a failure of the source: the part being filled goes back (those in flight go back as they end). */
+  drop(): void {
+    void this.#queue.then(() => {
+      if (this.#part) this.turns.givePart(this.#part);
+      this.#part = null;
+      this.#used = 0;
+    });
+  }
+
   async #dispatch(): Promise<void> {
+    const taken = this.#part !== null;
     const part = this.#part ?? Buffer.alloc(0);
     const length = this.#used;
     this.#part = null;
@@ -421,22 +438,22 @@ class Frames {
     if (turn) await turn;
     if (this.#failure) {
       this.turns.give();
-      this.#finished(seq, { bytes: [], part, release: () => {} }, false);
+      this.#finished(seq, { bytes: [], part: taken ? part : null, release: () => {} }, false, taken);
       throw this.#failure;
     }
     // The part's memory is the codec's until the frame brings it back.
     this.codec.frame(part, length).then(
-      (frame) => this.#finished(seq, frame),
+      (frame) => this.#finished(seq, frame, true, taken),
       (err: unknown) => {
         this.#failure ??= err;
-        this.#finished(seq, { bytes: [], part: null, release: () => {} });
+        this.#finished(seq, { bytes: [], part: null, release: () => {} }, true, taken);
       },
     );
   }
 
-  #finished(seq: number, frame: Frame, turned = true): void {
+  #finished(seq: number, frame: Frame, turned: boolean, taken: boolean): void {
     if (turned) this.turns.give();
-    if (frame.part) PARTS.give(frame.part);
+    if (taken) this.turns.givePart(frame.part);
     this.#done.set(seq, frame);
     // In order; a part counts as in flight until its frame is emitted, so frames waiting behind a slow
     // earlier part stay bounded too.

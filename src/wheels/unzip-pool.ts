@@ -21,8 +21,13 @@ const CHUNK_SIZE = 1 << 20;
 const CHUNK_CREDITS = 2;
 /** Bytes of entries one reader asks for ahead of what its consumer has taken. */
 const WINDOW = 4 << 20;
-/** Buffers kept for reuse, of each size: memory that goes round instead of garbage for the collector. */
-const SPARES = 2;
+/**
+ * Buffers kept for reuse, of each size: memory that goes round instead of garbage for the collector.
+ * As many as the readers have in flight at once (two layers, each WINDOW ahead): a buffer dropped here
+ * waits for this thread's next full collection, and meanwhile the thread that made it makes another
+ * (its malloc arena grew by tens of MB that way).
+ */
+const SPARES = 8;
 
 /** The unzip service (see unzipWorkerMain), as the threads run it, given the local header check it shares with ZipReader and its inflater. */
 const UNZIP_SERVICE: Service = { name: 'unzip', source: `(port) => (${unzipWorkerMain.toString()})(port, ${localHeaderDisagreement.toString()}, ${rawZlib.toString()})` };
