@@ -7,7 +7,7 @@ import { writeLayerFile, type LayerFile } from '../../src/layer/writer.js';
 /** A whole layer written to `<dir>/<digest hex>` by the layer writer, with the fields tests look at. */
 export async function writeLayer(
   source: LayerSource,
-  options: { compression: Compression; dir: string; mtime: number; gzipLevel?: number; zstdLevel?: number; jobs?: number },
+  options: { compression: Compression; dir: string; mtime: number; gzipLevel?: number; zstdLevel?: number; jobs?: number; turns?: Turns },
 ): Promise<LayerFile & { uncompressedSize: number; compression: Compression }> {
   const format = {
     compression: options.compression,
@@ -15,7 +15,7 @@ export async function writeLayer(
     ...(options.zstdLevel !== undefined && { zstdLevel: options.zstdLevel }),
     mtime: options.mtime,
   };
-  const file = await writeLayerFile(source, format, options.dir, { turns: options.jobs !== undefined ? new Turns(options.jobs) : undefined });
+  const file = await writeLayerFile(source, format, options.dir, { turns: options.turns ?? (options.jobs !== undefined ? new Turns(options.jobs) : undefined) });
   return { ...file, uncompressedSize: file.tarSize, compression: options.compression };
 }
 

@@ -103,16 +103,19 @@ describe('gzip layers of several parts', () => {
     await expect(writeLayer(bigSource, { compression: 'gzip', dir: freshDir(), mtime: 1, jobs: 1.5 })).rejects.toThrow(/jobs must be/);
   });
 
-  it('leaves no temp file and frees its turns when the source fails midway', async () => {
+  it('leaves no temp file and frees its turns and parts when the source fails midway', async () => {
     const dir = freshDir();
     const failing: LayerSource = async (sink) => {
       await sink.add({ type: 'file', name: 'big', mode: 0o644, size: BIG.length, body: BIG });
       throw new UserError('source broke');
     };
-    await expect(writeLayer(failing, { compression: 'gzip', dir, mtime: 1 })).rejects.toThrow('source broke');
+    // One build's turns: one turn, three parts. Each failure leaves a part half-filled, which must come
+    // back (else the fourth failure and the layer after would wait for a part for ever).
+    const turns = new Turns(1);
+    for (let i = 0; i < 4; i++) await expect(writeLayer(failing, { compression: 'gzip', dir, mtime: 1, turns })).rejects.toThrow('source broke');
     expect(readdirSync(dir)).toEqual([]);
-    // Turns came back: a layer with more parts than there are jobs still gets written.
-    const blob = await writeLayer(bigSource, { compression: 'gzip', dir, mtime: 1 });
+    // Turns and parts came back: a layer with more parts than there are jobs still gets written.
+    const blob = await writeLayer(bigSource, { compression: 'gzip', dir, mtime: 1, turns });
     expect(readdirSync(dir)).toEqual([blob.digest.slice('sha256:'.length)]);
   });
 
