@@ -8,6 +8,10 @@ import { pushCommand } from './push-command.js';
 import { cacheCommand } from './cache-command.js';
 import { sbomCommand } from './sbom-command.js';
 import { runCleanups } from '../util/cleanup.js';
+import { holdYoungGeneration } from '../util/young-generation.js';
+
+// First: the main thread's memory stays down for the whole run (see young-generation.ts).
+holdYoungGeneration();
 
 const program = new Command()
   .name('nix2oci')

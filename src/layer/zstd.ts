@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { Transform } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { Decompress } from 'fzstd';
+import { onThreadStarted } from '../util/young-generation.js';
 import type { Codec } from './types.js';
 
 /**
@@ -82,6 +83,7 @@ class ZstdWorker {
   constructor(source: string, onDead: (w: ZstdWorker) => void) {
     this.worker = new Worker(source, { eval: true });
     this.worker.unref();
+    this.worker.once('online', onThreadStarted);
     this.worker.on('message', (reply: Reply) => {
       const job = this.jobs.get(reply.id);
       if (!job) return;

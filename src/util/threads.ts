@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { MessageChannel, Worker, type MessagePort, type TransferListItem } from 'node:worker_threads';
+import { onThreadStarted } from './young-generation.js';
 
 /**
  * The worker threads of the process, one set shared by every kind of work done off the main thread
@@ -91,6 +92,7 @@ export class Thread {
   constructor(onEnd: (thread: Thread) => void) {
     this.#worker = new Worker(THREAD_SOURCE, { eval: true, resourceLimits: { maxYoungGenerationSizeMb: YOUNG_GENERATION_MB } });
     this.#worker.unref();
+    this.#worker.once('online', onThreadStarted);
     this.#end = (error) => {
       if (this.#ended) return;
       this.#ended = true;
