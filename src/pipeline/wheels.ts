@@ -149,7 +149,7 @@ export async function prepareWheels(options: {
       ...install,
       splitThreshold,
       unzip: options.unzip,
-      inspect: ({ path, entry }) => collectors.get(path)!.entry(info.file, entry.name, path),
+      inspect: ({ path, entry, zip }) => collectors.get(path)!.entry(info.file, entry.name, path, zip),
     });
     const wheelName = wheelFileName(info.file);
     return layer.pieces.map((piece): WheelLayerPlan => {

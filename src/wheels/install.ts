@@ -26,6 +26,7 @@ import { changedSinceRead, type ChunkObserver } from './verify.js';
 import { isRecordFile, type WheelEntry, type WheelInfo} from './wheel-info.js';
 import { ZipReader, type ZipEntry } from './zip.js';
 import { byCodeUnits } from '../util/order.js';
+import { Spares } from '../util/spares.js';
 import { defaultUnzipPool, type EntryBodies, type UnzipPool } from './unzip-pool.js';
 import type { EntryRequest } from './unzip-worker.js';
 
@@ -40,7 +41,8 @@ export interface WheelInstallOptions {
    * Called for each file taken from the wheel, before its bytes stream; a returned tap sees every chunk
    * in the same pass (e.g. `ElfCollector.entry`) and `end` once the file is complete and verified.
    */
-  inspect?: (file: { path: string; entry: WheelEntry }) => Inspector | undefined;
+  /** `zip`: where the entry lies in the wheel (for a second read without reading the zip's directory again). */
+  inspect?: (file: { path: string; entry: WheelEntry; zip: ZipEntry }) => Inspector | undefined;
   /**
    * Installed files of at least this many bytes get a layer of their own (default {@link SPLIT_THRESHOLD};
    * `Infinity` keeps the whole install in one layer). Rewritten `#!python` scripts always stay in the main layer.
@@ -308,7 +310,7 @@ async function writeInstall(
         const content = record() ?? installedRecord(info, scheme, plan, rows, item.name);
         await sink.add({ type: 'file', name: item.name, mode: FILE_MODE, size: content.length, body: content });
       } else {
-        const row = await writeWheelFile(info, options, bodies, item, sink);
+        const row = await writeWheelFile(info, options, bodies, item, sink, zipEntryFor(info, zipEntries, item.entry));
         if (row) rows.set(item.name, row);
       }
     }
@@ -408,11 +410,15 @@ function writeInstallTar(
       streamed += gap.size;
     }
     // One buffer for the layer's reads: what an inspector keeps, it copies.
-    const buffer = elf.length > 0 && options.inspect ? Buffer.allocUnsafe(INSPECT_READ) : null;
-    for (const i of elf) {
-      const file = bodies[i]!;
-      const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry });
-      if (inspector) await inspectWritten(out, starts[i]!, file.entry.size, inspector, buffer!);
+    const buffer = elf.length > 0 && options.inspect ? READ_BACK.take() : null;
+    try {
+      for (const i of elf) {
+        const file = bodies[i]!;
+        const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry, zip: zipEntryFor(info, entries, file.entry) });
+        if (inspector) await inspectWritten(out, starts[i]!, file.entry.size, inspector, buffer!);
+      }
+    } finally {
+      if (buffer) READ_BACK.give(buffer);
     }
     // The other files would tell the ELF collector nothing (their first bytes say so): they are not read back.
     const size = frameSize + streamed;
@@ -453,8 +459,8 @@ function zipEntryFor(info: WheelInfo, entries: Map<string, ZipEntry>, entry: Whe
   return zipEntry;
 }
 
-/** Bytes read back at a time for an inspector. */
-const INSPECT_READ = 1 << 20;
+/** Buffers of bytes read back for an inspector, a MiB at a time: kept for the next layers (two write at once with --jobs 2). */
+const READ_BACK = new Spares(1 << 20, 2);
 
 /** Shows `inspector` a file's bytes read back from where its layer was written, skipping what it does not want. */
 async function inspectWritten(out: LayerOutput, start: number, size: number, inspector: Inspector, buffer: Buffer): Promise<void> {
@@ -491,8 +497,8 @@ function entryRequest(zipEntry: ZipEntry, entry: WheelEntry): EntryRequest {
 }
 
 /** Streams one file from the zip into the layer; returns its RECORD row when the installed bytes differ from the wheel's. */
-async function writeWheelFile(info: WheelInfo, options: WheelInstallOptions, bodies: EntryBodies, file: WheelFile, sink: TarSink): Promise<InstalledRow | null> {
-  const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry });
+async function writeWheelFile(info: WheelInfo, options: WheelInstallOptions, bodies: EntryBodies, file: WheelFile, sink: TarSink, zip: ZipEntry): Promise<InstalledRow | null> {
+  const inspector = options.inspect?.({ path: '/' + file.name, entry: file.entry, zip });
   const whole = file.script ? null : bodies.whole();
   if (whole) {
     const { body, release } = await whole;

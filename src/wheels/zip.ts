@@ -8,7 +8,8 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { createInflateRaw, inflateRawSync } from 'node:zlib';
+import zlib, { createInflateRaw, inflateRawSync } from 'node:zlib';
+import { rawZlib } from '../util/raw-zlib.js';
 import { UserError } from '../util/errors.js';
 import { whiteoutInPath } from '../tar/whiteout.js';
 import { BlockReader } from './block-reader.js';
@@ -36,33 +37,29 @@ const LOCAL_HEADER_FIXED_SIZE = 30;
 const LOCAL_HEADER_SIGNATURE = 0x04034b50;
 /** Entries this small (both sizes) are inflated in one synchronous call: far cheaper than a zlib stream each. */
 const SMALL_ENTRY = 1 << 20;
+/** Bytes read or inflated at a time by readInPlace. */
+const PIECE_SIZE = 1 << 20;
 
 export class ZipReader {
   private constructor(
     readonly file: string,
     private readonly blocks: BlockReader,
     private readonly handle: FileHandle,
-    /** In central directory order. */
+    /** In central directory order (those asked for, when reopened). */
     readonly entries: ZipEntry[],
   ) {}
 
+  /**
+   * The wheel again, for `entries` read from its directory before (their local headers are checked
+   * again as they are read): a second read of a few entries without parsing a directory of 20,000.
+   */
+  static async reopen(file: string, entries: ZipEntry[]): Promise<ZipReader> {
+    const { handle, blocks } = await openFile(file);
+    return new ZipReader(file, blocks, handle, entries);
+  }
+
   static async open(file: string): Promise<ZipReader> {
-    let handle: FileHandle;
-    let blocks: BlockReader;
-    try {
-      handle = await open(file, 'r');
-    } catch (err) {
-      throw zipOpenError(file, err);
-    }
-    try {
-      const stat = await handle.stat();
-      if (!stat.isFile()) throw Object.assign(new Error('not a regular file'), { code: stat.isDirectory() ? 'EISDIR' : 'ENOTREG' });
-      const size = stat.size;
-      blocks = new BlockReader(handle, size);
-    } catch (err) {
-      await handle.close();
-      throw zipOpenError(file, err);
-    }
+    const { handle, blocks } = await openFile(file);
     try {
       let directory;
       try {
@@ -113,6 +110,51 @@ export class ZipReader {
   }
 
   /**
+   * The entry's bytes as views of one buffer that the next piece overwrites: for a reader that copies
+   * what it keeps (the library check's second read of a large library, which may stop early), with no
+   * memory made per piece: zlib's streams and the block cache made ten MiB of garbage for one
+   * library, at the end of a build, where its memory peaks. Checks nothing of the content (the first
+   * read did); zip-level failures are UserErrors as in `read`.
+   */
+  async *readInPlace(entry: ZipEntry): AsyncGenerator<Buffer> {
+    const stored = entry.central.compressionMethod === 0;
+    const inflater = stored ? null : rawZlib(zlib, 'inflateRaw');
+    if (!stored && !inflater) return yield* this.read(entry);
+    const dataStart = await this.dataStart(entry);
+    const input = Buffer.allocUnsafeSlow(Math.min(PIECE_SIZE, Math.max(1, entry.compressedSize)));
+    const out = inflater ? Buffer.allocUnsafeSlow(PIECE_SIZE) : input;
+    try {
+      let read = 0;
+      let pending = input.subarray(0, 0);
+      for (;;) {
+        if (pending.length === 0 && read < entry.compressedSize) {
+          pending = input.subarray(0, Math.min(input.length, entry.compressedSize - read));
+          for (let got = 0; got < pending.length; ) {
+            const { bytesRead } = await this.handle.read(pending, got, pending.length - got, dataStart + read + got);
+            if (bytesRead === 0) throw new Error(`unexpected end of file at byte ${dataStart + read + got}`);
+            got += bytesRead;
+          }
+          read += pending.length;
+        }
+        if (!inflater) {
+          if (pending.length === 0) return;
+          yield pending;
+          pending = pending.subarray(pending.length);
+          continue;
+        }
+        const last = read === entry.compressedSize;
+        const [consumed, written] = inflater.step(pending, out, last);
+        pending = pending.subarray(consumed);
+        if (written > 0) yield out.subarray(0, written);
+        // Room left in `out` with input left (or none to come): the stream has ended.
+        if (written < out.length && (last || pending.length > 0)) return;
+      }
+    } catch (err) {
+      throw new UserError(`${this.file}: entry ${entry.name} (data at byte ${dataStart}): ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /**
    * Where the entry's data begins, from its local header (one
    * cached read instead of a chain of callbacks, which counts with tens of thousands of entries).
    * The local header must agree with the central directory (name, compression, encryption, and the
@@ -157,6 +199,24 @@ export class ZipReader {
 
   async close(): Promise<void> {
     await this.handle.close();
+  }
+}
+
+/** The file open for positional reads through a block cache; a missing or odd file is a UserError. */
+async function openFile(file: string): Promise<{ handle: FileHandle; blocks: BlockReader }> {
+  let handle: FileHandle;
+  try {
+    handle = await open(file, 'r');
+  } catch (err) {
+    throw zipOpenError(file, err);
+  }
+  try {
+    const stat = await handle.stat();
+    if (!stat.isFile()) throw Object.assign(new Error('not a regular file'), { code: stat.isDirectory() ? 'EISDIR' : 'ENOTREG' });
+    return { handle, blocks: new BlockReader(handle, stat.size) };
+  } catch (err) {
+    await handle.close();
+    throw zipOpenError(file, err);
   }
 }
 

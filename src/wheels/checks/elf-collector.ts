@@ -1,5 +1,5 @@
 import { ElfScanner, type ElfFacts, type ElfRereadPlan, type ElfScanResult } from './elf.js';
-import { ZipReader } from '../zip.js';
+import { ZipReader, type ZipEntry } from '../zip.js';
 import { isUserError } from '../../util/errors.js';
 import { byCodeUnits } from '../../util/order.js';
 
@@ -35,6 +35,7 @@ interface Pending {
   entry: string;
   imagePath: string;
   plan: ElfRereadPlan;
+  zip?: ZipEntry;
 }
 
 export class ElfCollector {
@@ -47,8 +48,8 @@ export class ElfCollector {
 
   constructor(private readonly options: { prefixLimit?: number } = {}) {}
 
-  /** Starts scanning an entry. */
-  entry(wheel: string, entry: string, imagePath: string): EntryTap {
+  /** Starts scanning an entry; `zip`, where it lies in the wheel, spares a second read the zip's directory. */
+  entry(wheel: string, entry: string, imagePath: string, zip?: ZipEntry): EntryTap {
     const scanner = new ElfScanner({ label: `${baseName(wheel)}: ${entry}`, prefixLimit: this.options.prefixLimit });
     const key = `${wheel}\0${entry}`;
     let failed = false;
@@ -79,14 +80,14 @@ export class ElfCollector {
         }
         this.judged.add(key);
         if (result.kind === 'elf') this.objects.push({ wheel, entry, imagePath, facts: result.facts });
-        else if (result.kind === 'incomplete') this.pending.push({ wheel, entry, imagePath, plan: result.plan });
+        else if (result.kind === 'incomplete') this.pending.push({ wheel, entry, imagePath, plan: result.plan, zip });
       },
     };
   }
 
   /** Passes `body` through unchanged while scanning it. */
-  async *tap(wheel: string, entry: string, imagePath: string, body: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-    const tap = this.entry(wheel, entry, imagePath);
+  async *tap(wheel: string, entry: string, imagePath: string, body: AsyncIterable<Buffer>, zip?: ZipEntry): AsyncGenerator<Buffer> {
+    const tap = this.entry(wheel, entry, imagePath, zip);
     let complete = false;
     try {
       for await (const chunk of body) {
@@ -108,38 +109,59 @@ export class ElfCollector {
   /**
    * Completes the pending entries by reading each once more, capturing only the planned bytes,
    * and returns every ELF object collected, sorted by wheel then entry.
-   * `open` defaults to reading the entry from the wheel file.
+   * `open` defaults to opening the wheel file; each wheel is opened once for all its entries.
    */
-  async finish(open: (wheel: string, entry: string) => AsyncIterable<Buffer> = readWheelEntry): Promise<ElfObject[]> {
-    for (const p of this.pending.splice(0)) {
-      const scanner = ElfScanner.reread(p.plan, { label: `${baseName(p.wheel)}: ${p.entry}` });
+  async finish(open: (wheel: string, entries: (ZipEntry | undefined)[]) => Promise<EntryReader> = openWheel): Promise<ElfObject[]> {
+    const pending = this.pending.splice(0);
+    // Opening a wheel reads its whole zip directory (torch's has 20,000 entries): once per entry, that
+    // was megabytes of garbage per library at the end of the build, where its memory peaked.
+    for (const wheel of new Set(pending.map((p) => p.wheel))) {
+      const reader = await open(wheel, pending.filter((p) => p.wheel === wheel).map((p) => p.zip));
       try {
-        for await (const chunk of open(p.wheel, p.entry)) {
-          scanner.push(chunk);
-          if (!scanner.wantsMore) break;
+        for (const p of pending) {
+          if (p.wheel !== wheel) continue;
+          const scanner = ElfScanner.reread(p.plan, { label: `${baseName(p.wheel)}: ${p.entry}` });
+          try {
+            for await (const chunk of reader.read(p.entry)) {
+              scanner.push(chunk);
+              if (!scanner.wantsMore) break;
+            }
+            const result = scanner.end();
+            if (result.kind === 'elf') this.objects.push({ wheel: p.wheel, entry: p.entry, imagePath: p.imagePath, facts: result.facts });
+          } catch (err) {
+            if (!isUserError(err)) throw err;
+            this.problems.push(err.message);
+          }
         }
-        const result = scanner.end();
-        if (result.kind === 'elf') this.objects.push({ wheel: p.wheel, entry: p.entry, imagePath: p.imagePath, facts: result.facts });
-      } catch (err) {
-        if (!isUserError(err)) throw err;
-        this.problems.push(err.message);
+      } finally {
+        await reader.close();
       }
     }
     return [...this.objects].sort((a, b) => byCodeUnits(a.wheel, b.wheel) || byCodeUnits(a.entry, b.entry));
   }
 }
 
-async function* readWheelEntry(wheel: string, entryName: string): AsyncGenerator<Buffer> {
-  const zip = await ZipReader.open(wheel);
-  try {
-    const entry = zip.entries.find((e) => e.name === entryName && !e.isDir);
-    if (!entry) throw new Error(`${wheel}: entry ${entryName} vanished between two reads`);
-    yield* zip.read(entry);
-  } finally {
-    await zip.close();
-  }
+/** Entries of one wheel read by name, until closed. */
+export interface EntryReader {
+  read(entry: string): AsyncIterable<Buffer>;
+  close(): Promise<void>;
 }
 
+/** The wheel's entries: where the first read said they lie, else as its zip directory says. */
+async function openWheel(wheel: string, known: (ZipEntry | undefined)[]): Promise<EntryReader> {
+  const entries = known.every((e) => e !== undefined) ? (known as ZipEntry[]) : null;
+  const zip = entries ? await ZipReader.reopen(wheel, entries) : await ZipReader.open(wheel);
+  const files = new Map(zip.entries.filter((e) => !e.isDir).map((e) => [e.name, e]));
+  return {
+    read: (name) => {
+      const entry = files.get(name);
+      if (!entry) throw new Error(`${wheel}: entry ${name} vanished between two reads`);
+      // The scanner copies what it keeps, and the read stops once it has the bytes it planned.
+      return zip.readInPlace(entry);
+    },
+    close: () => zip.close(),
+  };
+}
 function baseName(file: string): string {
   return file.slice(file.lastIndexOf('/') + 1);
 }

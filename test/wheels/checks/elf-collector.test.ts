@@ -12,17 +12,22 @@ const scratchDir = useScratchDirs();
 
 const libstdcxx = '/usr/lib/x86_64-linux-gnu/libstdc++.so.6';
 
-/** Streams every file of a wheel through the collector, entry by entry, as the installer does. */
-async function streamWheel(collector: ElfCollector, wheel: string): Promise<void> {
+/** Streams every file of a wheel through the collector, entry by entry, as the installer does (telling where each lies, if `located`). */
+async function streamWheel(collector: ElfCollector, wheel: string, located = false): Promise<void> {
   const zip = await ZipReader.open(wheel);
   try {
     for (const entry of zip.entries) {
       if (entry.isDir) continue;
-      for await (const _ of collector.tap(wheel, entry.name, `/opt/python/lib/python3.11/site-packages/${entry.name}`, zip.read(entry))) void _;
+      for await (const _ of collector.tap(wheel, entry.name, `/opt/python/lib/python3.11/site-packages/${entry.name}`, zip.read(entry), located ? entry : undefined)) void _;
     }
   } finally {
     await zip.close();
   }
+}
+
+/** A platform wheel `cxx` of these files. */
+function cxxWheel(files: Parameters<typeof makeWheel>[0]['files']): string {
+  return makeWheel({ dir: scratchDir('collector-'), name: 'cxx', version: '1.0', tag: 'cp311-cp311-linux_x86_64', files });
 }
 
 function neededByReadelf(file: string): string[] {
@@ -32,17 +37,10 @@ function neededByReadelf(file: string): string[] {
 
 describe.runIf(tools('python3', 'readelf'))('ElfCollector on wheel entries', () => {
   it('collects ELF files only, and reads a large library again when its string table streamed past', async () => {
-    const dir = scratchDir('collector-');
-    const wheel = makeWheel({
-      dir,
-      name: 'cxx',
-      version: '1.0',
-      tag: 'cp311-cp311-linux_x86_64',
-      files: {
-        'cxx/__init__.py': 'print("hi")\n',
-        'cxx/lib/libstdc++.so.6': readFileSync(libstdcxx),
-        'cxx/bin/ls': { content: readFileSync('/bin/ls'), mode: 0o755 },
-      },
+    const wheel = cxxWheel({
+      'cxx/__init__.py': 'print("hi")\n',
+      'cxx/lib/libstdc++.so.6': readFileSync(libstdcxx),
+      'cxx/bin/ls': { content: readFileSync('/bin/ls'), mode: 0o755 },
     });
     // A tiny prefix forces a second pass for the 2 MB library (whose string table and dynamic section
     // come in different chunks); /bin/ls fits in one inflated chunk and needs none.
@@ -62,6 +60,30 @@ describe.runIf(tools('python3', 'readelf'))('ElfCollector on wheel entries', () 
     await streamWheel(onePass, wheel);
     expect(onePass.incomplete).toEqual([]);
     expect((await onePass.finish()).map((o) => o.facts.needed)).toEqual(objects.map((o) => o.facts.needed));
+  });
+
+  it('reads a library again where the first read found it, without the zip’s directory, once per wheel', async () => {
+    const wheel = cxxWheel({ 'cxx/lib/a/libstdc++.so.6': readFileSync(libstdcxx), 'cxx/lib/b/libstdc++.so.6': readFileSync(libstdcxx), 'cxx/x.py': 'x = 1\n' });
+    const unlocated = new ElfCollector({ prefixLimit: 512 });
+    await streamWheel(unlocated, wheel);
+    const expected = await unlocated.finish();
+    expect(expected.map((o) => o.facts.needed)).toEqual([neededByReadelf(libstdcxx), neededByReadelf(libstdcxx)]);
+
+    const located = new ElfCollector({ prefixLimit: 512 });
+    await streamWheel(located, wheel, true);
+    expect(located.incomplete).toHaveLength(2);
+    const opened: { wheel: string; entries: (string | undefined)[] }[] = [];
+    const objects = await located.finish(async (file, entries) => {
+      opened.push({ wheel: file, entries: entries.map((e) => e?.name) });
+      const zip = await ZipReader.reopen(file, entries.map((e) => e!));
+      return { read: (name) => zip.readInPlace(zip.entries.find((e) => e.name === name)!), close: () => zip.close() };
+    });
+    expect(opened).toEqual([{ wheel, entries: ['cxx/lib/a/libstdc++.so.6', 'cxx/lib/b/libstdc++.so.6'] }]);
+    expect(objects).toEqual(expected);
+    // And the collector's own way of opening gives the same.
+    const byDefault = new ElfCollector({ prefixLimit: 512 });
+    await streamWheel(byDefault, wheel, true);
+    expect(await byDefault.finish()).toEqual(expected);
   });
 
   it('records a malformed ELF file as a problem naming the wheel, the entry and the byte, and goes on', async () => {
