@@ -3,7 +3,7 @@ import { availableParallelism } from 'node:os';
 import { Transform } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { Decompress } from 'fzstd';
-import { onThreadStarted } from '../util/young-generation.js';
+import { threadPrologue } from '../util/young-generation.js';
 import type { Codec } from './types.js';
 
 /**
@@ -81,9 +81,8 @@ class ZstdWorker {
   readonly jobs = new Map<number, Job>();
 
   constructor(source: string, onDead: (w: ZstdWorker) => void) {
-    this.worker = new Worker(source, { eval: true });
+    this.worker = new Worker(`'use strict';\n${threadPrologue()}${source}`, { eval: true });
     this.worker.unref();
-    this.worker.once('online', onThreadStarted);
     this.worker.on('message', (reply: Reply) => {
       const job = this.jobs.get(reply.id);
       if (!job) return;
@@ -114,7 +113,7 @@ class ZstdPool {
 
   constructor(readonly size: number) {
     const modulePath = createRequire(import.meta.url).resolve('@bokuweb/zstd-wasm');
-    this.#source = `'use strict';\n(${zstdWorkerMain.toString()})(${JSON.stringify(modulePath)});\n`;
+    this.#source = `(${zstdWorkerMain.toString()})(${JSON.stringify(modulePath)});\n`;
   }
 
   compress(part: Buffer, level: number): Promise<Buffer> {

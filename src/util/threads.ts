@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { MessageChannel, Worker, type MessagePort, type TransferListItem } from 'node:worker_threads';
-import { onThreadStarted } from './young-generation.js';
+import { threadPrologue } from './young-generation.js';
 
 /**
  * The worker threads of the process, one set shared by every kind of work done off the main thread
@@ -21,7 +21,7 @@ export interface Service {
 }
 
 /** The threads' one program: it starts a service on each port it is sent. */
-const THREAD_SOURCE = `'use strict';
+const THREAD_SOURCE = `
 const { parentPort } = require('node:worker_threads');
 const programs = new Map();
 parentPort.on('message', ({ name, source, port }) => {
@@ -90,9 +90,8 @@ export class Thread {
   #ended = false;
 
   constructor(onEnd: (thread: Thread) => void) {
-    this.#worker = new Worker(THREAD_SOURCE, { eval: true, resourceLimits: { maxYoungGenerationSizeMb: YOUNG_GENERATION_MB } });
+    this.#worker = new Worker(`'use strict';\n${threadPrologue()}${THREAD_SOURCE}`, { eval: true, resourceLimits: { maxYoungGenerationSizeMb: YOUNG_GENERATION_MB } });
     this.#worker.unref();
-    this.#worker.once('online', onThreadStarted);
     this.#end = (error) => {
       if (this.#ended) return;
       this.#ended = true;

@@ -6,7 +6,7 @@ import { compileWriter, NODE_VERSIONS, nodeBinary } from '../helpers/node-versio
 
 /**
  * The CLI holds the main thread's young generation at its starting size (util/young-generation.ts)
- * through a V8 flag that V8 resets whenever an isolate starts, so a thread's start sets it again.
+ * through a V8 flag that V8 resets whenever an isolate starts, so each thread sets it again first.
  * Under every supported Node line, with a worker thread started before the main thread allocates as a
  * build does (many objects surviving minor collections), the young generation must stay at two
  * semi-spaces of 1 MiB with the hold, and grow without it (else this test would not see a hold that
@@ -23,8 +23,8 @@ if (process.env.HOLD === '1') holdYoungGeneration();
 const threads = new Threads(1);
 const connection = threads.thread(0).connect({ name: 'echo', source: '(port) => port.on("message", (m) => port.postMessage(m))' }, () => {});
 connection.busy();
+// The thread has run its prologue once it answers.
 await new Promise((resolve) => { connection.port.once('message', resolve); connection.post('ping'); });
-await new Promise((resolve) => setTimeout(resolve, 50));
 connection.close();
 threads.stopIdle();
 const kept = [];
