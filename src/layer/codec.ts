@@ -2,7 +2,10 @@ import zlib from 'node:zlib';
 import { UserError } from '../util/errors.js';
 import { Spares } from '../util/spares.js';
 import { compressionLevel, deflateOptions, FRAME_SIZE, GZIP_MEMBER_HEADER, type LayerFormat } from './format.js';
-import { deflatePool } from './deflate-pool.js';
+import { rawZlib } from '../util/raw-zlib.js';
+import { sharedThreads, type Threads } from '../util/threads.js';
+import { deflateWorkerMain } from './deflate-worker.js';
+import { FramePool } from './frame-pool.js';
 import { zstdCodec } from './zstd.js';
 import type { Codec } from './types.js';
 
@@ -15,10 +18,23 @@ export function codecOf(format: LayerFormat): Codec | null {
   return null;
 }
 
+/** Bytes of a gzip member's piece: small enough that a member's last piece wastes little. */
+const MEMBER_PIECE_SIZE = 256 << 10;
+
+/** gzip members made on the shared threads (see deflateWorkerMain), `threads` of them at most. */
+export function gzipFramePool(threads?: number, on: Threads = sharedThreads()): FramePool<zlib.ZlibOptions> {
+  const source = `(port) => (${deflateWorkerMain.toString()})(port, ${rawZlib.toString()}, ${JSON.stringify([...GZIP_MEMBER_HEADER])}, ${MEMBER_PIECE_SIZE})`;
+  return new FramePool('gzip', { name: 'deflate', source }, true, threads, on);
+}
+
+let gzipFrames: FramePool<zlib.ZlibOptions> | undefined;
+
 function gzipCodec(level: number): Codec {
+  // Output goes to the thread's pieces: zlib's chunk size has no say there.
+  const { chunkSize: _, ...settings } = deflateOptions(level);
   const options = deflateOptions(level);
   return {
-    frame: (part, length) => deflatePool().member(part, length, options),
+    frame: (part, length) => (gzipFrames ??= gzipFramePool()).frame(part, length, settings),
     frameSync: (bytes) => gzipMember(bytes, zlib.deflateRawSync(bytes, options)),
   };
 }

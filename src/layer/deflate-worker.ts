@@ -1,27 +1,12 @@
 /**
  * The deflate service's program: a part of a layer's tar made into a whole gzip member on a worker
- * thread, in memory that goes round. See deflate-pool.ts for the main thread's side.
+ * thread, in memory that goes round. The gzip codec (codec.ts) runs it through a FramePool.
  */
 
 import type { MessagePort } from 'node:worker_threads';
 import type { ZlibOptions } from 'node:zlib';
 import type { RawZlib, rawZlib } from '../util/raw-zlib.js';
-
-/** What the main thread asks of a deflate thread. */
-export interface DeflateMessage {
-  id: number;
-  /** The part's memory (moved here, and back with the reply); its first `length` bytes are the tar. */
-  part: ArrayBuffer;
-  length: number;
-  options: ZlibOptions;
-  /** Pieces written out since, back for the next members. */
-  spares: ArrayBuffer[];
-}
-
-/** What a deflate thread answers: the member as pieces (their first `lengths[i]` bytes, in order), and the part back. */
-export type DeflateReply =
-  | { id: number; part: ArrayBuffer; pieces: ArrayBuffer[]; lengths: number[] }
-  | { id: number; part: ArrayBuffer; error: string };
+import type { FrameMessage, FrameReply } from './frame-pool.js';
 
 /**
  * The deflate service's whole program, run once per connection on a worker thread (see
@@ -37,7 +22,7 @@ export function deflateWorkerMain(port: MessagePort, deflaterOf: typeof rawZlib,
   /** Deflaters by their options (one per gzip level in use), reset after each member; null where Node has none. */
   const deflaters = new Map<string, RawZlib | null>();
 
-  port.on('message', (job: DeflateMessage) => {
+  port.on('message', (job: FrameMessage<ZlibOptions>) => {
     for (const spare of job.spares) if (spare.byteLength === pieceSize) spares.push(spare);
     const pieces: Uint8Array[] = [];
     const lengths: number[] = [];
@@ -58,12 +43,12 @@ export function deflateWorkerMain(port: MessagePort, deflaterOf: typeof rawZlib,
         at += n;
       }
     };
-    const key = JSON.stringify(job.options);
+    const key = JSON.stringify(job.settings);
     let deflater = deflaters.get(key);
     try {
       const input = new Uint8Array(job.part, 0, job.length);
       put(new Uint8Array(header));
-      if (deflater === undefined) deflaters.set(key, (deflater = deflaterOf(zlib, 'deflateRaw', job.options)));
+      if (deflater === undefined) deflaters.set(key, (deflater = deflaterOf(zlib, 'deflateRaw', job.settings)));
       if (deflater) {
         // Z_FINISH from the first step: deflate returns with room left in `out` only once the member's data is whole.
         let rest = input;
@@ -76,7 +61,7 @@ export function deflateWorkerMain(port: MessagePort, deflaterOf: typeof rawZlib,
         }
         deflater.reset();
       } else {
-        put(zlib.deflateRawSync(input, job.options));
+        put(zlib.deflateRawSync(input, job.settings));
       }
       const trailer = new Uint8Array(8);
       const view = new DataView(trailer.buffer);
@@ -86,12 +71,12 @@ export function deflateWorkerMain(port: MessagePort, deflaterOf: typeof rawZlib,
       pieces.push(out);
       lengths.push(used);
       const buffers = pieces.map((p) => p.buffer as ArrayBuffer);
-      port.postMessage({ id: job.id, part: job.part, pieces: buffers, lengths } satisfies DeflateReply, [job.part, ...buffers]);
+      port.postMessage({ id: job.id, part: job.part, pieces: buffers, lengths } satisfies FrameReply, [job.part, ...buffers]);
     } catch (err) {
       // A deflater that failed is closed: the next member gets a new one.
       deflaters.delete(key);
       for (const piece of new Set([...pieces, out])) spares.push(piece.buffer as ArrayBuffer);
-      port.postMessage({ id: job.id, part: job.part, error: (err as Error).message } satisfies DeflateReply, [job.part]);
+      port.postMessage({ id: job.id, part: job.part, error: (err as Error).message } satisfies FrameReply, [job.part]);
     }
   });
 }

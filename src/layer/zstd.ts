@@ -1,9 +1,8 @@
 import { createRequire } from 'node:module';
-import { availableParallelism } from 'node:os';
 import { Transform } from 'node:stream';
-import { Worker } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
 import { Decompress } from 'fzstd';
-import { threadPrologue } from '../util/young-generation.js';
+import { FramePool, type FrameMessage, type FrameReply } from './frame-pool.js';
 import type { Codec } from './types.js';
 
 /**
@@ -19,7 +18,7 @@ import type { Codec } from './types.js';
 /** The zstd codec at `level`: frames compressed on the worker pool, a layer's head and end stored. */
 export function zstdCodec(level: number): Codec {
   return {
-    frame: async (part, length) => ({ bytes: [await zstdPool().compress(part.subarray(0, length), level)], part, release: () => {} }),
+    frame: (part, length) => zstdPool().frame(part, length, level),
     frameSync: storedZstdFrame,
   };
 }
@@ -52,102 +51,36 @@ export function storedZstdFrame(bytes: Buffer): Buffer {
   return Buffer.concat(parts);
 }
 
-interface Job {
-  id: number;
-  resolve: (frame: Buffer) => void;
-  reject: (err: Error) => void;
-}
-
-type Reply = { id: number; frame: Uint8Array } | { id: number; error: string };
-
-/** The worker's program as source text: loads the WebAssembly once, then compresses what it is sent. */
-function zstdWorkerMain(modulePath: string): void {
-  const { parentPort } = require('node:worker_threads') as typeof import('node:worker_threads');
+/**
+ * The zstd service's program, on the shared threads: loads the WebAssembly once per thread, then
+ * compresses each part it is sent into one frame (the part's memory goes back with it).
+ */
+function zstdWorkerMain(port: MessagePort, modulePath: string): void {
   const zstd = require(modulePath) as { init(): Promise<void>; compress(bytes: Uint8Array, level: number): Uint8Array };
   const ready = zstd.init();
-  parentPort!.on('message', (job: { id: number; bytes: Uint8Array; level: number }) => {
-    ready.then(
-      () => {
-        const frame = zstd.compress(job.bytes, job.level);
-        parentPort!.postMessage({ id: job.id, frame }, [frame.buffer as ArrayBuffer]);
-      },
-      (err: unknown) => parentPort!.postMessage({ id: job.id, error: String(err) }),
-    ).catch((err: unknown) => parentPort!.postMessage({ id: job.id, error: String(err) }));
+  port.on('message', (job: FrameMessage<number>) => {
+    ready
+      .then(() => {
+        const frame = zstd.compress(new Uint8Array(job.part, 0, job.length), job.settings);
+        const reply: FrameReply = { id: job.id, part: job.part, pieces: [frame.buffer as ArrayBuffer], lengths: [frame.length] };
+        port.postMessage(reply, [job.part, frame.buffer as ArrayBuffer]);
+      })
+      .catch((err: unknown) => port.postMessage({ id: job.id, part: job.part, error: String(err) } satisfies FrameReply, [job.part]));
   });
 }
 
-class ZstdWorker {
-  readonly worker: Worker;
-  readonly jobs = new Map<number, Job>();
-
-  constructor(source: string, onDead: (w: ZstdWorker) => void) {
-    this.worker = new Worker(`'use strict';\n${threadPrologue()}${source}`, { eval: true });
-    this.worker.unref();
-    this.worker.on('message', (reply: Reply) => {
-      const job = this.jobs.get(reply.id);
-      if (!job) return;
-      this.jobs.delete(reply.id);
-      if (this.jobs.size === 0) this.worker.unref();
-      if ('error' in reply) job.reject(new Error(`zstd: ${reply.error}`));
-      else job.resolve(Buffer.from(reply.frame.buffer, reply.frame.byteOffset, reply.frame.byteLength));
-    });
-    const die = (error: Error) => {
-      onDead(this);
-      for (const job of this.jobs.values()) job.reject(error);
-      this.jobs.clear();
-    };
-    this.worker.on('error', die);
-    this.worker.on('exit', (code) => die(new Error(`zstd worker exited with code ${code}`)));
-  }
-}
+let zstdFrames: FramePool<number> | undefined;
 
 /**
- * The threads compressing zstd frames: one per CPU, started when first needed and unref'd while idle (an
- * idle pool never holds the process). How many frames are in flight is bounded by the caller's turns
- * (`--jobs`); a frame goes to the worker with the fewest.
+ * zstd frames on the shared threads, one WebAssembly instance per thread. How many frames are in
+ * flight is bounded by the caller's turns (`--jobs`); the frame's bytes are the binding's own copy.
  */
-class ZstdPool {
-  readonly #workers: ZstdWorker[] = [];
-  readonly #source: string;
-  #nextId = 0;
-
-  constructor(readonly size: number) {
+function zstdPool(): FramePool<number> {
+  if (!zstdFrames) {
     const modulePath = createRequire(import.meta.url).resolve('@bokuweb/zstd-wasm');
-    this.#source = `(${zstdWorkerMain.toString()})(${JSON.stringify(modulePath)});\n`;
+    zstdFrames = new FramePool('zstd', { name: 'zstd', source: `(port) => (${zstdWorkerMain.toString()})(port, ${JSON.stringify(modulePath)})` }, false);
   }
-
-  compress(part: Buffer, level: number): Promise<Buffer> {
-    // A copy of its own, transferred: the caller reuses its buffer as soon as this returns.
-    const bytes = new Uint8Array(part);
-    return new Promise((resolve, reject) => {
-      const worker = this.#pick();
-      const id = this.#nextId++;
-      worker.jobs.set(id, { id, resolve, reject });
-      worker.worker.ref();
-      worker.worker.postMessage({ id, bytes, level }, [bytes.buffer]);
-    });
-  }
-
-  #pick(): ZstdWorker {
-    const idle = this.#workers.find((w) => w.jobs.size === 0);
-    if (idle) return idle;
-    if (this.#workers.length < this.size) {
-      const worker = new ZstdWorker(this.#source, (dead) => {
-        const at = this.#workers.indexOf(dead);
-        if (at >= 0) this.#workers.splice(at, 1);
-      });
-      this.#workers.push(worker);
-      return worker;
-    }
-    return this.#workers.reduce((a, b) => (b.jobs.size < a.jobs.size ? b : a));
-  }
-}
-
-let pool: ZstdPool | null = null;
-
-function zstdPool(): ZstdPool {
-  pool ??= new ZstdPool(availableParallelism());
-  return pool;
+  return zstdFrames;
 }
 
 /** The first four bytes of a zstd frame, little-endian (RFC 8878 §3.1.1). */

@@ -5,14 +5,14 @@ import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import * as zlib from 'node:zlib';
 import { rawZlib } from '../../src/util/raw-zlib.js';
 import { Threads } from '../../src/util/threads.js';
-import { DeflatePool } from '../../src/layer/deflate-pool.js';
-import { deflateWorkerMain, type DeflateMessage, type DeflateReply } from '../../src/layer/deflate-worker.js';
-import { codecOf } from '../../src/layer/codec.js';
+import { deflateWorkerMain } from '../../src/layer/deflate-worker.js';
+import type { FrameMessage, FrameReply } from '../../src/layer/frame-pool.js';
+import { codecOf, gzipFramePool } from '../../src/layer/codec.js';
 import { deflateOptions, FRAME_SIZE, GZIP_MEMBER_HEADER } from '../../src/layer/format.js';
 
 /**
  * gzip members are made on the worker threads, by a deflater driven through zlib's undocumented handle
- * into memory that goes round (rawZlib, DeflatePool). Their bytes are the contract: each must be the
+ * into memory that goes round (rawZlib, the gzip frame pool). Their bytes are the contract: each must be the
  * member `frameSync` makes with zlib's documented deflateRawSync, at every level, whatever the sizes
  * of the pieces, with or without the handle. (gzip-node-versions.test.ts runs them under every Node.)
  */
@@ -81,9 +81,9 @@ function service(deflaterOf: typeof rawZlib) {
     member(input: Buffer, level: number): Promise<Buffer> {
       const part = new Uint8Array(input).buffer;
       const { chunkSize: _, ...options } = deflateOptions(level);
-      const message: DeflateMessage = { id: ++id, part, length: input.length, options, spares: [] };
+      const message: FrameMessage<typeof options> = { id: ++id, part, length: input.length, settings: options, spares: [] };
       return new Promise((resolve, reject) => {
-        port1.once('message', (reply: DeflateReply) => {
+        port1.once('message', (reply: FrameReply) => {
           if ('error' in reply) return reject(new Error(reply.error));
           expect(reply.lengths.every((n, i) => n > 0 && n <= reply.pieces[i]!.byteLength)).toBe(true);
           expect(Buffer.from(reply.part).subarray(0, input.length).equals(input)).toBe(true);
@@ -117,14 +117,14 @@ describe('the deflate service', () => {
   });
 });
 
-describe('DeflatePool', () => {
+describe('the gzip frame pool', () => {
   const threads = new Threads(2);
   afterAll(() => {
     for (let i = 0; i < 2; i++) threads.thread(i).stop();
   });
 
   it('makes frameSync’s members on the threads, many at once, and gives each part’s memory back', async () => {
-    const pool = new DeflatePool(2, threads);
+    const pool = gzipFramePool(2, threads);
     const { chunkSize: _, ...options } = deflateOptions(6);
     const codec = codecOf({ compression: 'gzip', gzipLevel: 6, mtime: 0 })!;
     for (let round = 0; round < 3; round++) {
@@ -133,7 +133,7 @@ describe('DeflatePool', () => {
         input.copy(part);
         return { part, length: input.length };
       });
-      const frames = await Promise.all(parts.map(({ part, length }) => pool.member(part, length, options)));
+      const frames = await Promise.all(parts.map(({ part, length }) => pool.frame(part, length, options)));
       for (const [i, frame] of frames.entries()) {
         const input = INPUTS[i]![1];
         expect(Buffer.concat(frame.bytes).equals(codec.frameSync(input))).toBe(true);
@@ -147,10 +147,10 @@ describe('DeflatePool', () => {
   });
 
   it('copies a part that shares its memory, and leaves it as it was', async () => {
-    const pool = new DeflatePool(1, threads);
+    const pool = gzipFramePool(1, threads);
     const whole = mixed(3 << 20, 11);
     const view = whole.subarray(1 << 20);
-    const frame = await pool.member(view, 1 << 20, deflateOptions(6));
+    const frame = await pool.frame(view, 1 << 20, deflateOptions(6));
     expect(frame.part).toBe(view);
     expect(view.length).toBe(2 << 20);
     expect(zlib.gunzipSync(Buffer.concat(frame.bytes)).equals(whole.subarray(1 << 20, 2 << 20))).toBe(true);
@@ -158,15 +158,15 @@ describe('DeflatePool', () => {
 
   it('fails the members in flight when their thread stops', async () => {
     const own = new Threads(1);
-    const pool = new DeflatePool(1, own);
+    const pool = gzipFramePool(1, own);
     const { chunkSize: _, ...options } = deflateOptions(9);
-    const members = Array.from({ length: 4 }, () => pool.member(mixed(FRAME_SIZE, 5), FRAME_SIZE, options));
+    const members = Array.from({ length: 4 }, () => pool.frame(mixed(FRAME_SIZE, 5), FRAME_SIZE, options));
     own.thread(0).stop();
     const settled = await Promise.allSettled(members);
     expect(settled.some((s) => s.status === 'rejected')).toBe(true);
     for (const s of settled) if (s.status === 'rejected') expect((s.reason as Error).message).toMatch(/^gzip: /);
     // A new thread serves the next member.
-    const after = await pool.member(Buffer.from('again'), 5, options);
+    const after = await pool.frame(Buffer.from('again'), 5, options);
     expect(zlib.gunzipSync(Buffer.concat(after.bytes)).toString()).toBe('again');
     own.thread(0).stop();
   });
