@@ -30,9 +30,9 @@ export function gzipFramePool(threads?: number, on: Threads = sharedThreads()): 
 let gzipFrames: FramePool<zlib.ZlibOptions> | undefined;
 
 function gzipCodec(level: number): Codec {
-  // Output goes to the thread's pieces: zlib's chunk size has no say there.
-  const { chunkSize: _, ...settings } = deflateOptions(level);
   const options = deflateOptions(level);
+  // Output goes to the thread's pieces: zlib's chunk size has no say there.
+  const { chunkSize: _, ...settings } = options;
   return {
     frame: (part, length) => (gzipFrames ??= gzipFramePool()).frame(part, length, settings),
     frameSync: (bytes) => gzipMember(bytes, zlib.deflateRawSync(bytes, options)),

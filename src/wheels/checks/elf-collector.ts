@@ -112,14 +112,14 @@ export class ElfCollector {
    * `open` defaults to opening the wheel file; each wheel is opened once for all its entries.
    */
   async finish(open: (wheel: string, entries: (ZipEntry | undefined)[]) => Promise<EntryReader> = openWheel): Promise<ElfObject[]> {
-    const pending = this.pending.splice(0);
+    const byWheel = new Map<string, Pending[]>();
+    for (const p of this.pending.splice(0)) byWheel.set(p.wheel, [...(byWheel.get(p.wheel) ?? []), p]);
     // Opening a wheel reads its whole zip directory (torch's has 20,000 entries): once per entry, that
     // was megabytes of garbage per library at the end of the build, where its memory peaked.
-    for (const wheel of new Set(pending.map((p) => p.wheel))) {
-      const reader = await open(wheel, pending.filter((p) => p.wheel === wheel).map((p) => p.zip));
+    for (const [wheel, pending] of byWheel) {
+      const reader = await open(wheel, pending.map((p) => p.zip));
       try {
         for (const p of pending) {
-          if (p.wheel !== wheel) continue;
           const scanner = ElfScanner.reread(p.plan, { label: `${baseName(p.wheel)}: ${p.entry}` });
           try {
             for await (const chunk of reader.read(p.entry)) {
@@ -162,6 +162,7 @@ async function openWheel(wheel: string, known: (ZipEntry | undefined)[]): Promis
     close: () => zip.close(),
   };
 }
+
 function baseName(file: string): string {
   return file.slice(file.lastIndexOf('/') + 1);
 }
